@@ -1,0 +1,107 @@
+"""``statek-bus up | serve | status | schemas export``: running and inspecting the mesh."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from statek_bus.cli import run_async
+from statek_bus.connection import connect
+from statek_bus.discovery import status_report
+from statek_bus.mesh import SERVICE_KINDS, up
+from statek_bus.settings import Settings
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the mesh commands to the ``statek-bus`` parser."""
+    p = sub.add_parser("up", help="embedded nats-server + all four services, until Ctrl-C")
+    p.add_argument("--agents", default=None, help="module:attr of the agents the executor serves")
+    p.add_argument("--data-dir", default=None, help="JetStream storage (default ./.statek)")
+    p.add_argument("--port", type=int, default=None, help="client port (default 4222; 0 picks a free one)")
+    p.add_argument("--nats-url", default=None, help="join this server instead of starting one")
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("serve", help="run one service against NATS_URL (what a Kubernetes Deployment runs)")
+    p.add_argument("kind", choices=list(SERVICE_KINDS))
+    p.add_argument("--nats-url", default=None, help="default: NATS_URL")
+    p.add_argument("--agents", default=None, help="executor: module:attr of the agents to serve")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("status", help="list running service instances ($SRV.PING/INFO/STATS)")
+    p.add_argument("--nats-url", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("schemas", help="JSON Schema of every wire message")
+    ssub = p.add_subparsers(dest="schemas_command", required=True)
+    e = ssub.add_parser("export", help="write schemas/*.json")
+    e.add_argument("--out", default="schemas", help="directory (default: schemas)")
+    e.set_defaults(func=_schemas_export)
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "nats_url", None):
+        changes["nats_url"] = args.nats_url
+    return Settings.from_env(**changes)
+
+
+def _up(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    run_async(
+        up(
+            settings,
+            embedded=not args.nats_url,
+            data_dir=args.data_dir or settings.data_dir,
+            port=settings.port if args.port is None else args.port,
+            agents=args.agents,
+        )
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services import load_factory
+    from statek_bus.service import run_service
+
+    settings = _settings(args, agents=args.agents)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    run_async(run_service(load_factory(args.kind), settings, name=SERVICE_KINDS[args.kind]))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def report() -> list[dict[str, Any]]:
+        nc = await connect(settings, name="statek-status")
+        try:
+            return await status_report(nc)
+        finally:
+            await nc.close()
+
+    rows = run_async(report())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no statek-bus services found at {settings.nats_url}")
+        return 1
+    for r in rows:
+        print(f"{r['name']} {r['version']}  id={r['id']}  {r['description']}")
+        for e in r["endpoints"]:
+            print(f"    {e['name']:<22} {e['subject']:<34} requests={e['requests']} errors={e['errors']}")
+    return 0
+
+
+def _schemas_export(args: argparse.Namespace) -> int:
+    from statek_bus.schemas import export
+
+    written = export(Path(args.out))
+    print(f"wrote {len(written)} schemas to {args.out}/")
+    return 0

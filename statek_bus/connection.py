@@ -1,0 +1,58 @@
+"""Opening NATS connections the way every statek-bus process should.
+
+Services reconnect forever (``max_reconnect_attempts=-1``: a pod that starts before NATS waits
+instead of crash-looping); clients and the CLI give up after ``connect_timeout`` with a clear
+:class:`~statek_bus.errors.ServiceUnavailableError`. Connection errors are logged once per event,
+not as a traceback per failed reconnect (nats-py's default).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client
+
+from statek_bus.errors import ServiceUnavailableError
+from statek_bus.settings import Settings
+
+__all__ = ["connect"]
+
+log = logging.getLogger("statek_bus.connection")
+
+
+async def _error_cb(exc: Exception) -> None:
+    log.warning("nats: %s", exc or type(exc).__name__)
+
+
+async def _disconnected_cb() -> None:
+    log.warning("nats: disconnected")
+
+
+async def _reconnected_cb() -> None:
+    log.info("nats: reconnected")
+
+
+async def connect(settings: Settings, *, name: str, service: bool = False) -> Client:
+    """Connect to ``settings.nats_url``.
+
+    Args:
+        settings: where to connect and how long to wait.
+        name: connection name shown by ``nats server report connections``.
+        service: reconnect forever, including the first connection.
+    """
+    try:
+        return await nats.connect(
+            settings.nats_url,
+            name=name,
+            connect_timeout=settings.connect_timeout,
+            reconnect_time_wait=0.5,
+            max_reconnect_attempts=-1 if service else 10,
+            allow_reconnect=True,
+            error_cb=_error_cb,
+            disconnected_cb=_disconnected_cb,
+            reconnected_cb=_reconnected_cb,
+            pending_size=64 * 1024 * 1024,
+        )
+    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+        raise ServiceUnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from None

@@ -1,0 +1,145 @@
+"""Settings: every tunable of statek-bus, in one place, read from the environment (12-factor).
+
+Each field is read from ``STATEK_<FIELD NAME IN UPPER CASE>`` (``nats_url`` from ``NATS_URL``, as
+the ``nats`` CLI does), with the typed default below. A malformed value is a clear error naming the
+variable. Services, the CLI, tests and benchmarks all take a :class:`Settings`; tests build one with
+``Settings.from_env({...})`` or ``dataclasses.replace`` rather than mutating the process environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["Settings", "SettingsError"]
+
+ENV_PREFIX = "STATEK_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value of the wrong type."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Typed settings with defaults; see the module docstring for the environment mapping."""
+
+    # --- connection and embedded server ---------------------------------------------------------
+    nats_url: str = "nats://127.0.0.1:4222"
+    """Where services and clients connect (env ``NATS_URL``)."""
+    data_dir: str = ".statek"
+    """JetStream file storage of the embedded server (``statek-bus up``)."""
+    port: int = 4222
+    """Client port of the embedded server; 0 picks a free one."""
+    replicas: int = 1
+    """Replicas of every bucket and stream: 1 embedded, 3 on a Kubernetes cluster."""
+    request_timeout: float = 10.0
+    """Seconds a client waits for a reply before raising ServiceUnavailableError."""
+    connect_timeout: float = 5.0
+    """Seconds the CLI and clients wait for the first connection."""
+    log_level: str = "INFO"
+    """Python logging level of services."""
+
+    # --- service runner ---------------------------------------------------------------------------
+    handler_concurrency: int = 256
+    """Requests one service instance handles at once (bounded tasks; nats-py runs handlers serially)."""
+    drain_timeout: float = 20.0
+    """Seconds a stopping service waits for in-flight work before leaving it for redelivery."""
+    max_request_bytes: int = 1_000_000
+    """Largest request body accepted (413 above); also bounded by the server's max_payload."""
+
+    # --- jobs and states --------------------------------------------------------------------------
+    list_default_limit: int = 50
+    """Page size of list endpoints when ``limit`` is omitted."""
+    list_max_limit: int = 1000
+    """Largest accepted ``limit`` of list endpoints."""
+    state_max_bytes: int = 256 * 1024
+    """Largest encoded ``state`` object (413 above)."""
+    state_history: int = 16
+    """Revisions kept per state for ``history()`` (NATS KV allows at most 64)."""
+    job_history: int = 4
+    """Revisions kept per job record."""
+    dedup_window: float = 120.0
+    """Seconds the work stream deduplicates by ``Nats-Msg-Id``."""
+    recovery_interval: float = 30.0
+    """Seconds between submission's passes that enqueue READY jobs lacking a work message."""
+
+    # --- executor ---------------------------------------------------------------------------------
+    agents: str = ""
+    """``module:attr`` of the agents the executor serves (empty: the built-in ``demo`` agent)."""
+    max_concurrency: int = 100
+    """Steps one executor replica runs at once."""
+    fetch_batch: int = 50
+    """Work messages pulled per fetch (never 1: see docs/architecture.md)."""
+    ack_wait: float = 30.0
+    """Seconds before an unacknowledged step is redelivered to another replica."""
+    max_deliver: int = 20
+    """Deliveries of one work message before it is dead-lettered."""
+    step_timeout: float = 10.0
+    """Wall-clock seconds model code may run in one step before it is stopped."""
+    restricted_mode: bool = True
+    """Check model code against the sandbox policy before it runs."""
+    max_turns: int = 5
+    """Harness limit: LLM turns per job run."""
+    max_exceptions: int = 3
+    """Harness limit: runtime errors per job run."""
+    max_consecutive_exceptions: int = 1
+    """Harness limit: consecutive runtime errors before the job ends."""
+    max_token_usage: int = 10_000
+    """Harness limit: tokens per job run."""
+    workspace_inline_max: int = 256 * 1024
+    """Encoded workspaces larger than this go to the object store."""
+
+    # --- provider ---------------------------------------------------------------------------------
+    llm_timeout: float = 120.0
+    """Seconds one provider call may take."""
+    llm_retry_attempts: int = 5
+    """Attempts per LLM call on 408/429/5xx/timeouts."""
+    llm_retry_base: float = 0.5
+    """First backoff delay in seconds (exponential, with full jitter)."""
+    llm_retry_cap: float = 30.0
+    """Longest backoff delay in seconds."""
+    llm_model_concurrency: int = 32
+    """Calls in flight per model per provider instance."""
+    llm_model_rate: float = 0.0
+    """Calls started per second per model (0: unlimited)."""
+    llm_price_table: str = ""
+    """Optional CSV of per-model prices overriding litellm's map."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), then apply ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = "NATS_URL" if f.name == "nats_url" else ENV_PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, type(getattr(_DEFAULTS, f.name)))
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+_DEFAULTS = Settings()

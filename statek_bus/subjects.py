@@ -1,0 +1,166 @@
+"""Every name that crosses the wire or names storage: subjects, services, buckets, streams, headers.
+
+A grep for ``"statek.`` outside this module should find only tests and docs. Ids chosen by users
+(job ids, task ids, agent ids) never appear raw in a subject or a key: :func:`token` escapes them
+into a single subject token / key segment, so no id can match or overwrite another's data.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AGENTS_BUCKET",
+    "AGENTS_GET",
+    "AGENTS_LIST",
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "EVENTS_PREFIX",
+    "EXECUTOR_STATUS",
+    "JOBS_BUCKET",
+    "JOBS_CANCEL",
+    "JOBS_GET",
+    "JOBS_HISTORY",
+    "JOBS_LIST",
+    "JOBS_SEND_MESSAGE",
+    "JOBS_SEND_NOTIFICATION",
+    "JOBS_SUBMIT",
+    "JOBS_SUBMIT_BATCH",
+    "JOB_LOG_STREAM",
+    "LLM_COMPLETE",
+    "LLM_MODELS",
+    "MSG_ID_HEADER",
+    "OBJECT_STORE_BUCKET",
+    "SERVICE_EXECUTOR",
+    "SERVICE_NAMES",
+    "SERVICE_PROVIDER",
+    "SERVICE_STATE",
+    "SERVICE_SUBMISSION",
+    "SERVICE_VERSION",
+    "STATES_BUCKET",
+    "STATES_CREATE",
+    "STATES_DELETE",
+    "STATES_GET_OR_CREATE",
+    "STATES_HISTORY",
+    "STATES_LIST",
+    "STATES_RETRIEVE",
+    "STATES_UPDATE",
+    "TRACE_ID_HEADER",
+    "WORK_CONSUMER",
+    "WORK_RUN_PREFIX",
+    "WORK_SCHEDULE_PREFIX",
+    "WORK_STREAM",
+    "job_events_subject",
+    "token",
+    "untoken",
+    "work_run_subject",
+    "work_schedule_subject",
+]
+
+# --- services (ADR-32 names: [A-Za-z0-9_-]+) -------------------------------------------------------
+SERVICE_VERSION = "0.1.0"
+"""SemVer of the wire contract every service reports in ``$SRV.INFO``."""
+SERVICE_SUBMISSION = "statek-submission"
+SERVICE_EXECUTOR = "statek-executor"
+SERVICE_STATE = "statek-state"
+SERVICE_PROVIDER = "statek-provider"
+SERVICE_NAMES = (SERVICE_SUBMISSION, SERVICE_EXECUTOR, SERVICE_STATE, SERVICE_PROVIDER)
+
+# --- request/reply subjects ------------------------------------------------------------------------
+JOBS_SUBMIT = "statek.jobs.submit"
+JOBS_SUBMIT_BATCH = "statek.jobs.submit_batch"
+JOBS_GET = "statek.jobs.get"
+JOBS_LIST = "statek.jobs.list"
+JOBS_CANCEL = "statek.jobs.cancel"
+JOBS_SEND_MESSAGE = "statek.jobs.send_message"
+JOBS_SEND_NOTIFICATION = "statek.jobs.send_notification"
+JOBS_HISTORY = "statek.jobs.history"
+AGENTS_LIST = "statek.agents.list"
+AGENTS_GET = "statek.agents.get"
+STATES_CREATE = "statek.states.create"
+STATES_RETRIEVE = "statek.states.retrieve"
+STATES_UPDATE = "statek.states.update"
+STATES_LIST = "statek.states.list"
+STATES_DELETE = "statek.states.delete"
+STATES_GET_OR_CREATE = "statek.states.get_or_create"
+STATES_HISTORY = "statek.states.history"
+LLM_COMPLETE = "statek.llm.complete"
+LLM_MODELS = "statek.llm.models"
+EXECUTOR_STATUS = "statek.executor.status"
+
+# --- published subjects ----------------------------------------------------------------------------
+EVENTS_PREFIX = "statek.events.jobs"
+"""Job events (status changes, console lines, chat messages): ``statek.events.jobs.<token(job_id)>``."""
+WORK_RUN_PREFIX = "statek.work.run"
+"""Work-queue messages that run a job's next step: ``statek.work.run.<token(job_id)>``."""
+WORK_SCHEDULE_PREFIX = "statek.work.sched"
+"""Scheduled (delayed) work messages; outside the consumer's filter, they fire into ``WORK_RUN_PREFIX``."""
+
+# --- storage ---------------------------------------------------------------------------------------
+JOBS_BUCKET = "statek_jobs"
+AGENTS_BUCKET = "statek_agents"
+STATES_BUCKET = "statek_states"
+OBJECT_STORE_BUCKET = "statek_blobs"
+WORK_STREAM = "statek_work"
+"""WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
+WORK_CONSUMER = "statek_executors"
+JOB_LOG_STREAM = "statek_job_log"
+"""Append-only stream capturing every job event subject: the durable chat log and console of each job."""
+
+# --- headers ---------------------------------------------------------------------------------------
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+MSG_ID_HEADER = "Nats-Msg-Id"
+TRACE_ID_HEADER = "Statek-Trace-Id"
+
+# --- id escaping -----------------------------------------------------------------------------------
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+
+
+def token(value: str) -> str:
+    """Escape any UTF-8 string into one subject token and one KV key segment.
+
+    Bytes outside ``[A-Za-z0-9_-]`` become ``=XX`` (upper-case hex of each UTF-8 byte), so the result
+    never contains ``.``, ``*``, ``>``, whitespace or ``/``; the mapping is injective and reversible
+    with :func:`untoken`. The empty string maps to ``=``, which no non-empty id produces.
+    """
+    if not value:
+        return "="
+    out: list[str] = []
+    for ch in value:
+        if _SAFE.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"={b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def untoken(value: str) -> str:
+    """Invert :func:`token`."""
+    if value == "=":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(value):
+        if value[i] == "=":
+            raw.append(int(value[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(value[i].encode("ascii"))
+            i += 1
+    return raw.decode("utf-8")
+
+
+def job_events_subject(job_id: str) -> str:
+    """Subject on which a job's events are published (and captured by :data:`JOB_LOG_STREAM`)."""
+    return f"{EVENTS_PREFIX}.{token(job_id)}"
+
+
+def work_run_subject(job_id: str) -> str:
+    """Work-queue subject that runs ``job_id``'s next step."""
+    return f"{WORK_RUN_PREFIX}.{token(job_id)}"
+
+
+def work_schedule_subject(job_id: str) -> str:
+    """Schedule subject for a delayed wake-up of ``job_id`` (ADR-51 message scheduling)."""
+    return f"{WORK_SCHEDULE_PREFIX}.{token(job_id)}"

@@ -51,6 +51,7 @@ __all__ = [
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
     "job_events_subject",
+    "job_key",
     "token",
     "untoken",
     "work_run_subject",
@@ -149,6 +150,11 @@ def untoken(value: str) -> str:
             raw.extend(value[i].encode("ascii"))
             i += 1
     return raw.decode("utf-8")
+
+
+def job_key(job_id: str) -> str:
+    """Key of a job record in :data:`JOBS_BUCKET`."""
+    return f"job.{token(job_id)}"
 
 
 def job_events_subject(job_id: str) -> str:

@@ -1,0 +1,194 @@
+"""The tagged value encoding: Python values ⇄ JSON, without pickle.
+
+Plain JSON values encode as themselves, so a ``nats req`` user can send ``shared_vars`` by hand.
+Other values become a one-key-plus-payload object tagged with ``"$t"``:
+
+======================  =============================================================
+``datetime``            ``{"$t": "datetime", "v": "2026-11-21T10:00:00+00:00"}``
+``date`` / ``time``     ``{"$t": "date", "v": "2026-11-21"}`` / ``{"$t": "time", ...}``
+``timedelta``           ``{"$t": "timedelta", "v": 1.5}`` (seconds)
+``Decimal``             ``{"$t": "decimal", "v": "1.10"}``
+``UUID``                ``{"$t": "uuid", "v": "..."}``
+``bytes``               ``{"$t": "bytes", "v": "<base64>"}``
+``tuple`` / ``set``     ``{"$t": "tuple", "v": [...]}`` / ``{"$t": "set"|"frozenset", ...}``
+non-finite float        ``{"$t": "float", "v": "nan"|"inf"|"-inf"}``
+odd ``dict``            ``{"$t": "dict", "v": [[k, v], ...]}`` (non-str keys, or a ``"$t"`` key)
+dataclass / Struct      ``{"$t": "obj", "cls": "module:Qualname", "v": {field: value}}``
+``Enum`` member         ``{"$t": "enum", "cls": "module:Qualname", "v": value}``
+======================  =============================================================
+
+Objects and enums decode only into classes a :class:`TypeRegistry` knows (the ones the agent
+module declares): stored data can never name an arbitrary class to import or instantiate.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import math
+import types
+import uuid
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+__all__ = ["TAG", "TypeRegistry", "UnencodableValueError", "from_json", "to_json"]
+
+TAG = "$t"
+
+
+class UnencodableValueError(TypeError):
+    """A value has no tagged encoding; ``path`` says where it is (``shared_vars['event'].items[2]``)."""
+
+    def __init__(self, path: str, value: Any) -> None:
+        super().__init__(f"{path}: cannot encode a value of type {type(value).__name__}")
+        self.path = path
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class TypeRegistry:
+    """The dataclasses, msgspec Structs and Enums that may be encoded and revived by name."""
+
+    def __init__(self, classes: list[type] | None = None) -> None:
+        self._by_name: dict[str, type] = {}
+        for cls in classes or []:
+            self.register(cls)
+
+    def register(self, cls: type) -> type:
+        """Allow ``cls`` (usable as a decorator)."""
+        self._by_name[_class_name(cls)] = cls
+        return cls
+
+    @classmethod
+    def from_module(cls, module: types.ModuleType) -> TypeRegistry:
+        """Every dataclass, Struct and Enum defined in ``module``."""
+        reg = cls()
+        for obj in vars(module).values():
+            if isinstance(obj, type) and obj.__module__ == module.__name__ and _is_registrable(obj):
+                reg.register(obj)
+        return reg
+
+    def knows(self, kind: type) -> bool:
+        """Whether ``kind`` is registered."""
+        return self._by_name.get(_class_name(kind)) is kind
+
+    def lookup(self, name: str) -> type:
+        """The registered class called ``name``; ``ValueError`` when unknown."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ValueError(f"class {name} is not registered for decoding") from None
+
+
+def _is_registrable(kind: type) -> bool:
+    return dataclasses.is_dataclass(kind) or issubclass(kind, msgspec.Struct | enum.Enum)
+
+
+_EMPTY = TypeRegistry()
+
+
+def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value") -> Any:
+    """Encode ``value`` as a JSON-able structure; :class:`UnencodableValueError` names the path."""
+    reg = registry or _EMPTY
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {TAG: "float", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, list):
+        return [to_json(v, reg, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and TAG not in value:
+            return {k: to_json(v, reg, f"{path}[{k!r}]") for k, v in value.items()}
+        return {
+            TAG: "dict",
+            "v": [
+                [to_json(k, reg, f"{path}.key"), to_json(v, reg, f"{path}[{k!r}]")] for k, v in value.items()
+            ],
+        }
+    if isinstance(value, enum.Enum):
+        if not reg.knows(type(value)):
+            raise UnencodableValueError(path, value)
+        return {TAG: "enum", "cls": _class_name(type(value)), "v": to_json(value.value, reg, path)}
+    if isinstance(value, datetime):
+        return {TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, date):
+        return {TAG: "date", "v": value.isoformat()}
+    if isinstance(value, time):
+        return {TAG: "time", "v": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {TAG: "timedelta", "v": value.total_seconds()}
+    if isinstance(value, Decimal):
+        return {TAG: "decimal", "v": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {TAG: "uuid", "v": str(value)}
+    if isinstance(value, bytes | bytearray):
+        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return {TAG: "tuple", "v": [to_json(v, reg, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, set | frozenset):
+        kind = "set" if isinstance(value, set) else "frozenset"
+        return {TAG: kind, "v": [to_json(v, reg, f"{path}{{}}") for v in value]}
+    kind_t = type(value)
+    if reg.knows(kind_t) and (dataclasses.is_dataclass(value) or isinstance(value, msgspec.Struct)):
+        names = (
+            [f.name for f in dataclasses.fields(value)]
+            if dataclasses.is_dataclass(value)
+            else list(kind_t.__struct_fields__)  # type: ignore[attr-defined]
+        )
+        return {
+            TAG: "obj",
+            "cls": _class_name(kind_t),
+            "v": {n: to_json(getattr(value, n), reg, f"{path}.{n}") for n in names},
+        }
+    raise UnencodableValueError(path, value)
+
+
+def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
+    """Decode what :func:`to_json` produced (or any plain JSON value)."""
+    reg = registry or _EMPTY
+    if isinstance(data, list):
+        return [from_json(v, reg) for v in data]
+    if not isinstance(data, dict):
+        return data
+    tag = data.get(TAG)
+    if tag is None:
+        return {k: from_json(v, reg) for k, v in data.items()}
+    v = data.get("v")
+    match tag:
+        case "datetime":
+            return datetime.fromisoformat(v)
+        case "date":
+            return date.fromisoformat(v)
+        case "time":
+            return time.fromisoformat(v)
+        case "timedelta":
+            return timedelta(seconds=v)
+        case "decimal":
+            return Decimal(v)
+        case "uuid":
+            return uuid.UUID(v)
+        case "bytes":
+            return base64.b64decode(v)
+        case "float":
+            return float(v)
+        case "tuple":
+            return tuple(from_json(x, reg) for x in v)
+        case "set":
+            return {from_json(x, reg) for x in v}
+        case "frozenset":
+            return frozenset(from_json(x, reg) for x in v)
+        case "dict":
+            return {from_json(k, reg): from_json(x, reg) for k, x in v}
+        case "enum":
+            return reg.lookup(data["cls"])(from_json(v, reg))
+        case "obj":
+            return reg.lookup(data["cls"])(**{k: from_json(x, reg) for k, x in v.items()})
+    raise ValueError(f"unknown value tag {tag!r}")

@@ -23,7 +23,7 @@ from statek_bus.settings import SettingsError
 
 __all__ = ["main", "run_async"]
 
-_AREAS = ("statek_bus.cli.mesh", "statek_bus.cli.states", "statek_bus.cli.jobs")
+_AREAS = ("statek_bus.cli.mesh", "statek_bus.cli.states", "statek_bus.cli.jobs", "statek_bus.cli.demo")
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -1,0 +1,81 @@
+"""Shared benchmark helpers: closed-loop load at N in flight, percentiles, and the table printer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Result", "closed_loop", "percentile", "print_table"]
+
+
+@dataclass
+class Result:
+    """Outcome of a closed-loop run."""
+
+    ops: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        """Operations per second."""
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float:
+        """Latency percentile ``q`` (0-100) in milliseconds."""
+        return percentile(self.latencies, q) * 1000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``values``."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+async def closed_loop(op: Callable[[int], Awaitable[Any]], *, in_flight: int, seconds: float) -> Result:
+    """Run ``op(i)`` from ``in_flight`` workers for ``seconds``; each awaits its op before the next."""
+    latencies: list[float] = []
+    counter = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal counter
+        while time.perf_counter() < deadline:
+            counter += 1
+            i = counter
+            t0 = time.perf_counter()
+            await op(i)
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return Result(len(latencies), time.perf_counter() - started, latencies)
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    """Print ``rows`` (dicts with the same keys) as an aligned text table."""
+    print(f"\n## {title}\n")
+    if not rows:
+        print("(no rows)")
+        return
+    cols = list(rows[0])
+    for r in rows[1:]:
+        cols += [c for c in r if c not in cols]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |")

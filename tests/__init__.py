@@ -1,0 +1,1 @@
+"""statek-bus test suite (a package so subprocesses can import tests.support)."""

@@ -1,0 +1,1 @@
+"""Test-only support code (services and agents used by tests)."""

@@ -1,0 +1,69 @@
+"""A test-only service exercising the runner: echo, one endpoint per error class, a slow one.
+
+Run as a process with ``python -m tests.support.echo_service`` (NATS_URL from the environment)
+for kill/restart tests, or in-process with ``running_service(build, ...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from statek_bus import errors
+from statek_bus.service import Endpoint, ServiceContext, ServiceSpec, run_service
+from statek_bus.settings import Settings
+
+NAME = "statek-test-echo"
+PREFIX = "test.echo"
+
+
+class EchoRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    text: str
+    times: int = 1
+
+
+class FailRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    code: int
+
+
+class SlowRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    seconds: float
+
+
+_BY_CODE = {
+    400: errors.BadRequestError("bad thing", field="$.thing"),
+    404: errors.NotFoundError("no such thing"),
+    409: errors.ConflictError("stale", details={"current_revision": 7}),
+    413: errors.PayloadTooLargeError("too big", details={"size": 10, "limit": 5}),
+    503: errors.ServiceUnavailableError("down"),
+    500: errors.InternalError("explicit internal"),
+}
+
+
+async def build(ctx: ServiceContext) -> ServiceSpec:
+    async def echo(req: EchoRequest) -> dict[str, str]:
+        return {"text": req.text * req.times}
+
+    async def fail(req: FailRequest) -> None:
+        if req.code == 0:
+            raise RuntimeError("secret internals: password=hunter2")
+        raise _BY_CODE[req.code]
+
+    async def slow(req: SlowRequest) -> dict[str, float]:
+        await asyncio.sleep(req.seconds)
+        return {"slept": req.seconds}
+
+    return ServiceSpec(
+        name=NAME,
+        description="Test service for the runner",
+        endpoints=[
+            Endpoint("echo", f"{PREFIX}.echo", EchoRequest, echo, "echo text"),
+            Endpoint("fail", f"{PREFIX}.fail", FailRequest, fail, "raise an error of a code"),
+            Endpoint("slow", f"{PREFIX}.slow", SlowRequest, slow, "sleep then answer"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(run_service(build, Settings.from_env(drain_timeout=5.0), name=NAME))

@@ -165,8 +165,10 @@ class NatsServer:
                     self.url = ports["nats"][0]
                     self.monitor_url = ports["monitoring"][0]
                     self.port = int(self.url.rsplit(":", 1)[1])
-            if self.monitor_url and await asyncio.to_thread(self._healthy):
-                return
+            if self.monitor_url:
+                healthy: bool = await asyncio.to_thread(self._healthy)
+                if healthy:
+                    return
             if time.monotonic() > deadline:
                 raise LauncherError(
                     f"nats-server did not become ready in {timeout:.0f}s: {self._last_error()}"

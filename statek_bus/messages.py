@@ -71,7 +71,7 @@ class _Record(msgspec.Struct, kw_only=True):
     """Base of replies and stored records."""
 
 
-class Empty(_Request, kw_only=True):
+class Empty(_Request, kw_only=True, frozen=True):
     """A request with no fields (``{}``)."""
 
 
@@ -191,7 +191,7 @@ class JobRecord(_Record, kw_only=True):
         )
 
 
-class SubmitRequest(_Request, kw_only=True):
+class SubmitRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.submit``: create one job."""
 
     agent: str
@@ -208,7 +208,7 @@ class SubmitRequest(_Request, kw_only=True):
     """The parent job, for child jobs."""
 
 
-class SubmitBatchRequest(_Request, kw_only=True):
+class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.submit_batch``: create one job per ``shared_vars_batch`` entry."""
 
     agent: str
@@ -225,14 +225,14 @@ class SubmitBatchRequest(_Request, kw_only=True):
     """The parent job of every job in the batch."""
 
 
-class JobGetRequest(_Request, kw_only=True):
+class JobGetRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.get`` and ``statek.jobs.history``."""
 
     job_id: str
     """The job."""
 
 
-class JobListRequest(_Request, kw_only=True):
+class JobListRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.list``: filter exactly, page from 1."""
 
     agent: str | None = None
@@ -247,7 +247,7 @@ class JobListRequest(_Request, kw_only=True):
     """Page, from 1."""
 
 
-class JobCancelRequest(_Request, kw_only=True):
+class JobCancelRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.cancel``."""
 
     job_id: str
@@ -256,7 +256,7 @@ class JobCancelRequest(_Request, kw_only=True):
     """Shown in ``exit_status`` as ``Cancelled: <reason>``."""
 
 
-class JobSendMessageRequest(_Request, kw_only=True):
+class JobSendMessageRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.send_message``: a chat message to the job (restarts a DONE job)."""
 
     job_id: str
@@ -265,7 +265,7 @@ class JobSendMessageRequest(_Request, kw_only=True):
     """The message text."""
 
 
-class JobSendNotificationRequest(_Request, kw_only=True):
+class JobSendNotificationRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.send_notification``: a notification (restarts a DONE job)."""
 
     job_id: str
@@ -274,7 +274,7 @@ class JobSendNotificationRequest(_Request, kw_only=True):
     """The notification text."""
 
 
-class WorkMessage(_Record, kw_only=True, frozen=True):
+class WorkMessage(_Record, kw_only=True):
     """Payload of a work-queue message: run step ``step`` of ``job_id``."""
 
     job_id: str
@@ -378,7 +378,7 @@ class AgentDescription(_Record, kw_only=True):
     """When an executor last registered it."""
 
 
-class AgentGetRequest(_Request, kw_only=True):
+class AgentGetRequest(_Request, kw_only=True, frozen=True):
     """``statek.agents.get``."""
 
     agent: str
@@ -428,7 +428,7 @@ class StateRecord(_Record, kw_only=True):
     """When ``ttl_seconds`` was given on create: when it expires."""
 
 
-class StateCreateRequest(_Request, kw_only=True):
+class StateCreateRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.create``."""
 
     task_id: str
@@ -441,7 +441,7 @@ class StateCreateRequest(_Request, kw_only=True):
     """Optional lifetime in whole seconds (≥ 1)."""
 
 
-class StateRetrieveRequest(_Request, kw_only=True):
+class StateRetrieveRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.retrieve``: by ``state_id``, or by ``task_id`` and ``agent_id``."""
 
     state_id: str | None = None
@@ -452,7 +452,7 @@ class StateRetrieveRequest(_Request, kw_only=True):
     """With ``task_id``."""
 
 
-class StateUpdateRequest(_Request, kw_only=True):
+class StateUpdateRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.update``: replace the whole object."""
 
     state_id: str
@@ -463,7 +463,7 @@ class StateUpdateRequest(_Request, kw_only=True):
     """Compare-and-set: a different current revision is a 409 carrying it."""
 
 
-class StateListRequest(_Request, kw_only=True):
+class StateListRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.list``."""
 
     task_id: str | None = None
@@ -476,14 +476,14 @@ class StateListRequest(_Request, kw_only=True):
     """Page, from 1."""
 
 
-class StateDeleteRequest(_Request, kw_only=True):
+class StateDeleteRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.delete``."""
 
     state_id: str
     """The state id."""
 
 
-class StateGetOrCreateRequest(_Request, kw_only=True):
+class StateGetOrCreateRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.get_or_create``: atomic get, or create with ``default``."""
 
     task_id: str
@@ -494,7 +494,7 @@ class StateGetOrCreateRequest(_Request, kw_only=True):
     """The object to create when none exists (must be a JSON object)."""
 
 
-class StateHistoryRequest(_Request, kw_only=True):
+class StateHistoryRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.history``: earlier revisions, newest first."""
 
     state_id: str
@@ -545,7 +545,7 @@ class ChatMessage(_Record, kw_only=True):
     """Optional speaker or tool name."""
 
 
-class CompleteRequest(_Request, kw_only=True):
+class CompleteRequest(_Request, kw_only=True, frozen=True):
     """``statek.llm.complete``."""
 
     model: str

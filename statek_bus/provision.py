@@ -112,7 +112,7 @@ def work_consumer(settings: Settings) -> ConsumerConfig:
 async def provision(js: JetStreamContext, settings: Settings, *, attempts: int = 20) -> None:
     """Create every stream, bucket, consumer and the object store, or verify they match."""
     for cfg in desired_streams(settings):
-        await _retrying(lambda cfg=cfg: _ensure_stream(js, cfg), attempts)  # type: ignore[misc]
+        await _retrying(lambda cfg=cfg: _ensure_stream(js, cfg), attempts)
     await _retrying(lambda: js.add_consumer(s.WORK_STREAM, work_consumer(settings)), attempts)
     await _retrying(lambda: _ensure_object_store(js, settings), attempts)
 

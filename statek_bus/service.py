@@ -33,6 +33,7 @@ import nats.micro
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.micro.request import Request
 from nats.micro.service import Service
 
 from statek_bus.connection import connect
@@ -127,8 +128,8 @@ class _Runner:
                 metadata={"request": ep.request.__name__, "doc": ep.doc or ep.name},
             )
 
-    def _dispatcher(self, ep: Endpoint, index: int) -> Callable[[nats.micro.Request], Awaitable[None]]:
-        async def dispatch(req: nats.micro.Request) -> None:
+    def _dispatcher(self, ep: Endpoint, index: int) -> Callable[[Request], Awaitable[None]]:
+        async def dispatch(req: Request) -> None:
             await self.sem.acquire()
             task = asyncio.create_task(self._handle(ep, index, req._msg))
             self.tasks.add(task)

@@ -141,7 +141,7 @@ def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value
         names = (
             [f.name for f in dataclasses.fields(value)]
             if dataclasses.is_dataclass(value)
-            else list(kind_t.__struct_fields__)  # type: ignore[attr-defined]
+            else list(kind_t.__struct_fields__)
         )
         return {
             TAG: "obj",
@@ -161,7 +161,7 @@ def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
     tag = data.get(TAG)
     if tag is None:
         return {k: from_json(v, reg) for k, v in data.items()}
-    v = data.get("v")
+    v: Any = data.get("v")
     match tag:
         case "datetime":
             return datetime.fromisoformat(v)

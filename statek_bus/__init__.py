@@ -1,0 +1,38 @@
+"""statek-bus: durable code-first LLM agent jobs and a task/agent States API, as a service mesh on NATS.
+
+This module is the front door; every public name is listed in ``__all__``.
+"""
+
+from __future__ import annotations
+
+from statek_bus.client import AsyncStatekClient, StatekClient
+from statek_bus.errors import (
+    BadRequestError,
+    ConflictError,
+    InternalError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    StatekError,
+)
+from statek_bus.messages import Job, JobStatus, State, Usage
+from statek_bus.settings import Settings
+
+__all__ = [
+    "AsyncStatekClient",
+    "BadRequestError",
+    "ConflictError",
+    "InternalError",
+    "Job",
+    "JobStatus",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServiceUnavailableError",
+    "Settings",
+    "State",
+    "StatekClient",
+    "StatekError",
+    "Usage",
+]
+
+__version__ = "0.1.0"

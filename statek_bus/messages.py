@@ -48,6 +48,7 @@ __all__ = [
     "StateHistoryRequest",
     "StateListRequest",
     "StateRecord",
+    "StateRef",
     "StateRetrieveRequest",
     "StateUpdateRequest",
     "SubmitBatchRequest",
@@ -426,6 +427,17 @@ class StateRecord(_Record, kw_only=True):
     """Last update (UTC)."""
     expires_at: datetime | None = None
     """When ``ttl_seconds`` was given on create: when it expires."""
+
+
+class StateRef(_Record, kw_only=True):
+    """Value of a state's id pointer and index keys: which (task, agent) pair a state id belongs to."""
+
+    id: str
+    """The state id."""
+    task_id: str
+    """Owning task."""
+    agent_id: str
+    """Owning agent."""
 
 
 class StateCreateRequest(_Request, kw_only=True, frozen=True):

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from statek_bus.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.messages import JobEvent, JobRecord, WorkMessage, decode, encode
 from statek_bus.subjects import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     JOBS_BUCKET,
     MSG_ID_HEADER,
     job_events_subject,
@@ -33,9 +34,10 @@ from statek_bus.subjects import (
     work_schedule_subject,
 )
 
-__all__ = ["JobStore", "StaleRecordError", "utcnow"]
+__all__ = ["JobStore", "StaleRecordError", "scan", "utcnow"]
 
 _CAS_ATTEMPTS = 50
+_WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
 
 def utcnow() -> datetime:
@@ -117,13 +119,28 @@ class JobStore:
         raise ServiceUnavailableError(f"job {job_id!r} is under heavy contention; try again")
 
     # --- work queue --------------------------------------------------------------------------------
-    async def enqueue(self, job_id: str, step: int, *, at: datetime | None = None) -> None:
-        """Queue step ``step`` of ``job_id`` now, or at ``at`` (a durable ADR-51 scheduled message)."""
+    async def enqueue(
+        self, job_id: str, step: int, *, at: datetime | None = None, if_absent: bool = False
+    ) -> bool:
+        """Queue step ``step`` of ``job_id`` now, or at ``at`` (a durable ADR-51 scheduled message).
+
+        With ``if_absent`` the publish is stored only when the job's work subject holds no message
+        (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
+        Returns whether a new message was stored (``False`` for a duplicate id or a present one).
+        """
         body = encode(WorkMessage(job_id=job_id, step=step))
         msg_id = f"{token(job_id)}:{step}"
         if at is None:
-            await self.js.publish(work_run_subject(job_id), body, headers={MSG_ID_HEADER: msg_id})
-            return
+            headers = {MSG_ID_HEADER: msg_id}
+            if if_absent:
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
+            try:
+                ack = await self.js.publish(work_run_subject(job_id), body, headers=headers)
+            except APIError as exc:
+                if if_absent and exc.err_code == _WRONG_LAST_SEQUENCE:
+                    return False  # queued, or being run
+                raise
+            return not ack.duplicate
         when = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
         await self.js.publish(
             work_schedule_subject(job_id),
@@ -134,8 +151,28 @@ class JobStore:
                 "Nats-Schedule-Target": work_run_subject(job_id),
             },
         )
+        return True
 
     # --- events ------------------------------------------------------------------------------------
     async def publish(self, event: JobEvent) -> None:
         """Publish a job event (stored in the job-log stream, seen live by subscribers)."""
         await self.js.publish(job_events_subject(event.job_id), encode(event))
+
+
+async def scan(kv: KeyValue, pattern: str, *, timeout: float = 10.0) -> list[tuple[str, bytes]]:
+    """The latest value of every live key matching ``pattern``, in the order they were written.
+
+    (``KeyValue.keys(filters=...)`` watches the whole bucket and filters client-side; this
+    filters on the server.)
+    """
+    watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=5.0)
+    out: list[tuple[str, bytes]] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
+            if entry is None:
+                return out
+            if entry.value:
+                out.append((entry.key, entry.value))
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]

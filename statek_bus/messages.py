@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from statek_bus.errors import BadRequestError
+from statek_bus.subjects import batch_job_ids
 
 __all__ = [
     "AgentDescription",
@@ -25,6 +26,7 @@ __all__ = [
     "CompleteRequest",
     "Empty",
     "ExecutorStatus",
+    "IndexEntry",
     "Job",
     "JobCancelRequest",
     "JobEvent",
@@ -39,6 +41,7 @@ __all__ = [
     "ModelInfo",
     "ModelsReply",
     "ParamDescription",
+    "PendingMarker",
     "RunningStep",
     "State",
     "StateChange",
@@ -327,6 +330,40 @@ class JobHistory(_Record, kw_only=True):
     """Chat log, oldest first."""
     console: list[str] = []
     """Console output, oldest first."""
+
+
+class PendingMarker(_Record, kw_only=True):
+    """``pending.<nuid>``: jobs whose step-0 work message may not be persisted yet."""
+
+    job_ids: list[str] = []
+    """Explicit ids (a single submit)."""
+    batch_id: str | None = None
+    """For a batch: ids are ``<batch_id>-<index>`` for index in ``range(count)``."""
+    count: int = 0
+    """Jobs in the batch."""
+    index_keys: list[str] = []
+    """Index entries written with the jobs (removed if the submit never created any of them)."""
+    created_at: datetime
+    """When the submit began (UTC)."""
+
+    def ids(self) -> list[str]:
+        """Every job id this marker covers."""
+        return self.job_ids or batch_job_ids(self.batch_id or "", self.count)
+
+
+class IndexEntry(_Record, kw_only=True, omit_defaults=True):
+    """``idx.<scope>.{j,b}.<id>``: one job, or a whole batch, in creation order."""
+
+    job_id: str | None = None
+    """A single job."""
+    batch_id: str | None = None
+    """A batch: jobs ``<batch_id>-0`` ... ``<batch_id>-<count - 1>``."""
+    count: int = 0
+    """Jobs in the batch."""
+
+    def ids(self) -> list[str]:
+        """The job ids this entry stands for."""
+        return [self.job_id] if self.job_id is not None else batch_job_ids(self.batch_id or "", self.count)
 
 
 # ==================================================================================================

@@ -17,6 +17,8 @@ __all__ = [
     "ERROR_HEADER",
     "EVENTS_PREFIX",
     "EXECUTOR_STATUS",
+    "EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER",
+    "INDEX_PREFIX",
     "JOBS_BUCKET",
     "JOBS_CANCEL",
     "JOBS_GET",
@@ -31,6 +33,7 @@ __all__ = [
     "LLM_MODELS",
     "MSG_ID_HEADER",
     "OBJECT_STORE_BUCKET",
+    "PENDING_PREFIX",
     "SERVICE_EXECUTOR",
     "SERVICE_NAMES",
     "SERVICE_PROVIDER",
@@ -50,6 +53,7 @@ __all__ = [
     "WORK_RUN_PREFIX",
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
+    "batch_job_ids",
     "job_events_subject",
     "job_key",
     "token",
@@ -108,10 +112,16 @@ WORK_CONSUMER = "statek_executors"
 JOB_LOG_STREAM = "statek_job_log"
 """Append-only stream capturing every job event subject: the durable chat log and console of each job."""
 
+PENDING_PREFIX = "pending"
+"""``statek_jobs`` keys ``pending.<nuid>``: jobs whose step-0 work message may not be persisted yet."""
+INDEX_PREFIX = "idx"
+"""``statek_jobs`` keys ``idx.{all|agent.<tok>|parent.<tok>}.{j|b}.<tok>``: list indexes in creation order."""
+
 # --- headers ---------------------------------------------------------------------------------------
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 TRACE_ID_HEADER = "Statek-Trace-Id"
 
 # --- id escaping -----------------------------------------------------------------------------------
@@ -150,6 +160,11 @@ def untoken(value: str) -> str:
             raw.extend(value[i].encode("ascii"))
             i += 1
     return raw.decode("utf-8")
+
+
+def batch_job_ids(batch_id: str, count: int) -> list[str]:
+    """The ids of a batch's jobs: ``<batch_id>-<index>`` (a retried batch derives the same ids)."""
+    return [f"{batch_id}-{i}" for i in range(count)]
 
 
 def job_key(job_id: str) -> str:

@@ -22,6 +22,7 @@ from types import TracebackType
 from statek_bus.connection import connect
 from statek_bus.discovery import ping
 from statek_bus.launcher import LauncherError, NatsServer
+from statek_bus.provider.redaction import secret_env_names
 from statek_bus.provision import provision
 from statek_bus.settings import Settings
 from statek_bus.subjects import (
@@ -79,6 +80,9 @@ class ServiceProcess:
     def spawn(self) -> None:
         """Start the process (readiness: :meth:`wait_ready`)."""
         env = {**os.environ, **self.env, "NATS_URL": self.nats_url}
+        if self.kind != "provider":  # provider keys live only in the provider (invariant 6)
+            for name in secret_env_names(env):
+                env.pop(name)
         cmd = [sys.executable, "-m", "statek_bus", "serve", self.kind, *self.args]
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)

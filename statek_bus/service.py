@@ -97,6 +97,8 @@ class ServiceContext:
     """Set when the service begins to stop."""
     instance_id: str = ""
     """The micro service instance id (set once registered)."""
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the micro service is registered and answering ``$SRV.PING``."""
 
 
 ServiceFactory = Callable[[ServiceContext], Awaitable[ServiceSpec]]
@@ -206,6 +208,7 @@ async def running_service(
             spec = await factory(ctx)
             runner = _Runner(ctx, spec)
             await runner.start()
+            ctx.ready.set()
             log.info("%s %s ready (instance %s)", spec.name, SERVICE_VERSION, ctx.instance_id)
             try:
                 yield ctx

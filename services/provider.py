@@ -1,0 +1,64 @@
+"""The ``statek-provider`` micro service: ``statek.llm.complete`` and ``statek.llm.models``.
+
+Wiring only; the work is :class:`statek_bus.provider.Provider`. litellm is imported in the
+background once the service is registered, so ``$SRV.PING`` answers while it loads (requests that
+need it wait for it; scripted-model requests never do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from statek_bus.messages import CompleteRequest, Empty
+from statek_bus.provider import Provider
+from statek_bus.service import Endpoint, ServiceContext, ServiceSpec
+from statek_bus.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
+
+__all__ = ["build"]
+
+"""Seconds between checks that the runner has registered the service (see :func:`_load_when_registered`)."""
+
+
+async def build(ctx: ServiceContext) -> ServiceSpec:
+    """Open the provider on ``ctx.stack`` and describe its endpoints."""
+    provider = await ctx.stack.enter_async_context(Provider(ctx.settings))
+    await ctx.stack.enter_async_context(_load_when_registered(ctx, provider))
+    return ServiceSpec(
+        name=SERVICE_PROVIDER,
+        description="LLM calls through litellm: model routing, retries, rate/concurrency limits, usage and cost",
+        endpoints=[
+            Endpoint(
+                "complete",
+                LLM_COMPLETE,
+                request=CompleteRequest,
+                handler=provider.complete,
+                doc="One LLM completion: {model, messages, tools?, temperature?, job_id?, metadata?}",
+            ),
+            Endpoint(
+                "models",
+                LLM_MODELS,
+                request=Empty,
+                handler=provider.models,
+                doc="The models this instance serves, with limits and key status",
+            ),
+        ],
+        metadata={"litellm": "loaded in the background after registration"},
+    )
+
+
+@contextlib.asynccontextmanager
+async def _load_when_registered(ctx: ServiceContext, provider: Provider) -> AsyncIterator[None]:
+    # litellm's import holds the GIL for seconds: start it only once $SRV.PING answers.
+    async def wait_then_load() -> None:
+        await ctx.ready.wait()
+        provider.start_loading()
+
+    task = asyncio.create_task(wait_then_load())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,195 @@
+"""The provider engine: one ``complete`` for every model, and the ``models`` listing.
+
+A request flows: :func:`~.routing.route` (validate model and metadata, pick the model by
+difficulty) → the scripted model, answered in-process, or litellm: :func:`~.llm.preflight` (known
+provider, key present) → per attempt, a slot of the model's :class:`~.limits.ModelLimiter` and one
+``acompletion`` under a timeout → :func:`~.retry.retry_call` for transient failures → the reply
+with its usage and cost (price table first, then litellm's map). Failures come out as the error
+tree's classes (:func:`~.llm.to_error`), their text redacted of keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from types import TracebackType
+from typing import Any
+
+from statek_bus.errors import BadRequestError, InternalError
+from statek_bus.messages import CompleteReply, CompleteRequest, Empty, LLMUsage, ModelInfo, ModelsReply
+from statek_bus.provider.limits import Limits
+from statek_bus.provider.llm import (
+    LiteLLM,
+    build_kwargs,
+    classify,
+    key_env,
+    litellm_cost,
+    preflight,
+    to_error,
+    to_reply,
+)
+from statek_bus.provider.pricing import PriceTable
+from statek_bus.provider.redaction import Redactor, install_log_redaction
+from statek_bus.provider.retry import RetryPolicy, retry_call
+from statek_bus.provider.routing import SCRIPTED_PREFIX, Route, route
+from statek_bus.provider.scripted import ScriptStore, parse_script, scripted_reply
+from statek_bus.settings import Settings
+
+__all__ = ["Provider"]
+
+log = logging.getLogger("statek_bus.provider.engine")
+
+_TIMEOUT_GRACE = 5.0
+"""Seconds past ``llm_timeout`` before our own guard cancels an attempt litellm did not time out."""
+
+
+class Provider:
+    """Answers ``statek.llm.complete`` and ``statek.llm.models``; an async context manager.
+
+    Args:
+        settings: timeouts, retry policy, limits and the price table path.
+        prices: a price table (default: loaded from ``settings.llm_price_table``).
+        litellm: the litellm loader (default: a new one; loading starts on first use or
+            :meth:`start_loading`).
+    """
+
+    def __init__(
+        self, settings: Settings, *, prices: PriceTable | None = None, litellm: LiteLLM | None = None
+    ) -> None:
+        self.settings = settings
+        self.prices = prices if prices is not None else PriceTable.load(settings.llm_price_table)
+        self.litellm = litellm or LiteLLM()
+        self.limits = Limits.from_settings(settings)
+        self.policy = RetryPolicy.from_settings(settings)
+        self.scripts = ScriptStore()
+        self.redact = Redactor()
+        self._unpriced: set[str] = set()
+
+    async def __aenter__(self) -> Provider:
+        install_log_redaction(redactor=self.redact)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release litellm's connections."""
+        await self.litellm.aclose()
+
+    def start_loading(self) -> None:
+        """Begin importing litellm in the background (call once the service answers PING)."""
+        self.litellm.start()
+
+    # --- endpoints ---------------------------------------------------------------------------------
+
+    async def complete(self, req: CompleteRequest) -> CompleteReply:
+        """Answer one completion request.
+
+        Raises:
+            BadRequestError: bad model, metadata, script, missing key, or the provider refused it.
+            PayloadTooLargeError: the conversation does not fit the model.
+            ServiceUnavailableError: the provider stayed unavailable through the retry policy, or
+                its response was malformed.
+        """
+        r = route(req)
+        if r.scripted:
+            return await self._scripted(req, r)
+        return await self._litellm(req, r)
+
+    async def models(self, req: Empty) -> ModelsReply:
+        """The models this instance has served or prices, with their limits and key status."""
+        names = {load.model for load in self.limits.loads()} | set(self.prices.models())
+        litellm = (
+            await self.litellm.module() if any(not n.startswith(SCRIPTED_PREFIX) for n in names) else None
+        )
+        out = [
+            ModelInfo(
+                name=f"{SCRIPTED_PREFIX}*",
+                concurrency=self.limits.concurrency,
+                rate=self.limits.rate,
+                key_env=None,
+                key_present=True,
+            )
+        ]
+        for name in sorted(n for n in names if not n.startswith(SCRIPTED_PREFIX)):
+            env, present = key_env(litellm, name)
+            limiter = self.limits.for_model(name)
+            out.append(
+                ModelInfo(
+                    name=name,
+                    concurrency=limiter.concurrency,
+                    rate=limiter.rate,
+                    key_env=env,
+                    key_present=present,
+                )
+            )
+        return ModelsReply(models=out)
+
+    # --- the two kinds of model --------------------------------------------------------------------
+
+    async def _scripted(self, req: CompleteRequest, r: Route) -> CompleteReply:
+        if r.script_file is not None:
+            script, field = await self.scripts.load(r.script_file), "$.metadata.SCRIPT_FILE"
+        else:
+            script, field = parse_script(r.script, "$.metadata.SCRIPT"), "$.metadata.SCRIPT"
+        reply = scripted_reply(req, r.model, script, field=field)
+        price = self.prices.lookup(r.model)
+        if price is not None:
+            u = reply.usage
+            reply.usage = LLMUsage(
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cached_tokens=u.cached_tokens,
+                cost=price.cost(u.input_tokens, u.output_tokens, u.cached_tokens),
+            )
+        return reply
+
+    async def _litellm(self, req: CompleteRequest, r: Route) -> CompleteReply:
+        litellm = await self.litellm.module()
+        if not req.messages:
+            raise BadRequestError("messages must hold at least one message", field="$.messages")
+        preflight(litellm, r)
+        kwargs = build_kwargs(r, req, self.settings.llm_timeout)
+        limiter = self.limits.for_model(r.model)
+        guard = self.settings.llm_timeout + _TIMEOUT_GRACE
+
+        async def attempt() -> Any:
+            async with limiter.slot():
+                async with asyncio.timeout(guard):
+                    return await litellm.acompletion(**kwargs)
+
+        try:
+            response = await retry_call(
+                attempt,
+                self.policy,
+                lambda exc: classify(exc, self.redact),
+                what=f"llm {r.model}" + (f" (job {req.job_id})" if req.job_id else ""),
+            )
+        except Exception as exc:
+            mapped = to_error(exc, r.model, self.redact)
+            if mapped is exc:
+                raise self._internal(exc, r.model) from None
+            raise mapped from None
+        reply = to_reply(response, r.model)
+        reply.usage.cost = self._cost(litellm, response, r.model, reply.usage)
+        return reply
+
+    def _cost(self, litellm: Any, response: Any, model: str, usage: LLMUsage) -> float:
+        price = self.prices.lookup(model)
+        if price is not None:
+            return price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        cost = litellm_cost(litellm, response, model)
+        if cost is None:
+            if model not in self._unpriced:
+                self._unpriced.add(model)
+                log.info("no price for %s in litellm's map or the price table: its cost counts as 0", model)
+            return 0.0
+        return cost
+
+    def _internal(self, exc: BaseException, model: str) -> InternalError:
+        trace_id = uuid.uuid4().hex[:16]
+        log.error("unexpected error calling %s [trace_id=%s]", model, trace_id, exc_info=exc)
+        return InternalError(f"internal error calling {model!r} (trace_id {trace_id})", trace_id=trace_id)

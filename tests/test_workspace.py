@@ -1,0 +1,402 @@
+"""The durable workspace: values and definitions survive a "restart" (encode → bytes → fresh namespace)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from statek_bus.provision import provision
+from statek_bus.sandbox import SandboxPolicy, SandboxViolation, compile_block, sandbox_globals
+from statek_bus.settings import Settings
+from statek_bus.subjects import token
+from statek_bus.values import TypeRegistry
+from statek_bus.workspace import (
+    DefinitionSource,
+    Workspace,
+    WorkspaceData,
+    WorkspaceRef,
+    decode_workspace,
+    delete_workspace,
+    encode_workspace,
+    load_workspace,
+    save_workspace,
+    workspace_blob_name,
+)
+
+
+@dataclasses.dataclass
+class Point:
+    """A dataclass the agent module declares."""
+
+    x: int
+    y: int
+
+
+class Item(msgspec.Struct):
+    """A Struct the agent module declares."""
+
+    name: str
+    qty: int
+
+
+class Colour(enum.Enum):
+    """An Enum the agent module declares."""
+
+    RED = "red"
+
+
+REGISTRY = TypeRegistry([Point, Item, Colour])
+POLICY = SandboxPolicy()
+
+
+def tool(x: int) -> int:
+    """A tool the engine injects; never persisted."""
+    return x
+
+
+class Job:
+    """What the engine does around the workspace, step after step, with a restart in between."""
+
+    def __init__(self, data: WorkspaceData | None = None) -> None:
+        self.ns = sandbox_globals(POLICY)
+        self.ns["tool"] = tool
+        self.base = set(self.ns)
+        self.ws = (
+            Workspace.restore(data, self.ns, policy=POLICY, registry=REGISTRY)
+            if data is not None
+            else Workspace()
+        )
+
+    def step(self, source: str) -> Any:
+        """Run a block; returns the last echoed value."""
+        echoed = None
+        for statement in compile_block(source, POLICY).statements:
+            if statement.echo:
+                echoed = eval(statement.code, self.ns)
+            else:
+                exec(statement.code, self.ns)
+            self.ws.record(statement)
+        return echoed
+
+    def snapshot(self) -> tuple[WorkspaceData, list[str]]:
+        return self.ws.snapshot(self.ns, base_names=self.base, registry=REGISTRY)
+
+    def restart(self) -> Job:
+        """Snapshot, go through bytes, restore into a fresh namespace."""
+        data, _ = self.snapshot()
+        return Job(decode_workspace(encode_workspace(data)))
+
+
+VALUES: dict[str, Any] = {
+    "none": None,
+    "bools": [True, False],
+    "int": 12345678901234567890,
+    "float": 1.5,
+    "inf": float("-inf"),
+    "str": "héllo",
+    "list": [1, "a", None],
+    "dict": {"a": {"b": [1, 2]}},
+    "int_keys": {1: "one", (2, 3): "tuple key"},
+    "tag_key": {"$t": "not a tag"},
+    "datetime": datetime(2026, 11, 21, 10, 0, tzinfo=UTC),
+    "naive_datetime": datetime(2026, 11, 21, 10, 0, 5, 123),
+    "date": date(2026, 1, 2),
+    "time": time(10, 30, 15),
+    "timedelta": timedelta(days=1, seconds=3.5),
+    "decimal": Decimal("1.10"),
+    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "tuple": (1, (2, "x")),
+    "set": {1, 2, 3},
+    "frozenset": frozenset({"a", "b"}),
+    "bytes": b"\x00\xffdata",
+    "nested": {"when": [date(2026, 1, 1), {Decimal("2.5"): (b"x", frozenset({1}))}]},
+    "dataclass": Point(1, 2),
+    "struct": Item(name="bolt", qty=3),
+    "enum": Colour.RED,
+    "registered_nested": [Point(0, 0), {"item": Item(name="nut", qty=1)}],
+}
+
+
+@pytest.mark.parametrize("name", VALUES.keys())
+def test_every_supported_type_round_trips(name: str) -> None:
+    job = Job()
+    job.ns[name] = VALUES[name]
+    data, dropped = job.snapshot()
+    assert dropped == []
+    restored = Job(decode_workspace(encode_workspace(data)))
+    assert restored.ns[name] == VALUES[name]
+    assert type(restored.ns[name]) is type(VALUES[name])
+
+
+def test_function_and_class_defined_in_one_step_work_after_restart() -> None:
+    job = Job()
+    job.step(
+        "class Account:\n"
+        "    def __init__(self, owner):\n"
+        "        self.owner = owner\n"
+        "        self.balance = 0\n"
+        "    def deposit(self, amount):\n"
+        "        self.balance += amount\n"
+        "        return self.balance\n"
+        "def greet(name):\n"
+        "    '''Say hello.'''\n"
+        "    return f'hello {name}'\n"
+    )
+    later = job.restart()
+    assert later.step("greet('ada')") == "hello ada"
+    assert later.step("a = Account('ada')\na.deposit(5)\na.deposit(7)") == 12
+    assert later.ns["greet"].__doc__ == "Say hello."
+
+
+def test_lambda_import_and_from_import_persist() -> None:
+    job = Job()
+    job.step("import math\nfrom datetime import date as d\ndouble = lambda v: v * 2")
+    later = job.restart()
+    assert later.step("math.sqrt(16), d(2026, 1, 2).year, double(21)") == (4.0, 2026, 42)
+
+
+def test_closure_over_persisted_values() -> None:
+    job = Job()
+    job.step(
+        "rate = 3\ndef price(x):\n    return x * rate\ncounts = {'n': 0}\ndef bump():\n    counts['n'] += 1"
+    )
+    later = job.restart()
+    later.step("bump()\nbump()\nrate = 4")
+    assert later.step("price(2), counts['n']") == (8, 2)
+    again = later.restart()
+    assert again.step("price(2), counts['n']") == (8, 2)
+
+
+def test_instances_of_model_classes_persist_without_running_init() -> None:
+    job = Job()
+    job.step(
+        "made = []\n"
+        "class Vec:\n"
+        "    def __init__(self, x, y):\n"
+        "        made.append(1)\n"
+        "        self.x, self.y = x, y\n"
+        "    def norm2(self):\n"
+        "        return self.x ** 2 + self.y ** 2\n"
+        "    def __eq__(self, other):\n"
+        "        return (self.x, self.y) == (other.x, other.y)\n"
+        "class Path:\n"
+        "    def __init__(self, *points):\n"
+        "        self.points = list(points)\n"
+        "        self.meta = {'when': None, 'tags': ('a',)}\n"
+        "v = Vec(3, 4)\n"
+        "path = Path(Vec(0, 0), Vec(1, 1))\n"
+        "by_name = {'origin': Vec(0, 0)}\n"
+    )
+    data, dropped = job.snapshot()
+    assert dropped == []
+    assert data.values["v"] == {"$t": "mobj", "cls": "Vec", "v": {"x": 3, "y": 4}}
+    later = job.restart()
+    assert later.step("v.norm2(), len(made), isinstance(v, Vec)") == (25, 4, True)
+    assert later.step("[p.norm2() for p in path.points], path.meta['tags']") == ([0, 2], ("a",))
+    assert later.step("by_name['origin'] == Vec(0, 0)") is True
+
+
+def test_unpersistable_values_are_dropped_and_named() -> None:
+    job = Job()
+    job.step(
+        "gen = (i for i in range(3))\n"
+        "it = iter([1, 2])\n"
+        "def make(k):\n"
+        "    return lambda x: x * k\n"
+        "triple = make(3)\n"
+        "ok = 1\n"
+        "class Box:\n"
+        "    pass\n"
+        "box = Box()\n"
+        "box.fn = make\n"
+    )
+    job.ns["handle"] = io.StringIO("a tool returned a file-like")
+    data, dropped = job.snapshot()
+    assert dropped == ["box", "gen", "handle", "it", "triple"]
+    assert set(data.values) == {"ok"}
+    later = Job(data)
+    assert later.step("ok, make(2)(5)") == (1, 10)
+    with pytest.raises(NameError):
+        later.step("gen")
+
+
+def test_redefinition_replaces_the_earlier_definition() -> None:
+    job = Job()
+    job.step("def f():\n    return 1\nimport math\nimport math, json")
+    job.step("def f():\n    return 2\nimport math")
+    data, _ = job.snapshot()
+    assert [(d.names, d.source) for d in data.definitions] == [
+        (["math", "json"], "import math, json"),
+        (["f"], "def f():\n    return 2"),
+        (["math"], "import math"),
+    ]
+    assert Job(data).step("f(), json.dumps(1)") == (2, "1")
+
+
+def test_subclass_recorded_before_its_redefined_base_still_replays() -> None:
+    job = Job()
+    job.step("class A:\n    v = 1\nclass B(A):\n    pass")
+    job.step("class A:\n    v = 2")
+    data, _ = job.snapshot()
+    assert [d.names for d in data.definitions] == [["B"], ["A"]]
+    later = Job(data)
+    assert later.ws.restore_errors == []
+    assert later.step("B.v, A.v") == (2, 2)
+
+
+def test_definitions_see_values_at_replay() -> None:
+    job = Job()
+    job.step("k = 5\ndef f(x=k):\n    return x\nclass C:\n    size = k * 2")
+    assert job.restart().step("f(), C.size") == (5, 10)
+
+
+def test_names_rebound_or_deleted_after_definition() -> None:
+    job = Job()
+    job.step("def f():\n    return 1\ndef g():\n    return 2\nimport math")
+    job.step("f = 'now data'\ndel g")
+    data, _ = job.snapshot()
+    assert [d.names for d in data.definitions] == [["f"], ["math"]]
+    later = Job(data)
+    assert later.ns["f"] == "now data"
+    assert "g" not in later.ns
+
+
+def test_module_imported_inside_a_compound_statement_persists() -> None:
+    job = Job()
+    job.step("try:\n    import json\nexcept ImportError:\n    json = None")
+    assert job.restart().step("json.dumps([1])") == "[1]"
+
+
+def test_engine_names_and_dunders_are_not_persisted() -> None:
+    job = Job()
+    job.step("x = tool(1)")
+    data, _ = job.snapshot()
+    assert set(data.values) == {"x"}
+    assert not any("tool" in d.names for d in data.definitions)
+
+
+def test_restore_applies_the_sandbox_policy() -> None:
+    job = Job()
+    job.step("x = 1\ndef f():\n    return x")
+    data, _ = job.snapshot()
+    tampered = WorkspaceData(
+        values=data.values,
+        definitions=[*data.definitions, DefinitionSource(names=["os"], source="import os")],
+    )
+    ns = sandbox_globals(POLICY)
+    with pytest.raises(SandboxViolation):
+        Workspace.restore(tampered, ns, policy=POLICY, registry=REGISTRY)
+    assert "x" not in ns and "f" not in ns
+    walk = WorkspaceData(
+        definitions=[DefinitionSource(names=["f"], source="def f():\n    return ().__class__")]
+    )
+    with pytest.raises(SandboxViolation):
+        Workspace.restore(walk, sandbox_globals(POLICY), policy=POLICY, registry=REGISTRY)
+
+
+def test_a_definition_that_fails_at_replay_is_reported_and_the_rest_restored() -> None:
+    data = WorkspaceData(
+        values={"x": 1},
+        definitions=[
+            DefinitionSource(names=["f"], source="def f(a=undefined_name):\n    return a"),
+            DefinitionSource(names=["g"], source="def g():\n    return x"),
+            DefinitionSource(names=["h"], source="h = lambda: 1 / 0\nh()"),
+        ],
+    )
+    job = Job(data)
+    assert job.step("g()") == 1
+    assert job.ws.restore_errors == [
+        "h: ZeroDivisionError: division by zero",
+        "f: NameError: name 'undefined_name' is not defined",
+    ]
+
+
+def test_restoring_twice_gives_equal_namespaces() -> None:
+    job = Job()
+    job.step(
+        "import math\n"
+        "class Vec:\n"
+        "    def __init__(self, x):\n"
+        "        self.x = x\n"
+        "def f(v):\n"
+        "    return v.x * 2\n"
+        "sq = lambda n: n * n\n"
+        "items = [Vec(1), Vec(2)]\n"
+        "when = {'d': date_value} if False else None\n"
+        "s = {1, 2}\n"
+    )
+    job.ns["when"] = datetime(2026, 1, 1)
+    data, _ = job.snapshot()
+    one, two = Job(data), Job(data)
+    assert set(one.ns) == set(two.ns)
+    assert one.snapshot() == two.snapshot() == (data, [])
+    for name in ("s", "when"):
+        assert one.ns[name] == two.ns[name]
+    assert one.step("[f(v) for v in items], sq(3)") == two.step("[f(v) for v in items], sq(3)") == ([2, 4], 9)
+
+
+def test_restore_on_an_instance_fills_that_instance() -> None:
+    job = Job()
+    job.step("def f():\n    return 1\nx = 2")
+    data, _ = job.snapshot()
+    ns = sandbox_globals(POLICY)
+    ws = Workspace()
+    assert ws.restore(data, ns, policy=POLICY, registry=REGISTRY) is ws
+    assert ws.snapshot(ns, base_names=set(sandbox_globals(POLICY)), registry=REGISTRY) == (data, [])
+    fresh = Workspace.restore(data, sandbox_globals(POLICY), policy=POLICY, registry=REGISTRY)
+    assert fresh is not ws and fresh.definitions == ws.definitions
+
+
+def test_workspace_structs_encode_as_json() -> None:
+    data = WorkspaceData(values={"a": 1}, definitions=[DefinitionSource(names=["f"], source="f = lambda: 1")])
+    raw = encode_workspace(data)
+    assert msgspec.json.decode(raw) == {
+        "values": {"a": 1},
+        "definitions": [{"names": ["f"], "source": "f = lambda: 1"}],
+    }
+    assert decode_workspace(raw) == data
+    ref = WorkspaceRef(inline=data, size=len(raw))
+    assert msgspec.json.decode(msgspec.json.encode(ref), type=WorkspaceRef) == ref
+    with pytest.raises(msgspec.ValidationError):
+        decode_workspace(b'{"values": [], "definitions": []}')
+
+
+async def test_small_workspace_stays_inline(nc: Client, settings: Settings, uid: str) -> None:
+    js = nc.jetstream()
+    data = WorkspaceData(values={"x": 1})
+    ref = await save_workspace(js, f"job-{uid}", 1, data, inline_max=1024)
+    assert ref == WorkspaceRef(inline=data, blob=None, size=len(encode_workspace(data)))
+    assert await load_workspace(js, ref) == data
+    assert await load_workspace(js, WorkspaceRef()) == WorkspaceData()
+
+
+async def test_large_workspace_goes_to_the_object_store_and_back(
+    nc: Client, settings: Settings, uid: str
+) -> None:
+    js = nc.jetstream()
+    await provision(js, settings)
+    job = Job()
+    job.step("def f(n):\n    return n + 1\nbig = [{'i': i, 'text': 'x' * 50} for i in range(20_000)]")
+    data, _ = job.snapshot()
+    job_id = f"job/{uid} with spaces"
+    ref = await save_workspace(js, job_id, 7, data, inline_max=settings.workspace_inline_max)
+    assert ref.inline is None
+    assert ref.blob == workspace_blob_name(job_id, 7) == f"ws/{token(job_id)}/7"
+    assert ref.size == len(encode_workspace(data)) > settings.workspace_inline_max
+    loaded = await load_workspace(js, ref)
+    assert loaded == data
+    later = Job(loaded)
+    assert later.step("f(len(big)), big[-1]['i']") == (20_001, 19_999)
+    again = await save_workspace(js, job_id, 7, data, inline_max=1)  # a redelivered step overwrites
+    assert again == ref
+    await delete_workspace(js, ref)
+    await delete_workspace(js, ref)  # already gone: not an error

@@ -43,7 +43,7 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
     """
     try:
         return await nats.connect(
-            settings.nats_url,
+            servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
             name=name,
             connect_timeout=settings.connect_timeout,
             reconnect_time_wait=0.5,
@@ -54,5 +54,5 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
             reconnected_cb=_reconnected_cb,
             pending_size=64 * 1024 * 1024,
         )
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise ServiceUnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from None

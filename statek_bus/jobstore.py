@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from statek_bus.availability import retry_transient, unavailable_as_503
 from statek_bus.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.messages import JobEvent, JobRecord, WorkMessage, decode, encode
 from statek_bus.subjects import (
@@ -65,7 +66,7 @@ class JobStore:
     async def find(self, job_id: str) -> tuple[JobRecord, int] | None:
         """The record and its revision, or ``None`` when there is no such job."""
         try:
-            entry = await self.kv.get(job_key(job_id))
+            entry = await retry_transient(lambda: self.kv.get(job_key(job_id)))
         except KeyNotFoundError:
             return None
         if entry.value is None:  # an expired/purged marker reads as an empty entry
@@ -82,7 +83,8 @@ class JobStore:
     async def create(self, record: JobRecord) -> tuple[JobRecord, int, bool]:
         """Store a new record; if the id exists, return the existing one. Third item: created."""
         try:
-            rev = await self.kv.create(job_key(record.id), encode(record))
+            with unavailable_as_503(f"storing job {record.id!r}"):
+                rev = await self.kv.create(job_key(record.id), encode(record))
             return record, int(rev), True
         except KeyWrongLastSequenceError:
             existing = await self.find(record.id)
@@ -94,7 +96,8 @@ class JobStore:
     async def put(self, record: JobRecord, revision: int) -> int:
         """Compare-and-set ``record`` over ``revision``; :class:`StaleRecordError` if it moved."""
         try:
-            return int(await self.kv.update(job_key(record.id), encode(record), last=revision))
+            with unavailable_as_503(f"updating job {record.id!r}"):
+                return int(await self.kv.update(job_key(record.id), encode(record), last=revision))
         except KeyWrongLastSequenceError:
             raise StaleRecordError(f"job {record.id!r} changed concurrently") from None
 
@@ -135,28 +138,31 @@ class JobStore:
             if if_absent:
                 headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
             try:
-                ack = await self.js.publish(work_run_subject(job_id), body, headers=headers)
+                with unavailable_as_503(f"queueing job {job_id!r}"):
+                    ack = await self.js.publish(work_run_subject(job_id), body, headers=headers)
             except APIError as exc:
                 if if_absent and exc.err_code == _WRONG_LAST_SEQUENCE:
                     return False  # queued, or being run
                 raise
             return not ack.duplicate
         when = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
-        await self.js.publish(
-            work_schedule_subject(job_id),
-            body,
-            headers={
-                MSG_ID_HEADER: f"{msg_id}:at",
-                "Nats-Schedule": f"@at {when}",
-                "Nats-Schedule-Target": work_run_subject(job_id),
-            },
-        )
+        with unavailable_as_503(f"scheduling job {job_id!r}"):
+            await self.js.publish(
+                work_schedule_subject(job_id),
+                body,
+                headers={
+                    MSG_ID_HEADER: f"{msg_id}:at",
+                    "Nats-Schedule": f"@at {when}",
+                    "Nats-Schedule-Target": work_run_subject(job_id),
+                },
+            )
         return True
 
     # --- events ------------------------------------------------------------------------------------
     async def publish(self, event: JobEvent) -> None:
         """Publish a job event (stored in the job-log stream, seen live by subscribers)."""
-        await self.js.publish(job_events_subject(event.job_id), encode(event))
+        with unavailable_as_503(f"publishing an event of job {event.job_id!r}"):
+            await self.js.publish(job_events_subject(event.job_id), encode(event))
 
 
 async def scan(kv: KeyValue, pattern: str, *, timeout: float = 10.0) -> list[tuple[str, bytes]]:

@@ -25,7 +25,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
 from statek_bus import subjects as s
 from statek_bus.settings import Settings
 
-__all__ = ["ProvisionError", "desired_streams", "provision"]
+__all__ = ["ProvisionError", "configure_work_consumer", "desired_streams", "provision", "work_consumer"]
 
 _IN_USE = 10058
 _KV_COMMON: dict[str, Any] = {
@@ -113,8 +113,22 @@ async def provision(js: JetStreamContext, settings: Settings, *, attempts: int =
     """Create every stream, bucket, consumer and the object store, or verify they match."""
     for cfg in desired_streams(settings):
         await _retrying(lambda cfg=cfg: _ensure_stream(js, cfg), attempts)
-    await _retrying(lambda: js.add_consumer(s.WORK_STREAM, work_consumer(settings)), attempts)
+    await _retrying(lambda: _ensure_work_consumer(js, settings), attempts)
     await _retrying(lambda: _ensure_object_store(js, settings), attempts)
+
+
+async def _ensure_work_consumer(js: JetStreamContext, settings: Settings) -> None:
+    # Create it when missing, never rewrite it: its ack_wait/max_deliver belong to the executors
+    # (see configure_work_consumer), not to whichever service happened to start last.
+    try:
+        await js.consumer_info(s.WORK_STREAM, s.WORK_CONSUMER)
+    except NotFoundError:
+        await js.add_consumer(s.WORK_STREAM, work_consumer(settings))
+
+
+async def configure_work_consumer(js: JetStreamContext, settings: Settings) -> None:
+    """Set the work consumer's delivery settings from the executor's ``settings`` (create or update)."""
+    await _retrying(lambda: js.add_consumer(s.WORK_STREAM, work_consumer(settings)), 20)
 
 
 async def _retrying(op: Any, attempts: int) -> None:

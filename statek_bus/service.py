@@ -47,6 +47,8 @@ __all__ = ["Endpoint", "ServiceContext", "ServiceFactory", "ServiceSpec", "run_s
 
 log = logging.getLogger("statek_bus.service")
 
+_REPLY_HEADROOM = 1024  # error headers and protocol overhead below the server's max_payload
+
 Handler = Callable[[Any], Awaitable[Any]]
 """An endpoint handler: takes the decoded request, returns the reply (any msgspec-encodable value)."""
 
@@ -154,6 +156,13 @@ class _Runner:
                 )
             reply = await ep.handler(decode(msg.data or b"{}", ep.request))
             body, headers = encode(reply), None
+            room = self.ctx.nc.max_payload - _REPLY_HEADROOM
+            if len(body) > room:  # nats-py would refuse to publish it and the caller would time out
+                raise PayloadTooLargeError(
+                    f"the reply is {len(body)} bytes, over the {room}-byte message limit: ask for less "
+                    f"(a smaller limit or batch)",
+                    details={"size": len(body), "limit": room},
+                )
         except Exception as exc:
             headers, body = error_reply(exc, context=f"{self.spec.name}/{ep.name}")
             self._count_error(index, headers)

@@ -10,7 +10,7 @@ from nats.js.api import StorageType
 from statek_bus import subjects as s
 from statek_bus.connection import connect
 from statek_bus.launcher import NatsServer
-from statek_bus.provision import ProvisionError, provision
+from statek_bus.provision import ProvisionError, configure_work_consumer, provision
 from statek_bus.settings import Settings
 
 
@@ -50,4 +50,16 @@ async def test_conflicting_bucket_config_names_the_difference(fresh_server: Nats
         match=r"bucket statek_states exists with a different config: max_msgs_per_subject 5 wanted, 16 found",
     ):
         await provision(nc.jetstream(), settings.replace(state_history=5))
+    await nc.close()
+
+
+async def test_other_services_never_rewrite_the_work_consumer(fresh_server: NatsServer) -> None:
+    settings = Settings.from_env({}, nats_url=fresh_server.url)
+    nc = await connect(settings, name="t")
+    js = nc.jetstream()
+    await provision(js, settings)
+    await configure_work_consumer(js, settings.replace(ack_wait=300.0))
+    await provision(js, settings.replace(ack_wait=5.0))  # e.g. a state pod with default env
+    info = await js.consumer_info(s.WORK_STREAM, s.WORK_CONSUMER)
+    assert info.config.ack_wait == 300.0
     await nc.close()

@@ -113,6 +113,12 @@ async def test_oversize_request_is_413(settings: Settings, nc: Client) -> None:
     assert body["code"] == 413 and body["details"]["limit"] == 1000
 
 
+async def test_reply_over_max_payload_is_413_not_a_timeout(echo: object, client: AsyncStatekClient) -> None:
+    with pytest.raises(errors.PayloadTooLargeError, match=r"over the .*-byte message limit") as info_:
+        await client.request(f"{PREFIX}.echo", {"text": "x" * 1000, "times": 2000}, dict)
+    assert info_.value.details["size"] > info_.value.details["limit"]
+
+
 async def test_handlers_run_concurrently(echo: object, client: AsyncStatekClient) -> None:
     # nats-py runs a micro handler one message at a time; the runner must not.
     started = time.monotonic()

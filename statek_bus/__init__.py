@@ -5,6 +5,7 @@ This module is the front door; every public name is listed in ``__all__``.
 
 from __future__ import annotations
 
+from statek_bus.agents import Agent, HandlerAgent, SupervisedAgent
 from statek_bus.client import AsyncStatekClient, StatekClient
 from statek_bus.errors import (
     BadRequestError,
@@ -17,11 +18,14 @@ from statek_bus.errors import (
 )
 from statek_bus.messages import Job, JobStatus, State, Usage
 from statek_bus.settings import Settings
+from statek_bus.tools import current_job, exit_job, tool
 
 __all__ = [
+    "Agent",
     "AsyncStatekClient",
     "BadRequestError",
     "ConflictError",
+    "HandlerAgent",
     "InternalError",
     "Job",
     "JobStatus",
@@ -32,7 +36,11 @@ __all__ = [
     "State",
     "StatekClient",
     "StatekError",
+    "SupervisedAgent",
     "Usage",
+    "current_job",
+    "exit_job",
+    "tool",
 ]
 
 __version__ = "0.1.0"

@@ -70,6 +70,8 @@ def test_up_runs_four_services_then_stops_cleanly(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -111,6 +113,8 @@ def test_up_data_dir_locked_is_one_clear_line(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_serve_joins_a_running_server(nats_server: NatsServer) -> None:

@@ -68,3 +68,11 @@ def test_every_module_has_a_docstring_and_stays_small(path: Path) -> None:
     assert len(text.splitlines()) < 900, "split modules before 900 lines"
     if text.strip():
         assert text.lstrip().startswith(('"""', 'r"""', "#!")), "module docstring missing"
+
+
+def test_front_door_all_is_exactly_the_public_names() -> None:
+    import statek_bus
+
+    public = {n for n in vars(statek_bus) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(statek_bus, n)).__name__ == "module"}
+    assert sorted(statek_bus.__all__) == sorted(public - modules - {"annotations"})

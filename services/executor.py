@@ -1,0 +1,46 @@
+"""The ``statek-executor`` micro service: runs job steps from the shared work queue.
+
+Wiring only: the consumer loop is :class:`statek_bus.executor.Executor`, entered on the service's
+exit stack (it stops pulling when the stack closes, finishes in-flight steps within
+``drain_timeout`` and leaves the rest for redelivery). The one endpoint reports this replica.
+"""
+
+from __future__ import annotations
+
+from statek_bus.executor import Executor
+from statek_bus.messages import Empty
+from statek_bus.provision import configure_work_consumer
+from statek_bus.service import Endpoint, ServiceContext, ServiceSpec
+from statek_bus.subjects import EXECUTOR_STATUS, SERVICE_EXECUTOR
+
+__all__ = ["build"]
+
+
+async def build(ctx: ServiceContext) -> ServiceSpec:
+    """Start the executor on ``ctx.stack`` and describe the status endpoint."""
+    await configure_work_consumer(ctx.js, ctx.settings)  # ack_wait, max_deliver: the executors' own
+    executor = await ctx.stack.enter_async_context(
+        Executor(ctx.nc, ctx.js, ctx.settings, agents=ctx.settings.agents, stopping=ctx.stopping)
+    )
+
+    async def status(request: Empty) -> object:
+        executor.instance_id = ctx.instance_id
+        return await executor.status_handler(request)
+
+    return ServiceSpec(
+        name=SERVICE_EXECUTOR,
+        description="Runs STATEK job steps (code-first and handler agents) from the shared work queue",
+        endpoints=[
+            Endpoint(
+                "status",
+                EXECUTOR_STATUS,
+                request=Empty,
+                handler=status,
+                doc="This replica's running steps, concurrency and agents",
+            )
+        ],
+        metadata={
+            "agents": ",".join(sorted(executor.agents)),
+            "max_concurrency": str(ctx.settings.max_concurrency),
+        },
+    )

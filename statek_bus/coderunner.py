@@ -1,0 +1,534 @@
+"""The code-runner seam: where model-written Python runs, and how its console is captured.
+
+A step hands the runner an :class:`ExecRequest`: the job's workspace (restored into a fresh
+sandbox namespace), the tools in scope, and a list of :class:`ExecUnit` (formal tool calls and
+code blocks, in order). The runner executes them off the event loop and returns an
+:class:`ExecResult`: each unit's console output, the first error, the exit value and the new
+workspace snapshot.
+
+:class:`ThreadCodeRunner` runs a request in a worker thread of this process, under the sandbox
+policy and the step's wall-clock deadline. A later runner moves the same request into a separate
+process with CPU and memory limits; nothing outside this module needs to change for that.
+
+Console formatting follows STATEK: strings print raw at top level and quoted when nested, dicts
+and lists compactly, datetimes as ``datetime("YYYY-MM-DD HH:MM")``, collections cut after 25
+items, objects as ``Cls(f=v, ...)`` with nested objects as ``<Object>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import enum
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
+from datetime import time as dtime
+from decimal import Decimal
+from typing import Any, Protocol, TextIO
+from uuid import UUID
+
+import msgspec
+
+__all__ = [
+    "CodeRunner",
+    "Console",
+    "ExecRequest",
+    "ExecResult",
+    "ExecUnit",
+    "ExitSignal",
+    "ThreadCodeRunner",
+    "UnitResult",
+    "error_line",
+    "format_value",
+    "install_stdout_capture",
+]
+
+MAX_ITEMS = 25
+"""Collections longer than this are cut in console output."""
+
+
+# ==================================================================================================
+# Console formatting
+# ==================================================================================================
+
+
+def format_value(obj: Any, *, top: bool = True, max_items: int = MAX_ITEMS) -> str:
+    """Render ``obj`` the way STATEK shows values to the model.
+
+    Args:
+        obj: the value.
+        top: whether this is a top-level value (strings print raw only at top level).
+        max_items: collections longer than this are cut with ``, ...] (n items total)``.
+    """
+    llm_repr = getattr(type(obj), "__llm_repr__", None)
+    if llm_repr is not None:
+        try:
+            return str(llm_repr(obj))
+        except Exception as exc:  # a broken __llm_repr__ must not break the console
+            return error_line(exc)
+    if isinstance(obj, str):
+        return obj if top else _quote(obj)
+    if obj is None or isinstance(obj, bool | int | float):
+        return repr(obj)
+    if isinstance(obj, Decimal | UUID):
+        return str(obj) if top or isinstance(obj, Decimal) else _quote(str(obj))
+    if isinstance(obj, datetime):
+        return f'datetime("{obj:%Y-%m-%d %H:%M}")'
+    if isinstance(obj, date):
+        return f'date("{obj:%Y-%m-%d}")'
+    if isinstance(obj, dtime):
+        return f'time("{obj:%H:%M}")'
+    if isinstance(obj, enum.Enum):
+        return f"{type(obj).__name__}.{obj.name}"
+    if isinstance(obj, dict):
+        items = [f"{format_value(k, top=False)}:{format_value(v, top=False)}" for k, v in _cut(obj.items())]
+        return "{" + ",".join(items) + _tail(len(obj), "}")
+    if isinstance(obj, list | tuple | set | frozenset):
+        if isinstance(obj, list):
+            opening, closing = "[", "]"
+        elif isinstance(obj, tuple):
+            opening, closing = "(", ",)" if len(obj) == 1 else ")"
+        else:
+            opening, closing = "{", "}"
+        seq = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
+        body = ",".join(format_value(v, top=False) for v in _cut(seq))
+        return opening + body + _tail(len(obj), closing)
+    if isinstance(obj, bytes | bytearray):
+        return repr(bytes(obj[:200]))
+    kind: Any = type(obj)
+    if kind.__str__ is not object.__str__ and kind.__repr__ is object.__repr__:
+        return str(obj)
+    fields = _fields(obj)
+    if fields is not None:
+        if not top:
+            return "<Object>"
+        inner = ",".join(f"{k}={_nested(v)}" for k, v in _cut(fields))
+        return f"{type(obj).__name__}({inner})"
+    return repr(obj)
+
+
+def _nested(v: Any) -> str:
+    return "<Object>" if _fields(v) is not None else format_value(v, top=False)
+
+
+def _fields(obj: Any) -> list[tuple[str, Any]] | None:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+    if isinstance(obj, msgspec.Struct):
+        return [(n, getattr(obj, n)) for n in obj.__struct_fields__]
+    return None
+
+
+def _cut(items: Iterable[Any]) -> list[Any]:
+    out = []
+    for i, item in enumerate(items):
+        if i >= MAX_ITEMS:
+            break
+        out.append(item)
+    return out
+
+
+def _tail(n: int, closing: str) -> str:
+    return f", ...{closing} ({n} items total)" if n > MAX_ITEMS else closing
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def error_line(exc: BaseException) -> str:
+    """``<Type>: <message>``, the way a runtime error is shown to the model (never a repr)."""
+    msg = str(exc)
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        msg = repr(exc.args[0])
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+# ==================================================================================================
+# Console capture
+# ==================================================================================================
+
+
+class Console:
+    """The console of one unit: one entry per ``print`` call, echoed value or error line."""
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+        self._partial: list[str] = []
+
+    def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
+        """The job's ``print``: values formatted as the model sees them."""
+        text = (" " if sep is None else str(sep)).join(format_value(a) for a in args)
+        self.write(text + ("\n" if end is None else str(end)))
+
+    def write(self, text: str) -> int:
+        """Append raw text; a trailing newline closes the entry."""
+        self._partial.append(text)
+        if text.endswith("\n"):
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        """Close a pending partial entry."""
+        if self._partial:
+            joined = "".join(self._partial)
+            self._partial.clear()
+            self.entries.append(joined[:-1] if joined.endswith("\n") else joined)
+
+    def append(self, line: str) -> None:
+        """Add a whole entry."""
+        self.flush()
+        self.entries.append(line)
+
+
+_current_console: contextvars.ContextVar[Console | None] = contextvars.ContextVar(
+    "statek_console", default=None
+)
+
+
+class _RoutingStdout:
+    """``sys.stdout`` replacement: writes from a step (a tool's ``print``) go to that step's console."""
+
+    def __init__(self, fallback: TextIO) -> None:
+        self.fallback = fallback
+
+    def write(self, text: str) -> int:
+        console = _current_console.get()
+        if console is None:
+            return self.fallback.write(text)
+        return console.write(text)
+
+    def flush(self) -> None:
+        console = _current_console.get()
+        if console is None:
+            self.fallback.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fallback, name)
+
+
+_install_lock = threading.Lock()
+
+
+def install_stdout_capture() -> None:
+    """Route ``print`` inside tools to the job console (idempotent; the executor calls it once)."""
+    with _install_lock:
+        if not isinstance(sys.stdout, _RoutingStdout):
+            sys.stdout = _RoutingStdout(sys.stdout)
+
+
+# ==================================================================================================
+# Requests and results
+# ==================================================================================================
+
+
+class ExitSignal(BaseException):
+    """Raised by ``exit(value)`` to stop the block; a BaseException so ``except Exception`` passes it."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("exit")
+        self.value = value
+
+
+@dataclasses.dataclass
+class ExecUnit:
+    """One thing to run: a code block, or a formal tool call."""
+
+    kind: str
+    """``code`` (a block into the job console), ``cli`` (python_cli: output is the tool result),
+    or ``tool`` (a formal tool call)."""
+    code: str = ""
+    """Source of ``code``/``cli`` units."""
+    tool: str = ""
+    """Tool name of a ``tool`` unit."""
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Arguments of a ``tool`` unit."""
+    trusted: bool = False
+    """A hidden warmup block: hidden tools may be called."""
+
+
+@dataclasses.dataclass
+class UnitResult:
+    """What one unit produced."""
+
+    console: list[str]
+    """Console entries (for ``tool``/``cli`` units: the result text, as entries)."""
+    error: str | None = None
+    """``<Type>: <message>`` of the error that stopped the unit."""
+    sandbox: bool = False
+    """The error was a sandbox refusal (nothing ran)."""
+    timeout: bool = False
+    """The step's wall-clock limit stopped it."""
+
+
+@dataclasses.dataclass
+class ExecRequest:
+    """Everything a runner needs for one step's code."""
+
+    session: Any
+    """The engine's session object (see :class:`statek_bus.engine.Session`): builds the namespace,
+    compiles and runs statements, snapshots the workspace. Runners call it in their own context."""
+    units: list[ExecUnit]
+    """What to run, in order."""
+    deadline_seconds: float
+    """Wall-clock budget of all units together."""
+
+
+@dataclasses.dataclass
+class ExecResult:
+    """The outcome of an :class:`ExecRequest`."""
+
+    units: list[UnitResult]
+    """One result per unit that ran (units after an ``exit`` do not run)."""
+    exit_value: Any = None
+    """The value passed to ``exit(...)`` (``None``: the job did not exit)."""
+    exited: bool = False
+    """``exit(value)`` with a non-None value ran."""
+    workspace: Any = None
+    """The new workspace snapshot (runner-specific data the engine stores)."""
+    dropped: list[str] = dataclasses.field(default_factory=list)
+    """Names whose values could not be persisted."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Console lines about the workspace itself (what could not be restored)."""
+    seconds: float = 0.0
+    """Wall-clock time spent."""
+
+
+class CodeRunner(Protocol):
+    """Runs a step's code somewhere that is not the event loop."""
+
+    async def run(self, request: ExecRequest) -> ExecResult:
+        """Execute ``request`` and return its outcome (never raises for model errors)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release threads or processes."""
+        ...
+
+
+class ThreadCodeRunner:
+    """Runs each request in a worker thread of this process (restricted by the sandbox policy).
+
+    Args:
+        threads: worker threads (steps whose code runs at once).
+    """
+
+    def __init__(self, threads: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statek-code")
+
+    async def run(self, request: ExecRequest) -> ExecResult:
+        """Execute ``request`` in a worker thread, copying the caller's context variables."""
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, ctx.run, _execute, request)
+
+    async def aclose(self) -> None:
+        """Stop the worker threads (a runaway block ends at its deadline)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _execute(request: ExecRequest) -> ExecResult:
+    """Run every unit of ``request`` in the current thread."""
+    started = time.monotonic()
+    install_stdout_capture()  # cheap; re-wraps if something (a test harness) swapped sys.stdout
+    session = request.session
+    session.begin(started + request.deadline_seconds)
+    results: list[UnitResult] = []
+    for unit in request.units:
+        console = Console()
+        token = _current_console.set(console)
+        try:
+            result = _run_unit(session, unit, console)
+        finally:
+            _current_console.reset(token)
+        results.append(result)
+        if session.exited:
+            break
+    workspace, dropped = session.snapshot()
+    return ExecResult(
+        units=results,
+        notes=[f"Warning: could not restore {e}" for e in session.restore_errors],
+        exit_value=session.exit_value,
+        exited=session.exited,
+        workspace=workspace,
+        dropped=dropped,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _run_unit(session: Any, unit: ExecUnit, console: Console) -> UnitResult:
+    run: Callable[..., UnitResult] = session.run_tool if unit.kind == "tool" else session.run_code
+    try:
+        result = run(unit, console)
+    except BaseException as exc:  # the session reports model errors itself; this is a bug guard
+        console.flush()
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return UnitResult(console=console.entries, error=error_line(exc))
+    console.flush()
+    return result
+
+
+# ==================================================================================================
+# The in-process session: one step's namespace under the sandbox policy
+# ==================================================================================================
+
+
+class SandboxSession:
+    """One step's namespace: tools and the job's ``print``/``exit`` in a restricted global scope.
+
+    Used by :class:`ThreadCodeRunner` (in its worker thread); a process runner uses the same class
+    inside its child process. ``begin`` builds the namespace and restores the workspace; code units
+    are compiled under the policy and run statement by statement (an expression statement's value
+    is echoed unless it is ``None``); ``snapshot`` captures the workspace for storage.
+
+    Args:
+        policy: the sandbox policy for untrusted code.
+        trusted_policy: the policy for hidden warmup blocks (hidden tools allowed).
+        tools: tools by name (every tool of the agent, system tools included).
+        job: the job context tools see (its ``namespace`` is set by :meth:`begin`).
+        workspace: the stored workspace data to restore, if any.
+        shared_vars: the job's initial variables (used when there is no workspace yet).
+        registry: classes the workspace may hold.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Any,
+        trusted_policy: Any,
+        tools: dict[str, Any],
+        job: Any,
+        workspace: Any,
+        shared_vars: dict[str, Any],
+        registry: Any,
+    ) -> None:
+        self.policy = policy
+        self.trusted_policy = trusted_policy
+        self.tools = tools
+        self.job = job
+        self.workspace_data = workspace
+        self.shared_vars = shared_vars
+        self.registry = registry
+        self.deadline = float("inf")
+        self.ns: dict[str, Any] = {}
+        self.base_names: set[str] = set()
+        self.exited = False
+        self.exit_value: Any = None
+        self.restore_errors: list[str] = []
+        self._workspace: Any = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def begin(self, deadline: float) -> None:
+        """Build the namespace and restore the workspace (in the runner's thread)."""
+        from statek_bus import sandbox, workspace
+        from statek_bus.tools import bind_job
+
+        self.deadline = deadline
+        bind_job(self.job)
+        ns = sandbox.sandbox_globals(self.policy, deadline=lambda: self.deadline)
+        ns.update(self.tools)
+        ns["print"] = _console_print
+        ns["exit"] = self._exit
+        self.job.extras["exit"] = self._exit
+        self.base_names = set(ns)
+        self._workspace = workspace.Workspace()
+        if self.workspace_data is not None:
+            try:
+                self._workspace.restore(
+                    self.workspace_data, ns, policy=self.trusted_policy, registry=self.registry
+                )
+            except Exception as exc:  # a stored definition the policy now refuses, or worse
+                self.restore_errors.append(error_line(exc))
+            self.restore_errors += self._workspace.restore_errors
+        else:
+            ns.update(self.shared_vars)
+        self.ns = ns
+        self.job.namespace = ns
+
+    def _exit(self, value: Any = None) -> None:
+        if value is None:  # a bare exit() does not end the job (STATEK)
+            return
+        self.exited, self.exit_value = True, value
+        raise ExitSignal(value)
+
+    def snapshot(self) -> tuple[Any, list[str]]:
+        """The workspace as storable data, and the names that could not be stored."""
+        data, dropped = self._workspace.snapshot(self.ns, base_names=self.base_names, registry=self.registry)
+        return data, list(dropped)
+
+    # --- units -------------------------------------------------------------------------------------
+    def run_code(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Compile ``unit.code`` under the policy and run it statement by statement."""
+        from statek_bus import sandbox
+
+        policy = self.trusted_policy if unit.trusted else self.policy
+        try:
+            block = sandbox.compile_block(unit.code, policy)
+        except sandbox.SandboxViolation as exc:
+            console.append(error_line(exc))
+            return UnitResult(console=console.entries, error=error_line(exc), sandbox=True)
+        for stmt in block.statements:
+            try:
+                value = self._run_statement(stmt)
+            except ExitSignal:
+                self._record(stmt)
+                break
+            except sandbox.StepTimeout as exc:
+                console.append(error_line(exc))
+                return UnitResult(console=console.entries, error=error_line(exc), timeout=True)
+            except Exception as exc:
+                if self.exited:  # exit() ran and the model's code caught the signal's effects
+                    break
+                console.append(error_line(exc))
+                return UnitResult(console=console.entries, error=error_line(exc))
+            self._record(stmt)
+            if value is not None:
+                console.append(format_value(value))
+            if self.exited:
+                break
+        return UnitResult(console=console.entries)
+
+    def _run_statement(self, stmt: Any) -> Any:
+        if getattr(stmt, "echo", False):
+            return eval(stmt.code, self.ns)
+        exec(stmt.code, self.ns)
+        return None
+
+    def _record(self, stmt: Any) -> None:
+        if getattr(stmt, "is_definition", False):
+            self._workspace.record(stmt)
+
+    def run_tool(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Run a formal tool call; its output and return value (or error) become the result."""
+        t = self.tools.get(unit.tool)
+        if t is None or not callable(t):
+            return UnitResult(console=[f"NameError: tool '{unit.tool}' not found"])
+        if getattr(t, "hidden", False) and not unit.trusted:
+            return UnitResult(console=[f"NameError: tool '{unit.tool}' is not exposed to this job"])
+        args = dict(unit.arguments)
+        positional = args.pop("__args__", [])
+        try:
+            value = t(*positional, **args)
+        except ExitSignal:
+            console.flush()
+            return UnitResult(console=["\n".join(console.entries)])
+        except Exception as exc:
+            console.append(error_line(exc))
+            return UnitResult(console=["\n".join(console.entries)])
+        if value is not None:
+            console.append(format_value(value))
+        console.flush()
+        return UnitResult(console=["\n".join(console.entries)])
+
+
+def _console_print(*args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
+    console = _current_console.get()
+    if console is None:
+        return
+    console.print(*args, sep=sep, end=end)

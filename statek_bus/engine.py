@@ -1,0 +1,627 @@
+"""The step: one unit of a job's progress, as STATEK defines it (behaviour reference §2).
+
+A step (1) delivers the job's inbox (user messages become user turns, notifications wait for
+the next safe point), (2) executes the pending code block — a warmup block, or the previous LLM
+reply — in the sandbox, (3) makes at most one LLM call, whose reply is the next step's code, and
+(4) returns the new record for the executor to commit with a compare-and-set. Nothing here
+touches the work queue: :mod:`statek_bus.executor` owns fetching, committing and acknowledging.
+
+Engine state lives in ``JobRecord.engine`` as an :class:`EngineState` (chat log, counters,
+workspace reference), so the chat log commits atomically with the step.
+
+Harness limits (settings): ``max_turns`` LLM turns, ``max_exceptions`` runtime errors,
+``max_consecutive_exceptions`` failing steps in a row, ``max_token_usage`` tokens; counted per
+run (a DONE job restarted by a message starts a new run). Breaking one ends the job DONE with
+``error`` set and ``exit_status`` ``"Error: <message>"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from statek_bus.agents import Agent, HandlerAgent, WarmupBlock
+from statek_bus.chat import ChatStyle, LoggedCall, LogItem, build_messages, parse_reply
+from statek_bus.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit, error_line, format_value
+from statek_bus.errors import ServiceUnavailableError, StatekError
+from statek_bus.jobstore import utcnow
+from statek_bus.messages import (
+    CompleteReply,
+    CompleteRequest,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+)
+from statek_bus.prompts import parse_difficulty
+from statek_bus.settings import Settings
+from statek_bus.tools import JobContext, select_tools
+from statek_bus.values import from_json, to_json
+
+log = logging.getLogger("statek_bus.engine")
+
+__all__ = [
+    "EngineState",
+    "HarnessError",
+    "Model",
+    "RetryStep",
+    "SessionFactory",
+    "StepEngine",
+    "StepOutcome",
+    "StepTrace",
+    "load_state",
+    "run_handler_step",
+    "step_events",
+]
+
+
+_MAX_REPLY_CHARS = 300_000
+"""Longest reply kept: the chat log lives in the job record, a NATS message (1 MB by default)."""
+
+
+class RetryStep(Exception):
+    """The step cannot run now (a dependency is down): leave it for redelivery after ``delay``."""
+
+    def __init__(self, reason: str, delay: float = 2.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class HarnessError(Exception):
+    """A harness limit was exceeded; the job ends with ``Error: <message>``."""
+
+
+class StepTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the last committed step produced, so its events can be re-published after a crash."""
+
+    step: int
+    """The step."""
+    statuses: list[JobStatus] = []
+    """Statuses the job passed through, in order."""
+    log_from: int = 0
+    """Index of the first chat-log item this step appended."""
+    ran: int | None = None
+    """Index of the chat-log item whose code this step ran."""
+
+
+class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The engine's part of a job record (``JobRecord.engine``)."""
+
+    log: list[LogItem] = []
+    """The chat log."""
+    warmup_next: int = 0
+    """The next warmup block to run."""
+    turns: int = 0
+    """LLM turns in this run."""
+    exceptions: int = 0
+    """Runtime errors in this run."""
+    consecutive: int = 0
+    """Steps in a row whose code failed."""
+    tokens: int = 0
+    """Tokens used in this run (provider-reported, else bytes / 4)."""
+    token_extension: int = 0
+    """Extra token budget granted by difficulty escalation."""
+    difficulty: str = "M"
+    """Current difficulty (``L``, ``M``, ``H``)."""
+    notifications: list[str] = []
+    """Notifications waiting for a safe point."""
+    workspace: dict[str, Any] | None = None
+    """Reference to the saved workspace (inline data or an object-store key)."""
+    error_handlers: list[dict[str, Any]] = []
+    """``{"tool", "context"}`` of tools with an error handler that ran; called once on an error end."""
+    handler_started: bool = False
+    """Handler agents: ``on_create`` has run."""
+    last: StepTrace | None = None
+    """What the last step did."""
+
+
+def load_state(record: JobRecord) -> EngineState:
+    """The engine state stored in ``record``."""
+    return msgspec.convert(record.engine, EngineState) if record.engine else EngineState()
+
+
+def _store_state(record: JobRecord, state: EngineState) -> None:
+    record.engine = msgspec.to_builtins(state)
+
+
+class Model(Protocol):
+    """The LLM seam: the executor's implementation calls the provider service."""
+
+    async def complete(self, request: CompleteRequest) -> CompleteReply:
+        """Answer ``request``; :class:`StatekError` on failure."""
+        ...
+
+
+SessionFactory = Callable[[JobContext, Agent, dict[str, Any] | None, dict[str, Any], bool], Awaitable[Any]]
+"""Builds a code session: (job context, agent, workspace ref, shared vars, trusted) → session."""
+
+WorkspaceSaver = Callable[[str, int, Any], Awaitable[dict[str, Any] | None]]
+"""Saves a workspace snapshot: (job id, step, data) → reference stored in the engine state."""
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    """The result of a step: the record to commit and the events to publish after the commit."""
+
+    record: JobRecord
+    """The new record (``step`` advanced)."""
+    consumed: int
+    """Inbox items delivered by this step (the executor keeps items that arrived later)."""
+    dialog: list[str] = dataclasses.field(default_factory=list)
+    """Prose sent to the user this step."""
+
+
+class StepEngine:
+    """Runs one step of a code-first job.
+
+    Args:
+        settings: harness limits, step timeout.
+        runner: where code runs.
+        model: the LLM seam.
+        session_factory: builds the code session for a step.
+        save_workspace: persists the workspace snapshot.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: CodeRunner,
+        model: Model,
+        session_factory: SessionFactory,
+        save_workspace: WorkspaceSaver,
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.model = model
+        self.session_factory = session_factory
+        self.save_workspace = save_workspace
+
+    async def run(self, record: JobRecord, agent: Agent, ctx: JobContext) -> StepOutcome:
+        """Run step ``record.step`` and return the record to commit.
+
+        A job that ends with an error first calls the error handlers its tools registered (once:
+        the list is cleared in the committed state; a crash before the commit may repeat them).
+        """
+        outcome = await self._run(record, agent, ctx)
+        new = outcome.record
+        if new.status is JobStatus.DONE and new.error is not None:
+            state = load_state(new)
+            if state.error_handlers:
+                await _call_error_handlers(agent, state.error_handlers, new.error)
+                state.error_handlers = []
+                _store_state(new, state)
+        return outcome
+
+    async def _run(self, record: JobRecord, agent: Agent, ctx: JobContext) -> StepOutcome:
+        new = msgspec.structs.replace(record, inbox=[], params=dict(record.params))
+        state = load_state(record)
+        step = record.step
+        trace = StepTrace(step=step, log_from=len(state.log))
+        state.log = list(state.log)
+        statuses = trace.statuses
+        consumed = len(record.inbox)
+
+        def set_status(status: JobStatus) -> None:
+            if new.status != status:
+                new.status = status
+                statuses.append(status)
+
+        def finish(exit_status: Any, error: str | None = None) -> StepOutcome:
+            new.exit_status = exit_status
+            new.error = error
+            set_status(JobStatus.DONE)
+            state.turns = state.exceptions = state.consecutive = state.tokens = 0
+            state.token_extension = 0
+            return self._done(new, state, trace, consumed)
+
+        if record.cancel_reason:
+            return finish(f"Cancelled: {record.cancel_reason}")
+        for event in record.inbox:
+            if event.kind == "message" and event.text is not None:
+                state.log.append(LogItem(kind="user", step=step, text=event.text))
+            elif event.kind == "notification" and event.text is not None:
+                state.notifications.append(event.text)
+        style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
+        if step == 0 and not record.engine:
+            state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
+        blocks = agent.warmup_blocks()
+        ctx.notifications = state.notifications
+        ctx.difficulty = state.difficulty
+
+        try:
+            # 1. Pick and run the pending code.
+            item, units, block = self._pending(state, blocks, style, step)
+            if item is not None:
+                if block is not None:
+                    set_status(JobStatus.WARMING_UP)
+                    state.warmup_next += 1
+                elif new.status in (JobStatus.READY, JobStatus.SUSPENDED):
+                    set_status(JobStatus.STARTED)
+                trace.ran = state.log.index(item)
+                result = await self._execute(
+                    ctx, agent, state, record, units, trusted=bool(block and block.hidden)
+                )
+                failed = self._record_result(item, units, result, state, step)
+                for name, value in ctx.error_handlers:
+                    state.error_handlers.append({"tool": name, "context": _context_json(value)})
+                if ctx.difficulty_changed:  # panic(): a harder model and the budget used so far again
+                    state.difficulty = ctx.difficulty
+                    state.token_extension += state.tokens
+                if failed is not None and block is not None:
+                    return finish(f"Error: warmup failed: {failed}", f"warmup failed: {failed}")
+                if result.exited:
+                    if state.notifications:
+                        self._deliver_notifications(state, step)
+                    else:
+                        return finish(result.exit_value)
+                self._check_exceptions(state)
+                if state.warmup_next < len(blocks):
+                    return self._done(new, state, trace, consumed)
+
+            # 2. At most one LLM call.
+            set_status(JobStatus.STARTED)
+            if state.turns + 1 > self.settings.max_turns:
+                raise HarnessError(
+                    f"Maximum number of turns exceeded: {state.turns + 1}/{self.settings.max_turns}"
+                )
+            self._deliver_notifications(state, step)
+            reply = await self._call_model(ctx, agent, new, state, style)
+            if len(reply.text) > _MAX_REPLY_CHARS:
+                raise HarnessError(
+                    f"LLM reply too large: {len(reply.text)} characters (limit {_MAX_REPLY_CHARS})"
+                )
+            parsed = parse_reply(reply.text, bool(reply.tool_calls), style)
+            calls = [
+                LoggedCall(id=c.id or f"call-{step}-{i}", name=c.name, arguments=dict(c.arguments))
+                for i, c in enumerate(reply.tool_calls)
+            ]
+            llm_item = LogItem(
+                kind="llm",
+                step=step,
+                text=reply.text,
+                code=None if parsed.code == reply.text else parsed.code,
+                calls=calls,
+                dialog=parsed.dialog,
+                reasoning=reply.reasoning,
+            )
+            state.log.append(llm_item)
+            budget = self.settings.max_token_usage + state.token_extension
+            if state.tokens > budget:
+                raise HarnessError(f"Maximum token usage exceeded: {state.tokens}/{budget}")
+            if parsed.final and not state.notifications:
+                llm_item.executed, llm_item.ran_at = True, step
+                return finish(None)
+            return self._done(new, state, trace, consumed)
+        except HarnessError as exc:
+            state.log.append(LogItem(kind="system", step=step, text=f"Error: {exc}", executed=True))
+            return finish(f"Error: {exc}", str(exc))
+
+    # --- pieces ------------------------------------------------------------------------------------
+    def _pending(
+        self, state: EngineState, blocks: list[WarmupBlock], style: ChatStyle, step: int
+    ) -> tuple[LogItem | None, list[ExecUnit], WarmupBlock | None]:
+        if state.warmup_next < len(blocks):
+            block = blocks[state.warmup_next]
+            calls = [
+                LoggedCall(
+                    id=f"STATEK-{state.warmup_next + 1:03d}-{i}", name=c.name, arguments=dict(c.kwargs)
+                )
+                for i, c in enumerate(block.calls)
+            ]
+            item = LogItem(kind="warmup", step=step, code=block.code, calls=calls, hidden=block.hidden)
+            state.log.append(item)
+            units = [
+                ExecUnit(kind="tool", tool=c.name, arguments={"__args__": list(c.args), **c.kwargs})
+                for c in block.calls
+            ]
+            if block.code.strip():
+                units.append(ExecUnit(kind="code", code=block.code, trusted=block.hidden))
+            return item, units, block
+        pending = next((i for i in reversed(state.log) if i.kind == "llm"), None)
+        if pending is None or pending.executed:
+            return None, [], None
+        units = [
+            ExecUnit(kind="tool", tool=c.name, arguments=c.arguments)
+            for c in pending.calls
+            if c.name != "python_cli"
+        ]
+        if style is not ChatStyle.DIRECT:
+            units.append(ExecUnit(kind="code", code=pending.source))
+        cli = [c for c in pending.calls if c.name == "python_cli"]
+        for i, c in enumerate(cli):
+            code = str(c.arguments.get("code", ""))
+            units.append(ExecUnit(kind="cli" if i == 0 else "cli-extra", code=code))
+        return pending, units, None
+
+    async def _execute(
+        self,
+        ctx: JobContext,
+        agent: Agent,
+        state: EngineState,
+        record: JobRecord,
+        units: list[ExecUnit],
+        *,
+        trusted: bool,
+    ) -> ExecResult:
+        session = await self.session_factory(ctx, agent, state.workspace, record.shared_vars, trusted)
+        result = await self.runner.run(
+            ExecRequest(session=session, units=units, deadline_seconds=self.settings.step_timeout)
+        )
+        if result.workspace is not None:
+            state.workspace = await self.save_workspace(record.id, record.step, result.workspace)
+        return result
+
+    def _record_result(
+        self, item: LogItem, units: list[ExecUnit], result: ExecResult, state: EngineState, step: int
+    ) -> str | None:
+        """Store outputs on the log item; count errors; return the code error, if any."""
+        console: list[str] = list(result.notes)
+        code_error: str | None = None
+        call_results: dict[str, str] = {}
+        tool_calls = [c for c in item.calls if c.name != "python_cli"]
+        cli_calls = [c for c in item.calls if c.name == "python_cli"]
+        tool_i = cli_i = 0
+        for unit, res in zip(units, result.units, strict=False):
+            if unit.kind == "tool":
+                call_results[tool_calls[tool_i].id] = "\n".join(res.console)
+                tool_i += 1
+            elif unit.kind in ("cli", "cli-extra"):
+                if unit.kind == "cli-extra":
+                    text = "ValueError: at most one python_cli call per step"
+                else:
+                    text = "\n".join(res.console)
+                    code_error = code_error or res.error
+                call_results[cli_calls[cli_i].id] = text
+                cli_i += 1
+            else:
+                console += res.console
+                code_error = code_error or res.error
+        for name in result.dropped:
+            console.append(
+                f"Warning: {name} could not be saved (its value has no persistent form) and was dropped"
+            )
+        item.calls = [msgspec.structs.replace(c, result=call_results.get(c.id, "")) for c in item.calls]
+        item.console = console
+        item.executed, item.ran_at = True, step
+        if not item.source.strip() and not item.calls and item.kind == "llm":
+            item.console = [*console, "Error: no code submitted."]
+        if code_error is not None:
+            state.exceptions += 1
+            state.consecutive += 1
+        else:
+            state.consecutive = 0
+        return code_error
+
+    def _check_exceptions(self, state: EngineState) -> None:
+        s = self.settings
+        if state.exceptions > s.max_exceptions:
+            raise HarnessError(
+                f"Maximum number of exceptions exceeded: {state.exceptions}/{s.max_exceptions}"
+            )
+        if state.consecutive > s.max_consecutive_exceptions:
+            raise HarnessError(
+                f"Maximum consecutive exceptions exceeded: {state.consecutive}/{s.max_consecutive_exceptions}"
+            )
+
+    def _deliver_notifications(self, state: EngineState, step: int) -> None:
+        for text in state.notifications:
+            state.log.append(LogItem(kind="notification", step=step, text=text, executed=True))
+        state.notifications = []
+
+    async def _call_model(
+        self, ctx: JobContext, agent: Agent, record: JobRecord, state: EngineState, style: ChatStyle
+    ) -> CompleteReply:
+        prompt, hint = _prompt_and_hint(agent, record, style, state.difficulty)
+        shared = ", ".join(sorted(record.shared_vars)) if record.shared_vars else ""
+        opening = f"Begin. Variables in your workspace: {shared}." if shared else "Begin."
+        messages = build_messages(
+            state.log,
+            style=style,
+            system_prompt=prompt,
+            opening=opening + (f" ({hint})" if hint else ""),
+            hint=hint,
+            box=agent.metadata.get("XML_BOX_CONSOLE"),
+        )
+        tools = select_tools(agent.all_tools(), agent.metadata.get("LLM_TOOLS_SCOPE"), style.value)
+        meta = {
+            k: v for k, v in agent.metadata.items() if isinstance(v, str | int | float | bool | list | dict)
+        }
+        meta["DIFFICULTY"] = state.difficulty
+        temperature = agent.metadata.get("TEMPERATURE")
+        request = CompleteRequest(
+            model=agent.model or "",
+            messages=messages,
+            tools=[t.spec() for t in tools] or None,
+            temperature=float(temperature) if temperature is not None else None,
+            job_id=record.id,
+            metadata=meta,
+            call_index=record.usage.llm_calls,
+        )
+        try:
+            reply = await self.model.complete(request)
+        except ServiceUnavailableError as exc:
+            raise RetryStep(str(exc)) from None
+        except StatekError as exc:
+            raise HarnessError(f"LLM call failed: {exc}") from None
+        usage = record.usage
+        usage.llm_calls += 1
+        usage.input_tokens += reply.usage.input_tokens
+        usage.output_tokens += reply.usage.output_tokens
+        usage.cached_tokens += reply.usage.cached_tokens
+        usage.cost += reply.usage.cost
+        used = reply.usage.input_tokens + reply.usage.output_tokens
+        if not used:
+            sent = sum(len(m.content or "") for m in messages) + len(prompt)
+            used = (sent + len(reply.text)) // 4
+        state.tokens += used
+        state.turns += 1
+        return reply
+
+    def _done(self, new: JobRecord, state: EngineState, trace: StepTrace, consumed: int) -> StepOutcome:
+        new.step = trace.step + 1
+        new.updated_at = utcnow()
+        state.last = trace
+        _store_state(new, state)
+        dialog = [i.dialog for i in state.log[trace.log_from :] if i.dialog]
+        return StepOutcome(record=new, consumed=consumed, dialog=dialog)
+
+
+def _context_json(value: Any) -> Any:
+    try:
+        return to_json(value)
+    except TypeError:
+        return format_value(value)
+
+
+async def _call_error_handlers(agent: Agent, handlers: list[dict[str, Any]], error: str) -> None:
+    tools = {t.name: t for t in agent.all_tools()}
+    for entry in handlers:
+        t = tools.get(str(entry.get("tool")))
+        if t is None or t.error_handler is None:
+            continue
+        try:
+            result = await asyncio.to_thread(t.error_handler, from_json(entry.get("context")), error)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # STATEK swallows handler failures; we log them
+            log.warning("error handler of tool %r failed", t.name, exc_info=True)
+
+
+def _prompt_and_hint(
+    agent: Agent, record: JobRecord, style: ChatStyle, difficulty: str
+) -> tuple[str, str | None]:
+    prompt = agent.system_prompt(
+        params=record.params,
+        shared_var_names=sorted(record.shared_vars),
+        chat_style=style.value,
+        difficulty=difficulty,
+    )
+    hint: str | None = None
+    if record.locale:
+        try:
+            from statek_bus.locale import get_language_hint, get_language_rule, resolve_locale
+
+            lang = resolve_locale(record.locale).lang_code
+            if str(agent.metadata.get("AUTO_LANG_RULE", "TRUE")).upper() != "FALSE":
+                rule = get_language_rule(lang)
+                if rule:
+                    prompt = f"{prompt}\n\n{rule}" if prompt else rule
+            if str(agent.metadata.get("AUTO_LANG_HINT", "TRUE")).upper() != "FALSE":
+                hint = get_language_hint(lang)
+        except (ImportError, ValueError):
+            pass
+    return prompt, hint
+
+
+def step_events(record: JobRecord) -> list[JobEvent]:
+    """The events of the step that produced ``record`` (derivable again after a crash).
+
+    Status changes first (a DONE status last, carrying the exit value), then the warmup code and
+    tool results and console lines of the code the step ran, then the chat entries it appended.
+    """
+    state = load_state(record)
+    trace = state.last
+    if trace is None:
+        return []
+    at = record.updated_at
+    out: list[JobEvent] = []
+    jid, step = record.id, trace.step
+
+    def ev(kind: Any, **kw: Any) -> None:
+        out.append(JobEvent(job_id=jid, kind=kind, at=at, step=step, **kw))
+
+    leading = [st for st in trace.statuses if st is not JobStatus.DONE]
+    for status in leading:
+        ev("status", status=status)
+    if trace.ran is not None and trace.ran < len(state.log):
+        ran = state.log[trace.ran]
+        if ran.kind == "warmup" and not ran.hidden and ran.source.strip():
+            ev("chat", role="assistant", text=ran.source)
+        for c in ran.calls:
+            ev("chat", role="tool", text=f"{c.name}: {c.result or ''}")
+        for line in ran.console:
+            ev("console", text=line)
+    for item in state.log[trace.log_from :]:
+        if item.kind == "user":
+            ev("chat", role="user", text=item.text)
+        elif item.kind == "llm":
+            ev("chat", role="assistant", text=item.text or format_value([c.name for c in item.calls]))
+        elif item.kind in ("system", "notification"):
+            ev("chat", role="system", text=item.text)
+    if JobStatus.DONE in trace.statuses:
+        ev("status", status=JobStatus.DONE, exit_status=record.exit_status)
+    return out
+
+
+# ==================================================================================================
+# Handler agents
+# ==================================================================================================
+
+
+async def run_handler_step(
+    record: JobRecord, agent: HandlerAgent, nc: Any, settings: Settings
+) -> StepOutcome:
+    """One step of a handler job: ``on_create`` once, then ``on_event`` for each inbox item, in order.
+
+    The job then rests DONE (exit status ``None``) until the next message restarts it, so one
+    job's handlers never run concurrently: the work queue holds at most one step per job.
+    Handler side effects are at-least-once: a crash before the commit re-runs the step.
+    """
+    from statek_bus.agents import EventContent, HandlerContext, HandlerEvent
+    from statek_bus.client import AsyncStatekClient
+
+    new = msgspec.structs.replace(record, inbox=[])
+    state = load_state(record)
+    state.log = list(state.log)
+    trace = StepTrace(step=record.step, log_from=len(state.log))
+    outcome_exit: Any = None
+    error: str | None = None
+    if record.cancel_reason:
+        outcome_exit = f"Cancelled: {record.cancel_reason}"
+    else:
+        if new.status is not JobStatus.STARTED:
+            new.status = JobStatus.STARTED
+            trace.statuses.append(JobStatus.STARTED)
+        client = AsyncStatekClient(settings=settings, nc=nc)
+
+        async def send_message(text: str) -> None:
+            state.log.append(LogItem(kind="llm", step=record.step, text=str(text), executed=True))
+
+        ctx = HandlerContext(
+            job=record.public(0),
+            state=client.states.for_task(record.id, agent.role),
+            agent=agent.role,
+            send_message=send_message,
+            client=client,
+        )
+        try:
+            if not state.handler_started:
+                state.handler_started = True
+                if agent.create_handler is not None:
+                    await agent.create_handler(ctx, dict(record.params))
+            for ev in record.inbox:
+                if ev.kind not in ("message", "notification") or ev.text is None:
+                    continue
+                state.log.append(LogItem(kind="user", step=record.step, text=ev.text, executed=True))
+                if agent.event_handler is not None:
+                    event = HandlerEvent(kind=ev.kind, content=EventContent(content=ev.text), at=ev.at)
+                    await agent.event_handler(ctx, event)
+        except ServiceUnavailableError as exc:
+            raise RetryStep(str(exc)) from None
+        except Exception as exc:
+            error = error_line(exc)
+            outcome_exit = f"Error: {error}"
+            state.log.append(LogItem(kind="system", step=record.step, text=f"Error: {error}", executed=True))
+    new.exit_status, new.error = outcome_exit, error
+    new.status = JobStatus.DONE
+    trace.statuses.append(JobStatus.DONE)
+    new.step = record.step + 1
+    new.updated_at = utcnow()
+    state.last = trace
+    _store_state(new, state)
+    return StepOutcome(record=new, consumed=len(record.inbox))

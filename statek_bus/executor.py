@@ -1,0 +1,614 @@
+"""The executor: pulls job steps from the work queue, runs them, commits them, acknowledges them.
+
+One durable pull consumer (``statek_executors``) is shared by every replica. This module keeps
+one pull request outstanding per free slot and dispatches messages as they arrive (a blocking
+``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per step), so up to
+``max_concurrency`` steps run at once. A step:
+
+1. load the job record (and its workspace);
+2. if the message is stale (the record has moved past its step, or the job is DONE) acknowledge
+   it — first re-queueing the job's current step and re-publishing the last step's events when
+   the job is still running, which closes the crash gap between a commit and the next publish
+   (both are deduplicated by ``Nats-Msg-Id``);
+3. run the step (:mod:`statek_bus.engine`, or a handler agent's handlers);
+4. commit with a compare-and-set on the record's revision. If another writer got there first
+   and only added inbox items or a cancel reason, merge and retry; if the step itself was
+   committed elsewhere, drop this result;
+5. publish the step's events and the next work message in parallel, then acknowledge.
+
+Every in-flight message gets an ``in_progress`` heartbeat every ``ack_wait / 3`` seconds, so a
+long LLM call is not redelivered; a crashed replica's messages are redelivered after
+``ack_wait`` and re-run from the last committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import importlib
+import json
+import logging
+import time
+import types
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from statek_bus.agents import Agent, AnyAgent, HandlerAgent
+from statek_bus.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
+from statek_bus.engine import RetryStep, StepEngine, StepOutcome, load_state, run_handler_step, step_events
+from statek_bus.errors import StatekError, error_from_reply
+from statek_bus.jobstore import JobStore, StaleRecordError, utcnow
+from statek_bus.messages import (
+    CompleteReply,
+    CompleteRequest,
+    Empty,
+    ExecutorStatus,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    RunningStep,
+    WorkMessage,
+    decode,
+    encode,
+)
+from statek_bus.settings import Settings
+from statek_bus.subjects import (
+    AGENTS_BUCKET,
+    LLM_COMPLETE,
+    MSG_ID_HEADER,
+    WORK_CONSUMER,
+    WORK_STREAM,
+    job_events_subject,
+    token,
+)
+from statek_bus.tools import JobContext
+from statek_bus.values import TypeRegistry
+
+__all__ = ["Executor", "ProviderModel", "load_agents"]
+
+log = logging.getLogger("statek_bus.executor")
+
+_PULL_EXPIRES = 5.0
+"""Seconds a pull request waits on the server; its unused credit is then released."""
+
+
+# ==================================================================================================
+# Agents
+# ==================================================================================================
+
+
+def load_agents(spec: str) -> tuple[list[AnyAgent], dict[str, TypeRegistry]]:
+    """Import ``module:attr`` (a list of agents, or an attribute holding one) or the built-in demo.
+
+    Returns the agents and, per role, the registry of classes their workspaces may hold (every
+    dataclass/Struct/Enum of the agent's module plus the agent's declared ``types``).
+    """
+    if not spec:
+        from statek_bus import demo
+
+        module: types.ModuleType = demo
+        found: Any = demo.AGENTS
+    else:
+        mod_name, _, attr = spec.partition(":")
+        module = importlib.import_module(mod_name)
+        found = getattr(module, attr or "AGENTS")
+    agents = [found] if isinstance(found, Agent | HandlerAgent) else list(found)
+    for a in agents:
+        if not isinstance(a, Agent | HandlerAgent):
+            raise TypeError(f"{spec}: {a!r} is not an Agent")
+    registries: dict[str, TypeRegistry] = {}
+    for a in agents:
+        reg = TypeRegistry.from_module(importlib.import_module(type(a).__module__))
+        reg_mod = TypeRegistry.from_module(module)
+        for cls in [*_classes(reg_mod), *a.types]:
+            reg.register(cls)
+        registries[a.role] = reg
+    return agents, registries
+
+
+def _classes(reg: TypeRegistry) -> list[type]:
+    return list(reg._by_name.values())
+
+
+# ==================================================================================================
+# The LLM seam over the provider service
+# ==================================================================================================
+
+
+class ProviderModel:
+    """The :class:`~statek_bus.engine.Model` that asks the provider service (``statek.llm.complete``)."""
+
+    def __init__(self, nc: Client, settings: Settings) -> None:
+        self.nc = nc
+        self.timeout = settings.llm_timeout
+
+    async def complete(self, request: CompleteRequest) -> CompleteReply:
+        """One completion; a failure is the :class:`StatekError` the provider answered."""
+        from statek_bus.errors import ServiceUnavailableError
+
+        try:
+            msg = await self.nc.request(LLM_COMPLETE, encode(request), timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise ServiceUnavailableError("no provider service is answering") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise ServiceUnavailableError(f"the provider did not answer within {self.timeout:g}s") from None
+        err = error_from_reply(msg.headers, msg.data)
+        if err is not None:
+            raise err
+        return decode(msg.data, CompleteReply)
+
+
+# ==================================================================================================
+# The executor
+# ==================================================================================================
+
+
+@dataclasses.dataclass
+class _InFlight:
+    msg: Msg
+    job_id: str = ""
+    step: int = -1
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    started_at: Any = dataclasses.field(default_factory=utcnow)
+
+
+class Executor:
+    """Runs job steps from the shared work queue (an async context manager).
+
+    Args:
+        nc: the service's connection.
+        js: JetStream on it.
+        settings: concurrency, timeouts, harness limits.
+        agents: ``module:attr`` of the agents to serve (empty: the built-in demo agent).
+        stopping: the service's stop signal: pulling stops as soon as it is set.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        settings: Settings,
+        *,
+        agents: str = "",
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self.nc = nc
+        self._external_stop = stopping
+        self.js = js
+        self.settings = settings
+        agent_list, self.registries = load_agents(agents)
+        self.agents: dict[str, AnyAgent] = {a.role: a for a in agent_list}
+        self.instance_id = ""
+        self.store: JobStore | None = None
+        self.runner = ThreadCodeRunner(threads=max(4, min(32, settings.max_concurrency // 4)))
+        self.model = ProviderModel(nc, settings)
+        self.engine = StepEngine(settings, self.runner, self.model, self._session, self._save_workspace)
+        self.in_flight: dict[int, _InFlight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._pulls: deque[list[float]] = deque()  # [issued_at, remaining] per pull request
+        self._wake = asyncio.Event()
+        self._deliver = ""
+        self._sub: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._hb_task: asyncio.Task[None] | None = None
+        self._ids = 0
+        self._recent: dict[str, tuple[JobRecord, int]] = {}
+        self._recent_max = 4 * settings.max_concurrency
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> Executor:
+        install_stdout_capture()
+        self.store = await JobStore.open(self.js)
+        await self.register_agents()
+        self._deliver = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._deliver, cb=self._on_msg)
+        self._loop_task = asyncio.create_task(self._pull_loop(), name="statek-executor-pull")
+        self._hb_task = asyncio.create_task(self._heartbeats(), name="statek-executor-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop pulling; in-flight steps get ``drain_timeout`` to finish, the rest stay unacknowledged.
+
+        Messages that still arrive for pull requests issued before the stop are handed back at
+        once (``nak``), so another replica takes them without waiting for ``ack_wait``.
+        """
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout)
+            unfinished = [f.msg for f in self.in_flight.values()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+                for msg in unfinished:  # uncommitted: hand back now rather than after ack_wait
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._hb_task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        await self.runner.aclose()
+
+    def _stopped(self) -> bool:
+        return self._stopping.is_set() or (self._external_stop is not None and self._external_stop.is_set())
+
+    async def register_agents(self) -> None:
+        """Put every served agent's description in ``statek_agents`` (key: token(role))."""
+        kv = await self.js.key_value(AGENTS_BUCKET)
+        now = utcnow()
+        for agent in self.agents.values():
+            desc = agent.description()
+            desc.updated_at = now
+            await kv.put(token(agent.role), encode(desc))
+
+    def status(self) -> ExecutorStatus:
+        """This replica's running steps, concurrency and agents."""
+        return ExecutorStatus(
+            instance_id=self.instance_id,
+            running=[
+                RunningStep(job_id=f.job_id, step=f.step, started_at=f.started_at)
+                for f in self.in_flight.values()
+                if f.job_id
+            ],
+            max_concurrency=self.settings.max_concurrency,
+            agents=sorted(self.agents),
+        )
+
+    async def status_handler(self, _: Empty) -> ExecutorStatus:
+        """``statek.executor.status`` endpoint."""
+        return self.status()
+
+    # --- pulling -----------------------------------------------------------------------------------
+    def _outstanding(self) -> int:
+        return int(sum(r[1] for r in self._pulls))
+
+    async def _pull_loop(self) -> None:
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{WORK_CONSUMER}"
+        window = self.settings.max_concurrency
+        batch = max(1, self.settings.fetch_batch)
+        while not self._stopped():
+            now = time.monotonic()
+            while self._pulls and now - self._pulls[0][0] > _PULL_EXPIRES + 1.0:
+                self._pulls.popleft()  # expired without a status we saw: release its credit
+            free = window - len(self._tasks) - self._outstanding()
+            if free >= min(batch, max(1, window // 2)) or (free > 0 and not self._pulls):
+                n = min(free, batch)
+                req = {"batch": n, "expires": int(_PULL_EXPIRES * 1e9)}
+                self._pulls.append([now, n])
+                try:
+                    await self.nc.publish(subject, json.dumps(req).encode(), reply=self._deliver)
+                except Exception:
+                    self._pulls.pop()
+                    log.warning("pull request failed", exc_info=True)
+                    await asyncio.sleep(0.5)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get("Status"):
+            self._on_status(msg)
+            return
+        if self._pulls:
+            self._pulls[0][1] -= 1
+            if self._pulls[0][1] <= 0:
+                self._pulls.popleft()
+        if self._stopped():
+            with contextlib.suppress(Exception):
+                await msg.nak()  # back to the queue now, for a replica that is not stopping
+            return
+        self._ids += 1
+        key = self._ids
+        self.in_flight[key] = _InFlight(msg)
+        task = asyncio.create_task(self._handle(key, msg))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, key=key))
+
+    def _on_status(self, msg: Msg) -> None:
+        # 408 (expired), 409 (max waiting, leadership change...) and 404 end the oldest pull request
+        # (the server serves and expires them in order): its remaining credit is free again.
+        status = (msg.headers or {}).get("Status", "")
+        if status in ("408", "409", "404") and self._pulls:
+            self._pulls.popleft()
+        self._wake.set()
+
+    def _done(self, task: asyncio.Task[None], *, key: int) -> None:
+        self._tasks.discard(task)
+        self.in_flight.pop(key, None)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("step task failed", exc_info=task.exception())
+
+    async def _heartbeats(self) -> None:
+        period = max(0.2, self.settings.ack_wait / 3)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for f in list(self.in_flight.values()):
+                if now - f.started >= period * 0.9:
+                    with contextlib.suppress(Exception):
+                        await f.msg.in_progress()
+
+    # --- one step ----------------------------------------------------------------------------------
+    async def _handle(self, key: int, msg: Msg) -> None:
+        assert self.store is not None
+        try:
+            work = decode(msg.data, WorkMessage)
+        except StatekError:
+            log.error("dropping a malformed work message: %r", msg.data[:200])
+            await msg.term()
+            return
+        flight = self.in_flight.get(key)
+        if flight is not None:
+            flight.job_id, flight.step = work.job_id, work.step
+        try:
+            await self._run(work, msg)
+        except RetryStep as exc:
+            delivered = msg.metadata.num_delivered or 1
+            if delivered >= self.settings.max_deliver - 1:  # the last delivery: do not strand the job
+                await self._fail_job(work, f"gave up after {delivered} attempts: {exc}")
+                await msg.ack()
+                return
+            delay = min(60.0, exc.delay * 2 ** min(delivered - 1, 6))
+            log.warning("job %s step %d: %s; retrying in %.1fs", work.job_id, work.step, exc, delay)
+            await msg.nak(delay=delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delivered = msg.metadata.num_delivered if msg.reply else 1
+            trace = uuid.uuid4().hex[:12]
+            log.exception(
+                "job %s step %d failed (trace %s, delivery %d)", work.job_id, work.step, trace, delivered
+            )
+            if delivered >= 3:
+                await self._fail_job(work, f"internal error in the executor (trace id {trace})")
+                await msg.ack()
+            else:
+                await msg.nak(delay=1.0)
+
+    async def _run(self, work: WorkMessage, msg: Msg) -> None:
+        assert self.store is not None
+        found = self._recent.pop(work.job_id, None)
+        if found is None or found[0].step != work.step:
+            found = await self.store.find(work.job_id)
+        if found is None:
+            await msg.ack()
+            return
+        record, rev = found
+        if record.step != work.step or record.status is JobStatus.DONE:
+            await self._stale(record, work)
+            await msg.ack()
+            return
+        agent = self.agents.get(record.agent)
+        if agent is None:
+            await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
+            await msg.ack()
+            return
+        outcome = await self._run_step(record, agent)
+        committed = await self._commit(record, rev, outcome)
+        if committed is not None:
+            await self._after_commit(committed)
+            if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
+                await self._send_dialog(agent, committed, outcome.dialog)
+        await msg.ack()
+
+    async def _send_dialog(self, agent: Agent, record: JobRecord, texts: list[str]) -> None:
+        """Hand dialog prose to the agent's ``send_message`` (after the commit: once per step)."""
+        assert agent.send_message is not None
+        for text in texts:
+            try:
+                result = await asyncio.to_thread(agent.send_message, text)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.warning("job %s: send_message failed", record.id, exc_info=True)
+
+    async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
+        if isinstance(agent, HandlerAgent):
+            return await run_handler_step(record, agent, self.nc, self.settings)
+        ctx = JobContext(
+            job_id=record.id,
+            agent=record.agent,
+            params=record.params,
+            namespace={},
+            loop=asyncio.get_running_loop(),
+            extras={"locale": record.locale},
+        )
+        return await self.engine.run(record, agent, ctx)
+
+    async def _stale(self, record: JobRecord, work: WorkMessage) -> None:
+        """A redelivered or duplicate message: make sure a running job's current step is queued."""
+        assert self.store is not None
+        if record.step > work.step and record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
+            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
+        elif record.step > work.step and record.status is JobStatus.DONE:
+            await self._publish_events(record)
+
+    async def _commit(self, base: JobRecord, rev: int, outcome: StepOutcome) -> JobRecord | None:
+        """CAS the outcome over ``rev``; merge concurrent inbox/cancel changes; None if superseded."""
+        assert self.store is not None
+        new = outcome.record
+        while True:
+            try:
+                revision = await self.store.put(new, rev)
+            except StaleRecordError:
+                found = await self.store.find(base.id)
+                if found is None:
+                    return None
+                fresh, rev = found
+                if fresh.step != base.step or fresh.status is JobStatus.DONE:
+                    return None  # the step was committed (or the job ended) elsewhere
+                new = _merge(new, fresh, outcome.consumed)
+                continue
+            self._remember(new, revision)
+            return new
+
+    def _remember(self, record: JobRecord, revision: int) -> None:
+        """Keep the committed record: its next step, if pulled here, skips one KV read.
+
+        Safe because every commit is a compare-and-set: if another writer changed the record
+        since (a message, a cancel), the commit fails, re-reads and merges as usual.
+        """
+        if record.status is JobStatus.DONE:
+            return
+        self._recent[record.id] = (record, revision)
+        while len(self._recent) > self._recent_max:
+            self._recent.pop(next(iter(self._recent)))
+
+    async def _after_commit(self, record: JobRecord) -> None:
+        assert self.store is not None
+        if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
+            await self._publish_events(record)
+        else:
+            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
+
+    async def _publish_events(self, record: JobRecord) -> None:
+        """Publish the committed step's events, each with a ``Nats-Msg-Id`` of its own.
+
+        Core publishes (no per-event acknowledgement round trip): the job-log stream captures them
+        and its duplicate window drops a re-publish after a crash. The record is the truth; a lost
+        event is re-derived and re-published when a stale delivery of the step shows up.
+        """
+        events = step_events(record)
+        if not events:
+            return
+        subject, tok = _event_names(record.id)
+        prefix = f"{tok}:{events[0].step}:"
+        for i, e in enumerate(events):
+            await self.nc.publish(subject, encode(e), headers={MSG_ID_HEADER: f"{prefix}{i}"})
+
+    async def _fail_job(self, work: WorkMessage, error: str) -> None:
+        assert self.store is not None
+
+        def end(r: JobRecord) -> JobRecord | None:
+            if r.step != work.step or r.status is JobStatus.DONE:
+                return None
+            r.status, r.error, r.exit_status = JobStatus.DONE, error, f"Error: {error}"
+            r.step += 1
+            return r
+
+        record, _, changed = await self.store.transition(work.job_id, end)
+        if changed:
+            await self.store.publish(
+                JobEvent(
+                    job_id=record.id,
+                    kind="status",
+                    at=utcnow(),
+                    status=JobStatus.DONE,
+                    step=work.step,
+                    exit_status=record.exit_status,
+                )
+            )
+
+    # --- workspace ---------------------------------------------------------------------------------
+    async def _session(
+        self,
+        ctx: JobContext,
+        agent: Agent,
+        ref: dict[str, Any] | None,
+        shared_vars: dict[str, Any],
+        trusted: bool,
+    ) -> SandboxSession:
+        from statek_bus import workspace
+        from statek_bus.values import from_json
+
+        registry = self.registries.get(agent.role) or TypeRegistry()
+        tools = {t.name: t for t in agent.all_tools()}
+        hidden = frozenset(n for n, t in tools.items() if t.hidden)
+        policy = _policy(self.settings, hidden)
+        trusted_policy = _policy(self.settings, frozenset())
+        data = None
+        if ref is not None:
+            data = await workspace.load_workspace(self.js, msgspec.convert(ref, workspace.WorkspaceRef))
+        initial = {k: from_json(v, registry) for k, v in shared_vars.items()} if data is None else {}
+        return SandboxSession(
+            policy=policy,
+            trusted_policy=trusted_policy,
+            tools=tools,
+            job=ctx,
+            workspace=data,
+            shared_vars=initial,
+            registry=registry,
+        )
+
+    async def _save_workspace(self, job_id: str, step: int, data: Any) -> dict[str, Any] | None:
+        from statek_bus import workspace
+
+        ref = await workspace.save_workspace(self.js, job_id, step, data, self.settings.workspace_inline_max)
+        return msgspec.to_builtins(ref)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_names(job_id: str) -> tuple[str, str]:
+    """(events subject, escaped id) of a job; cached because escaping is per character."""
+    return job_events_subject(job_id), token(job_id)
+
+
+_POLICIES: dict[tuple[bool, frozenset[str]], Any] = {}
+
+
+def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
+    from statek_bus.sandbox import SandboxPolicy
+
+    key = (settings.restricted_mode, hidden)
+    found = _POLICIES.get(key)
+    if found is None:
+        found = _POLICIES[key] = SandboxPolicy(hidden_names=hidden, restricted=settings.restricted_mode)
+    return found
+
+
+def _merge(new: JobRecord, fresh: JobRecord, consumed: int) -> JobRecord:
+    """Re-base ``new`` on ``fresh``: keep inbox items that arrived meanwhile, honour a cancel."""
+    merged = msgspec.structs.replace(
+        new, inbox=list(fresh.inbox[consumed:]), cancel_reason=fresh.cancel_reason
+    )
+    state = load_state(merged)
+    trace = state.last
+    if merged.cancel_reason and merged.status is not JobStatus.DONE:
+        merged.status = JobStatus.DONE
+        merged.exit_status = f"Cancelled: {merged.cancel_reason}"
+        if trace is not None:
+            trace.statuses = [*trace.statuses, JobStatus.DONE]
+    elif merged.status is JobStatus.DONE and merged.inbox and not merged.cancel_reason:
+        merged.status = JobStatus.STARTED  # a message arrived while the step ran: keep going
+        merged.exit_status = None
+        merged.error = None
+        if trace is not None:
+            trace.statuses = [st for st in trace.statuses if st is not JobStatus.DONE]
+            if fresh.status is not JobStatus.STARTED and JobStatus.STARTED not in trace.statuses:
+                trace.statuses.append(JobStatus.STARTED)
+    merged.engine = msgspec.to_builtins(state)
+    return merged
+
+
+@contextlib.asynccontextmanager
+async def running_executor(
+    nc: Client, js: JetStreamContext, settings: Settings, agents: str = ""
+) -> AsyncIterator[Executor]:
+    """An :class:`Executor` for the duration of the ``async with`` block."""
+    async with Executor(nc, js, settings, agents=agents) as ex:
+        yield ex

@@ -1,0 +1,348 @@
+"""Agents for the executor tests (``--agents tests.agents_fixture:AGENTS``), all on the scripted model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from statek_bus.agents import Agent, HandlerAgent, HandlerContext, HandlerEvent, SupervisedAgent
+from statek_bus.tools import current_job, tool
+
+
+@dataclass
+class Point:
+    """A dataclass the workspace may hold (declared by this module)."""
+
+    x: int
+    y: int
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers.
+
+    Args:
+        a: the first number.
+        b: the second number.
+    """
+    print("add called", a, b)
+    return a + b
+
+
+@tool
+def whoami() -> str:
+    """The id of the job calling this tool."""
+    return current_job().job_id
+
+
+@tool
+def fail(reason: str) -> None:
+    """Always raises.
+
+    Args:
+        reason: the error message.
+    """
+    raise ValueError(reason)
+
+
+@tool(hidden=True)
+def secret_tool() -> str:
+    """A hidden tool: trusted warmup code only."""
+    return "classified"
+
+
+HANDLED: list[tuple[Any, str | None]] = []
+"""What ``_on_error`` received (the in-process executor of a test shares this module)."""
+
+
+def _on_error(context: Any, error: str | None = None) -> None:
+    HANDLED.append((context, error))
+
+
+@tool(error_handler=_on_error)
+def register(name: str) -> str:
+    """Register an error handler bound to ``name``.
+
+    Args:
+        name: the handler's context.
+    """
+    return name
+
+
+def scripted(role: str, script: list[Any], **kw: Any) -> SupervisedAgent:
+    """A SupervisedAgent on the scripted model."""
+    metadata = {"MODEL": f"scripted/{role}", "SCRIPT": script, **kw.pop("metadata", {})}
+    return SupervisedAgent(
+        role, "You write Python.\n{tools}", [add, whoami, fail, secret_tool, register], metadata, **kw
+    )
+
+
+BASIC = scripted("t_basic", ["x = 1", 'exit("ok")'], warmup='print("received event:", event)')
+
+WORKSPACE = scripted(
+    "t_workspace",
+    [
+        "secret = 42\nwhen = None\n"
+        "def double(v):\n    return v * 2\n\n"
+        "class Box:\n    def __init__(self, v):\n        self.v = v\n    def get(self):\n        return double(self.v)\n\n"
+        "box = Box(5)\nhalf = lambda v: v // 2\n",
+        "import time\ntime.sleep(1.0)\nprint('slept')",
+        "print(double(secret), Box(secret).get())\n"
+        "exit(str(double(secret)) + '/' + str(Box(1).get()) + '/' + str(box.get()) + '/' + str(half(secret)))",
+    ],
+)
+
+TYPES = scripted(
+    "t_types",
+    [
+        "print(dt, d, t)\nimport decimal\nisinstance(dec, decimal.Decimal)",
+        "print(dt.year, d.month, t.hour, dec + 1, str(u)[:4], tup[0], sorted(st), sorted(fs), by, pt.x + pt.y, nested['k'][1])\n"
+        "exit('types ok')",
+    ],
+)
+
+UNPERSISTABLE = scripted(
+    "t_unpersistable",
+    ["gen = (i for i in range(3))\nkeep = 5\nprint('made')", "print(keep)\nexit('after drop')"],
+)
+
+CONSOLE = scripted(
+    "t_console",
+    [
+        "print({'a': 2})\n[i * i for i in range(4)]\nlist(range(30))\n'text'",
+        "1 / 0",
+        'exit("recovered")',
+    ],
+)
+
+TURNS = scripted("t_turns", ["x = 1"] * 6)
+CONSECUTIVE = scripted("t_consecutive", ["1 / 0", "[][1]", 'exit("never")'])
+TOKENS = scripted("t_tokens", ["x = '" + "a" * 60_000 + "'", 'exit("never")'])
+BARE_EXIT = scripted("t_bare_exit", ["exit()\nprint('still here')", 'exit("finished")'])
+
+SANDBOX_ATTEMPTS = [
+    "import os",
+    "open('/etc/passwd')",
+    "eval('1+1')",
+    "getattr(1, 'real')",
+    "type(1)",
+    "().__class__",
+    "x = [1]\nx._private",
+    "secret_tool()",
+    "import subprocess",
+    "from os import path",
+    "__import__('os')",
+    "exec('x = 1')",
+    "globals()['x'] = 1",
+    "vars()",
+    "breakpoint()",
+    "print.__self__",
+    "(lambda: 0).__globals__",
+    "'{0.__class__}'.format(1)",
+    "import collections.abc",
+    "add.fn = print",
+]
+SANDBOX = [scripted(f"t_sandbox_{i}", [code, 'exit("refused")']) for i, code in enumerate(SANDBOX_ATTEMPTS)]
+SANDBOX_OK = scripted(
+    "t_sandbox_ok",
+    ["import json, math, datetime\nprint(json.dumps({'a': 1}), math.sqrt(16))", 'exit("allowed")'],
+)
+BIG_SOURCE = scripted("t_big_source", ["x=1\n" * 50_001, 'exit("refused")'])
+
+TOOLS = scripted(
+    "t_tools",
+    [
+        {
+            "text": "",
+            "tool_calls": [
+                {"name": "add", "arguments": {"a": 2, "b": 40}},
+                {"name": "nope", "arguments": {}},
+                {"name": "fail", "arguments": {"reason": "boom"}},
+            ],
+        },
+        "n = 5\nprint(add(n, 1), whoami())\nadd('n', 'n')",
+        'exit("tools done")',
+    ],
+)
+
+DIALOG = scripted(
+    "t_dialog",
+    ["Let me check.\n```python\nx = 6 * 7\nprint(x)\n```", "The answer is 42."],
+    metadata={"CHAT_STYLE": "MD_DIALOG"},
+)
+DIRECT = scripted(
+    "t_direct",
+    [
+        {
+            "text": "Computing.",
+            "tool_calls": [{"name": "python_cli", "arguments": {"code": "y = 2 ** 10\nprint(y)"}}],
+        },
+        "Done: 1024",
+    ],
+    metadata={"CHAT_STYLE": "DIRECT"},
+)
+
+LOOP = scripted("t_loop", ["n = 0\nwhile True:\n    n += 1", 'exit("survived")'])
+
+RESTART = scripted("t_restart", ['exit("first")', 'exit("second")'])
+
+SLOW = scripted(
+    "t_slow",
+    [
+        "total = 0\ndef inc(v):\n    return v + 1\n",
+        "import time\ntime.sleep(3)\ntotal = inc(total)",
+        "total = inc(total)",
+        'exit("total=" + str(total))',
+    ],
+)
+
+NOTE = scripted("t_note", ["import time\ntime.sleep(1.5)\nexit('early')", 'exit("after note")'])
+
+HANDLERS = scripted("t_handlers", ['register("a")\nregister("b")', "1 / 0", "[][1]", 'exit("never")'])
+SHORT = scripted("t_short", ["x = 1"])
+PANIC = scripted("t_panic", ["panic()", "panic()", 'exit("escalated")'])
+
+QUICK = scripted("t_quick", ['exit("done " + str(n))'])
+
+WARMUP_TOOL = SupervisedAgent(
+    "t_warmup_tool",
+    "",
+    [add, secret_tool],
+    {"MODEL": "scripted/warmup", "SCRIPT": ['exit(str(hidden_value) + " " + str(first))']},
+    warmup=(
+        "#STATEK: hidden = True\nhidden_value = secret_tool()\n"
+        "# ----------\n"
+        "add(1, 2)  #STATEK: as tool\nfirst = 1\n"
+    ),
+)
+
+COUNTER = HandlerAgent("t_counter", "Counts the events sent to it in its state.")
+
+
+@COUNTER.on_create
+async def _counter_create(ctx: HandlerContext, params: dict[str, Any]) -> None:
+    await ctx.state.create({"count": 0, "history": []})
+
+
+@COUNTER.on_event
+async def _counter_event(ctx: HandlerContext, event: HandlerEvent) -> None:
+    state = await ctx.state.get()
+    assert state is not None
+    await ctx.state.update(
+        {"count": state.state["count"] + 1, "history": [*state.state["history"], event.content.content]}
+    )
+    await ctx.send_message(f"count is {state.state['count'] + 1}")
+
+
+AGENTS: list[Agent | HandlerAgent] = [
+    BASIC,
+    WORKSPACE,
+    TYPES,
+    UNPERSISTABLE,
+    CONSOLE,
+    TURNS,
+    CONSECUTIVE,
+    TOKENS,
+    BARE_EXIT,
+    *SANDBOX,
+    SANDBOX_OK,
+    BIG_SOURCE,
+    TOOLS,
+    DIALOG,
+    DIRECT,
+    LOOP,
+    RESTART,
+    SLOW,
+    QUICK,
+    NOTE,
+    HANDLERS,
+    SHORT,
+    PANIC,
+    WARMUP_TOOL,
+    COUNTER,
+]
+
+
+# ==================================================================================================
+# Helpers shared by the executor tests (kept here: `tests` is importable by service processes too)
+# ==================================================================================================
+
+AGENTS_SPEC = "tests.agents_fixture:AGENTS"
+"""What the test executors are started with."""
+
+
+async def submit(
+    js: Any, agent: str, shared_vars: dict[str, Any] | None = None, job_id: str | None = None
+) -> str:
+    """Create a job and queue its first step, exactly as ``statek.jobs.submit`` does."""
+    import uuid
+
+    from statek_bus.jobstore import JobStore, utcnow
+    from statek_bus.messages import JobRecord
+    from statek_bus.values import TypeRegistry, to_json
+
+    store = await JobStore.open(js)
+    reg = TypeRegistry([Point])
+    now = utcnow()
+    record = JobRecord(
+        id=job_id or f"job-{uuid.uuid4().hex[:12]}",
+        agent=agent,
+        created_at=now,
+        updated_at=now,
+        shared_vars={k: to_json(v, reg, k) for k, v in (shared_vars or {}).items()},
+    )
+    await store.create(record)
+    await store.enqueue(record.id, 0)
+    return record.id
+
+
+async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
+    """Poll the job record until it is DONE; returns the record."""
+    import asyncio
+    import time
+
+    from statek_bus.jobstore import JobStore
+    from statek_bus.messages import JobStatus
+
+    store = await JobStore.open(js)
+    deadline = time.monotonic() + timeout
+    while True:
+        record, _ = await store.get(job_id)
+        if record.status is JobStatus.DONE:
+            return record
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} not DONE within {timeout}s: {record.status} step {record.step}")
+        await asyncio.sleep(0.02)
+
+
+def chat_log(record: Any) -> Any:
+    """The engine's chat log of a record."""
+    from statek_bus.engine import load_state
+
+    return load_state(record).log
+
+
+def console(record: Any) -> list[str]:
+    """Every console entry of a job, in order."""
+    return [line for item in chat_log(record) for line in item.console]
+
+
+def services(settings: Any, *kinds: str) -> Any:
+    """An async context manager running the given services in this process (``executor`` gets the
+    fixture agents), in order; for the ``mesh`` fixtures of the executor tests."""
+    import contextlib
+    import importlib
+
+    from statek_bus.mesh import SERVICE_KINDS
+    from statek_bus.service import running_service
+
+    @contextlib.asynccontextmanager
+    async def run() -> Any:
+        s = settings.replace(agents=AGENTS_SPEC)
+        async with contextlib.AsyncExitStack() as stack:
+            for kind in kinds:
+                factory = importlib.import_module(f"services.{kind}").build
+                await stack.enter_async_context(running_service(factory, s, name=SERVICE_KINDS[kind]))
+            yield s
+
+    return run()

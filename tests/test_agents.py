@@ -1,0 +1,124 @@
+"""Agents and tools: warmup parsing, descriptions, argument binding, tool scopes (§1.2, §1.4)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from statek_bus.agents import HandlerAgent, SupervisedAgent, parse_warmup
+from statek_bus.coderunner import format_value
+from statek_bus.tools import JobContext, bind_job, select_tools, tool, unbind_job
+
+
+@tool
+def days_until(when: date, label: str = "") -> int:
+    """Days from 2026-01-01 to ``when``.
+
+    Args:
+        when: the target date.
+        label: a label to print.
+    """
+    return (when - date(2026, 1, 1)).days
+
+
+@tool
+def total(values: list) -> int:  # type: ignore[type-arg]
+    """Sum a list.
+
+    Args:
+        values: numbers.
+    """
+    return sum(values)
+
+
+def test_warmup_blocks_metadata_and_tool_lines() -> None:
+    blocks = parse_warmup(
+        "#STATEK: hidden = True\nsecret = 1\n# ----------\nadd(1, b=2)  #STATEK: as tool\nprint(secret)\n"
+    )
+    assert len(blocks) == 2
+    assert blocks[0].hidden and blocks[0].code == "secret = 1"
+    assert (
+        blocks[1].calls[0].name == "add"
+        and blocks[1].calls[0].args == (1,)
+        and blocks[1].calls[0].kwargs == {"b": 2}
+    )
+    assert blocks[1].code == "print(secret)"
+
+
+@pytest.mark.parametrize(
+    "bad", ["#STATEK: hidden\nx = 1", "#STATEK: hidden = os.getcwd()", "f(x)  #STATEK: as tool"]
+)
+def test_malformed_warmup_is_a_value_error(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_warmup(bad)
+
+
+def test_description_comes_from_signature_and_docstring() -> None:
+    d = days_until.description()
+    assert d.description == "Days from 2026-01-01 to ``when``."
+    assert d.parameters["properties"]["when"] == {
+        "type": "string",
+        "format": "date",
+        "description": "the target date.",
+    }
+    assert d.parameters["required"] == ["when"]
+    assert days_until.brief_text() == "days_until(when, label='')\n    Days from 2026-01-01 to ``when``."
+
+
+def test_string_arguments_are_bound_by_name_or_parsed() -> None:
+    token = bind_job(JobContext(job_id="j", agent="a", params={}, namespace={"xs": [1, 2, 3]}))
+    try:
+        assert total("xs") == 6
+        assert days_until("2026-01-31") == 30
+    finally:
+        unbind_job(token)
+
+
+def test_agent_description_and_prompt_placeholders() -> None:
+    agent = SupervisedAgent(
+        "helper",
+        "Vars: {shared_var_names}. Source: {source}. Tools:\n{tools}",
+        [days_until, total],
+        {"MODEL": "scripted/x", "SCRIPT": ["x"]},
+        warmup="print(1)",
+    )
+    desc = agent.description()
+    assert desc.role == "helper" and desc.model == "scripted/x" and "SCRIPT" not in desc.metadata
+    assert [t.name for t in desc.tools][:2] == ["days_until", "total"]
+    prompt = agent.system_prompt(params={"source": "webhook"}, shared_var_names=["event"])
+    assert prompt.startswith("Vars: event. Source: webhook. Tools:\ndays_until(when, label='')")
+    assert HandlerAgent("h").description().kind == "handler"
+
+
+def test_tool_scope_grammar() -> None:
+    agent = SupervisedAgent("s", "", [days_until, total], {"MODEL": "m"})
+    names = lambda scope: [t.name for t in select_tools(agent.all_tools(), scope, "CONSOLE")]  # noqa: E731
+    assert names(None) == []
+    assert names("APPLICATION") == ["days_until", "total"]
+    assert names("APPLICATION +docstr -total") == ["days_until", "docstr"]
+    assert "python_cli" not in names("ALL")
+    with pytest.raises(ValueError):
+        select_tools(agent.all_tools(), "EVERYTHING", "CONSOLE")
+
+
+def test_llm_repr_formatting() -> None:
+    from datetime import datetime
+
+    assert format_value({"a": 2, "b": [1, "x"]}) == '{"a":2,"b":[1,"x"]}'
+    assert format_value(datetime(2026, 1, 2, 3, 4)) == 'datetime("2026-01-02 03:04")'
+    assert format_value(list(range(30))).endswith(",24, ...] (30 items total)")
+    assert format_value("raw") == "raw"
+
+
+def test_prompt_sections_follow_the_difficulty() -> None:
+    from statek_bus.prompts import parse_difficulty, render_prompt
+
+    prompt = "Intro.\n--- Basics ---\nalways\n--- MH:Advanced ---\nharder\n## H: Expert\nhardest"
+    assert render_prompt(prompt, "L") == "Intro.\n--- Basics ---\nalways"
+    assert render_prompt(prompt, "M") == "Intro.\n--- Basics ---\nalways\n--- Advanced ---\nharder"
+    assert render_prompt(prompt, "H").endswith("## Expert\nhardest")
+    assert render_prompt("Plain.\n--- Any ---\ntext", "L") == "Plain.\n--- Any ---\ntext"
+    assert parse_difficulty("high") == "H"
+    with pytest.raises(ValueError):
+        parse_difficulty("extreme")

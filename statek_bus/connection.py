@@ -25,10 +25,6 @@ async def _error_cb(exc: Exception) -> None:
     log.warning("nats: %s", exc or type(exc).__name__)
 
 
-async def _disconnected_cb() -> None:
-    log.warning("nats: disconnected")
-
-
 async def _reconnected_cb() -> None:
     log.info("nats: reconnected")
 
@@ -41,8 +37,15 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
         name: connection name shown by ``nats server report connections``.
         service: reconnect forever, including the first connection.
     """
+    holder: list[Client] = []
+
+    async def disconnected_cb() -> None:
+        # nats-py also calls this on a deliberate close(); only a lost connection is worth a warning
+        if holder and not holder[0].is_closed:
+            log.warning("nats: disconnected from %s", settings.nats_url)
+
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
             name=name,
             connect_timeout=settings.connect_timeout,
@@ -50,9 +53,11 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
             max_reconnect_attempts=-1 if service else 10,
             allow_reconnect=True,
             error_cb=_error_cb,
-            disconnected_cb=_disconnected_cb,
+            disconnected_cb=disconnected_cb,
             reconnected_cb=_reconnected_cb,
             pending_size=64 * 1024 * 1024,
         )
+        holder.append(nc)
+        return nc
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise ServiceUnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from None

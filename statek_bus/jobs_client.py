@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
+from statek_bus import jobchecks
 from statek_bus.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
 from statek_bus.locale import StatekLocale, resolve_locale
 from statek_bus.messages import (
@@ -168,22 +169,41 @@ class AsyncJobs:
     ) -> Jobs:
         """Create one job per ``shared_vars_batch`` entry (ids ``<batch_id>-<index>``).
 
-        Retrying with the same ``batch_id`` completes an interrupted batch exactly once.
+        Retrying with the same ``batch_id`` completes an interrupted batch exactly once. A batch
+        over :data:`~statek_bus.jobchecks.MAX_BATCH` entries is sent as parts ``p = 0, 1, ...`` of
+        at most that many, each a batch of its own with id ``<batch_id>.p<p>``: job ids are then
+        ``<batch_id>.p<p>-<index within the part>``, and a retry with the same ``batch_id`` and
+        entries derives the same ids, so the exactly-once contract holds part by part.
         """
         if isinstance(shared_vars_batch, Mapping | str | bytes):
             raise TypeError("shared_vars_batch must be a list with one shared_vars dict (or None) per job")
-        req = SubmitBatchRequest(
-            agent=agent_role(agent),
-            shared_vars_batch=[
-                encode_shared_vars(sv, f"shared_vars_batch[{i}]") for i, sv in enumerate(shared_vars_batch)
-            ],
-            locale=resolve_locale(locale).code if locale is not None else None,
-            params=dict(params) if params else None,
-            batch_id=batch_id if batch_id is not None else uuid.uuid4().hex,
-            parent_id=parent_id,
-        )
-        jobs: Jobs = await self._submit(JOBS_SUBMIT_BATCH, req, Jobs)
-        return jobs
+        encoded = [
+            encode_shared_vars(sv, f"shared_vars_batch[{i}]") for i, sv in enumerate(shared_vars_batch)
+        ]
+        role = agent_role(agent)
+        code = resolve_locale(locale).code if locale is not None else None
+        params_ = dict(params) if params else None
+        bid = batch_id if batch_id is not None else uuid.uuid4().hex
+        size = jobchecks.MAX_BATCH
+        if len(encoded) <= size:
+            parts = [(bid, encoded)]
+        else:
+            parts = [
+                (f"{bid}.p{n}", encoded[i : i + size]) for n, i in enumerate(range(0, len(encoded), size))
+            ]
+        out: Jobs = []
+        for part_id, entries in parts:
+            req = SubmitBatchRequest(
+                agent=role,
+                shared_vars_batch=entries,
+                locale=code,
+                params=params_,
+                batch_id=part_id,
+                parent_id=parent_id,
+            )
+            jobs: Jobs = await self._submit(JOBS_SUBMIT_BATCH, req, Jobs)
+            out.extend(jobs)
+        return out
 
     async def submit_new_job(
         self,

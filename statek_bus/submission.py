@@ -3,6 +3,8 @@
 Where a submitted job goes (one pipelined burst, then one publish burst)::
 
     request ─▶ validate (agent from the watched registry, locale, ids, shared_vars, size)
+            ─▶ read the ids' existing records (one get, or multi_last direct gets of 256 ids):
+               409 for another agent's id, 413 for a reply over max_payload — nothing written
             ─▶ KV statek_jobs, in this order on one connection, awaited together:
                  pending.<nuid>          marker: "these jobs may still lack their work message"
                  idx.{all,agent.<a>,parent.<p>}.{j,b}.<id>   list indexes (one entry per job or batch)
@@ -11,13 +13,26 @@ Where a submitted job goes (one pipelined burst, then one publish burst)::
             ─▶ reply                     (record + work message are both persisted)
             ─▶ purge pending.<nuid> in the background (a purge whose tombstone expires: no leak)
 
-Why markers and not a scan: a stranded job (the service died between the record and its work
-message) can only be READY at step 0 with no message on its work subject. Finding those by reading
-every record would cost O(all jobs) per pass forever; the marker written in the same burst as the
-records makes the pass O(submits in flight). For each marked job the pass checks the record, then
-the work stream, then the record again (unchanged revision), and only then enqueues; a publish
-that raced with the original one is deduplicated by its message id. A retried submit does the same
-check for ids that already exist, so a retry completes an interrupted batch and never doubles one.
+Why markers and not a scan: a stranded job (the service died between a record write and the work
+message it needs) is found through a ``pending.<nuid>`` marker written *before* that record write,
+so the recovery pass costs O(writes in flight), never O(all jobs). Two writes leave markers:
+
+- a submit: the marker names the jobs (or the batch); a stranded job is READY at step 0;
+- a message or notification that restarts a DONE job or wakes a SUSPENDED one
+  (:meth:`Submission.send_message`): the marker names the job, written before the compare-and-set
+  that makes it STARTED (or adds to a SUSPENDED job's inbox).
+
+For each marked job the pass reads the record and, if it is READY, STARTED, or SUSPENDED with
+undelivered inbox items, publishes its current step with ``if_absent`` — stored only when the
+job's work subject holds no message, checked by the server in the same step as the publish. A
+running job keeps its unacknowledged work message on that subject, and a publish racing with the
+original one carries the same ``Nats-Msg-Id`` and is deduplicated, so nothing runs twice. A
+retried submit or message does the same for the jobs it finds already written.
+
+Conflicts (a ``job_id`` of another agent's job) are detected before anything is written: the
+batch's existing records are read first (``multi_last`` direct gets, 256 ids per round trip), and
+a 409 names the conflicting ids and writes nothing. The same read sizes the reply: a batch whose
+reply would not fit the server's ``max_payload`` is 413 before anything is written.
 
 Cancelling a READY or SUSPENDED job commits it DONE *and* advances ``step``: its queued message
 goes stale, and a later restart (a message to the DONE job) enqueues a fresh step whose message
@@ -27,9 +42,7 @@ id was never used, so the work stream's deduplication cannot swallow it.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
-import keyword
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -42,6 +55,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 
 from statek_bus.agent_registry import AgentDirectory
+from statek_bus.availability import unavailable_as_503
 from statek_bus.errors import (
     BadRequestError,
     ConflictError,
@@ -50,8 +64,18 @@ from statek_bus.errors import (
     ServiceUnavailableError,
     StatekError,
 )
+from statek_bus.jobchecks import (
+    MAX_BATCH,
+    MAX_ID_BYTES,
+    check_id,
+    check_reply_size,
+    check_shared_vars,
+    conflict,
+    json_paths,
+)
+from statek_bus.joblist import list_jobs, read_in_order, read_records
 from statek_bus.joblog import read_job_log
-from statek_bus.jobstore import JobStore, scan, utcnow
+from statek_bus.jobstore import JobStore, utcnow
 from statek_bus.locale import resolve_locale
 from statek_bus.messages import (
     AgentDescription,
@@ -77,23 +101,18 @@ from statek_bus.messages import (
 from statek_bus.settings import Settings
 from statek_bus.subjects import (
     AGENTS_BUCKET,
+    EVENTS_PREFIX,
     INDEX_PREFIX,
     PENDING_PREFIX,
     batch_job_ids,
-    job_events_subject,
     token,
 )
-from statek_bus.values import TAG, from_json
 
-__all__ = ["MAX_BATCH", "MAX_ID_BYTES", "Submission"]
+__all__ = ["MAX_BATCH", "MAX_ID_BYTES", "Submission", "gather_chunked"]
 
 log = logging.getLogger("statek_bus.submission")
 T = TypeVar("T")
 
-MAX_ID_BYTES = 200
-"""Longest job, batch or parent id (UTF-8 bytes): escaped ids must fit NATS's 4 KiB control line."""
-MAX_BATCH = 10_000
-"""Most jobs in one ``submit_batch`` (413 above)."""
 DEFAULT_CANCEL_REASON = "no reason given"
 """``cancel_reason`` when the caller gives none (exit status ``Cancelled: no reason given``)."""
 
@@ -154,7 +173,7 @@ class Submission:
     async def submit(self, req: SubmitRequest) -> Job:
         """Create one job (or return the existing job with ``req.job_id``)."""
         job_id = req.job_id if req.job_id is not None else uuid.uuid4().hex
-        _check_id(job_id, "job_id")
+        check_id(job_id, "$.job_id")
         jobs = await self._create(
             req.agent,
             [job_id],
@@ -163,7 +182,7 @@ class Submission:
             params=req.params,
             parent_id=req.parent_id,
             index=IndexEntry(job_id=job_id),
-            vars_field="shared_vars",
+            vars_field="$.shared_vars",
         )
         return jobs[0]
 
@@ -172,12 +191,12 @@ class Submission:
         n = len(req.shared_vars_batch)
         if n > MAX_BATCH:
             raise PayloadTooLargeError(
-                f"a batch holds at most {MAX_BATCH} jobs, not {n}",
-                field="shared_vars_batch",
+                f"a batch holds at most {MAX_BATCH} jobs, not {n}; split it (each part with its own batch_id)",
+                field="$.shared_vars_batch",
                 details={"size": n, "limit": MAX_BATCH},
             )
         batch_id = req.batch_id if req.batch_id is not None else uuid.uuid4().hex
-        _check_id(batch_id, "batch_id", reserve=8)
+        check_id(batch_id, "$.batch_id", reserve=8)
         if n == 0:
             return []
         return await self._create(
@@ -188,7 +207,7 @@ class Submission:
             params=req.params,
             parent_id=req.parent_id,
             index=IndexEntry(batch_id=batch_id, count=n),
-            vars_field="shared_vars_batch",
+            vars_field="$.shared_vars_batch",
         )
 
     async def _create(
@@ -203,27 +222,45 @@ class Submission:
         index: IndexEntry,
         vars_field: str,
     ) -> list[Job]:
-        desc = await self.agents.get(agent)
+        with json_paths():
+            desc = await self.agents.get(agent)
+            code = resolve_locale(locale).code if locale is not None else None
         params = params or {}
         for p in desc.params:
             if p.required and p.name not in params:
                 raise BadRequestError(
-                    f"agent {agent!r} requires parameter {p.name!r}", field=f"params.{p.name}"
+                    f"agent {agent!r} requires parameter {p.name!r}", field=f"$.params.{p.name}"
                 )
-        code = resolve_locale(locale).code if locale is not None else None
         if parent_id is not None:
-            _check_id(parent_id, "parent_id")
+            check_id(parent_id, "$.parent_id")
             parent = await self.store.find(parent_id)
             if parent is None:
-                raise NotFoundError(f"parent job {parent_id!r} not found", field="parent_id")
+                raise NotFoundError(f"parent job {parent_id!r} not found", field="$.parent_id")
             code = code if code is not None else parent[0].locale
-        single = len(ids) == 1 and index.job_id is not None
+        single = index.job_id is not None
         for i, sv in enumerate(shared_vars):
-            _check_shared_vars(sv, vars_field if single else f"{vars_field}[{i}]")
+            check_shared_vars(sv, vars_field if single else f"{vars_field}[{i}]")
 
+        # Read before writing: a conflict (another agent's job under one of the ids) or a reply
+        # that cannot fit is refused with nothing written.
+        if single:
+            found = await self.store.find(ids[0])
+            existing = {ids[0]: found} if found is not None else {}
+            toks = [token(ids[0])]
+        else:  # token(f"{b}-{i}") == f"{token(b)}-{i}": escape once per batch, not per job
+            btok = token(index.batch_id or "")
+            toks = [f"{btok}-{i}" for i in range(len(ids))]
+            existing = await read_records(self.nc, ids, keys=[f"job.{t}" for t in toks])
+        conflicts = [j for j in ids if j in existing and existing[j][0].agent != agent]
+        if conflicts:
+            raise conflict(conflicts, single)
         now = utcnow()
-        records = [
-            JobRecord(
+        limit = self.nc.max_payload - _RECORD_HEADROOM
+        new: list[tuple[JobRecord, bytes, str]] = []
+        for i, (job_id, sv, tok) in enumerate(zip(ids, shared_vars, toks, strict=True)):
+            if job_id in existing:
+                continue
+            rec = JobRecord(
                 id=job_id,
                 agent=agent,
                 locale=code,
@@ -233,17 +270,16 @@ class Submission:
                 updated_at=now,
                 shared_vars=sv or {},
             )
-            for job_id, sv in zip(ids, shared_vars, strict=True)
-        ]
-        limit = self.nc.max_payload - _RECORD_HEADROOM
-        for i, rec in enumerate(records):
-            size = len(encode(rec))
-            if size > limit:
+            body = encode(rec)
+            if len(body) > limit:
                 raise PayloadTooLargeError(
-                    f"job {rec.id!r} would be {size} bytes, over the {limit}-byte record limit",
+                    f"job {job_id!r} would be {len(body)} bytes, over the {limit}-byte record limit",
                     field=vars_field if single else f"{vars_field}[{i}]",
-                    details={"size": size, "limit": limit},
+                    details={"size": len(body), "limit": limit},
                 )
+            new.append((rec, body, tok))
+        if not single:
+            check_reply_size(ids, existing, [r for r, _, _ in new], limit, vars_field)
 
         kind, ident = ("j", index.job_id) if index.job_id is not None else ("b", index.batch_id or "")
         scopes = ["all", f"agent.{token(agent)}"]
@@ -262,53 +298,61 @@ class Submission:
         # records (nats-py appends each publish to the write buffer in call order), so a record is
         # never stored without its marker. A failure anywhere is a 503; the caller's retry with the
         # same ids completes the submit.
-        body = encode(index)
+        entry = encode(index)
         results = await asyncio.gather(
             self.kv.put(marker_key, encode(marker)),
-            *(self._create_index(k, body) for k in index_keys),
-            *(self.store.create(r) for r in records),
+            *(self._create_index(k, entry) for k in index_keys),
+            *(self._create_record(rec, body, f"job.{tok}") for rec, body, tok in new),
             return_exceptions=True,
         )
         _raise_first(results)
+        made_index = [k for k, made in zip(index_keys, results[1 : 1 + len(index_keys)], strict=True) if made]
         created: list[tuple[JobRecord, int, bool]] = list(results[1 + len(index_keys) :])  # type: ignore[arg-type]
 
         fresh: list[str] = []
-        retried: list[str] = []
-        conflicts: list[str] = []
-        for rec, _rev, was_created in created:
+        retried = [j for j, (rec, _) in existing.items() if rec.status is JobStatus.READY and rec.step == 0]
+        raced: list[str] = []  # another agent created the id between our read and our write
+        for rec, rev, was_created in created:
             if was_created:
                 fresh.append(rec.id)
             elif rec.agent != agent:
-                conflicts.append(rec.id)
-            elif rec.status is JobStatus.READY and rec.step == 0:
-                retried.append(rec.id)
+                raced.append(rec.id)
+            else:
+                existing[rec.id] = (rec, rev)
+                if rec.status is JobStatus.READY and rec.step == 0:
+                    retried.append(rec.id)
         acks = await asyncio.gather(*(self.store.enqueue(j, 0) for j in fresh), return_exceptions=True)
         _raise_first(acks)
         if retried:
             await gather_chunked(retried, self._enqueue_first_step_if_absent)
         self._purge_queue.put_nowait(marker_key)
+        tok_of = {rec.id: tok for rec, _, tok in new}
         for job_id in fresh:  # an ack per event would double the round trips; the record is the truth
             event = JobEvent(job_id=job_id, kind="status", at=now, status=JobStatus.READY, step=0)
-            await self.nc.publish(job_events_subject(job_id), encode(event))
-        if conflicts:
-            raise ConflictError(
-                f"job {conflicts[0]!r} already exists for another agent",
-                field="job_id" if single else "batch_id",
-                details={"job_ids": conflicts[:20]},
-            )
-        return [rec.public(rev) for rec, rev, _ in created]
+            await self.nc.publish(f"{EVENTS_PREFIX}.{tok_of[job_id]}", encode(event))
+        if raced:
+            if single and made_index:  # nothing of ours is left: drop the entries we just made
+                await asyncio.gather(*(self.kv.purge(k, msg_ttl=_PURGE_TTL) for k in made_index))
+            raise conflict(raced, single)
+        made = {rec.id: rec.public(rev) for rec, rev, was_created in created if was_created}
+        return [made[j] if j in made else existing[j][0].public(existing[j][1]) for j in ids]
 
-    async def _create_index(self, key: str, body: bytes) -> None:
-        # create, not put: a retry keeps the entry's first position in the listing order
-        with contextlib.suppress(KeyWrongLastSequenceError):
+    async def _create_index(self, key: str, body: bytes) -> bool:
+        """Create an index entry (create, not put: a retry keeps its first position); made now?"""
+        try:
             await self.kv.create(key, body)
-
-    async def _enqueue_if_stranded(self, job_id: str) -> bool:
-        """Enqueue step 0 of a READY job whose work message is not in the work stream."""
-        found = await self.store.find(job_id)
-        if found is None or found[0].status is not JobStatus.READY or found[0].step != 0:
+            return True
+        except KeyWrongLastSequenceError:
             return False
-        return await self._enqueue_first_step_if_absent(job_id)
+
+    async def _create_record(self, rec: JobRecord, body: bytes, key: str) -> tuple[JobRecord, int, bool]:
+        """:meth:`JobStore.create` with the record already encoded (to size it) and its key escaped."""
+        try:
+            with unavailable_as_503(f"storing job {rec.id!r}"):
+                rev = await self.kv.create(key, body)
+            return rec, int(rev), True
+        except KeyWrongLastSequenceError:
+            return await self.store.create(rec)
 
     async def _enqueue_first_step_if_absent(self, job_id: str) -> bool:
         """Publish step 0 only if the job's work subject holds no message (one atomic publish).
@@ -329,16 +373,45 @@ class Submission:
         """One recovery pass over ``pending.*`` markers; returns how many jobs it enqueued."""
         enqueued = 0
         now = utcnow()
-        for key, value in await scan(self.kv, f"{PENDING_PREFIX}.>"):
-            marker = msgspec.json.decode(value, type=PendingMarker)
-            ids = marker.ids()
-            enqueued += sum(await gather_chunked(ids, self._enqueue_if_stranded))
-            if now - marker.created_at < _MARKER_GRACE:
-                continue  # its submit may still be running; look again next pass
-            if not any(await gather_chunked(ids, self.store.find)):
-                await asyncio.gather(*(self.kv.purge(k, msg_ttl=_PURGE_TTL) for k in marker.index_keys))
-            await self.kv.purge(key, msg_ttl=_PURGE_TTL)
+        async for markers in read_in_order(self.nc, f"{PENDING_PREFIX}.>"):
+            for key, value, _ in markers:
+                marker = msgspec.json.decode(value, type=PendingMarker)
+                ids = marker.ids()
+                records = await read_records(self.nc, ids)
+                enqueued += await self._enqueue_stranded(records)
+                if now - marker.created_at < _MARKER_GRACE:
+                    continue  # its write may still be running; look again next pass
+                if marker.index_keys and not records:
+                    await asyncio.gather(*(self.kv.purge(k, msg_ttl=_PURGE_TTL) for k in marker.index_keys))
+                await self.kv.purge(key, msg_ttl=_PURGE_TTL)
         return enqueued
+
+    async def _enqueue_stranded(self, records: dict[str, tuple[JobRecord, int]]) -> int:
+        """Queue the current step of each job that may lack its work message; returns how many.
+
+        A job qualifies when it is READY, STARTED, or SUSPENDED with undelivered inbox items (the
+        states a submit or a restarting message leaves it in). The publish uses ``if_absent``: the
+        server stores it only if the job's work subject is empty, checking and storing in one step.
+        The record is not read again before publishing: if it moved meanwhile, a running job still
+        holds its unacknowledged message on the subject (nothing is stored), a publish equal to one
+        already made is dropped by its ``Nats-Msg-Id``, and a message for a step the job has since
+        passed is stale, which the executor acknowledges without running anything.
+        """
+        steps = [
+            (rec.id, rec.step)
+            for rec, _ in records.values()
+            if rec.status in (JobStatus.READY, JobStatus.STARTED)
+            or (rec.status is JobStatus.SUSPENDED and rec.inbox)
+        ]
+
+        async def one(item: tuple[str, int]) -> bool:
+            return await self.store.enqueue(item[0], item[1], if_absent=True)
+
+        stored = await gather_chunked(steps, one)
+        for (job_id, step), ok in zip(steps, stored, strict=True):
+            if ok:
+                log.debug("job %r had no work message: enqueued step %d", job_id, step)
+        return sum(stored)
 
     async def _recovery_loop(self) -> None:
         while not self._stop.is_set():
@@ -378,57 +451,18 @@ class Submission:
     # --- queries -----------------------------------------------------------------------------------
     async def get(self, req: JobGetRequest) -> Job:
         """The job ``req.job_id`` (404 when missing)."""
-        record, rev = await self.store.get(req.job_id)
+        with json_paths():
+            record, rev = await self.store.get(req.job_id)
         return record.public(rev)
 
     async def list_jobs(self, req: JobListRequest) -> list[Job]:
-        """Jobs in creation order, filtered exactly; the filter's index supplies the candidates."""
-        limit = self.settings.list_default_limit if req.limit is None else req.limit
-        if not 1 <= limit <= self.settings.list_max_limit:
-            raise BadRequestError(f"limit must be 1..{self.settings.list_max_limit}", field="limit")
-        page = 1 if req.page_number is None else req.page_number
-        if page < 1:
-            raise BadRequestError("page_number starts at 1", field="page_number")
-        if req.parent_id is not None:
-            scope = f"parent.{token(req.parent_id)}"
-        elif req.agent is not None:
-            scope = f"agent.{token(req.agent)}"
-        else:
-            scope = "all"
-        ids: list[str] = []
-        for _, value in await scan(self.kv, f"{INDEX_PREFIX}.{scope}.>"):
-            ids.extend(msgspec.json.decode(value, type=IndexEntry).ids())
-        ids = list(dict.fromkeys(ids))
-
-        def keep(found: tuple[JobRecord, int] | None) -> bool:
-            if found is None:
-                return False
-            rec = found[0]
-            return (
-                (req.agent is None or rec.agent == req.agent)
-                and (req.parent_id is None or rec.parent_id == req.parent_id)
-                and (req.status is None or rec.status == req.status)
-            )
-
-        offset = (page - 1) * limit
-        if req.status is None:  # positions are index positions: no record before the page is read
-            window = ids[offset : offset + limit]
-            return [f[0].public(f[1]) for f in await gather_chunked(window, self.store.find) if keep(f)]
-        out: list[Job] = []
-        for i in range(0, len(ids), _CHUNK):
-            for found in await gather_chunked(ids[i : i + _CHUNK], self.store.find):
-                if keep(found):
-                    if offset:
-                        offset -= 1
-                    else:
-                        out.append(found[0].public(found[1]))
-                        if len(out) == limit:
-                            return out
-        return out
+        """Jobs in creation order, filtered exactly, at a bounded cost (:mod:`statek_bus.joblist`)."""
+        return await list_jobs(self.nc, self.settings, req)
 
     async def history(self, req: JobGetRequest) -> JobHistory:
         """The job's chat log and console, from the job-log stream."""
-        await self.store.get(req.job_id)
+        with json_paths():
+            await self.store.get(req.job_id)
         chat: list[ChatEntry] = []
         console: list[str] = []
         for e in await read_job_log(self.store.js, req.job_id):
@@ -444,7 +478,8 @@ class Submission:
 
     async def agents_get(self, req: AgentGetRequest) -> AgentDescription:
         """One agent (404 naming it and listing the known roles)."""
-        return await self.agents.get(req.agent)
+        with json_paths():
+            return await self.agents.get(req.agent)
 
     # --- transitions -------------------------------------------------------------------------------
     async def cancel(self, req: JobCancelRequest) -> Job:
@@ -455,7 +490,7 @@ class Submission:
             if rec.status is JobStatus.DONE:
                 raise ConflictError(
                     f"job {rec.id!r} is already DONE",
-                    field="job_id",
+                    field="$.job_id",
                     details={"exit_status": rec.exit_status},
                 )
             if rec.status in (JobStatus.READY, JobStatus.SUSPENDED):
@@ -469,22 +504,29 @@ class Submission:
             rec.cancel_reason = reason
             return rec
 
-        rec, rev, changed = await self.store.transition(req.job_id, change)
+        with json_paths():
+            rec, rev, changed = await self.store.transition(req.job_id, change)
         if changed and rec.status is JobStatus.DONE:
             await self._status_event(rec, rev)
         return rec.public(rev)
 
     async def send_message(self, req: JobSendMessageRequest) -> Job:
         """Queue a chat message for the job; a DONE job restarts, a SUSPENDED one is woken."""
-        return await self._deliver(req.job_id, "message", req.message, "message")
+        return await self._deliver(req.job_id, "message", req.message, "$.message")
 
     async def send_notification(self, req: JobSendNotificationRequest) -> Job:
         """Queue a notification for the job; a DONE job restarts, a SUSPENDED one is woken."""
-        return await self._deliver(req.job_id, "notification", req.text, "text")
+        return await self._deliver(req.job_id, "notification", req.text, "$.text")
 
     async def _deliver(self, job_id: str, kind: Any, text: str, field: str) -> Job:
+        """Add ``text`` to the job's inbox; make sure a restarted or waiting job has its work message.
+
+        A ``pending.<nuid>`` marker naming the job is stored *before* the compare-and-set, so a crash
+        between the CAS and the enqueue is repaired by the recovery pass; a retried call repairs it
+        too (the job is then STARTED or SUSPENDED and is enqueued with ``if_absent``).
+        """
         if not text.strip():
-            raise BadRequestError(f"{field} must not be empty", field=field)
+            raise BadRequestError(f"{field.removeprefix('$.')} must not be empty", field=field)
         event = JobEvent(job_id=job_id, kind=kind, at=utcnow(), text=text)
         limit = self.nc.max_payload - _RECORD_HEADROOM
         before: list[JobStatus] = []
@@ -502,9 +544,23 @@ class Submission:
                 )
             return rec
 
-        rec, rev, _ = await self.store.transition(job_id, change)
+        marker_key = f"{PENDING_PREFIX}.{uuid.uuid4().hex}"
+        marker = PendingMarker(job_ids=[job_id], count=1, created_at=event.at)
+        with unavailable_as_503(f"recording a message for job {job_id!r}"):
+            await self.kv.put(marker_key, encode(marker))
+        try:
+            with json_paths():
+                rec, rev, _ = await self.store.transition(job_id, change)
+        except BaseException:
+            self._purge_queue.put_nowait(marker_key)  # nothing changed: nothing to recover
+            raise
         if before[0] in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await self.store.enqueue(job_id, rec.step)
+            await self.store.enqueue(job_id, rec.step)  # a fresh step (DONE) or a wake-up
+        elif rec.status in (JobStatus.READY, JobStatus.STARTED, JobStatus.SUSPENDED):
+            # running (its unacked message keeps the subject busy: nothing is stored), or left
+            # without a message by an earlier call that died after its CAS: enqueue it now
+            await self.store.enqueue(job_id, rec.step, if_absent=True)
+        self._purge_queue.put_nowait(marker_key)
         await self.store.publish(msgspec.structs.replace(event, step=rec.step))
         if before[0] is JobStatus.DONE:
             await self._status_event(rec, rev)
@@ -523,44 +579,6 @@ class Submission:
             await self.store.publish(event)
         except Exception:  # the record is the truth; watchers fall back to it
             log.warning("could not publish status event of job %r (revision %d)", rec.id, rev, exc_info=True)
-
-
-# --- validation ------------------------------------------------------------------------------------
-def _check_id(value: str, field: str, *, reserve: int = 0) -> None:
-    size = len(value.encode("utf-8"))
-    if not value.strip() or size > MAX_ID_BYTES - reserve:
-        raise BadRequestError(
-            f"{field} must be a non-blank string of at most {MAX_ID_BYTES - reserve} UTF-8 bytes", field=field
-        )
-
-
-def _check_shared_vars(shared_vars: dict[str, Any] | None, field: str) -> None:
-    for name, value in (shared_vars or {}).items():
-        if not name.isidentifier() or keyword.iskeyword(name):
-            raise BadRequestError(
-                f"shared variable name {name!r} is not a Python identifier", field=f"{field}.{name}"
-            )
-        _check_tags(value, f"{field}.{name}")
-
-
-def _check_tags(value: Any, path: str) -> None:
-    """Tagged values (``{"$t": ...}``) must decode; classes and enums are checked by the executor."""
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_tags(v, f"{path}[{i}]")
-    elif isinstance(value, dict):
-        tag = value.get(TAG)
-        if tag is None:
-            for k, v in value.items():
-                _check_tags(v, f"{path}.{k}")
-        elif tag in ("obj", "enum"):
-            if not isinstance(value.get("cls"), str) or "v" not in value:
-                raise BadRequestError(f"tagged {tag} needs 'cls' and 'v'", field=path)
-        else:
-            try:
-                from_json(value)
-            except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
-                raise BadRequestError(f"invalid tagged value ({tag!r}): {exc}", field=path) from None
 
 
 def _raise_first(results: Iterable[Any]) -> None:

@@ -19,10 +19,12 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from services.submission import build
+from statek_bus import jobchecks, joblist
 from statek_bus.client import AsyncStatekClient
-from statek_bus.errors import BadRequestError, ConflictError, NotFoundError
+from statek_bus.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
 from statek_bus.jobstore import JobStore
 from statek_bus.messages import (
     AgentDescription,
@@ -37,7 +39,10 @@ from statek_bus.service import ServiceContext, running_service
 from statek_bus.settings import Settings
 from statek_bus.subjects import (
     AGENTS_BUCKET,
+    INDEX_PREFIX,
+    JOBS_BUCKET,
     JOBS_SUBMIT,
+    JOBS_SUBMIT_BATCH,
     PENDING_PREFIX,
     SERVICE_SUBMISSION,
     WORK_RUN_PREFIX,
@@ -46,7 +51,7 @@ from statek_bus.subjects import (
     token,
     work_run_subject,
 )
-from statek_bus.submission import Submission
+from statek_bus.submission import MAX_BATCH, Submission
 
 # --- helpers shared with the other submission and jobs-client test modules --------------------------
 
@@ -166,10 +171,10 @@ async def test_malformed_json_and_wrong_types_are_400_naming_the_field(
     body = await raw(nc, JOBS_SUBMIT, json.dumps({"agent": agent, "colour": 1}).encode())
     assert "colour" in body["error"]["message"]  # type: ignore[index]
     body = await raw(nc, JOBS_SUBMIT, json.dumps({"agent": agent, "shared_vars": {"not valid": 1}}).encode())
-    assert body["error"]["field"] == "shared_vars.not valid"  # type: ignore[index]
+    assert body["error"]["field"] == "$.shared_vars.not valid"  # type: ignore[index]
     bad_tag = {"agent": agent, "shared_vars": {"when": {"$t": "datetime", "v": "yesterday"}}}
     body = await raw(nc, JOBS_SUBMIT, json.dumps(bad_tag).encode())
-    assert body["error"]["field"] == "shared_vars.when"  # type: ignore[index]
+    assert body["error"]["field"] == "$.shared_vars.when"  # type: ignore[index]
 
 
 async def test_oversize_request_is_413(nc: Client, settings: Settings, uid: str) -> None:
@@ -186,7 +191,7 @@ async def test_unknown_agent_is_404_listing_known_roles(client: AsyncStatekClien
     with pytest.raises(NotFoundError) as err:
         await client.jobs.submit("no_such_agent")
     assert "no_such_agent" in err.value.message and agent in err.value.message
-    assert err.value.field == "agent"
+    assert err.value.field == "$.agent"
 
 
 async def test_bad_locale_is_400_before_and_at_the_service(
@@ -196,7 +201,7 @@ async def test_bad_locale_is_400_before_and_at_the_service(
         await client.jobs.submit(agent, locale="XX-US")
     assert err.value.field == "locale"
     body = await raw(nc, JOBS_SUBMIT, json.dumps({"agent": agent, "locale": "EN"}).encode())
-    assert body["error"]["field"] == "locale"  # type: ignore[index]
+    assert body["error"]["field"] == "$.locale"  # type: ignore[index]
 
 
 async def test_required_params_declared_by_the_agent_are_checked(
@@ -206,7 +211,7 @@ async def test_required_params_declared_by_the_agent_are_checked(
     await register_agent(service.js, role, params=[ParamDescription(name="source", required=True)])
     with pytest.raises(BadRequestError) as err:
         await client.jobs.submit(role)
-    assert err.value.field == "params.source"
+    assert err.value.field == "$.params.source"
     assert (await client.jobs.submit(role, params={"source": "cli"})).params == {"source": "cli"}
 
 
@@ -274,7 +279,7 @@ async def test_list_filters_by_agent_status_parent_and_pages(
     ]
     with pytest.raises(BadRequestError) as err:
         await client.jobs.list(limit=0)
-    assert err.value.field == "limit"
+    assert err.value.field == "$.limit"
 
 
 async def test_child_inherits_parent_locale_and_missing_parent_is_404(
@@ -284,7 +289,7 @@ async def test_child_inherits_parent_locale_and_missing_parent_is_404(
     assert (await client.jobs.submit(agent, parent_id=parent.id)).locale == "DE-DE"
     with pytest.raises(NotFoundError) as err:
         await client.jobs.submit(agent, parent_id="no-such-parent")
-    assert err.value.field == "parent_id"
+    assert err.value.field == "$.parent_id"
 
 
 # --- cancel, messages, events --------------------------------------------------------------------------
@@ -403,3 +408,112 @@ async def test_recovery_enqueues_a_ready_job_whose_work_message_is_missing(
     assert await sub.recover() >= 1
     assert await sub.recover() == 0  # marker purged, work present: nothing twice
     assert await work_counts(js, [f"s-{uid}"]) == {f"s-{uid}": 1}
+
+
+# --- nothing is written when a submit is refused ------------------------------------------------------
+
+
+async def _absent(js: JetStreamContext, key: str) -> bool:
+    kv = await js.key_value(JOBS_BUCKET)
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return True
+    return not entry.value
+
+
+async def test_duplicate_job_id_of_another_agent_is_409_and_writes_nothing(
+    client: AsyncStatekClient, service: ServiceContext, agent: str, uid: str
+) -> None:
+    other = f"other_{uid}"
+    await register_agent(service.js, other)
+    taken = await client.jobs.submit(agent, job_id=f"dup-{uid}")
+    with pytest.raises(ConflictError) as err:
+        await client.jobs.submit(other, job_id=f"dup-{uid}")
+    assert (err.value.field, err.value.details["job_ids"]) == ("$.job_id", [taken.id])
+    assert await _absent(service.js, f"{INDEX_PREFIX}.agent.{token(other)}.j.{token(taken.id)}")
+    mine = await client.jobs.submit(other)
+    assert [j.id for j in await client.jobs.list(agent=other, limit=1, page_number=1)] == [mine.id]
+    assert (await client.jobs.get(taken.id)).revision == taken.revision
+
+
+async def test_batch_with_one_conflicting_id_is_409_and_creates_none_of_the_others(
+    client: AsyncStatekClient, service: ServiceContext, agent: str, uid: str
+) -> None:
+    other = f"other_{uid}"
+    await register_agent(service.js, other)
+    taken = await client.jobs.submit(agent, job_id=f"bx-{uid}-2")
+    with pytest.raises(ConflictError) as err:
+        await client.jobs.submit_batch(other, [{"i": i} for i in range(5)], batch_id=f"bx-{uid}")
+    assert (err.value.field, err.value.details["job_ids"]) == ("$.batch_id", [taken.id])
+    others = [f"bx-{uid}-{i}" for i in (0, 1, 3, 4)]
+    store = await JobStore.open(service.js)
+    assert [await store.find(j) for j in others] == [None] * 4
+    assert set((await work_counts(service.js, others)).values()) == {0}
+    for scope in ("all", f"agent.{token(other)}"):
+        assert await _absent(service.js, f"{INDEX_PREFIX}.{scope}.b.{token(f'bx-{uid}')}")
+    assert await client.jobs.list(agent=other) == []
+
+
+async def test_batch_too_large_for_one_reply_is_413_before_anything_is_written(
+    nc: Client, service: ServiceContext, agent: str, uid: str
+) -> None:
+    too_many = {"agent": agent, "shared_vars_batch": [None] * (MAX_BATCH + 1), "batch_id": f"tm-{uid}"}
+    body = await raw(nc, JOBS_SUBMIT_BATCH, json.dumps(too_many).encode())
+    assert (body["error"]["code"], body["error"]["field"]) == (413, "$.shared_vars_batch")  # type: ignore[index]
+    # few enough jobs, but with these params their reply would exceed the 1 MiB message limit
+    fat = {
+        "agent": agent,
+        "shared_vars_batch": [None] * 1000,
+        "params": {"note": "x" * 1500},
+        "batch_id": f"ft-{uid}",
+    }
+    body = await raw(nc, JOBS_SUBMIT_BATCH, json.dumps(fat).encode())
+    assert body["error"]["code"] == 413 and body["error"]["details"]["max_jobs"] < 1000  # type: ignore[index]
+    store = await JobStore.open(service.js)
+    assert await store.find(f"tm-{uid}-0") is None and await store.find(f"ft-{uid}-0") is None
+    assert await work_counts(service.js, [f"ft-{uid}-0"]) == {f"ft-{uid}-0": 0}
+    assert await _absent(service.js, f"{INDEX_PREFIX}.all.b.{token(f'ft-{uid}')}")
+
+
+async def test_client_splits_a_batch_over_max_batch_into_parts_with_derived_ids(
+    client: AsyncStatekClient, service: ServiceContext, agent: str, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobchecks, "MAX_BATCH", 3)  # the client's part size (the service keeps its own)
+    entries = [{"i": i} for i in range(7)]
+    jobs = await client.jobs.submit_batch(agent, entries, batch_id=f"sp-{uid}")
+    want = [f"sp-{uid}.p{p}-{i}" for p, n in ((0, 3), (1, 3), (2, 1)) for i in range(n)]
+    assert [j.id for j in jobs] == want
+    again = await client.jobs.submit_batch(agent, entries, batch_id=f"sp-{uid}")
+    assert [j.revision for j in again] == [j.revision for j in jobs]
+    assert set((await work_counts(service.js, want)).values()) == {1}
+
+
+# --- list: bounded work, no consumers ----------------------------------------------------------------
+
+
+async def test_status_list_stops_at_a_full_page_and_refuses_an_unbounded_scan(
+    client: AsyncStatekClient, service: ServiceContext, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(joblist, "MAX_EXAMINED", 300)
+    jobs = await client.jobs.submit_batch(agent, [None] * 700)
+    await set_status(service.js, jobs[2].id, JobStatus.DONE)
+    assert [j.id for j in await client.jobs.list(agent=agent, status="DONE", limit=1)] == [jobs[2].id]
+    ready = await client.jobs.list(agent=agent, status="READY", limit=5, page_number=3)
+    assert [j.id for j in ready] == [j.id for j in jobs[11:16]]
+    with pytest.raises(PayloadTooLargeError) as err:  # no second DONE job: every record would be read
+        await client.jobs.list(agent=agent, status="DONE", limit=2)
+    assert err.value.field == "$.status" and "narrow" in err.value.message
+    page = await client.jobs.list(agent=agent, limit=100, page_number=7)
+    assert [j.id for j in page] == [j.id for j in jobs[600:700]]
+
+
+async def test_list_creates_no_consumer(
+    client: AsyncStatekClient, service: ServiceContext, agent: str
+) -> None:
+    await client.jobs.submit_batch(agent, [None] * 20)
+    before = len(await service.js.consumers_info(f"KV_{JOBS_BUCKET}"))
+    await client.jobs.list(agent=agent)
+    await client.jobs.list(agent=agent, status="READY")
+    await client.jobs.list()
+    assert len(await service.js.consumers_info(f"KV_{JOBS_BUCKET}")) <= before

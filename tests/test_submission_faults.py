@@ -1,23 +1,34 @@
-"""Crashes and restarts: the submission service as a real process (SIGKILL), nats-server restarted.
+"""Crashes and restarts: the submission service as a real process (SIGKILL), nats-server restarted,
+and a crash between a restart's compare-and-set and its work message (a failing enqueue injected
+through a :class:`JobStore` subclass).
 
-Each test has a server of its own, so whole-stream counts are exact.
+The process tests have a server of their own, so whole-stream counts are exact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
+import pytest
+
+from statek_bus.agent_registry import AgentDirectory
 from statek_bus.client import AsyncStatekClient
 from statek_bus.connection import connect
+from statek_bus.errors import ServiceUnavailableError
 from statek_bus.jobstore import JobStore
 from statek_bus.launcher import NatsServer
 from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import JobStatus
+from statek_bus.messages import JobSendMessageRequest, JobSendNotificationRequest, JobStatus
 from statek_bus.provision import provision
+from statek_bus.service import ServiceContext
 from statek_bus.settings import Settings
-from statek_bus.subjects import JOBS_SUBMIT_BATCH, WORK_STREAM, job_key
-from tests.test_submission import register_agent, work_counts
+from statek_bus.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
+from statek_bus.submission import Submission
+from tests.test_submission import agent, client, finish, register_agent, service, work_counts
+
+__all__ = ["agent", "client", "service"]  # fixtures shared with test_submission
 
 
 def _settings(server: NatsServer) -> Settings:
@@ -115,3 +126,64 @@ async def test_acknowledged_submits_survive_a_nats_server_crash(fresh_server: Na
             assert (await client.jobs.get(ids[0])).id == ids[0]
     finally:
         await proc.stop()
+
+
+# --- a message that restarts a DONE job: crash between the CAS and the enqueue -------------------------
+
+
+class _EnqueueFailsOnce(JobStore):
+    """The service "dies" right after committing DONE → STARTED: the next enqueue raises."""
+
+    failures = 1
+
+    async def enqueue(self, job_id: str, step: int, **kw: Any) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise ServiceUnavailableError("injected: the service died before the enqueue")
+        return await super().enqueue(job_id, step, **kw)
+
+
+async def _done_job_whose_restart_lost_its_work_message(
+    service: ServiceContext, settings: Settings, client: AsyncStatekClient, agent: str
+) -> tuple[Submission, str]:
+    js = service.js
+    job = await client.jobs.submit(agent)
+    await js.purge_stream(WORK_STREAM, subject=work_run_subject(job.id))  # an executor ran step 0
+    await finish(js, job.id)
+    store = await JobStore.open(js)
+    sub = Submission(
+        service.nc,
+        _EnqueueFailsOnce(js, store.kv),
+        AgentDirectory(await js.key_value(AGENTS_BUCKET)),
+        settings,
+    )
+    with pytest.raises(ServiceUnavailableError):
+        await sub.send_message(JobSendMessageRequest(job_id=job.id, message="one more thing"))
+    rec, _ = await store.get(job.id)
+    assert rec.status is JobStatus.STARTED  # the CAS is committed ...
+    assert await work_counts(js, [job.id]) == {job.id: 0}  # ... and nothing will run it
+    return sub, job.id
+
+
+async def test_a_retried_message_enqueues_a_restart_whose_enqueue_was_lost(
+    service: ServiceContext, settings: Settings, client: AsyncStatekClient, agent: str
+) -> None:
+    _, job_id = await _done_job_whose_restart_lost_its_work_message(service, settings, client, agent)
+    again = await client.jobs.send_notification(job_id, "one more thing")  # the caller retries
+    assert again.status is JobStatus.STARTED
+    assert await work_counts(service.js, [job_id]) == {job_id: 1}
+    await client.jobs.send_message(job_id, "and another")  # queued already: nothing added
+    assert await work_counts(service.js, [job_id]) == {job_id: 1}
+
+
+async def test_recovery_enqueues_a_restart_whose_enqueue_was_lost(
+    service: ServiceContext, settings: Settings, client: AsyncStatekClient, agent: str
+) -> None:
+    sub, job_id = await _done_job_whose_restart_lost_its_work_message(service, settings, client, agent)
+    assert await sub.recover() >= 1  # the marker written before the CAS names the job
+    assert await work_counts(service.js, [job_id]) == {job_id: 1}
+    await sub.recover()
+    assert await work_counts(service.js, [job_id]) == {job_id: 1}  # never twice
+    woken = await sub.send_notification(JobSendNotificationRequest(job_id=job_id, text="still there?"))
+    assert woken.status is JobStatus.STARTED
+    assert await work_counts(service.js, [job_id]) == {job_id: 1}

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["LauncherError", "NatsCluster", "NatsServer", "find_server_binary", "free_port"]
+__all__ = ["LauncherError", "NatsCluster", "NatsServer", "find_server_binary", "free_port", "terminate"]
 
 HOST = "127.0.0.1"
 _LOCK_NAME = "statek.lock"
@@ -53,6 +53,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+async def terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM ``proc``, SIGKILL it after ``grace`` seconds; return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+    return proc.returncode
 
 
 def _port_in_use(port: int) -> bool:
@@ -187,13 +199,8 @@ class NatsServer:
     async def stop(self, *, grace: float = 10.0, remove: bool = True) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; remove a temporary data dir."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
+        if proc is not None:
+            await terminate(proc, grace)
         self._close_log()
         self.url = self.monitor_url = ""
         self._release_lock()

@@ -21,7 +21,7 @@ from types import TracebackType
 
 from statek_bus.connection import connect
 from statek_bus.discovery import ping
-from statek_bus.launcher import LauncherError, NatsServer
+from statek_bus.launcher import LauncherError, NatsServer, terminate
 from statek_bus.provider.redaction import secret_env_names
 from statek_bus.provision import provision
 from statek_bus.settings import Settings
@@ -119,14 +119,7 @@ class ServiceProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        return proc.returncode
+        return await terminate(proc, grace)
 
     def kill(self) -> None:
         """SIGKILL: a crash."""

@@ -108,6 +108,8 @@ class Settings:
     """Calls started per second per model (0: unlimited)."""
     llm_price_table: str = ""
     """Optional CSV of per-model prices overriding litellm's map."""
+    script_dir: str = ""
+    """Directory of ``.json`` scripts the scripted model's ``SCRIPT_FILE`` may name (empty: disabled)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -12,15 +12,23 @@ another pair's keys, and no key segment ever holds ``.``, ``*`` or ``>``)::
 State ids are UUIDv7 carrying ``created_at`` to the microsecond (RFC 9562 §6.2 method 3), so
 sorting ids sorts by ``(created_at, id)``: a page is cut from the index keys alone and only the
 page's records are read. A filtered list reads ``task.<t>.*`` (or ``agent.<a>.*``) with one
-multi-last direct get, falling back to an ordered consumer above the server's batch cap: its cost
-follows the task's states, never the bucket's.
+multi-last direct get, falling back to paged batch direct gets of the matching subjects above the
+server's multi-last cap: its cost follows the task's states, never the bucket's. Every read is a
+direct get (``history`` too): no request creates a consumer.
 
 Crash safety: ``create`` writes the id pointer and both index entries first, then commits with a
 compare-and-set on the primary key. A crash before the commit leaves only index entries whose
 primary does not name their id; readers ignore them, and ``list`` deletes those older than
 :data:`ORPHAN_GRACE`. Nothing holds the pair until the commit, so no crash leaves a pair stuck; a
 crash after it loses nothing. ``delete`` is a compare-and-set rollup marker on the primary (which
-drops its history and carries the final State for watchers), then removes the index entries.
+drops its history and carries the final State for watchers) that expires after
+:data:`DELETE_MARKER_TTL`, leaving nothing of the state; then it removes the index entries.
+
+Every JetStream call goes through :func:`~statek_bus.availability.retry_transient`. Reads are safe
+to retry. Writes are too: each is a compare-and-set (a retried write whose first attempt had landed
+fails its CAS, and the caller's loop re-reads and recognises its own record: the lost-ack
+recognition in ``create``, ``update`` and ``delete``) or idempotent (index puts of immutable refs,
+purges by subject).
 """
 
 from __future__ import annotations
@@ -31,18 +39,17 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from statek_bus.availability import retry_transient
 from statek_bus.errors import (
     BadRequestError,
     ConflictError,
@@ -55,6 +62,7 @@ from statek_bus.settings import Settings
 from statek_bus.subjects import STATES_BUCKET, token
 
 __all__ = [
+    "DELETE_MARKER_TTL",
     "MAX_ID_TOKEN",
     "ORPHAN_GRACE",
     "STREAM",
@@ -66,8 +74,6 @@ __all__ = [
     "watch_subject",
 ]
 
-T = TypeVar("T")
-
 STREAM = f"KV_{STATES_BUCKET}"
 """The stream behind the bucket."""
 _PRE = f"$KV.{STATES_BUCKET}."
@@ -77,7 +83,14 @@ MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 """Longest ``ttl_seconds`` accepted."""
 ORPHAN_GRACE = 60.0
 """Seconds after which an index entry whose primary does not name it is garbage (a crashed create)."""
-_RETRY_BUDGET = 6.0
+DELETE_MARKER_TTL = 60
+"""Seconds a deletion marker (carrying the deleted State for watchers) stays in the stream.
+
+Live watchers see it at once; a watch replaying ``since_revision`` later than this, and the lost-ack
+recognition of a retried delete, need it to still be there. After it, nothing of the state is left.
+"""
+_BATCH = 1000
+"""Messages asked for per batch direct get."""
 _CAS_ATTEMPTS = 64
 _WRONG_LAST = (10071, 10164)
 _KV_OP = "KV-Operation"
@@ -88,7 +101,7 @@ _ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0
 
 _States = list[State]
 _Keys = list[str]
-_Blobs = list[bytes]
+_Msgs = list[Msg]
 _enc = msgspec.json.Encoder()
 _rec_dec = msgspec.json.Decoder(StateRecord)
 _ref_dec = msgspec.json.Decoder(StateRef)
@@ -249,7 +262,7 @@ class StateStore:
             tried = to_state(e.record, e.seq)
             headers = {_KV_OP: "PURGE", "Nats-Rollup": "sub"}
             try:
-                await self._cas(key, _enc.encode(tried), e.seq, headers=headers)
+                await self._cas(key, _enc.encode(tried), e.seq, ttl=DELETE_MARKER_TTL, headers=headers)
             except _Stale:
                 continue
             break
@@ -306,17 +319,14 @@ class StateStore:
         if limit is not None and limit < 1:
             raise BadRequestError("limit must be ≥ 1", field="$.limit")
         current = await self.retrieve(state_id)
-        kv = await self.js.key_value(STATES_BUCKET)
-        try:
-            entries = await self._io(lambda: kv.history(pair_key(current.task_id, current.agent_id)))
-        except nats.js.errors.NoKeysError:
-            entries = []
+        msgs = await self._subject_msgs(_PRE + pair_key(current.task_id, current.agent_id))
         out = [current]
-        for e in reversed(entries):
-            if e.operation is None and e.value and e.revision and e.revision < current.revision:
-                rec = _rec_dec.decode(e.value)
+        for msg in reversed(msgs):
+            hdrs, seq = msg.headers or {}, _seq(msg)
+            if msg.data and _KV_OP not in hdrs and _MARKER not in hdrs and seq < current.revision:
+                rec = _rec_dec.decode(msg.data)
                 if rec.id == state_id:
-                    out.append(to_state(rec, e.revision))
+                    out.append(to_state(rec, seq))
         return out[:limit] if limit else out
 
     # ---------------------------------------------------------------------------------- internals
@@ -402,7 +412,9 @@ class StateStore:
         if cached:
             return cached
         try:
-            msg = await self._io(lambda: self.js.get_msg(STREAM, subject=f"{_PRE}id.{state_id}", direct=True))
+            msg = await retry_transient(
+                lambda: self.js.get_msg(STREAM, subject=f"{_PRE}id.{state_id}", direct=True)
+            )
         except nats.js.errors.NotFoundError:
             return None
         if not msg.data or (msg.headers and _KV_OP in msg.headers):
@@ -420,16 +432,16 @@ class StateStore:
     async def _put_refs(self, ref: StateRef, ttl: int | None) -> None:
         value = _enc.encode(ref)
         puts = [partial(self.js.publish, _PRE + k, value, msg_ttl=ttl) for k in _ref_keys(ref)]
-        await asyncio.gather(*(self._io(p) for p in puts))
+        await asyncio.gather(*(retry_transient(p) for p in puts))
 
     async def _drop_refs(self, ref: StateRef) -> None:
         # A stream purge by subject leaves no tombstone: index scans never see deleted states.
         purges = [partial(self.js.purge_stream, STREAM, subject=_PRE + k) for k in _ref_keys(ref)]
-        await asyncio.gather(*(self._io(p) for p in purges))
+        await asyncio.gather(*(retry_transient(p) for p in purges))
 
     async def _read(self, key: str) -> _Entry | None:
         try:
-            msg = await self._io(lambda: self.js.get_msg(STREAM, subject=_PRE + key, direct=True))
+            msg = await retry_transient(lambda: self.js.get_msg(STREAM, subject=_PRE + key, direct=True))
         except nats.js.errors.NotFoundError:
             return None
         assert msg.seq is not None
@@ -451,7 +463,9 @@ class StateStore:
     ) -> int:
         hdrs = {**(headers or {}), "Nats-Expected-Last-Subject-Sequence": str(last)}
         try:
-            ack = await self._io(lambda: self.js.publish(_PRE + key, value, headers=dict(hdrs), msg_ttl=ttl))
+            ack = await retry_transient(
+                lambda: self.js.publish(_PRE + key, value, headers=dict(hdrs), msg_ttl=ttl)
+            )
         except nats.js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST:
                 raise _Stale from None
@@ -459,70 +473,55 @@ class StateStore:
         return int(ack.seq)
 
     async def _scan(self, filter_key: str) -> dict[str, StateRef]:
-        """Latest value of every key matching ``filter_key``: one direct get, else a consumer."""
+        """Latest value of every key matching ``filter_key``: one multi-last get, else paged gets."""
         try:
-            msgs = await self._io(lambda: self._multi_last(_PRE + filter_key))
+            msgs, _ = await retry_transient(lambda: self._direct({"multi_last": [_PRE + filter_key]}))
         except _TooMany:
-            msgs = await self._io(lambda: self._consume(filter_key))
-        refs = (_ref_dec.decode(m) for m in msgs)
+            msgs = await self._subject_msgs(_PRE + filter_key)
+        latest: dict[str, bytes | None] = {}  # by subject; a later message replaces an earlier one
+        for msg in msgs:
+            hdrs = msg.headers or {}
+            live = msg.data and _KV_OP not in hdrs and _MARKER not in hdrs
+            latest[hdrs.get("Nats-Subject", msg.subject)] = msg.data if live else None
+        refs = (_ref_dec.decode(data) for data in latest.values() if data)
         return {r.id: r for r in refs}
 
-    async def _multi_last(self, subject: str) -> _Blobs:
+    async def _subject_msgs(self, subject: str) -> _Msgs:
+        """Every kept message on ``subject`` (wildcards allowed), oldest first: batch direct gets."""
+        out: _Msgs = []
+        seq = 1
+        while True:
+            request = {"seq": seq, "next_by_subj": subject, "batch": _BATCH}
+            page, pending = await retry_transient(partial(self._direct, request))
+            out.extend(page)
+            if not page or not pending:
+                return out
+            seq = _seq(page[-1]) + 1
+
+    async def _direct(self, request: dict[str, Any]) -> tuple[_Msgs, int]:
+        """One batched direct get: its messages, and how many more match (``Nats-Num-Pending``)."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{STREAM}", _enc.encode({"multi_last": [subject]}), reply=inbox
-            )
-            out: _Blobs = []
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", _enc.encode(request), reply=inbox)
+            out: _Msgs = []
             while True:
                 msg: Msg = await sub.next_msg(timeout=self.js._timeout)
                 hdrs = msg.headers or {}
                 status = hdrs.get("Status")
-                if status == "204" or status == "404":
-                    return out
+                if status == "204":  # end of batch
+                    return out, int(hdrs.get("Nats-Num-Pending") or 0)
+                if status == "404":
+                    return out, 0
                 if status == "413":
                     raise _TooMany
                 if status:
                     raise ServiceUnavailableError(
-                        f"direct get of {subject}: {status} {hdrs.get('Description')}"
+                        f"direct get from {STREAM}: {status} {hdrs.get('Description')}"
                     )
-                if msg.data and _KV_OP not in hdrs and _MARKER not in hdrs:
-                    out.append(msg.data)
+                out.append(msg)
         finally:
             await sub.unsubscribe()
-
-    async def _consume(self, filter_key: str) -> _Blobs:
-        kv = await self.js.key_value(STATES_BUCKET)
-        watcher = await kv.watch(filter_key, ignore_deletes=True)
-        out: _Blobs = []
-        timeout = self.js._timeout
-        try:
-            while (e := await watcher.updates(timeout)) is not None:  # type: ignore[no-untyped-call]
-                if e.value:
-                    out.append(e.value)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return out
-
-    async def _io(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run one NATS operation, retrying while JetStream is briefly unavailable (leader change)."""
-        deadline = time.monotonic() + _RETRY_BUDGET
-        delay = 0.05
-        while True:
-            try:
-                return await op()
-            except (
-                nats.errors.TimeoutError,
-                nats.js.errors.NoStreamResponseError,
-                nats.js.errors.ServiceUnavailableError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.NoRespondersError,
-            ) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ServiceUnavailableError(f"JetStream did not answer: {type(exc).__name__}") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
 
 class _TooMany(Exception):
@@ -535,6 +534,11 @@ class _Lost(Exception):
     def __init__(self, entry: _Entry) -> None:
         super().__init__("lost")
         self.entry = entry
+
+
+def _seq(msg: Msg) -> int:
+    """Stream sequence of a direct-get reply."""
+    return int((msg.headers or {})["Nats-Sequence"])
 
 
 def _ref_keys(ref: StateRef) -> list[str]:

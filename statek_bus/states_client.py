@@ -233,7 +233,9 @@ class StateWatch:
     Await it, or enter it with ``async with``, to subscribe before acting; iterating an unstarted
     watch subscribes on the first step. It yields changes committed after it subscribed, or every
     kept change after ``since_revision``. A watch of one ``state_id`` ends after its deletion.
-    Deletions carry the state as it was; expiry by ``ttl_seconds`` is not an event.
+    Deletions carry the state as it was; a deletion stays replayable for
+    :data:`~statek_bus.states.DELETE_MARKER_TTL` seconds only. Expiry by ``ttl_seconds`` is not an
+    event.
     """
 
     def __init__(

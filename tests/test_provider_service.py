@@ -20,6 +20,7 @@ from statek_bus.errors import BadRequestError, PayloadTooLargeError
 from statek_bus.launcher import NatsServer
 from statek_bus.mesh import ServiceProcess
 from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest, Empty, ModelsReply
+from statek_bus.provider.scripted import SCRIPT_DIR_ENV
 from statek_bus.service import running_service
 from statek_bus.settings import Settings
 from statek_bus.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
@@ -31,13 +32,23 @@ USER = [ChatMessage(role="user", content="hello")]
 
 
 @pytest.fixture
-async def client(settings: Settings, tmp_path: Path) -> AsyncIterator[AsyncStatekClient]:
+def script_dir(tmp_path: Path) -> Path:
+    """The provider's script directory (setting ``script_dir``, env ``STATEK_SCRIPT_DIR``)."""
+    path = tmp_path / "scripts"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def client(settings: Settings, tmp_path: Path, script_dir: Path) -> AsyncIterator[AsyncStatekClient]:
     prices = tmp_path / "prices.csv"
     prices.write_text(
         "PROVIDER,MODEL,MODEL_FAMILY,INPUT_PRICE_PER_M,INPUT_PRICE_PER_CACHED_M,OUTPUT_PRICE_PER_M\n"
         "scripted,priced,,1000,,2000\n"
     )
-    settings = settings.replace(llm_price_table=str(prices), request_timeout=60.0)  # litellm loads in ~5 s
+    settings = settings.replace(  # litellm loads in ~5 s
+        llm_price_table=str(prices), request_timeout=60.0, script_dir=str(script_dir)
+    )
     async with (
         running_service(build, settings, name=SERVICE_PROVIDER),
         AsyncStatekClient(settings=settings) as c,
@@ -85,19 +96,65 @@ async def test_without_call_index_the_assistant_turns_pick_the_reply(client: Asy
     assert reply.text == "two"
 
 
-async def test_script_file_and_its_errors(client: AsyncStatekClient, tmp_path: Path) -> None:
-    path = tmp_path / "script.json"
-    path.write_text(json.dumps(["from a file", {"text": "second", "reasoning": "because"}]))
-    reply = await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": str(path)}, call_index=1)
-    assert (reply.text, reply.reasoning) == ("second", "because")
-    (tmp_path / "bad.json").write_text("[1, 2]")
+async def test_script_file_and_its_errors(client: AsyncStatekClient, script_dir: Path) -> None:
+    (script_dir / "script.json").write_text(
+        json.dumps(["from a file", {"text": "second", "reasoning": "because"}])
+    )
+    for name in ("script.json", str(script_dir / "script.json")):  # relative to the directory, or in it
+        reply = await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": name}, call_index=1)
+        assert (reply.text, reply.reasoning) == ("second", "because")
+    (script_dir / "bad.json").write_text("[1, 2]")
     with pytest.raises(BadRequestError) as err:
-        await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": str(tmp_path / "bad.json")})
+        await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": "bad.json"})
     assert err.value.field is not None and err.value.field.startswith("$.metadata.SCRIPT_FILE[0]")
-    with pytest.raises(BadRequestError, match="cannot be read"):
-        await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": str(tmp_path / "nope.json")})
+    with pytest.raises(BadRequestError, match="no such script") as err:
+        await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": "nope.json"})
+    assert str(script_dir) not in err.value.message
     with pytest.raises(BadRequestError, match=r"\.json file"):
         await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": "/etc/passwd"})
+
+
+async def test_script_file_never_reads_outside_the_script_directory(
+    client: AsyncStatekClient, script_dir: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.json"  # a .json file on the provider host, outside the directory
+    secret.write_text(json.dumps(["leaked"]))
+    (script_dir / "link.json").symlink_to(secret)
+    (script_dir / "sub").mkdir()
+    (script_dir / "sub" / "up.json").symlink_to("../../secret.json")
+    messages = set()
+    for name in (
+        str(secret),
+        "../secret.json",
+        "sub/../../secret.json",
+        "link.json",  # a symbolic link escaping the directory
+        "sub/up.json",
+        str(tmp_path / "missing.json"),  # refused exactly like an existing file: no existence oracle
+        "../missing.json",
+    ):
+        with pytest.raises(BadRequestError) as err:
+            await complete(client, model="scripted/f", metadata={"SCRIPT_FILE": name})
+        assert err.value.field == "$.metadata.SCRIPT_FILE"
+        assert "outside the provider's script directory" in err.value.message
+        assert str(tmp_path) not in err.value.message.replace(repr(name), "")  # only the name asked for
+        messages.add(err.value.message.replace(repr(name), "<name>"))
+    assert len(messages) == 1
+
+
+async def test_script_file_is_disabled_without_a_script_directory(settings: Settings, tmp_path: Path) -> None:
+    assert settings.script_dir == ""
+    (tmp_path / "script.json").write_text(json.dumps(["hello"]))
+    async with (
+        running_service(build, settings, name=SERVICE_PROVIDER),
+        AsyncStatekClient(settings=settings) as c,
+    ):
+        for name in (str(tmp_path / "script.json"), str(tmp_path / "missing.json")):
+            with pytest.raises(BadRequestError) as err:
+                await complete(c, model="scripted/f", metadata={"SCRIPT_FILE": name})
+            assert err.value.field == "$.metadata.SCRIPT_FILE"
+            assert "disabled" in err.value.message and SCRIPT_DIR_ENV in err.value.message
+            assert str(tmp_path) not in err.value.message
+        assert (await complete(c, model="scripted/x", metadata={"SCRIPT": ["inline"]})).text == "inline"
 
 
 async def test_price_table_prices_the_scripted_model(client: AsyncStatekClient) -> None:

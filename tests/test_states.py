@@ -255,27 +255,61 @@ async def test_get_or_create_is_atomic(states, uid):
     assert info.value.field == "$.default"
 
 
+# The two tests below run the same worst-case schedule: 50 handlers each read the counter, wait at
+# a barrier until all 50 have read (so every one of them read {"count": 0}), then write count + 1.
+# The barrier makes the interleaving deterministic instead of depending on the event loop's timing.
+
+
 async def test_50_concurrent_increments_with_cas_end_at_50(states, uid):
     st = await states.create(f"t{uid}", "a", {"count": 0})
+    everyone_read = asyncio.Barrier(50)
+    conflicts = 0
 
     async def increment() -> None:
+        nonlocal conflicts
+        first = True
         while True:
             cur = await states.retrieve(st.id)
+            if first:
+                await everyone_read.wait()
+                first = False
             try:
                 await states.update(st.id, {"count": cur.state["count"] + 1}, expected_revision=cur.revision)
                 return
-            except ConflictError:
-                continue
+            except ConflictError as exc:
+                assert exc.details["current_revision"] > cur.revision
+                conflicts += 1
 
     await asyncio.gather(*(increment() for _ in range(50)))
     assert (await states.retrieve(st.id)).state == {"count": 50}
+    assert conflicts >= 49  # of the 50 first writes, all based on the same revision, one can win
 
 
 async def test_50_concurrent_increments_without_cas_lose_updates(states, uid):
+    """Why ``expected_revision`` exists: without it, the API accepts every write and loses 49.
+
+    What a bug could break here: every update must succeed (no error: without ``expected_revision``
+    an update is last-writer-wins, never a 409), each must commit a revision of its own (none
+    silently dropped or merged), and each replaces the whole object, so the final count is exactly
+    1, not 50: 49 acknowledged increments are lost. The CAS test above, on the same schedule, ends
+    at 50.
+    """
     st = await states.create(f"t{uid}", "a", {"count": 0})
-    reads = await asyncio.gather(*(states.retrieve(st.id) for _ in range(50)))
-    await asyncio.gather(*(states.update(st.id, {"count": r.state["count"] + 1}) for r in reads))
-    assert (await states.retrieve(st.id)).state["count"] < 50  # last write wins: updates were lost
+    everyone_read = asyncio.Barrier(50)
+
+    async def increment() -> State:
+        cur = await states.retrieve(st.id)
+        await everyone_read.wait()
+        return await states.update(st.id, {"count": cur.state["count"] + 1})
+
+    results = await asyncio.gather(*(increment() for _ in range(50)), return_exceptions=True)
+    assert all(isinstance(r, State) for r in results), results  # the API accepted all 50 writes
+    written = [r for r in results if isinstance(r, State)]
+    assert all(r.state == {"count": 1} for r in written)
+    assert len({r.revision for r in written}) == 50  # each committed as its own revision
+    final = await states.retrieve(st.id)
+    assert final.revision == max(r.revision for r in written)
+    assert final.state == {"count": 1}  # 50 acknowledged increments, 49 of them lost
 
 
 async def test_transact_retries_to_exactly_50(states, uid):

@@ -62,7 +62,7 @@ class Provider:
         self.litellm = litellm or LiteLLM()
         self.limits = Limits.from_settings(settings)
         self.policy = RetryPolicy.from_settings(settings)
-        self.scripts = ScriptStore()
+        self.scripts = ScriptStore(root=settings.script_dir)
         self.redact = Redactor()
         self._unpriced: set[str] = set()
 

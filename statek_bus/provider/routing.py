@@ -44,7 +44,7 @@ PROVIDER_KEYS: dict[str, str] = {
     "DIFFICULTY": "the job's current difficulty (L/M/H or low/medium/high) for a model mapping",
     "DEFAULT_DIFFICULTY": "difficulty used when DIFFICULTY is absent (default M)",
     "SCRIPT": "scripted model: the list of replies",
-    "SCRIPT_FILE": "scripted model: a JSON file (on the provider host) holding the list of replies",
+    "SCRIPT_FILE": "scripted model: a .json file in the provider's STATEK_SCRIPT_DIR holding the replies",
     "MOCK_RESPONSE": "litellm's offline mock_response: this text is answered without a network call",
     "MAX_TOKENS": "upper bound on output tokens (a positive integer)",
     "REASONING_EFFORT": "litellm reasoning_effort for reasoning models (e.g. low, medium, high)",

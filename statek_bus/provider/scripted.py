@@ -1,7 +1,8 @@
 """The scripted model: deterministic replies for the demo, tests and benchmarks, with no network.
 
 A request whose model is ``scripted/<anything>`` is answered from a script: metadata ``SCRIPT``
-(a list) or ``SCRIPT_FILE`` (a JSON file on the provider host holding the same list). Each reply
+(a list) or ``SCRIPT_FILE`` (a ``.json`` file holding the same list, in the provider's script
+directory :data:`SCRIPT_DIR_ENV`; unset, ``SCRIPT_FILE`` is refused). Each reply
 is a string, or ``{"text": ..., "tool_calls": [{"name": ..., "arguments": {...}}], "reasoning":
 ...}``. Call ``n`` gets reply ``n`` (from 0): ``n`` is the request's ``call_index`` (the
 executor passes the job's LLM-call count) or, without one, the number of assistant messages in
@@ -18,8 +19,10 @@ harness token limits behave as with a real model; cost comes from the price tabl
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,7 @@ from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest, LLM
 
 __all__ = [
     "MAX_SCRIPT_FILE_BYTES",
+    "SCRIPT_DIR_ENV",
     "ScriptReply",
     "ScriptStore",
     "ScriptToolCall",
@@ -41,6 +45,17 @@ __all__ = [
 
 MAX_SCRIPT_FILE_BYTES = 4 * 1024 * 1024
 """Largest ``SCRIPT_FILE`` the provider reads (413 above)."""
+SCRIPT_DIR_ENV = "STATEK_SCRIPT_DIR"
+"""Environment variable naming the only directory ``SCRIPT_FILE`` may read from (unset: disabled)."""
+_FIELD = "$.metadata.SCRIPT_FILE"
+_OS_REASONS = {
+    errno.ENOENT: "no such script",
+    errno.ENOTDIR: "no such script",
+    errno.ELOOP: "a symbolic link",
+    errno.EACCES: "not readable by the provider",
+    errno.EPERM: "not readable by the provider",
+    errno.EISDIR: "a directory",
+}
 
 
 class ScriptToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -95,46 +110,103 @@ class _Cached:
 class ScriptStore:
     """Parsed ``SCRIPT_FILE`` scripts, re-read only when a file's mtime or size changes.
 
-    Relative paths resolve against the provider's working directory. Only ``.json`` files of at
-    most :data:`MAX_SCRIPT_FILE_BYTES` are read: the provider never serves arbitrary host files.
+    The provider holds the LLM keys, so it reads no file a request names unless an operator put it
+    in the script directory: ``SCRIPT_FILE`` is a path relative to ``root`` (or an absolute path
+    inside it) whose real path (symbolic links resolved) must stay inside ``root``, name a regular
+    ``.json`` file, and hold at most :data:`MAX_SCRIPT_FILE_BYTES`. Errors name only the requested
+    path, never the directory, the resolved path or the OS error text, and a path outside the
+    directory is refused before anything looks at it (no "does it exist" oracle).
+
+    Args:
+        root: the script directory (the ``script_dir`` setting, env :data:`SCRIPT_DIR_ENV`);
+            ``None`` reads the environment; empty: ``SCRIPT_FILE`` is refused with a 400 saying
+            how to enable it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: str | None = None) -> None:
+        root = root if root is not None else os.environ.get(SCRIPT_DIR_ENV, "")
+        self.root = os.path.realpath(root) if root else None
         self._cache: dict[str, _Cached] = {}
 
     async def load(self, path: str) -> tuple[ScriptReply, ...]:
-        """The script in ``path``."""
-        field = "$.metadata.SCRIPT_FILE"
-        if not path.lower().endswith(".json"):
-            raise BadRequestError(f"SCRIPT_FILE must name a .json file, not {path!r}", field=field)
-        full = os.path.abspath(path)
+        """The script in ``path`` (relative to the script directory)."""
+        full = self._resolve(path)
         try:
             st = os.stat(full)
         except OSError as exc:
-            raise BadRequestError(
-                f"SCRIPT_FILE {path!r} cannot be read on the provider host: {exc.strerror}", field=field
-            ) from None
+            raise _unreadable(path, exc) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _irregular(path)
         stamp = (st.st_mtime_ns, st.st_size)
         cached = self._cache.get(full)
         if cached is not None and cached.stamp == stamp:
             return cached.script
         if st.st_size > MAX_SCRIPT_FILE_BYTES:
-            raise PayloadTooLargeError(
-                f"SCRIPT_FILE {path!r} is {st.st_size} bytes, over the {MAX_SCRIPT_FILE_BYTES}-byte limit",
-                details={"size": st.st_size, "limit": MAX_SCRIPT_FILE_BYTES},
-            )
-        data = await asyncio.to_thread(_read, full)
+            raise _too_large(path, st.st_size)
+        try:
+            data = await asyncio.to_thread(_read, full)
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
+        if data is None:
+            raise _irregular(path)
+        if len(data) > MAX_SCRIPT_FILE_BYTES:
+            raise _too_large(path, len(data))
         try:
             raw = _json.decode(data)
         except msgspec.DecodeError as exc:
-            raise BadRequestError(f"SCRIPT_FILE {path!r} is not valid JSON: {exc}", field=field) from None
-        script = parse_script(raw, field)
+            raise BadRequestError(f"SCRIPT_FILE {path!r} is not valid JSON: {exc}", field=_FIELD) from None
+        script = parse_script(raw, _FIELD)
         self._cache[full] = _Cached(stamp, script)
         return script
 
+    def _resolve(self, path: str) -> str:
+        """The real path of ``path`` inside the script directory, or a 400."""
+        if self.root is None:
+            raise BadRequestError(
+                "SCRIPT_FILE is disabled on this provider: set the environment variable "
+                f"{SCRIPT_DIR_ENV} of the provider service to a directory of .json scripts to enable "
+                "it, or pass the replies inline as metadata SCRIPT",
+                field=_FIELD,
+            )
+        if not path.lower().endswith(".json") or "\x00" in path:
+            raise BadRequestError(f"SCRIPT_FILE must name a .json file, not {path!r}", field=_FIELD)
+        full = os.path.realpath(os.path.join(self.root, path))
+        if os.path.commonpath([self.root, full]) != self.root or not full.lower().endswith(".json"):
+            raise BadRequestError(
+                f"SCRIPT_FILE {path!r} is outside the provider's script directory ({SCRIPT_DIR_ENV}); "
+                "give a path relative to it",
+                field=_FIELD,
+            )
+        return full
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
+
+def _unreadable(path: str, exc: OSError) -> BadRequestError:
+    reason = _OS_REASONS.get(exc.errno or 0, "unreadable")
+    return BadRequestError(
+        f"SCRIPT_FILE {path!r} cannot be read from the provider's script directory: {reason}",
+        field=_FIELD,
+    )
+
+
+def _irregular(path: str) -> BadRequestError:
+    return BadRequestError(f"SCRIPT_FILE {path!r} is not a regular file", field=_FIELD)
+
+
+def _too_large(path: str, size: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"SCRIPT_FILE {path!r} is {size} bytes, over the {MAX_SCRIPT_FILE_BYTES}-byte limit",
+        details={"size": size, "limit": MAX_SCRIPT_FILE_BYTES},
+    )
+
+
+def _read(path: str) -> bytes | None:
+    """The file's bytes (one past the cap at most); ``None`` if what was opened is not a file."""
+    # O_NOFOLLOW: a symbolic link swapped in after the real-path check is refused (ELOOP);
+    # O_NONBLOCK: a FIFO swapped in cannot hang the open; fstat checks what was opened.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         return fh.read(MAX_SCRIPT_FILE_BYTES + 1)
 
 

@@ -8,7 +8,7 @@ import sys
 
 from bench.common import print_table
 
-ALL = ["floor", "states", "submission", "provider", "executor", "sandbox"]
+ALL = ["floor", "states", "submission", "provider", "executor", "waits", "sandbox"]
 
 
 def main(argv: list[str]) -> int:

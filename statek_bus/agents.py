@@ -25,6 +25,7 @@ from typing import Any
 
 from statek_bus.messages import AgentDescription, ParamDescription
 from statek_bus.prompts import render_prompt
+from statek_bus.tasks import WAIT_TOOLS
 from statek_bus.tools import SYSTEM_TOOLS, Tool, as_tool
 
 __all__ = [
@@ -189,9 +190,10 @@ class Agent:
         return t
 
     def all_tools(self) -> list[Tool]:
-        """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system."""
+        """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
+        tools, then the waiting tools of :mod:`statek_bus.tasks`."""
         seen: dict[str, Tool] = {}
-        for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS]:
+        for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *WAIT_TOOLS]:
             seen.setdefault(t.name, t)
         return list(seen.values())
 

@@ -229,6 +229,11 @@ def build_messages(
             msgs.append(ChatMessage(role="user", content=item.text + suffix))
         elif item.kind == "system":
             msgs.append(ChatMessage(role="system", content=item.text))
+        elif item.kind == "notification" and item.calls:  # a sub-task's completion (STATEK's SubTaskLogItem)
+            msgs.append(ChatMessage(role="system", content=item.text))
+            calls = [ToolCall(name=c.name, arguments=c.arguments, id=c.id) for c in item.calls]
+            msgs.append(ChatMessage(role="assistant", content=None, tool_calls=calls))
+            msgs += [ChatMessage(role="tool", content=c.result or "", tool_call_id=c.id) for c in item.calls]
         elif item.kind == "notification":
             n_note += 1
             call_id = f"STATEK-NOTIFICATION-{n_note:03d}"

@@ -250,6 +250,12 @@ class ExecUnit:
     """Arguments of a ``tool`` unit."""
     trusted: bool = False
     """A hidden warmup block: hidden tools may be called."""
+    site: str = ""
+    """``<item>.<unit>``: names what the unit's statements create (see :class:`statek_bus.futures.CallSites`)."""
+    start: int = 0
+    """First top-level statement to run (a resumed unit starts where it suspended)."""
+    skip: bool = False
+    """Ran before the job suspended: not run again (its result is already recorded)."""
 
 
 @dataclasses.dataclass
@@ -264,6 +270,10 @@ class UnitResult:
     """The error was a sandbox refusal (nothing ran)."""
     timeout: bool = False
     """The step's wall-clock limit stopped it."""
+    suspended: Any = None
+    """The future whose read suspended the unit (it stopped at :attr:`statement`)."""
+    statement: int = 0
+    """The statement that suspended."""
 
 
 @dataclasses.dataclass
@@ -297,6 +307,10 @@ class ExecResult:
     """Console lines about the workspace itself (what could not be restored)."""
     seconds: float = 0.0
     """Wall-clock time spent."""
+    suspended: Any = None
+    """The future the job now waits for (units after the suspended one did not run)."""
+    suspended_at: tuple[int, int] = (0, 0)
+    """(unit, statement) where to resume."""
 
 
 class CodeRunner(Protocol):
@@ -347,9 +361,11 @@ def _execute(request: ExecRequest) -> ExecResult:
         finally:
             _current_console.reset(token)
         results.append(result)
-        if session.exited:
+        if session.exited or result.suspended is not None:
             break
     workspace, dropped = session.snapshot()
+    last = results[-1] if results else None
+    suspended = last.suspended if last is not None else None
     return ExecResult(
         units=results,
         notes=[f"Warning: could not restore {e}" for e in session.restore_errors],
@@ -358,10 +374,14 @@ def _execute(request: ExecRequest) -> ExecResult:
         workspace=workspace,
         dropped=dropped,
         seconds=time.monotonic() - started,
+        suspended=suspended,
+        suspended_at=(len(results) - 1, last.statement) if suspended is not None and last else (0, 0),
     )
 
 
 def _run_unit(session: Any, unit: ExecUnit, console: Console) -> UnitResult:
+    if unit.skip:
+        return UnitResult(console=[])
     run: Callable[..., UnitResult] = session.run_tool if unit.kind == "tool" else session.run_code
     try:
         result = run(unit, console)
@@ -464,8 +484,13 @@ class SandboxSession:
 
     # --- units -------------------------------------------------------------------------------------
     def run_code(self, unit: ExecUnit, console: Console) -> UnitResult:
-        """Compile ``unit.code`` under the policy and run it statement by statement."""
+        """Compile ``unit.code`` under the policy and run it statement by statement.
+
+        Reading a future that is not ready stops the unit at that statement (``suspended``); an
+        expression statement whose value is a future waits for it too (its value is echoed).
+        """
         from statek_bus import sandbox
+        from statek_bus.futures import Suspend
 
         policy = self.trusted_policy if unit.trusted else self.policy
         try:
@@ -473,9 +498,18 @@ class SandboxSession:
         except sandbox.SandboxViolation as exc:
             console.append(error_line(exc))
             return UnitResult(console=console.entries, error=error_line(exc), sandbox=True)
-        for stmt in block.statements:
+        env = self.job.extras.get("env")
+        for i, stmt in enumerate(block.statements):
+            if i < unit.start:
+                continue
+            if env is not None:
+                env.sites.enter(f"{unit.site}.{i}")
             try:
                 value = self._run_statement(stmt)
+                if value is not None:
+                    value = sandbox.read_value(value)
+            except Suspend as signal:
+                return UnitResult(console=console.entries, suspended=signal.future, statement=i)
             except ExitSignal:
                 self._record(stmt)
                 break
@@ -485,8 +519,12 @@ class SandboxSession:
             except Exception as exc:
                 if self.exited:  # exit() ran and the model's code caught the signal's effects
                     break
+                if env is not None and env.suspended is not None:  # caught the suspension, then failed
+                    return UnitResult(console=console.entries, suspended=env.suspended, statement=i)
                 console.append(error_line(exc))
                 return UnitResult(console=console.entries, error=error_line(exc))
+            if env is not None and env.suspended is not None:  # a bare ``except:`` swallowed it
+                return UnitResult(console=console.entries, suspended=env.suspended, statement=i)
             self._record(stmt)
             if value is not None:
                 console.append(format_value(value))
@@ -511,10 +549,20 @@ class SandboxSession:
             return UnitResult(console=[f"NameError: tool '{unit.tool}' not found"])
         if getattr(t, "hidden", False) and not unit.trusted:
             return UnitResult(console=[f"NameError: tool '{unit.tool}' is not exposed to this job"])
+        from statek_bus.futures import Suspend
+        from statek_bus.sandbox import read_value
+
         args = dict(unit.arguments)
         positional = args.pop("__args__", [])
+        env = self.job.extras.get("env")
+        if env is not None:
+            env.sites.enter(f"{unit.site}.0")
         try:
             value = t(*positional, **args)
+            if value is not None:
+                value = read_value(value)
+        except Suspend as signal:
+            return UnitResult(console=[], suspended=signal.future)
         except ExitSignal:
             console.flush()
             return UnitResult(console=["\n".join(console.entries)])

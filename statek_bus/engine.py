@@ -26,19 +26,16 @@ from typing import Any, Protocol
 
 import msgspec
 
-from statek_bus.agents import Agent, HandlerAgent, WarmupBlock
+from statek_bus.agents import Agent, WarmupBlock
 from statek_bus.chat import ChatStyle, LoggedCall, LogItem, build_messages, parse_reply
-from statek_bus.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit, error_line, format_value
+from statek_bus.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit, format_value
+from statek_bus.engine_state import EngineState, StepTrace, Wait, load_state, step_events, store_state
 from statek_bus.errors import ServiceUnavailableError, StatekError
+from statek_bus.handler_step import run_handler_step
 from statek_bus.jobstore import utcnow
-from statek_bus.messages import (
-    CompleteReply,
-    CompleteRequest,
-    JobEvent,
-    JobRecord,
-    JobStatus,
-)
+from statek_bus.messages import CompleteReply, CompleteRequest, JobRecord, JobStatus
 from statek_bus.prompts import parse_difficulty
+from statek_bus.resume import absorb_inbox, bind_env, deliver_subtasks, gate, suspend_wait
 from statek_bus.settings import Settings
 from statek_bus.tools import JobContext, select_tools
 from statek_bus.values import from_json, to_json
@@ -54,6 +51,7 @@ __all__ = [
     "StepEngine",
     "StepOutcome",
     "StepTrace",
+    "Wait",
     "load_state",
     "run_handler_step",
     "step_events",
@@ -74,59 +72,6 @@ class RetryStep(Exception):
 
 class HarnessError(Exception):
     """A harness limit was exceeded; the job ends with ``Error: <message>``."""
-
-
-class StepTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What the last committed step produced, so its events can be re-published after a crash."""
-
-    step: int
-    """The step."""
-    statuses: list[JobStatus] = []
-    """Statuses the job passed through, in order."""
-    log_from: int = 0
-    """Index of the first chat-log item this step appended."""
-    ran: int | None = None
-    """Index of the chat-log item whose code this step ran."""
-
-
-class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The engine's part of a job record (``JobRecord.engine``)."""
-
-    log: list[LogItem] = []
-    """The chat log."""
-    warmup_next: int = 0
-    """The next warmup block to run."""
-    turns: int = 0
-    """LLM turns in this run."""
-    exceptions: int = 0
-    """Runtime errors in this run."""
-    consecutive: int = 0
-    """Steps in a row whose code failed."""
-    tokens: int = 0
-    """Tokens used in this run (provider-reported, else bytes / 4)."""
-    token_extension: int = 0
-    """Extra token budget granted by difficulty escalation."""
-    difficulty: str = "M"
-    """Current difficulty (``L``, ``M``, ``H``)."""
-    notifications: list[str] = []
-    """Notifications waiting for a safe point."""
-    workspace: dict[str, Any] | None = None
-    """Reference to the saved workspace (inline data or an object-store key)."""
-    error_handlers: list[dict[str, Any]] = []
-    """``{"tool", "context"}`` of tools with an error handler that ran; called once on an error end."""
-    handler_started: bool = False
-    """Handler agents: ``on_create`` has run."""
-    last: StepTrace | None = None
-    """What the last step did."""
-
-
-def load_state(record: JobRecord) -> EngineState:
-    """The engine state stored in ``record``."""
-    return msgspec.convert(record.engine, EngineState) if record.engine else EngineState()
-
-
-def _store_state(record: JobRecord, state: EngineState) -> None:
-    record.engine = msgspec.to_builtins(state)
 
 
 class Model(Protocol):
@@ -194,17 +139,20 @@ class StepEngine:
             if state.error_handlers:
                 await _call_error_handlers(agent, state.error_handlers, new.error)
                 state.error_handlers = []
-                _store_state(new, state)
+                store_state(new, state)
         return outcome
 
     async def _run(self, record: JobRecord, agent: Agent, ctx: JobContext) -> StepOutcome:
-        new = msgspec.structs.replace(record, inbox=[], params=dict(record.params))
+        new = msgspec.structs.replace(
+            record, inbox=[], params=dict(record.params), usage=msgspec.structs.replace(record.usage)
+        )
         state = load_state(record)
         step = record.step
         trace = StepTrace(step=step, log_from=len(state.log))
         state.log = list(state.log)
         statuses = trace.statuses
         consumed = len(record.inbox)
+        env = ctx.extras.get("env")
 
         def set_status(status: JobStatus) -> None:
             if new.status != status:
@@ -217,36 +165,51 @@ class StepEngine:
             set_status(JobStatus.DONE)
             state.turns = state.exceptions = state.consecutive = state.tokens = 0
             state.token_extension = 0
+            state.wait, state.memo = None, {}
             return self._done(new, state, trace, consumed)
 
         if record.cancel_reason:
             return finish(f"Cancelled: {record.cancel_reason}")
-        for event in record.inbox:
-            if event.kind == "message" and event.text is not None:
-                state.log.append(LogItem(kind="user", step=step, text=event.text))
-            elif event.kind == "notification" and event.text is not None:
-                state.notifications.append(event.text)
+        absorb_inbox(state, record, step)
         style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
         if step == 0 and not record.engine:
             state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
         blocks = agent.warmup_blocks()
-        ctx.notifications = state.notifications
         ctx.difficulty = state.difficulty
+        bind_env(ctx, env, state)
 
         try:
-            # 1. Pick and run the pending code.
+            # 0. A waiting job re-checks what it waits for; still unmet, it stays SUSPENDED.
+            if state.wait is not None and not await gate(state, env):
+                return self._done(new, state, trace, consumed)
+            # 1. Pick and run the pending code (or resume it where it suspended).
+            started_at = utcnow()
             item, units, block = self._pending(state, blocks, style, step)
             if item is not None:
+                resuming = state.wait is not None
                 if block is not None:
                     set_status(JobStatus.WARMING_UP)
-                    state.warmup_next += 1
+                    state.warmup_next += 0 if resuming else 1
                 elif new.status in (JobStatus.READY, JobStatus.SUSPENDED):
                     set_status(JobStatus.STARTED)
                 trace.ran = state.log.index(item)
+                for i, unit in enumerate(units):
+                    unit.site = f"{trace.ran}.{i}"
                 result = await self._execute(
                     ctx, agent, state, record, units, trusted=bool(block and block.hidden)
                 )
+                if env is not None and env.subtask_done is not None and state.subtask_done is None:
+                    state.subtask_done, trace.subtask = env.subtask_done, True
+                if result.suspended is not None:
+                    self._record_result(item, units, result, state, step, partial=True)
+                    suspend_wait(state, env, result, trace.ran, block, started_at)
+                    set_status(JobStatus.SUSPENDED)
+                    return self._done(new, state, trace, consumed)
+                state.wait, state.memo = None, {}
                 failed = self._record_result(item, units, result, state, step)
+                for text in state.held:  # messages that arrived while it waited
+                    state.log.append(LogItem(kind="user", step=step, text=text))
+                state.held = []
                 for name, value in ctx.error_handlers:
                     state.error_handlers.append({"tool": name, "context": _context_json(value)})
                 if ctx.difficulty_changed:  # panic(): a harder model and the budget used so far again
@@ -255,7 +218,7 @@ class StepEngine:
                 if failed is not None and block is not None:
                     return finish(f"Error: warmup failed: {failed}", f"warmup failed: {failed}")
                 if result.exited:
-                    if state.notifications:
+                    if state.notifications or state.pending_subtasks:
                         self._deliver_notifications(state, step)
                     else:
                         return finish(result.exit_value)
@@ -293,7 +256,7 @@ class StepEngine:
             budget = self.settings.max_token_usage + state.token_extension
             if state.tokens > budget:
                 raise HarnessError(f"Maximum token usage exceeded: {state.tokens}/{budget}")
-            if parsed.final and not state.notifications:
+            if parsed.final and not state.notifications and not state.pending_subtasks:
                 llm_item.executed, llm_item.ran_at = True, step
                 return finish(None)
             return self._done(new, state, trace, consumed)
@@ -305,6 +268,16 @@ class StepEngine:
     def _pending(
         self, state: EngineState, blocks: list[WarmupBlock], style: ChatStyle, step: int
     ) -> tuple[LogItem | None, list[ExecUnit], WarmupBlock | None]:
+        wait = state.wait
+        if wait is not None:  # resume: units before the suspended one are done, it restarts at its statement
+            item = state.log[wait.item]
+            block = blocks[wait.block] if wait.block is not None and wait.block < len(blocks) else None
+            units = self._warmup_units(block) if block is not None else self._reply_units(item, style)
+            for unit in units[: wait.unit]:
+                unit.skip = True
+            if wait.unit < len(units):
+                units[wait.unit].start = wait.statement
+            return item, units, block
         if state.warmup_next < len(blocks):
             block = blocks[state.warmup_next]
             calls = [
@@ -315,16 +288,24 @@ class StepEngine:
             ]
             item = LogItem(kind="warmup", step=step, code=block.code, calls=calls, hidden=block.hidden)
             state.log.append(item)
-            units = [
-                ExecUnit(kind="tool", tool=c.name, arguments={"__args__": list(c.args), **c.kwargs})
-                for c in block.calls
-            ]
-            if block.code.strip():
-                units.append(ExecUnit(kind="code", code=block.code, trusted=block.hidden))
-            return item, units, block
+            return item, self._warmup_units(block), block
         pending = next((i for i in reversed(state.log) if i.kind == "llm"), None)
         if pending is None or pending.executed:
             return None, [], None
+        return pending, self._reply_units(pending, style), None
+
+    @staticmethod
+    def _warmup_units(block: WarmupBlock) -> list[ExecUnit]:
+        units = [
+            ExecUnit(kind="tool", tool=c.name, arguments={"__args__": list(c.args), **c.kwargs})
+            for c in block.calls
+        ]
+        if block.code.strip():
+            units.append(ExecUnit(kind="code", code=block.code, trusted=block.hidden))
+        return units
+
+    @staticmethod
+    def _reply_units(pending: LogItem, style: ChatStyle) -> list[ExecUnit]:
         units = [
             ExecUnit(kind="tool", tool=c.name, arguments=c.arguments)
             for c in pending.calls
@@ -336,7 +317,7 @@ class StepEngine:
         for i, c in enumerate(cli):
             code = str(c.arguments.get("code", ""))
             units.append(ExecUnit(kind="cli" if i == 0 else "cli-extra", code=code))
-        return pending, units, None
+        return units
 
     async def _execute(
         self,
@@ -357,10 +338,21 @@ class StepEngine:
         return result
 
     def _record_result(
-        self, item: LogItem, units: list[ExecUnit], result: ExecResult, state: EngineState, step: int
+        self,
+        item: LogItem,
+        units: list[ExecUnit],
+        result: ExecResult,
+        state: EngineState,
+        step: int,
+        *,
+        partial: bool = False,
     ) -> str | None:
-        """Store outputs on the log item; count errors; return the code error, if any."""
-        console: list[str] = list(result.notes)
+        """Store outputs on the log item; count errors; return the code error, if any.
+
+        A resumed item keeps what its earlier run printed; ``partial`` (the code suspended) adds the
+        output so far and leaves the item unexecuted, counting nothing.
+        """
+        console: list[str] = [*item.console, *result.notes]
         code_error: str | None = None
         call_results: dict[str, str] = {}
         tool_calls = [c for c in item.calls if c.name != "python_cli"]
@@ -368,7 +360,8 @@ class StepEngine:
         tool_i = cli_i = 0
         for unit, res in zip(units, result.units, strict=False):
             if unit.kind == "tool":
-                call_results[tool_calls[tool_i].id] = "\n".join(res.console)
+                if not unit.skip and res.suspended is None:
+                    call_results[tool_calls[tool_i].id] = "\n".join(res.console)
                 tool_i += 1
             elif unit.kind in ("cli", "cli-extra"):
                 if unit.kind == "cli-extra":
@@ -376,7 +369,8 @@ class StepEngine:
                 else:
                     text = "\n".join(res.console)
                     code_error = code_error or res.error
-                call_results[cli_calls[cli_i].id] = text
+                if not unit.skip and res.suspended is None:
+                    call_results[cli_calls[cli_i].id] = text
                 cli_i += 1
             else:
                 console += res.console
@@ -385,8 +379,12 @@ class StepEngine:
             console.append(
                 f"Warning: {name} could not be saved (its value has no persistent form) and was dropped"
             )
-        item.calls = [msgspec.structs.replace(c, result=call_results.get(c.id, "")) for c in item.calls]
+        item.calls = [
+            msgspec.structs.replace(c, result=call_results.get(c.id, c.result or "")) for c in item.calls
+        ]
         item.console = console
+        if partial:
+            return None
         item.executed, item.ran_at = True, step
         if not item.source.strip() and not item.calls and item.kind == "llm":
             item.console = [*console, "Error: no code submitted."]
@@ -412,6 +410,7 @@ class StepEngine:
         for text in state.notifications:
             state.log.append(LogItem(kind="notification", step=step, text=text, executed=True))
         state.notifications = []
+        deliver_subtasks(state, step)
 
     async def _call_model(
         self, ctx: JobContext, agent: Agent, record: JobRecord, state: EngineState, style: ChatStyle
@@ -440,7 +439,7 @@ class StepEngine:
             temperature=float(temperature) if temperature is not None else None,
             job_id=record.id,
             metadata=meta,
-            call_index=record.usage.llm_calls,
+            call_index=state.calls,
         )
         try:
             reply = await self.model.complete(request)
@@ -460,13 +459,14 @@ class StepEngine:
             used = (sent + len(reply.text)) // 4
         state.tokens += used
         state.turns += 1
+        state.calls += 1
         return reply
 
     def _done(self, new: JobRecord, state: EngineState, trace: StepTrace, consumed: int) -> StepOutcome:
         new.step = trace.step + 1
         new.updated_at = utcnow()
         state.last = trace
-        _store_state(new, state)
+        store_state(new, state)
         dialog = [i.dialog for i in state.log[trace.log_from :] if i.dialog]
         return StepOutcome(record=new, consumed=consumed, dialog=dialog)
 
@@ -516,112 +516,3 @@ def _prompt_and_hint(
         except (ImportError, ValueError):
             pass
     return prompt, hint
-
-
-def step_events(record: JobRecord) -> list[JobEvent]:
-    """The events of the step that produced ``record`` (derivable again after a crash).
-
-    Status changes first (a DONE status last, carrying the exit value), then the warmup code and
-    tool results and console lines of the code the step ran, then the chat entries it appended.
-    """
-    state = load_state(record)
-    trace = state.last
-    if trace is None:
-        return []
-    at = record.updated_at
-    out: list[JobEvent] = []
-    jid, step = record.id, trace.step
-
-    def ev(kind: Any, **kw: Any) -> None:
-        out.append(JobEvent(job_id=jid, kind=kind, at=at, step=step, **kw))
-
-    leading = [st for st in trace.statuses if st is not JobStatus.DONE]
-    for status in leading:
-        ev("status", status=status)
-    if trace.ran is not None and trace.ran < len(state.log):
-        ran = state.log[trace.ran]
-        if ran.kind == "warmup" and not ran.hidden and ran.source.strip():
-            ev("chat", role="assistant", text=ran.source)
-        for c in ran.calls:
-            ev("chat", role="tool", text=f"{c.name}: {c.result or ''}")
-        for line in ran.console:
-            ev("console", text=line)
-    for item in state.log[trace.log_from :]:
-        if item.kind == "user":
-            ev("chat", role="user", text=item.text)
-        elif item.kind == "llm":
-            ev("chat", role="assistant", text=item.text or format_value([c.name for c in item.calls]))
-        elif item.kind in ("system", "notification"):
-            ev("chat", role="system", text=item.text)
-    if JobStatus.DONE in trace.statuses:
-        ev("status", status=JobStatus.DONE, exit_status=record.exit_status)
-    return out
-
-
-# ==================================================================================================
-# Handler agents
-# ==================================================================================================
-
-
-async def run_handler_step(
-    record: JobRecord, agent: HandlerAgent, nc: Any, settings: Settings
-) -> StepOutcome:
-    """One step of a handler job: ``on_create`` once, then ``on_event`` for each inbox item, in order.
-
-    The job then rests DONE (exit status ``None``) until the next message restarts it, so one
-    job's handlers never run concurrently: the work queue holds at most one step per job.
-    Handler side effects are at-least-once: a crash before the commit re-runs the step.
-    """
-    from statek_bus.agents import EventContent, HandlerContext, HandlerEvent
-    from statek_bus.client import AsyncStatekClient
-
-    new = msgspec.structs.replace(record, inbox=[])
-    state = load_state(record)
-    state.log = list(state.log)
-    trace = StepTrace(step=record.step, log_from=len(state.log))
-    outcome_exit: Any = None
-    error: str | None = None
-    if record.cancel_reason:
-        outcome_exit = f"Cancelled: {record.cancel_reason}"
-    else:
-        if new.status is not JobStatus.STARTED:
-            new.status = JobStatus.STARTED
-            trace.statuses.append(JobStatus.STARTED)
-        client = AsyncStatekClient(settings=settings, nc=nc)
-
-        async def send_message(text: str) -> None:
-            state.log.append(LogItem(kind="llm", step=record.step, text=str(text), executed=True))
-
-        ctx = HandlerContext(
-            job=record.public(0),
-            state=client.states.for_task(record.id, agent.role),
-            agent=agent.role,
-            send_message=send_message,
-            client=client,
-        )
-        try:
-            if not state.handler_started:
-                state.handler_started = True
-                if agent.create_handler is not None:
-                    await agent.create_handler(ctx, dict(record.params))
-            for ev in record.inbox:
-                if ev.kind not in ("message", "notification") or ev.text is None:
-                    continue
-                state.log.append(LogItem(kind="user", step=record.step, text=ev.text, executed=True))
-                if agent.event_handler is not None:
-                    event = HandlerEvent(kind=ev.kind, content=EventContent(content=ev.text), at=ev.at)
-                    await agent.event_handler(ctx, event)
-        except ServiceUnavailableError as exc:
-            raise RetryStep(str(exc)) from None
-        except Exception as exc:
-            error = error_line(exc)
-            outcome_exit = f"Error: {error}"
-            state.log.append(LogItem(kind="system", step=record.step, text=f"Error: {error}", executed=True))
-    new.exit_status, new.error = outcome_exit, error
-    new.status = JobStatus.DONE
-    trace.statuses.append(JobStatus.DONE)
-    new.step = record.step + 1
-    new.updated_at = utcnow()
-    state.last = trace
-    _store_state(new, state)
-    return StepOutcome(record=new, consumed=len(record.inbox))

@@ -27,11 +27,9 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import importlib
 import json
 import logging
 import time
-import types
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -43,6 +41,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from statek_bus import waits
+from statek_bus.agent_loading import load_agents
 from statek_bus.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
 from statek_bus.engine import RetryStep, StepEngine, StepOutcome, load_state, run_handler_step, step_events
@@ -80,44 +80,6 @@ log = logging.getLogger("statek_bus.executor")
 
 _PULL_EXPIRES = 5.0
 """Seconds a pull request waits on the server; its unused credit is then released."""
-
-
-# ==================================================================================================
-# Agents
-# ==================================================================================================
-
-
-def load_agents(spec: str) -> tuple[list[AnyAgent], dict[str, TypeRegistry]]:
-    """Import ``module:attr`` (a list of agents, or an attribute holding one) or the built-in demo.
-
-    Returns the agents and, per role, the registry of classes their workspaces may hold (every
-    dataclass/Struct/Enum of the agent's module plus the agent's declared ``types``).
-    """
-    if not spec:
-        from statek_bus import demo
-
-        module: types.ModuleType = demo
-        found: Any = demo.AGENTS
-    else:
-        mod_name, _, attr = spec.partition(":")
-        module = importlib.import_module(mod_name)
-        found = getattr(module, attr or "AGENTS")
-    agents = [found] if isinstance(found, Agent | HandlerAgent) else list(found)
-    for a in agents:
-        if not isinstance(a, Agent | HandlerAgent):
-            raise TypeError(f"{spec}: {a!r} is not an Agent")
-    registries: dict[str, TypeRegistry] = {}
-    for a in agents:
-        reg = TypeRegistry.from_module(importlib.import_module(type(a).__module__))
-        reg_mod = TypeRegistry.from_module(module)
-        for cls in [*_classes(reg_mod), *a.types]:
-            reg.register(cls)
-        registries[a.role] = reg
-    return agents, registries
-
-
-def _classes(reg: TypeRegistry) -> list[type]:
-    return list(reg._by_name.values())
 
 
 # ==================================================================================================
@@ -192,6 +154,9 @@ class Executor:
         self.store: JobStore | None = None
         self.runner = ThreadCodeRunner(threads=max(4, min(32, settings.max_concurrency // 4)))
         self.model = ProviderModel(nc, settings)
+        from statek_bus.client import AsyncStatekClient
+
+        self.client = AsyncStatekClient(settings=settings, nc=nc)
         self.engine = StepEngine(settings, self.runner, self.model, self._session, self._save_workspace)
         self.in_flight: dict[int, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -430,13 +395,18 @@ class Executor:
     async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
         if isinstance(agent, HandlerAgent):
             return await run_handler_step(record, agent, self.nc, self.settings)
+        from statek_bus.futures import WaitEnv
+
+        loop = asyncio.get_running_loop()
+        env = WaitEnv(record.id, self.store, self.client, loop)
+        env.registry = self.registries.get(agent.role) or env.registry
         ctx = JobContext(
             job_id=record.id,
             agent=record.agent,
             params=record.params,
             namespace={},
-            loop=asyncio.get_running_loop(),
-            extras={"locale": record.locale},
+            loop=loop,
+            extras={"locale": record.locale, "env": env},
         )
         return await self.engine.run(record, agent, ctx)
 
@@ -445,8 +415,8 @@ class Executor:
         assert self.store is not None
         if record.step > work.step and record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
             await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
-        elif record.step > work.step and record.status is JobStatus.DONE:
-            await self._publish_events(record)
+        elif record.step > work.step:  # DONE or SUSPENDED: repeat the wake-ups it owes (idempotent)
+            await asyncio.gather(self._publish_events(record), waits.on_stale(self.store, record))
 
     async def _commit(self, base: JobRecord, rev: int, outcome: StepOutcome) -> JobRecord | None:
         """CAS the outcome over ``rev``; merge concurrent inbox/cancel changes; None if superseded."""
@@ -462,7 +432,7 @@ class Executor:
                 fresh, rev = found
                 if fresh.step != base.step or fresh.status is JobStatus.DONE:
                     return None  # the step was committed (or the job ended) elsewhere
-                new = _merge(new, fresh, outcome.consumed)
+                new = waits.merge_external(_merge(new, fresh, outcome.consumed), base, fresh)
                 continue
             self._remember(new, revision)
             return new
@@ -482,9 +452,13 @@ class Executor:
     async def _after_commit(self, record: JobRecord) -> None:
         assert self.store is not None
         if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await self._publish_events(record)
+            await asyncio.gather(self._publish_events(record), waits.after_commit(self.store, record))
         else:
-            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
+            await asyncio.gather(
+                self._publish_events(record),
+                self.store.enqueue(record.id, record.step),
+                waits.after_commit(self.store, record),
+            )
 
     async def _publish_events(self, record: JobRecord) -> None:
         """Publish the committed step's events, each with a ``Nats-Msg-Id`` of its own.
@@ -586,6 +560,8 @@ def _merge(new: JobRecord, fresh: JobRecord, consumed: int) -> JobRecord:
     merged = msgspec.structs.replace(
         new, inbox=list(fresh.inbox[consumed:]), cancel_reason=fresh.cancel_reason
     )
+    if merged.status is JobStatus.DONE:  # a child's completion note does not restart a finished job
+        merged.inbox = [e for e in merged.inbox if e.kind != "status"]
     state = load_state(merged)
     trace = state.last
     if merged.cancel_reason and merged.status is not JobStatus.DONE:

@@ -37,8 +37,11 @@ process runner adds CPU and memory limits). Three layers, each closing what the 
    ``except`` body, lambdas call it, comprehension iterables are wrapped in ``__statek_iter__``, and
    ``itertools.count/cycle/repeat``, two-argument ``iter`` and ``time.sleep`` honour the deadline.
    Past the deadline every tick raises :class:`StepTimeout`, so an ``except Exception`` that
-   swallows one re-raises at its first line. The injected names are dunders: model code cannot
-   name them, and the check runs before instrumentation.
+   swallows one re-raises at its first line. Every variable read becomes ``__statek_read__(name)``
+   and a call with bare-name arguments ``__statek_call__(f, a, ...)``, so reading a not-ready
+   future (:mod:`statek_bus.futures`) suspends the job at that statement, while a function that
+   declares ``takes_futures`` (``get_all``) receives futures unresolved. The injected names are
+   dunders: model code cannot name them, and the check runs before instrumentation.
 
 Not covered in-process (left to the process runner): long single C calls (``sum(range(10**15))``,
 ``10**10**8``, catastrophic regexes) and memory bombs (``"x" * 10**12``).
@@ -74,6 +77,8 @@ __all__ = [
     "StepTimeout",
     "compile_block",
     "module_name",
+    "read_value",
+    "register_future_type",
     "sandbox_globals",
     "set_deadline",
 ]
@@ -138,12 +143,14 @@ SAFE_BUILTINS: frozenset[str] = _words(
 )
 """Builtins restricted code sees (plus the guarded ``__import__`` and the class builder)."""
 
-_TICK, _ITER, _FMT, _WRITE, _CLOCK = (
+_TICK, _ITER, _FMT, _WRITE, _CLOCK, _READ, _CALL = (
     "__statek_tick__",
     "__statek_iter__",
     "__statek_fmt__",
     "__statek_w__",
     "__statek_clock__",
+    "__statek_read__",
+    "__statek_call__",
 )
 _FORMAT_METHODS = frozenset({"format", "format_map"})
 _MODULE_DENY: dict[str, frozenset[str]] = {
@@ -344,6 +351,31 @@ class _Instrumenter(ast.NodeTransformer):
     def __init__(self, restricted: bool) -> None:
         self.restricted = restricted
 
+    # Futures: every variable read goes through ``__statek_read__`` (a not-ready future suspends the
+    # job there), except a bare name passed straight to a call: those calls become
+    # ``__statek_call__(f, a, ...)``, which resolves the futures among the arguments unless ``f``
+    # takes futures (``get_all``/``get_any``), so combinators receive them unresolved.
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id != "super":
+            return ast.copy_location(_call(_READ, node), node)
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        raw = any(isinstance(a, ast.Name) for a in node.args) or any(
+            isinstance(k.value, ast.Name) for k in node.keywords
+        )
+        if not raw or (isinstance(node.func, ast.Name) and node.func.id == "super"):
+            self.generic_visit(node)
+            return node
+        func = node.func if isinstance(node.func, ast.Name) else self.visit(node.func)
+        node.args = [a if isinstance(a, ast.Name) else self.visit(a) for a in node.args]
+        for k in node.keywords:
+            if not isinstance(k.value, ast.Name):
+                k.value = self.visit(k.value)
+        node.args = [func, *node.args]
+        node.func = ast.copy_location(ast.Name(id=_CALL, ctx=ast.Load()), node.func)
+        return node
+
     @staticmethod
     def _ticked(body: list[ast.stmt], at: int = 0) -> list[ast.stmt]:
         tick = ast.copy_location(ast.Expr(_call(_TICK)), body[min(at, len(body) - 1)])
@@ -464,13 +496,13 @@ def _compile_checked(source: str, policy: SandboxPolicy, filename: str) -> tuple
             _segment(source, lines, s),
             min([s.lineno, *(d.lineno for d in getattr(s, "decorator_list", ()))]),
             _binds(s),
+            isinstance(s, ast.Expr) and not _is_print(s),
         )
         for s in tree.body
     ]
     tree = ast.fix_missing_locations(_Instrumenter(policy.restricted).visit(tree))
     out: list[CompiledStatement] = []
-    for stmt, (text, lineno, binds) in zip(tree.body, meta, strict=True):
-        echo = isinstance(stmt, ast.Expr) and not _is_print(stmt)
+    for stmt, (text, lineno, binds, echo) in zip(tree.body, meta, strict=True):
         try:
             if isinstance(stmt, ast.Expr) and echo:
                 code = compile(ast.Expression(body=stmt.value), filename, "eval")
@@ -752,6 +784,42 @@ class _Importer:
         return bare
 
 
+_FUTURE_TYPES: set[type] = set()
+
+
+def register_future_type(cls: type) -> type:
+    """Make instances of ``cls`` futures: reading one calls its ``__statek_resolve__()`` (usable as a decorator)."""
+    _FUTURE_TYPES.add(cls)
+    return cls
+
+
+def _read(value: Any, _types: set[type] = _FUTURE_TYPES) -> Any:
+    """``__statek_read__``: a variable's value, a future resolved (or the job suspended)."""
+    if type(value) in _types:
+        return value.__statek_resolve__()
+    return value
+
+
+read_value = _read
+"""Resolve ``value`` if it is a future (what every variable read does); other values pass through."""
+
+
+def _call_with(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``__statek_call__``: ``fn(*args, **kwargs)``, futures among the arguments resolved unless ``fn``
+    declares ``takes_futures``."""
+    types_ = _FUTURE_TYPES
+    if type(fn) in types_:
+        fn = fn.__statek_resolve__()
+    if (
+        types_
+        and (any(type(a) in types_ for a in args) or any(type(v) in types_ for v in kwargs.values()))
+        and not getattr(fn, "takes_futures", False)
+    ):
+        args = tuple(_read(a) for a in args)
+        kwargs = {k: _read(v) for k, v in kwargs.items()}
+    return fn(*args, **kwargs)
+
+
 def module_name(module: types.ModuleType) -> str:
     """The importable name of ``module``, a shim from the sandbox's ``import`` or a real module."""
     return str(vars(module).get(_REAL_NAME, module.__name__))
@@ -779,6 +847,8 @@ def sandbox_globals(policy: SandboxPolicy, *, deadline: Callable[[], float] | No
     return {
         "__builtins__": safe,
         "__name__": MODEL_MODULE,
+        _READ: _read,
+        _CALL: _call_with,
         _TICK: clock.tick,
         _ITER: clock.iterate,
         _FMT: _format_guard,

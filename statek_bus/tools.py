@@ -191,6 +191,7 @@ class Tool:
         error_handler: ``handler(context, error=None)``, called once if the job later ends with an
             error; ``context`` is this tool's return value (JSON-encodable) from the call that
             registered it. Exceptions it raises are logged and swallowed.
+        futures: called from model code, the tool receives futures unresolved (``get_all``).
     """
 
     def __init__(
@@ -202,10 +203,12 @@ class Tool:
         hidden: bool = False,
         target: Iterable[str] | None = None,
         error_handler: Callable[..., Any] | None = None,
+        futures: bool = False,
     ) -> None:
         if error_handler is not None and not callable(error_handler):
             raise TypeError(f"error_handler of tool {name or fn.__name__!r} must be callable")
         self.error_handler = error_handler
+        self.takes_futures = futures
         self.fn = fn
         self.name = name or fn.__name__
         self.system = system
@@ -354,6 +357,7 @@ def tool(
     hidden: bool = False,
     target: Iterable[str] | None = None,
     error_handler: Callable[..., Any] | None = None,
+    futures: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -366,11 +370,20 @@ def tool(
     hidden: bool = False,
     target: Iterable[str] | None = None,
     error_handler: Callable[..., Any] | None = None,
+    futures: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make ``fn`` a :class:`Tool` (usable bare, ``@tool``, or with options, ``@tool(hidden=True)``)."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool(f, name=name, system=system, hidden=hidden, target=target, error_handler=error_handler)
+        return Tool(
+            f,
+            name=name,
+            system=system,
+            hidden=hidden,
+            target=target,
+            error_handler=error_handler,
+            futures=futures,
+        )
 
     return wrap(fn) if fn is not None else wrap
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statek_bus.agents import Agent, HandlerAgent, HandlerContext, HandlerEvent, SupervisedAgent
+from statek_bus.tasks import create_new_job, subtask
 from statek_bus.tools import current_job, tool
 
 
@@ -72,9 +73,8 @@ def register(name: str) -> str:
 def scripted(role: str, script: list[Any], **kw: Any) -> SupervisedAgent:
     """A SupervisedAgent on the scripted model."""
     metadata = {"MODEL": f"scripted/{role}", "SCRIPT": script, **kw.pop("metadata", {})}
-    return SupervisedAgent(
-        role, "You write Python.\n{tools}", [add, whoami, fail, secret_tool, register], metadata, **kw
-    )
+    tools = [add, whoami, fail, secret_tool, register, *kw.pop("tools", [])]
+    return SupervisedAgent(role, "You write Python.\n{tools}", tools, metadata, **kw)
 
 
 BASIC = scripted("t_basic", ["x = 1", 'exit("ok")'], warmup='print("received event:", event)')
@@ -234,6 +234,87 @@ async def _counter_event(ctx: HandlerContext, event: HandlerEvent) -> None:
     await ctx.send_message(f"count is {state.state['count'] + 1}")
 
 
+# --- waiting: child jobs, futures, timers, sub-tasks (tests/test_waits*.py) --------------------------
+
+
+@subtask
+def research(topic: str, **kwargs: Any) -> Any:
+    """Start a research sub-task on ``topic``.
+
+    Args:
+        topic: what to research.
+    """
+    return create_new_job("t_w_sub_child", {"topic": topic})
+
+
+W_CHILD = scripted("t_w_child", ['exit("child done")'])
+W_SLOW_CHILD = scripted("t_w_slow_child", ['sleep(0.6)\nexit("slow done")'])
+W_FAIL_CHILD = scripted("t_w_fail_child", ["1 / 0", "[][1]", 'exit("never")'])
+W_PARENT = scripted(
+    "t_w_parent",
+    ['s, j = delegate_task("t_w_child")\nprint("before")\nprint(s)\nprint(j.id)', 'exit("parent " + str(s))'],
+)
+W_GRAND = scripted("t_w_grand", ['s, j = delegate_task("t_w_parent")\nprint(s)', 'exit("grand " + s)'])
+W_PARENT_FAIL = scripted(
+    "t_w_parent_fail",
+    [
+        's, j = delegate_task("t_w_fail_child")\nm = delegate_mute_task("t_w_fail_child")\nprint(s)\nprint(m)',
+        "exit(s)",
+    ],
+)
+W_ALL = scripted(
+    "t_w_all",
+    [
+        'a = delegate_task("t_w_child")\nb = delegate_task("t_w_slow_child")\n'
+        'c = delegate_mute_task("t_w_child")\nr = get_all(a, b, c)\nprint(r[0][0], r[1][0], r[2])\n'
+        'first = get_any(delegate_task("t_w_slow_child"), sleep(30))\nprint(first[0])',
+        'exit("all")',
+    ],
+)
+W_TIMER = scripted("t_w_timer", ['print("start")\nsleep(5)\nprint("woke")', 'exit("timer ok")'])
+W_MANY = scripted("t_w_many", ["exit(s)"], warmup='s, j = delegate_task("t_w_child")\nprint(s)')
+W_LOCALE = scripted(
+    "t_w_locale",
+    [
+        'a = create_new_job("t_w_child")\nb = create_new_job("t_w_child", locale="en-US")\nprint(get_all(a, b))',
+        'exit("ok")',
+    ],
+)
+W_ERR = scripted(
+    "t_w_err",
+    [
+        's, j = delegate_task("t_w_child")\nprint("a")\nprint(s)\n1 / 0\nprint("unreached")',
+        'print("first")\nprint("second")\nexit("fine")',
+    ],
+)
+W_SUB_PARENT = scripted(
+    "t_w_sub_parent",
+    [
+        'h = research("cats", id="sq")\nprint("started", h.id)',
+        'exit("parent done")',
+        'exit("got " + str(find_sub_task_handler(id="sq")))',
+    ],
+    tools=[research],
+)
+W_SUB_CHILD = scripted("t_w_sub_child", ["complete_sub_task(result=len(topic) * 5)", 'exit("child ok")'])
+W_HOLD = scripted("t_w_hold", ['sleep(1.0)\nprint("resumed")', 'exit("held")'])
+WAIT_AGENTS = [
+    W_CHILD,
+    W_SLOW_CHILD,
+    W_FAIL_CHILD,
+    W_PARENT,
+    W_GRAND,
+    W_PARENT_FAIL,
+    W_ALL,
+    W_TIMER,
+    W_MANY,
+    W_LOCALE,
+    W_ERR,
+    W_SUB_PARENT,
+    W_SUB_CHILD,
+    W_HOLD,
+]
+
 AGENTS: list[Agent | HandlerAgent] = [
     BASIC,
     WORKSPACE,
@@ -260,6 +341,7 @@ AGENTS: list[Agent | HandlerAgent] = [
     PANIC,
     WARMUP_TOOL,
     COUNTER,
+    *WAIT_AGENTS,
 ]
 
 

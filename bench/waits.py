@@ -1,0 +1,193 @@
+"""Waiting jobs: memory of many suspended jobs, and how late timers fire.
+
+Every service is its own process (embedded nats-server, submission, provider, executor with
+``max_concurrency`` 100). Two measurements:
+
+1. **Suspended jobs cost the executor nothing.** ``N`` jobs (100,000; 10,000 with ``--quick``)
+   each run one warmup step, ``sleep(3 * 3600)``, and suspend: a record plus one ADR-51 scheduled
+   message on the server. The executor's RSS (``VmRSS`` of ``/proc/<pid>/status``) once they are
+   all suspended is compared with a second, idle executor started in the same run (it served the
+   same few warm-up jobs), and with its own RSS before the load.
+2. **Timer lateness.** 1,000 jobs ``wait_until`` the same instant, then print ``time.time()``;
+   lateness is that console value minus the due time (p50/p99), i.e. scheduled-message firing,
+   queueing behind the other 999 wake-ups, the step's record read and the sandbox run.
+
+``python -m bench.waits [--quick]`` (or ``python -m bench waits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import percentile, print_table
+from statek_bus.agents import SupervisedAgent
+from statek_bus.client import AsyncStatekClient
+from statek_bus.mesh import Mesh, ServiceProcess
+from statek_bus.messages import JobEvent, decode
+from statek_bus.settings import Settings
+from statek_bus.subjects import EVENTS_PREFIX, WORK_CONSUMER, WORK_STREAM
+
+__all__ = ["AGENTS", "run"]
+
+SLEEPER = SupervisedAgent(
+    "bench_sleeper",
+    "",
+    metadata={"MODEL": "scripted/bench", "SCRIPT": ['exit("woke")']},
+    warmup="sleep(3 * 3600)",
+)
+ALARM = SupervisedAgent(
+    "bench_alarm",
+    "",
+    metadata={"MODEL": "scripted/bench", "SCRIPT": ['exit("ok")']},
+    warmup="wait_until(due)\nimport time\nprint('woke at', time.time())",
+)
+QUICK = SupervisedAgent(
+    "bench_quick_wait", "", metadata={"MODEL": "scripted/bench", "SCRIPT": ['exit("ok")']}
+)
+AGENTS = [SLEEPER, ALARM, QUICK]
+"""The agents the benchmark's executors serve."""
+
+_SPEC = "bench.waits:AGENTS"
+_BATCH = 2000
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _submit(
+    client: AsyncStatekClient, agent: str, n: int, shared: dict[str, Any] | None = None
+) -> None:
+    sem = asyncio.Semaphore(4)
+
+    async def batch(size: int) -> None:
+        async with sem:
+            await client.jobs.submit_batch(agent, [shared] * size)
+
+    await asyncio.gather(*(batch(min(_BATCH, n - i)) for i in range(0, n, _BATCH)))
+
+
+async def _settled(client: AsyncStatekClient, expect_messages: int, timeout: float) -> float:
+    """Wait until the work queue is drained and holds ``expect_messages`` (pending schedules)."""
+    nc = await client.connection()
+    js = nc.jetstream()
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        info = await js.stream_info(WORK_STREAM)
+        consumer = await js.consumer_info(WORK_STREAM, WORK_CONSUMER)
+        if (
+            info.state.messages >= expect_messages
+            and not consumer.num_pending
+            and not consumer.num_ack_pending
+        ):
+            return time.monotonic() - started
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the work stream did not settle at {expect_messages} messages")
+
+
+async def _lateness(client: AsyncStatekClient, n: int) -> list[float]:
+    nc = await client.connection()
+    woke: list[float] = []
+    done = asyncio.Event()
+
+    async def on_event(msg: Any) -> None:
+        e = decode(msg.data, JobEvent)
+        if e.kind == "console" and e.text and e.text.startswith("woke at "):
+            woke.append(float(e.text.split()[-1]))
+            if len(woke) >= n:
+                done.set()
+
+    sub = await nc.subscribe(f"{EVENTS_PREFIX}.>", cb=on_event, pending_msgs_limit=1_000_000)
+    due = datetime.now(UTC) + timedelta(seconds=4 + n / 400)
+    await _submit(client, ALARM.role, n, {"due": due})
+    try:
+        await asyncio.wait_for(done.wait(), timeout=120)
+    finally:
+        await sub.unsubscribe()
+    return [w - due.timestamp() for w in woke]
+
+
+async def run(quick: bool) -> list[dict[str, Any]]:
+    """One row per measurement."""
+    n = 10_000 if quick else 100_000
+    tmp = Path(tempfile.mkdtemp(prefix="statek-bench-waits-"))
+    settings = Settings.from_env({}, max_concurrency=100, request_timeout=60.0)
+    env = {"STATEK_MAX_CONCURRENCY": "100", "STATEK_LOG_LEVEL": "WARNING"}
+    rows: list[dict[str, Any]] = []
+    try:
+        async with Mesh(
+            settings, data_dir=tmp / "nats", kinds=["submission", "provider"], env=env, log_dir=tmp
+        ) as mesh:
+            loaded = ServiceProcess(
+                "executor", mesh.nats_url, args=["--agents", _SPEC], env=env, log_path=tmp / "ex.log"
+            )
+            await loaded.start()
+            client = AsyncStatekClient(settings=settings.replace(nats_url=mesh.nats_url))
+            try:
+                await _submit(client, QUICK.role, 200)  # warm up every code path once
+                await _settled(client, 0, 60)
+                before = rss_mib(_pid(loaded))
+                started = time.monotonic()
+                await _submit(client, SLEEPER.role, n)
+                await _settled(client, n, 1800)
+                seconds = time.monotonic() - started
+                await asyncio.sleep(2.0)
+                after = rss_mib(_pid(loaded))
+                idle = ServiceProcess(
+                    "executor", mesh.nats_url, args=["--agents", _SPEC], env=env, log_path=tmp / "idle.log"
+                )
+                await idle.start()  # idle in the same run: it serves a few warm-up jobs, nothing waits in it
+                await _submit(client, QUICK.role, 200)
+                await _settled(client, n, 60)
+                await asyncio.sleep(2.0)
+                idle_rss = rss_mib(_pid(idle))
+                await idle.stop()
+                rows.append(
+                    {
+                        "measurement": f"{n:,} suspended jobs (timers 3 h away)",
+                        "suspend rate jobs/s": n / seconds,
+                        "executor RSS MiB": after,
+                        "same executor before MiB": before,
+                        "idle executor MiB": idle_rss,
+                        "ratio to idle": after / idle_rss,
+                    }
+                )
+                late = await _lateness(client, 1000)
+                rows.append(
+                    {
+                        "measurement": "1,000 timers due at once",
+                        "lateness p50 ms": percentile(late, 50) * 1000,
+                        "p99 ms": percentile(late, 99) * 1000,
+                        "max ms": max(late) * 1000,
+                        "early": sum(1 for x in late if x < 0),
+                    }
+                )
+            finally:
+                await client.aclose()
+                await loaded.stop()
+    except BaseException:
+        print(f"benchmark failed; service logs kept in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def _pid(process: ServiceProcess) -> int:
+    assert process.proc is not None, "the service is not running"
+    return process.proc.pid
+
+
+if __name__ == "__main__":
+    rows = asyncio.run(run("--quick" in sys.argv))
+    print_table(f"waits{' (quick)' if '--quick' in sys.argv else ''}", rows)

@@ -173,7 +173,12 @@ class JobRecord(_Record, kw_only=True):
     cancel_reason: str | None = None
     """Set by cancel; the executor ends the job at its next step boundary."""
     inbox: list[JobEvent] = []
-    """Messages and notifications waiting for the job's next safe point."""
+    """Messages and notifications waiting for the job's next safe point.
+
+    Two conventions ride on it without schema changes: a ``status`` event with ``status=DONE``
+    whose ``job_id`` is a child's is that child's completion note; a ``notification`` whose
+    ``role`` is ``subtask:<id>`` reports a sub-task's completion.
+    """
     engine: dict[str, Any] = {}
     """Engine-private run state (pending code, counters, waits); opaque outside the executor."""
 

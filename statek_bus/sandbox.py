@@ -230,7 +230,7 @@ def _compile_checked(source: str, policy: SandboxPolicy, filename: str) -> tuple
                 code = compile(ast.Expression(body=stmt.value), filename, "eval")
             else:
                 code = compile(ast.Module(body=[stmt], type_ignores=[]), filename, "exec")
-        except SyntaxError as exc:
+        except (SyntaxError, ValueError) as exc:
             raise SandboxViolation(f"invalid Python syntax: {exc}") from None
         out.append(CompiledStatement(code, text, lineno, binds is not None, binds or (), echo))
     return tuple(out)

@@ -11,6 +11,7 @@ import ast
 from statek_bus.sandbox_policy import (
     DENIED_ATTRIBUTES,
     DENIED_NAMES,
+    FORMAT_METHODS,
     SAFE_DUNDER_METHODS,
     SandboxPolicy,
     SandboxViolation,
@@ -156,4 +157,6 @@ class _Checker(ast.NodeVisitor):
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         for attr in node.kwd_attrs:
             self.attribute(node, attr)
+            if attr in FORMAT_METHODS:  # a bound str.format would bypass the format guard
+                raise SandboxViolation(f"matching attribute {attr!r} is not allowed (line {node.lineno})")
         self.generic_visit(node)

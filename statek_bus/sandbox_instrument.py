@@ -40,6 +40,12 @@ class _Instrumenter(ast.NodeTransformer):
             return ast.copy_location(_call(READ, node), node)
         return node
 
+    def visit_MatchClass(self, node: ast.MatchClass) -> ast.AST:
+        # ``case int(x=1):`` names a class: it must stay a Name/Attribute for the compiler.
+        node.patterns = [self.visit(p) for p in node.patterns]
+        node.kwd_patterns = [self.visit(p) for p in node.kwd_patterns]
+        return node
+
     def visit_Call(self, node: ast.Call) -> ast.AST:
         raw = any(isinstance(a, ast.Name) for a in node.args) or any(
             isinstance(k.value, ast.Name) for k in node.keywords

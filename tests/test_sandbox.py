@@ -534,3 +534,20 @@ def test_functions_defined_earlier_tick_against_the_new_deadline() -> None:
     set_deadline(ns, expires_in(0.05))
     with pytest.raises(StepTimeout):
         run("spin()", namespace=ns)
+
+
+def test_match_class_patterns_work_and_cannot_reach_str_format() -> None:
+    from statek_bus.sandbox import SandboxPolicy, SandboxViolation, compile_block, sandbox_globals
+
+    policy = SandboxPolicy()
+    ns = sandbox_globals(policy)
+    block = compile_block(
+        "def kind(v):\n    match v:\n        case int(real=r):\n            return ('int', r)\n"
+        "        case str():\n            return 'str'\n    return 'other'\nout = [kind(3), kind('a'), kind(1.5)]\n",
+        policy,
+    )
+    for stmt in block.statements:
+        exec(stmt.code, ns)
+    assert ns["out"] == [("int", 3), "str", "other"]
+    with pytest.raises(SandboxViolation, match="format"):
+        compile_block("match 'x':\n    case str(format=f):\n        pass\n", policy)

@@ -99,6 +99,8 @@ class StepOutcome:
     """Inbox items delivered by this step (the executor keeps items that arrived later)."""
     dialog: list[str] = dataclasses.field(default_factory=list)
     """Prose sent to the user this step."""
+    state: EngineState | None = None
+    """The engine state stored in ``record.engine`` (saves decoding it again after the commit)."""
 
 
 class StepEngine:
@@ -135,7 +137,7 @@ class StepEngine:
         outcome = await self._run(record, agent, ctx)
         new = outcome.record
         if new.status is JobStatus.DONE and new.error is not None:
-            state = load_state(new)
+            state = outcome.state or load_state(new)
             if state.error_handlers:
                 await _call_error_handlers(agent, state.error_handlers, new.error)
                 state.error_handlers = []
@@ -426,7 +428,8 @@ class StepEngine:
             hint=hint,
             box=agent.metadata.get("XML_BOX_CONSOLE"),
         )
-        tools = select_tools(agent.all_tools(), agent.metadata.get("LLM_TOOLS_SCOPE"), style.value)
+        scope = agent.metadata.get("LLM_TOOLS_SCOPE")
+        tools = select_tools(agent.all_tools(), scope, style.value) if scope else []
         meta = {
             k: v for k, v in agent.metadata.items() if isinstance(v, str | int | float | bool | list | dict)
         }
@@ -468,7 +471,7 @@ class StepEngine:
         state.last = trace
         store_state(new, state)
         dialog = [i.dialog for i in state.log[trace.log_from :] if i.dialog]
-        return StepOutcome(record=new, consumed=consumed, dialog=dialog)
+        return StepOutcome(record=new, consumed=consumed, dialog=dialog, state=state)
 
 
 def _context_json(value: Any) -> Any:

@@ -112,13 +112,14 @@ def store_state(record: JobRecord, state: EngineState) -> None:
     record.engine = msgspec.to_builtins(state)
 
 
-def step_events(record: JobRecord) -> list[JobEvent]:
+def step_events(record: JobRecord, state: EngineState | None = None) -> list[JobEvent]:
     """The events of the step that produced ``record`` (derivable again after a crash).
 
     Status changes first (a DONE status last, carrying the exit value), then the warmup code and
     tool results and console lines of the code the step ran, then the chat entries it appended.
+    ``state``: ``record``'s engine state when the caller has it decoded already.
     """
-    state = load_state(record)
+    state = state or load_state(record)
     trace = state.last
     if trace is None:
         return []

@@ -46,6 +46,7 @@ from statek_bus.agent_loading import load_agents
 from statek_bus.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
 from statek_bus.engine import RetryStep, StepEngine, StepOutcome, load_state, run_handler_step, step_events
+from statek_bus.engine_state import EngineState
 from statek_bus.errors import StatekError, error_from_reply
 from statek_bus.jobstore import JobStore, StaleRecordError, utcnow
 from statek_bus.messages import (
@@ -170,6 +171,7 @@ class Executor:
         self._ids = 0
         self._recent: dict[str, tuple[JobRecord, int]] = {}
         self._recent_max = 4 * settings.max_concurrency
+        self._setups: dict[str, tuple[Agent, tuple[int, int], dict[str, Any], Any]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> Executor:
@@ -376,7 +378,7 @@ class Executor:
         outcome = await self._run_step(record, agent)
         committed = await self._commit(record, rev, outcome)
         if committed is not None:
-            await self._after_commit(committed)
+            await self._after_commit(committed, outcome.state if committed is outcome.record else None)
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
                 await self._send_dialog(agent, committed, outcome.dialog)
         await msg.ack()
@@ -449,25 +451,28 @@ class Executor:
         while len(self._recent) > self._recent_max:
             self._recent.pop(next(iter(self._recent)))
 
-    async def _after_commit(self, record: JobRecord) -> None:
+    async def _after_commit(self, record: JobRecord, state: EngineState | None = None) -> None:
         assert self.store is not None
+        state = state or load_state(record)
         if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await asyncio.gather(self._publish_events(record), waits.after_commit(self.store, record))
+            await asyncio.gather(
+                self._publish_events(record, state), waits.after_commit(self.store, record, state)
+            )
         else:
             await asyncio.gather(
-                self._publish_events(record),
+                self._publish_events(record, state),
                 self.store.enqueue(record.id, record.step),
-                waits.after_commit(self.store, record),
+                waits.after_commit(self.store, record, state),
             )
 
-    async def _publish_events(self, record: JobRecord) -> None:
+    async def _publish_events(self, record: JobRecord, state: EngineState | None = None) -> None:
         """Publish the committed step's events, each with a ``Nats-Msg-Id`` of its own.
 
         Core publishes (no per-event acknowledgement round trip): the job-log stream captures them
         and its duplicate window drops a re-publish after a crash. The record is the truth; a lost
         event is re-derived and re-published when a stale delivery of the step shows up.
         """
-        events = step_events(record)
+        events = step_events(record, state)
         if not events:
             return
         subject, tok = _event_names(record.id)
@@ -511,9 +516,13 @@ class Executor:
         from statek_bus.values import from_json
 
         registry = self.registries.get(agent.role) or TypeRegistry()
-        tools = {t.name: t for t in agent.all_tools()}
-        hidden = frozenset(n for n, t in tools.items() if t.hidden)
-        policy = _policy(self.settings, hidden)
+        key = (len(agent.tools), len(agent.internal_tools))  # an agent that gained a tool is rebuilt
+        setup = self._setups.get(agent.role)
+        if setup is None or setup[0] is not agent or setup[1] != key:
+            tools = {t.name: t for t in agent.all_tools()}
+            hidden = frozenset(n for n, t in tools.items() if t.hidden)
+            setup = self._setups[agent.role] = (agent, key, tools, _policy(self.settings, hidden))
+        _, _, tools, policy = setup
         trusted_policy = _policy(self.settings, frozenset())
         data = None
         if ref is not None:

@@ -86,4 +86,4 @@ async def run_handler_step(
     store_state(new, state)
     from statek_bus.engine import StepOutcome
 
-    return StepOutcome(record=new, consumed=len(record.inbox))
+    return StepOutcome(record=new, consumed=len(record.inbox), state=state)

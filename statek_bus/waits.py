@@ -40,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.engine_state import load_state, store_state
+from statek_bus.engine_state import EngineState, load_state, store_state
 from statek_bus.errors import NotFoundError
 from statek_bus.jobstore import JobStore, utcnow
 from statek_bus.messages import JobEvent, JobRecord, JobStatus, Usage
@@ -55,11 +55,14 @@ _NOW_MARGIN = timedelta(milliseconds=2)
 _USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost")
 
 
-async def after_commit(store: JobStore, record: JobRecord) -> None:
-    """The wake-ups a committed step owes: re-arm a waiting job, notify a finished child's parent."""
-    state = load_state(record)
+async def after_commit(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
+    """The wake-ups a committed step owes: re-arm a waiting job, notify a finished child's parent.
+
+    ``state``: ``record``'s engine state when the caller has it decoded already.
+    """
+    state = state or load_state(record)
     if record.status is JobStatus.SUSPENDED:
-        await rearm(store, record)
+        await rearm(store, record, state)
     if state.subtask_done is not None and state.last is not None and state.last.subtask:
         await deliver_subtask(store, record)
     if record.status is JobStatus.DONE and record.parent_id:
@@ -71,12 +74,12 @@ async def on_stale(store: JobStore, record: JobRecord) -> None:
     await after_commit(store, record)
 
 
-async def rearm(store: JobStore, record: JobRecord) -> None:
+async def rearm(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
     """Queue a SUSPENDED job now if something already woke it, else arm its timer, if any."""
     if record.inbox:
         await store.enqueue(record.id, record.step)
         return
-    wait = load_state(record).wait
+    wait = (state or load_state(record)).wait
     if wait is None:
         await store.enqueue(record.id, record.step)  # nothing to wait for: let the step sort it out
         return

@@ -10,9 +10,7 @@ workspace snapshot.
 policy and the step's wall-clock deadline. A later runner moves the same request into a separate
 process with CPU and memory limits; nothing outside this module needs to change for that.
 
-Console formatting follows STATEK: strings print raw at top level and quoted when nested, dicts
-and lists compactly, datetimes as ``datetime("YYYY-MM-DD HH:MM")``, collections cut after 25
-items, objects as ``Cls(f=v, ...)`` with nested objects as ``<Object>``.
+Console formatting (STATEK's) lives in :mod:`statek_bus.console_format`.
 """
 
 from __future__ import annotations
@@ -21,120 +19,21 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import enum
-import itertools
+import decimal
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import date, datetime
-from datetime import time as dtime
-from decimal import Decimal
+from collections.abc import Callable
 from typing import Any, Protocol, TextIO
-from uuid import UUID
 
-import msgspec
+from statek_bus.console_format import MAX_ITEMS, error_line, format_value
+from statek_bus.replay import replaying
 
 __all__ = [
-    "CodeRunner", "Console", "ExecRequest", "ExecResult", "ExecUnit", "ExitSignal", "ThreadCodeRunner",
-    "UnitResult", "error_line", "format_value", "install_stdout_capture",
+    "MAX_ITEMS", "CodeRunner", "Console", "ExecRequest", "ExecResult", "ExecUnit", "ExitSignal",
+    "ThreadCodeRunner", "UnitResult", "error_line", "format_value", "install_stdout_capture",
 ]  # fmt: skip
-
-MAX_ITEMS = 25
-"""Collections longer than this are cut in console output."""
-
-
-# ==================================================================================================
-# Console formatting
-# ==================================================================================================
-
-
-def format_value(obj: Any, *, top: bool = True, max_items: int = MAX_ITEMS) -> str:
-    """Render ``obj`` the way STATEK shows values to the model.
-
-    Args:
-        obj: the value.
-        top: whether this is a top-level value (strings print raw only at top level).
-        max_items: collections longer than this are cut with ``, ...] (n items total)``.
-    """
-    llm_repr = getattr(type(obj), "__llm_repr__", None)
-    if llm_repr is not None:
-        try:
-            return str(llm_repr(obj))
-        except Exception as exc:  # a broken __llm_repr__ must not break the console
-            return error_line(exc)
-    if isinstance(obj, str):
-        return obj if top else _quote(obj)
-    if obj is None or isinstance(obj, bool | int | float):
-        return repr(obj)
-    if isinstance(obj, Decimal | UUID):
-        return str(obj) if top or isinstance(obj, Decimal) else _quote(str(obj))
-    if isinstance(obj, datetime):
-        return f'datetime("{obj:%Y-%m-%d %H:%M}")'
-    if isinstance(obj, date):
-        return f'date("{obj:%Y-%m-%d}")'
-    if isinstance(obj, dtime):
-        return f'time("{obj:%H:%M}")'
-    if isinstance(obj, enum.Enum):
-        return f"{type(obj).__name__}.{obj.name}"
-    if isinstance(obj, dict):
-        items = [f"{format_value(k, top=False)}:{format_value(v, top=False)}" for k, v in _cut(obj.items())]
-        return "{" + ",".join(items) + _tail(len(obj), "}")
-    if isinstance(obj, list | tuple | set | frozenset):
-        if isinstance(obj, list):
-            opening, closing = "[", "]"
-        elif isinstance(obj, tuple):
-            opening, closing = "(", ",)" if len(obj) == 1 else ")"
-        else:
-            opening, closing = "{", "}"
-        seq = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
-        body = ",".join(format_value(v, top=False) for v in _cut(seq))
-        return opening + body + _tail(len(obj), closing)
-    if isinstance(obj, bytes | bytearray):
-        return repr(bytes(obj[:200]))
-    kind: Any = type(obj)
-    if kind.__str__ is not object.__str__ and kind.__repr__ is object.__repr__:
-        return str(obj)
-    fields = _fields(obj)
-    if fields is not None:
-        if not top:
-            return "<Object>"
-        inner = ",".join(f"{k}={_nested(v)}" for k, v in _cut(fields))
-        return f"{type(obj).__name__}({inner})"
-    return repr(obj)
-
-
-def _nested(v: Any) -> str:
-    return "<Object>" if _fields(v) is not None else format_value(v, top=False)
-
-
-def _fields(obj: Any) -> list[tuple[str, Any]] | None:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
-    if isinstance(obj, msgspec.Struct):
-        return [(n, getattr(obj, n)) for n in obj.__struct_fields__]
-    return None
-
-
-def _cut(items: Iterable[Any]) -> list[Any]:
-    return list(itertools.islice(items, MAX_ITEMS))
-
-
-def _tail(n: int, closing: str) -> str:
-    return f", ...{closing} ({n} items total)" if n > MAX_ITEMS else closing
-
-
-def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def error_line(exc: BaseException) -> str:
-    """``<Type>: <message>``, the way a runtime error is shown to the model (never a repr)."""
-    msg = str(exc)
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        msg = repr(exc.args[0])
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 # ==================================================================================================
@@ -365,7 +264,17 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
 
 
 def _execute(request: ExecRequest) -> ExecResult:
-    """Run every unit of ``request`` in the current thread."""
+    """Run every unit of ``request`` in the current thread, in a decimal context of its own.
+
+    ``decimal.getcontext()`` is a mutable object reached through a context variable: a copied
+    ``contextvars.Context`` still shares it, so ``getcontext().prec = 3`` would change arithmetic
+    for later jobs and the host. Each request gets a fresh default context instead.
+    """
+    with decimal.localcontext(decimal.Context()):
+        return _execute_units(request)
+
+
+def _execute_units(request: ExecRequest) -> ExecResult:
     started = time.monotonic()
     install_stdout_capture()  # cheap; re-wraps if something (a test harness) swapped sys.stdout
     session = request.session
@@ -407,7 +316,9 @@ def _run_unit(session: Any, unit: ExecUnit, console: Console) -> UnitResult:
         console.flush()
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        return UnitResult(console=console.entries, error=error_line(exc))
+        # never show an internal signal's name (ExitSignal, Suspend) to the model
+        line = error_line(exc) if isinstance(exc, Exception) else "RuntimeError: internal error"
+        return UnitResult(console=console.entries, error=line)
     console.flush()
     return result
 
@@ -477,13 +388,19 @@ class SandboxSession:
         self.base_names = set(ns)
         self._workspace = workspace.Workspace()
         if self.workspace_data is not None:
-            try:
-                self._workspace.restore(
-                    self.workspace_data, ns, policy=self.trusted_policy, registry=self.registry
-                )
-            except Exception as exc:  # a stored definition the policy now refuses, or worse
+            try:  # definitions replay with tools, exit and futures refusing: no side effects
+                with replaying(ns, [*self.tools, "exit"]):
+                    self._workspace.restore(
+                        self.workspace_data, ns, policy=self.trusted_policy, registry=self.registry
+                    )
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a definition the policy now refuses; a stray signal
                 self.restore_errors.append(error_line(exc))
             self.restore_errors += self._workspace.restore_errors
+            env = self.job.extras.get("env")
+            if env is not None:
+                env.suspended = None  # nothing waits before the step's own code runs
         else:
             ns.update(self.shared_vars)
         self.ns = ns
@@ -522,10 +439,12 @@ class SandboxSession:
                 continue
             if env is not None:
                 env.sites.enter(f"{unit.site}.{i}")
+            text = None
             try:
                 value = self._run_statement(stmt)
-                if value is not None:
+                if value is not None:  # formatting may read a future too (``[sleep(5)]``): it waits
                     value = sandbox.read_value(value)
+                    text = None if value is None else format_value(value)
             except Suspend as signal:
                 return UnitResult(console=console.entries, suspended=signal.future, statement=i)
             except ExitSignal:
@@ -544,8 +463,8 @@ class SandboxSession:
             if env is not None and env.suspended is not None:  # a bare ``except:`` swallowed it
                 return UnitResult(console=console.entries, suspended=env.suspended, statement=i)
             self._record(stmt)
-            if value is not None:
-                console.append(format_value(value))
+            if text is not None:
+                console.append(text)
             if self.exited:
                 break
         return UnitResult(console=console.entries)
@@ -575,10 +494,12 @@ class SandboxSession:
         env = self.job.extras.get("env")
         if env is not None:
             env.sites.enter(f"{unit.site}.0")
+        text = None
         try:
             value = t(*positional, **args)
             if value is not None:
                 value = read_value(value)
+                text = None if value is None else format_value(value)
         except Suspend as signal:
             return UnitResult(console=[], suspended=signal.future)
         except ExitSignal:
@@ -587,8 +508,8 @@ class SandboxSession:
         except Exception as exc:
             console.append(error_line(exc))
             return UnitResult(console=["\n".join(console.entries)])
-        if value is not None:
-            console.append(format_value(value))
+        if text is not None:
+            console.append(text)
         console.flush()
         return UnitResult(console=["\n".join(console.entries)])
 

@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -47,11 +46,9 @@ from statek_bus.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
 from statek_bus.engine import RetryStep, StepEngine, StepOutcome, load_state, run_handler_step, step_events
 from statek_bus.engine_state import EngineState
-from statek_bus.errors import StatekError, error_from_reply
+from statek_bus.errors import StatekError
 from statek_bus.jobstore import JobStore, StaleRecordError, utcnow
 from statek_bus.messages import (
-    CompleteReply,
-    CompleteRequest,
     Empty,
     ExecutorStatus,
     JobEvent,
@@ -62,10 +59,11 @@ from statek_bus.messages import (
     decode,
     encode,
 )
+from statek_bus.provider_model import ProviderModel
 from statek_bus.settings import Settings
+from statek_bus.step_merge import merge_concurrent
 from statek_bus.subjects import (
     AGENTS_BUCKET,
-    LLM_COMPLETE,
     MSG_ID_HEADER,
     WORK_CONSUMER,
     WORK_STREAM,
@@ -81,34 +79,8 @@ log = logging.getLogger("statek_bus.executor")
 
 _PULL_EXPIRES = 5.0
 """Seconds a pull request waits on the server; its unused credit is then released."""
-
-
-# ==================================================================================================
-# The LLM seam over the provider service
-# ==================================================================================================
-
-
-class ProviderModel:
-    """The :class:`~statek_bus.engine.Model` that asks the provider service (``statek.llm.complete``)."""
-
-    def __init__(self, nc: Client, settings: Settings) -> None:
-        self.nc = nc
-        self.timeout = settings.llm_timeout
-
-    async def complete(self, request: CompleteRequest) -> CompleteReply:
-        """One completion; a failure is the :class:`StatekError` the provider answered."""
-        from statek_bus.errors import ServiceUnavailableError
-
-        try:
-            msg = await self.nc.request(LLM_COMPLETE, encode(request), timeout=self.timeout)
-        except nats.errors.NoRespondersError:
-            raise ServiceUnavailableError("no provider service is answering") from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise ServiceUnavailableError(f"the provider did not answer within {self.timeout:g}s") from None
-        err = error_from_reply(msg.headers, msg.data)
-        if err is not None:
-            raise err
-        return decode(msg.data, CompleteReply)
+_RECENT_AGE = 0.05
+"""Seconds a committed record stands in for a KV read of the job's next step (see ``_remember``)."""
 
 
 # ==================================================================================================
@@ -169,7 +141,7 @@ class Executor:
         self._loop_task: asyncio.Task[None] | None = None
         self._hb_task: asyncio.Task[None] | None = None
         self._ids = 0
-        self._recent: dict[str, tuple[JobRecord, int]] = {}
+        self._recent: dict[str, tuple[JobRecord, int, float]] = {}
         self._recent_max = 4 * settings.max_concurrency
         self._setups: dict[str, tuple[Agent, tuple[int, int], dict[str, Any], Any]] = {}
 
@@ -345,7 +317,7 @@ class Executor:
             await msg.nak(delay=delay)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except BaseException:  # anything else (a stray ExitSignal or Suspend too) must not strand the job
             delivered = msg.metadata.num_delivered if msg.reply else 1
             trace = uuid.uuid4().hex[:12]
             log.exception(
@@ -359,8 +331,11 @@ class Executor:
 
     async def _run(self, work: WorkMessage, msg: Msg) -> None:
         assert self.store is not None
-        found = self._recent.pop(work.job_id, None)
-        if found is None or found[0].step != work.step:
+        cached = self._recent.pop(work.job_id, None)
+        found: tuple[JobRecord, int] | None = None
+        if cached is not None and cached[0].step == work.step and time.monotonic() - cached[2] <= _RECENT_AGE:
+            found = cached[0], cached[1]  # the successor this replica queued a moment ago
+        else:
             found = await self.store.find(work.job_id)
         if found is None:
             await msg.ack()
@@ -381,6 +356,10 @@ class Executor:
             await self._after_commit(committed, outcome.state if committed is outcome.record else None)
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
                 await self._send_dialog(agent, committed, outcome.dialog)
+        else:  # committed elsewhere (a duplicate delivery): that replica may have died before queueing
+            fresh = await self.store.find(work.job_id)
+            if fresh is not None:
+                await self._stale(fresh[0], work)
         await msg.ack()
 
     async def _send_dialog(self, agent: Agent, record: JobRecord, texts: list[str]) -> None:
@@ -434,20 +413,23 @@ class Executor:
                 fresh, rev = found
                 if fresh.step != base.step or fresh.status is JobStatus.DONE:
                     return None  # the step was committed (or the job ended) elsewhere
-                new = waits.merge_external(_merge(new, fresh, outcome.consumed), base, fresh)
+                new = waits.merge_external(merge_concurrent(new, fresh, outcome.consumed), base, fresh)
                 continue
             self._remember(new, revision)
             return new
 
     def _remember(self, record: JobRecord, revision: int) -> None:
-        """Keep the committed record: its next step, if pulled here, skips one KV read.
+        """Keep the committed record: its next step, if pulled here soon, skips one KV read.
 
-        Safe because every commit is a compare-and-set: if another writer changed the record
-        since (a message, a cancel), the commit fails, re-reads and merges as usual.
+        Every commit is a compare-and-set, so a change by another writer (a message, a cancel) is
+        never lost; but code would run before that commit fails. So only a running job's record is
+        kept, and only for ``_RECENT_AGE``: a SUSPENDED job's next step is a wake-up that may come
+        after a cancel (it always reads the record), and an old entry may hide a ``cancel_reason``.
         """
-        if record.status is JobStatus.DONE:
+        if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
+            self._recent.pop(record.id, None)
             return
-        self._recent[record.id] = (record, revision)
+        self._recent[record.id] = (record, revision, time.monotonic())
         while len(self._recent) > self._recent_max:
             self._recent.pop(next(iter(self._recent)))
 
@@ -562,32 +544,6 @@ def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
     if found is None:
         found = _POLICIES[key] = SandboxPolicy(hidden_names=hidden, restricted=settings.restricted_mode)
     return found
-
-
-def _merge(new: JobRecord, fresh: JobRecord, consumed: int) -> JobRecord:
-    """Re-base ``new`` on ``fresh``: keep inbox items that arrived meanwhile, honour a cancel."""
-    merged = msgspec.structs.replace(
-        new, inbox=list(fresh.inbox[consumed:]), cancel_reason=fresh.cancel_reason
-    )
-    if merged.status is JobStatus.DONE:  # a child's completion note does not restart a finished job
-        merged.inbox = [e for e in merged.inbox if e.kind != "status"]
-    state = load_state(merged)
-    trace = state.last
-    if merged.cancel_reason and merged.status is not JobStatus.DONE:
-        merged.status = JobStatus.DONE
-        merged.exit_status = f"Cancelled: {merged.cancel_reason}"
-        if trace is not None:
-            trace.statuses = [*trace.statuses, JobStatus.DONE]
-    elif merged.status is JobStatus.DONE and merged.inbox and not merged.cancel_reason:
-        merged.status = JobStatus.STARTED  # a message arrived while the step ran: keep going
-        merged.exit_status = None
-        merged.error = None
-        if trace is not None:
-            trace.statuses = [st for st in trace.statuses if st is not JobStatus.DONE]
-            if fresh.status is not JobStatus.STARTED and JobStatus.STARTED not in trace.statuses:
-                trace.statuses.append(JobStatus.STARTED)
-    merged.engine = msgspec.to_builtins(state)
-    return merged
 
 
 @contextlib.asynccontextmanager

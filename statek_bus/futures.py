@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from statek_bus.messages import JobRecord, JobStatus
+from statek_bus.replay import refuse_during_replay
 from statek_bus.sandbox import register_future_type
 from statek_bus.tools import Tool, current_job
 from statek_bus.values import TypeRegistry, from_json, to_json
@@ -463,6 +464,7 @@ async def poll(item: Any, env: WaitEnv) -> tuple[bool, Any]:
 
 def resolve(future: Any) -> Any:
     """The value of ``future``; raises :class:`Suspend` when it is not ready (inside a step)."""
+    refuse_during_replay("reading a future")
     env = current_env()
     ready, value = env.run(poll(future, env))
     if ready:

@@ -20,8 +20,9 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time
+from types import MappingProxyType
 from typing import Any
 
 from statek_bus.messages import ToolDescription
@@ -214,12 +215,14 @@ class Tool:
         self.system = system
         self.hidden = hidden
         self.target = frozenset(str(t).upper() for t in target) if target is not None else None
-        self.summary, self.arg_docs, self.doc = _parse_doc(fn.__doc__)
+        self.summary, arg_docs, self.doc = _parse_doc(fn.__doc__)
+        self.arg_docs: Mapping[str, str] = MappingProxyType(arg_docs)  # shared: read-only to everyone
         self.signature = inspect.signature(fn)
         try:
-            self.hints = typing.get_type_hints(fn)
+            hints = typing.get_type_hints(fn)
         except Exception:  # unresolved forward references: fall back to no hints
-            self.hints = {}
+            hints = {}
+        self.hints: Mapping[str, Any] = MappingProxyType(hints)
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
         self.__wrapped__ = fn

@@ -6,8 +6,8 @@ its engine state); every wake-up publishes its current step to the work queue, w
 
 - **a child reaching DONE**: the executor that committed the child's DONE writes to the parent's
   record (compare-and-set): the child's usage summed in (idempotent: per child, the totals already
-  added are kept) and, when the parent waits for that child or is still running, a completion note
-  in its inbox. If the record it wrote over was SUSPENDED, it queues the parent's step.
+  added are kept) and, unless the parent is DONE, a completion note in its inbox. If the record it
+  wrote over was SUSPENDED waiting for that child, it queues the parent's step.
 - **a message or notification**: the submission service queues the step of a SUSPENDED job.
 - **a sub-task's completion**: like a child's DONE, plus the handler's result in the parent's
   state and a notification; a DONE parent restarts (STATEK's DONE → STARTED).
@@ -22,7 +22,10 @@ its engine state); every wake-up publishes its current step to the work queue, w
 they are ordered. If the child's note lands first, the parent's own commit fails, re-reads, keeps
 the note in the inbox (:func:`merge_external`) and :func:`rearm` queues the parent at once
 because a SUSPENDED record with inbox items is runnable. If the parent's SUSPENDED commit lands
-first, the child's writer sees SUSPENDED and queues it. A timer whose due time passes between the
+first, the child's writer sees SUSPENDED and queues it. The note is written even while the
+stored record waits for something else: a woken parent's record stays SUSPENDED (waiting for an
+older child) while its resumed step runs, and that step may create this child and commit a wait
+for it; the note makes that commit fail and re-queue (a lost wake-up otherwise). A timer whose due time passes between the
 readiness check and the commit is queued at once rather than scheduled.
 
 **No doubled commit.** A message for step ``n`` runs only while the record's ``step == n``, and
@@ -126,13 +129,15 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
             flags["usage"] = changed = True
         waiting = state.wait is not None and child.id in state.wait.jobs
         noted = any(e.kind == "status" and e.job_id == child.id for e in parent.inbox)
-        running = parent.status not in (JobStatus.DONE, JobStatus.SUSPENDED)
-        if note and not noted and (waiting or running):
+        # Noted whenever the parent has not ended, even SUSPENDED on something else: its record may
+        # be a woken step's base that is about to commit a wait for this very child; that commit
+        # (a CAS) then fails, keeps the note and re-queues itself. Only waking depends on the wait.
+        if note and not noted and parent.status is not JobStatus.DONE:
             parent.inbox = [
                 *parent.inbox,
                 JobEvent(job_id=child.id, kind="status", at=utcnow(), status=JobStatus.DONE, step=child.step),
             ]
-            flags["wake"] = parent.status is JobStatus.SUSPENDED
+            flags["wake"] = waiting and parent.status is JobStatus.SUSPENDED
             changed = True
         if not changed:
             return None

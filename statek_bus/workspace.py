@@ -6,7 +6,9 @@ here a workspace is two lists that survive restarts and move between replicas:
 * **definitions**: the *source* of each top-level ``def``, ``class``, ``import`` and
   ``name = lambda ...`` that ran, in order; a later definition of the same names replaces the entry.
   Restoring replays them through :func:`~statek_bus.sandbox.compile_block`, so restored code passes
-  the same policy as new code (a tampered record cannot smuggle ``import os`` in).
+  the same policy as new code (a tampered record cannot smuggle ``import os`` in). The session
+  replays them with tools, ``exit`` and future reads refusing (:mod:`statek_bus.replay`), and any
+  failure of one definition (a stray ``BaseException`` too) is a restore error, never a crash.
 * **values**: every other name, in the tagged JSON of :mod:`statek_bus.values`, plus instances of
   classes the model defined, as ``{"$t": "mobj", "cls": <class name>, "v": <encoded __dict__>}``
   (revived without running ``__init__``). A value with no encoding is dropped and named, so the
@@ -304,7 +306,9 @@ class Workspace:
                 except NameError as exc:
                     retry.append((definition, statements))
                     failed.append(f"{', '.join(definition.names)}: NameError: {exc}")
-                except Exception as exc:
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # exit()'s or a suspension's signal is a failure here too
                     workspace.restore_errors.append(
                         f"{', '.join(definition.names)}: {type(exc).__name__}: {exc}"
                     )

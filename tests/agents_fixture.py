@@ -298,6 +298,45 @@ W_SUB_PARENT = scripted(
 )
 W_SUB_CHILD = scripted("t_w_sub_child", ["complete_sub_task(result=len(topic) * 5)", 'exit("child ok")'])
 W_HOLD = scripted("t_w_hold", ['sleep(1.0)\nprint("resumed")', 'exit("held")'])
+MARKS: list[str] = []
+"""What ``mark`` recorded (the in-process executor of a test shares this module)."""
+
+
+@tool
+def mark(text: str) -> str:
+    """Record a side effect.
+
+    Args:
+        text: what to record.
+    """
+    MARKS.append(text)
+    return text
+
+
+F_POISON = scripted(
+    "t_f_poison",
+    [
+        'armed = False\nclass P:\n    if armed:\n        exit("boom")\narmed = True\nprint("armed")',
+        "print(2)",
+        'exit("done")',
+    ],
+)
+F_REPLAY = scripted(
+    "t_f_replay",
+    [
+        'class Mailer:\n    status = mark("class body")\n'
+        'def deco(f):\n    mark("decorator")\n    return f\n@deco\ndef g():\n    return 1\n'
+        'def h():\n    return mark("called")\nprint(Mailer.status, g())',
+        "print(h())",
+        "print(3)",
+        'exit("replayed")',
+    ],
+    tools=[mark],
+)
+F_HOLD = scripted("t_f_hold", ['sleep(1.0)\nmark("resumed after cancel")', 'exit("held")'], tools=[mark])
+F_WARM = scripted("t_f_warm", ['exit("never")'], warmup='mark("warmup ran")', tools=[mark])
+FAULT_AGENTS = [F_POISON, F_REPLAY, F_HOLD, F_WARM]
+
 WAIT_AGENTS = [
     W_CHILD,
     W_SLOW_CHILD,
@@ -342,6 +381,7 @@ AGENTS: list[Agent | HandlerAgent] = [
     WARMUP_TOOL,
     COUNTER,
     *WAIT_AGENTS,
+    *FAULT_AGENTS,
 ]
 
 

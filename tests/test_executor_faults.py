@@ -1,0 +1,344 @@
+"""Faults found in review: poisoned workspaces, replay side effects, lost wake-ups, cancels the
+record cache hid, duplicate deliveries, shared tool internals, the decimal context, echoed futures.
+
+Through a real nats-server (services in-process) and the real code runner; nothing is mocked
+except where a test injects the fault itself (a step raising a BaseException, a concurrent commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from statek_bus import waits
+from statek_bus.client import AsyncStatekClient
+from statek_bus.coderunner import (
+    ExecRequest,
+    ExecUnit,
+    ExitSignal,
+    SandboxSession,
+    ThreadCodeRunner,
+    _execute,
+)
+from statek_bus.engine import StepOutcome
+from statek_bus.engine_state import EngineState, Wait, store_state
+from statek_bus.executor import Executor
+from statek_bus.futures import REGISTRY, WaitEnv
+from statek_bus.jobstore import JobStore, utcnow
+from statek_bus.messages import JobRecord, JobStatus, WorkMessage, decode
+from statek_bus.provision import provision
+from statek_bus.sandbox import SandboxPolicy
+from statek_bus.settings import Settings
+from statek_bus.subjects import WORK_STREAM, work_run_subject
+from statek_bus.tasks import WAIT_TOOLS
+from statek_bus.tools import SYSTEM_TOOLS, JobContext, docstr, tool
+from tests.agents_fixture import AGENTS_SPEC, MARKS, console, services, submit, wait_done
+
+
+@pytest.fixture
+async def mesh(settings: Settings) -> AsyncIterator[Settings]:
+    """Provider, submission and one executor (the fixture agents) on the session server."""
+    async with services(settings, "provider", "submission", "executor") as s:
+        yield s
+
+
+class _Msg:
+    """Stands in for a work message handed to ``Executor._run`` directly (only ``ack`` is used)."""
+
+    acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+async def _last_work(js: Any, job_id: str) -> WorkMessage | None:
+    try:
+        msg = await js.get_last_msg(WORK_STREAM, work_run_subject(job_id))
+    except Exception:
+        return None
+    return decode(msg.data, WorkMessage)
+
+
+# --- 1. a poisoned workspace, a BaseException out of a step --------------------------------------
+
+
+async def test_a_class_body_that_exits_on_replay_does_not_strand_the_job(mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    job = await submit(js, "t_f_poison")
+    record = await wait_done(js, job, timeout=20)
+    assert record.exit_status == "done", record.error
+    lines = console(record)
+    assert any("could not restore P: ReplayRefused: exit() cannot run" in line for line in lines), lines
+    assert not any("ExitSignal" in line for line in lines)
+
+
+async def test_a_base_exception_escaping_a_step_ends_the_job_with_an_internal_error(
+    mesh: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Executor._run_step
+
+    async def poisoned(self: Executor, record: JobRecord, agent: Any) -> StepOutcome:
+        if record.id.startswith("poison-"):
+            raise ExitSignal("boom")
+        return await real(self, record, agent)
+
+    monkeypatch.setattr(Executor, "_run_step", poisoned)
+    js = nc.jetstream()
+    job = await submit(js, "t_basic", job_id=f"poison-{utcnow().timestamp()}")
+    record = await wait_done(js, job, timeout=15)
+    assert record.error is not None and "internal error" in record.error
+
+
+# --- 6. replay has no side effects -------------------------------------------------------------------
+
+
+async def test_replayed_class_bodies_and_decorators_call_no_tool(mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    MARKS.clear()
+    job = await submit(js, "t_f_replay")
+    record = await wait_done(js, job, timeout=20)
+    assert record.exit_status == "replayed", record.error
+    assert MARKS == ["class body", "decorator", "called"]  # once each: never again on a replay
+    lines = console(record)
+    assert any("could not restore Mailer: ReplayRefused: mark() cannot run" in line for line in lines), lines
+    assert "called" in lines  # a function calling a tool when called still works
+
+
+# --- 3. a cancel is honoured before any code runs ----------------------------------------------------
+
+
+async def test_a_cancelled_suspended_job_does_not_run_its_next_step(mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    MARKS.clear()
+    store = await JobStore.open(js)
+    job = await submit(js, "t_f_hold")
+    for _ in range(250):
+        rec, _ = await store.get(job)
+        if rec.status is JobStatus.SUSPENDED:
+            break
+        await asyncio.sleep(0.02)
+    assert rec.status is JobStatus.SUSPENDED
+    client = AsyncStatekClient(settings=mesh, nc=nc)
+    cancelled = await client.jobs.cancel(job, "stop")
+    assert cancelled.exit_status == "Cancelled: stop"
+    await asyncio.sleep(1.8)  # the timer for the old step fires meanwhile
+    rec, _ = await store.get(job)
+    assert rec.status is JobStatus.DONE and rec.exit_status == "Cancelled: stop"
+    assert MARKS == []
+
+
+async def test_a_cancel_after_the_record_was_cached_is_honoured_before_code_runs(
+    settings: Settings, nc: Client, uid: str
+) -> None:
+    js = nc.jetstream()
+    await provision(js, settings)
+    MARKS.clear()
+    async with services(settings, "provider"):
+        store = await JobStore.open(js)
+        now = utcnow()
+        record = JobRecord(id=f"cache-{uid}", agent="t_f_warm", created_at=now, updated_at=now)
+        rev = await store.create(record)
+        ex = Executor(nc, js, settings, agents=AGENTS_SPEC)
+        ex.store = store
+        try:
+            ex._remember(record, rev)  # as if this replica had just committed it
+
+            def cancel(r: JobRecord) -> JobRecord:
+                r.cancel_reason = "late"
+                return r
+
+            await store.transition(record.id, cancel)
+            await asyncio.sleep(0.2)
+            msg = _Msg()
+            await ex._run(WorkMessage(job_id=record.id, step=0), msg)  # type: ignore[arg-type]
+        finally:
+            await ex.runner.aclose()
+        final, _ = await store.get(record.id)
+        assert msg.acked
+        assert final.status is JobStatus.DONE and final.exit_status == "Cancelled: late"
+        assert MARKS == []
+
+
+# --- 8. a duplicate delivery whose twin committed but never queued the next step ------------------
+
+
+async def test_a_step_committed_elsewhere_still_gets_its_successor_queued(
+    settings: Settings, nc: Client, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    js = nc.jetstream()
+    await provision(js, settings)
+    async with services(settings, "provider"):
+        store = await JobStore.open(js)
+        now = utcnow()
+        record = JobRecord(id=f"dup-{uid}", agent="t_basic", created_at=now, updated_at=now)
+        await store.create(record)
+        ex = Executor(nc, js, settings, agents=AGENTS_SPEC)
+        ex.store = store
+        real = Executor._run_step
+
+        async def twin_commits_then_crashes(self: Executor, rec: JobRecord, agent: Any) -> StepOutcome:
+            outcome = await real(self, rec, agent)
+            other = msgspec.structs.replace(rec, status=JobStatus.STARTED, step=rec.step + 1)
+            _, rev = await store.get(rec.id)
+            await store.put(other, rev)  # the other replica's commit; it dies before enqueueing
+            return outcome
+
+        monkeypatch.setattr(Executor, "_run_step", twin_commits_then_crashes)
+        try:
+            msg = _Msg()
+            await ex._run(WorkMessage(job_id=record.id, step=0), msg)  # type: ignore[arg-type]
+        finally:
+            await ex.runner.aclose()
+        assert msg.acked
+        queued = await _last_work(js, record.id)
+        assert queued is not None and queued.step == 1
+
+
+# --- 2. no lost wake-up when a woken step creates a child that finishes before the commit ---------
+
+
+async def test_a_child_finishing_before_its_woken_parent_commits_still_wakes_it(
+    settings: Settings, nc: Client, uid: str
+) -> None:
+    js = nc.jetstream()
+    await provision(js, settings)
+    store = await JobStore.open(js)
+    now = utcnow()
+    # the parent is SUSPENDED at step 3 on child A; a wake-up is running its step 3 now
+    parent = JobRecord(
+        id=f"lost-{uid}",
+        agent="t_w_parent",
+        status=JobStatus.SUSPENDED,
+        step=3,
+        created_at=now,
+        updated_at=now,
+    )
+    store_state(parent, EngineState(wait=Wait(item=0, jobs=[f"lost-{uid}/0.0.0.0"], checked_at=now)))
+    await store.create(parent)
+    child_b = JobRecord(
+        id=f"lost-{uid}/0.0.1.0",
+        agent="t_w_child",
+        status=JobStatus.DONE,
+        parent_id=parent.id,
+        exit_status="B done",
+        step=2,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create(child_b)
+    base, rev = await store.get(parent.id)
+    # ...that step created child B, which reaches DONE before the parent's commit
+    await waits.child_done(store, child_b)
+    # the parent's step commits SUSPENDED, now waiting on B
+    new = msgspec.structs.replace(base, status=JobStatus.SUSPENDED, step=4)
+    store_state(new, EngineState(wait=Wait(item=0, statement=1, jobs=[child_b.id], checked_at=utcnow())))
+    ex = Executor(nc, js, settings, agents=AGENTS_SPEC)
+    ex.store = store
+    try:
+        committed = await ex._commit(base, rev, StepOutcome(record=new, consumed=0))
+        assert committed is not None
+        await ex._after_commit(committed)
+    finally:
+        await ex.runner.aclose()
+    queued = await _last_work(js, parent.id)
+    assert queued is not None and queued.step == 4, "parent SUSPENDED on a DONE child with no queued step"
+
+
+# --- unit level: the session and the runner ----------------------------------------------------------
+
+CALLS: list[str] = []
+
+
+@tool
+def send_email(to: str) -> str:
+    """Send an email.
+
+    Args:
+        to: the address.
+    """
+    CALLS.append(to)
+    return "sent"
+
+
+def _session(ws: Any = None, *tools: Any) -> tuple[SandboxSession, WaitEnv]:
+    env = WaitEnv("job1", None, None, None)
+    ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
+    policy = SandboxPolicy()
+    return SandboxSession(
+        policy=policy,
+        trusted_policy=policy,
+        tools={t.name: t for t in (*SYSTEM_TOOLS, *WAIT_TOOLS, *tools)},
+        job=ctx,
+        workspace=ws,
+        shared_vars={},
+        registry=REGISTRY,
+    ), env
+
+
+def _run(code: str, ws: Any = None, *tools: Any) -> Any:
+    session, _ = _session(ws, *tools)
+    return _execute(
+        ExecRequest(session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5)
+    )
+
+
+def test_a_suspend_or_exit_in_a_replayed_definition_is_a_restore_error() -> None:
+    first = _run('armed = False\nclass P:\n    if armed:\n        exit("boom")\narmed = True')
+    second = _run("print('step 2')", first.workspace)
+    assert second.units[0].console == ["step 2"] and not second.exited
+    assert any(n.startswith("Warning: could not restore P: ReplayRefused") for n in second.notes), (
+        second.notes
+    )
+
+
+def test_a_class_body_calling_a_tool_is_not_replayed() -> None:
+    CALLS.clear()
+    result = _run('class Mailer:\n    status = send_email("boss")\nprint("ok")', None, send_email)
+    for _ in range(3):
+        result = _run("print(1)", result.workspace, send_email)
+    assert CALLS == ["boss"]
+
+
+def test_echoing_a_container_of_a_pending_future_suspends() -> None:
+    for code in ("[sleep(5)]", "x = [sleep(5)]\nx"):
+        result = _run(code)
+        unit = result.units[-1]
+        assert unit.error is None and unit.suspended is not None, unit
+        assert not any("Suspend" in line for line in unit.console)
+
+
+def test_model_code_cannot_change_a_tool_for_other_jobs() -> None:
+    before = docstr.parameters()
+    result = _run('docstr.arg_docs["what"] = "INJECTED"')
+    assert result.units[0].error is not None and result.units[0].error.startswith("TypeError")
+    result = _run("sleep.hints['seconds'] = int")
+    assert result.units[0].error is not None and result.units[0].error.startswith("TypeError")
+    assert docstr.parameters() == before
+
+
+async def test_the_decimal_context_does_not_leak_between_steps_or_to_the_host() -> None:
+    decimal.getcontext()  # the loop thread has a context: tasks' copied contexts share the object
+    expected = str(decimal.Decimal(1) / decimal.Decimal(7))
+    runner = ThreadCodeRunner(threads=1)
+    try:
+        for _ in range(2):
+            session, _ = _session()
+            unit = ExecUnit(kind="code", code="import decimal\ndecimal.getcontext().prec = 3", site="0.0")
+            await runner.run(ExecRequest(session=session, units=[unit], deadline_seconds=5))
+        session, _ = _session()
+        code = "import decimal\nprint(decimal.Decimal(1) / decimal.Decimal(7))"
+        result = await runner.run(
+            ExecRequest(
+                session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5
+            )
+        )
+    finally:
+        await runner.aclose()
+    assert result.units[0].console == [expected]
+    assert str(decimal.Decimal(1) / decimal.Decimal(7)) == expected

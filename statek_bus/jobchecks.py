@@ -55,6 +55,7 @@ def json_paths() -> Iterator[None]:
 
 
 def check_id(value: str, field: str, *, reserve: int = 0) -> None:
+    """Refuse a blank id or one over :data:`MAX_ID_BYTES` (less ``reserve``) with a 400 on ``field``."""
     size = len(value.encode("utf-8"))
     if not value.strip() or size > MAX_ID_BYTES - reserve:
         raise BadRequestError(
@@ -101,6 +102,7 @@ def check_reply_size(
 
 
 def check_shared_vars(shared_vars: dict[str, Any] | None, field: str) -> None:
+    """Refuse shared-variable names that are not identifiers, and values whose tags do not decode."""
     for name, value in (shared_vars or {}).items():
         if not name.isidentifier() or keyword.iskeyword(name):
             raise BadRequestError(

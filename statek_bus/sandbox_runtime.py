@@ -72,12 +72,14 @@ class Clock:
         self.deadline = deadline or _no_deadline
 
     def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Iterate ``iterable``, ticking the deadline on every item."""
         tick = self.tick
         for item in iterable:
             tick()
             yield item
 
     def sleep(self, seconds: float) -> None:
+        """``time.sleep`` that raises StepTimeout instead of sleeping past the deadline."""
         remaining = self.deadline() - time.monotonic()
         if seconds > remaining:
             time.sleep(max(0.0, remaining))
@@ -85,15 +87,19 @@ class Clock:
         time.sleep(seconds)
 
     def count(self, start: Any = 0, step: Any = 1) -> Iterator[Any]:
+        """``itertools.count`` bounded by the deadline."""
         return self.iterate(itertools.count(start, step))
 
     def cycle(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """``itertools.cycle`` bounded by the deadline."""
         return self.iterate(itertools.cycle(iterable))
 
     def repeat(self, obj: Any, times: int | None = None) -> Iterator[Any]:
+        """``itertools.repeat``; the endless form is bounded by the deadline."""
         return itertools.repeat(obj, times) if times is not None else self.iterate(itertools.repeat(obj))
 
     def iter(self, obj: Any, *sentinel: Any) -> Iterator[Any]:
+        """``iter``; the two-argument (callable, sentinel) form is bounded by the deadline."""
         return self.iterate(iter(obj, *sentinel)) if sentinel else iter(obj)
 
 
@@ -256,6 +262,7 @@ class Importer:
         self.shims: dict[str, _ShimModule] = {}
 
     def shim(self, name: str) -> _ShimModule:
+        """The read-only copy of allowed module ``name`` (built once per importer)."""
         found = self.shims.get(name)
         if found is not None:
             return found

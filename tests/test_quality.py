@@ -76,3 +76,33 @@ def test_front_door_all_is_exactly_the_public_names() -> None:
     public = {n for n in vars(statek_bus) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(statek_bus, n)).__name__ == "module"}
     assert sorted(statek_bus.__all__) == sorted(public - modules - {"annotations"})
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import services
+    import statek_bus
+
+    missing = []
+    for pkg in (statek_bus, services):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if info.name.endswith("__main__"):
+                continue
+            mod = importlib.import_module(info.name)
+            for name in getattr(mod, "__all__", []):
+                obj = getattr(mod, name)
+                if not (inspect.isclass(obj) or inspect.isfunction(obj)) or obj.__module__ != info.name:
+                    continue
+                own = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+                if not own:
+                    missing.append(f"{info.name}.{name}")
+                if inspect.isclass(obj):
+                    missing += [
+                        f"{info.name}.{name}.{attr}"
+                        for attr, value in vars(obj).items()
+                        if not attr.startswith("_") and inspect.isfunction(value) and not value.__doc__
+                    ]
+    assert missing == []

@@ -462,11 +462,36 @@ async def poll(item: Any, env: WaitEnv) -> tuple[bool, Any]:
     return True, item
 
 
+def _poll_local(item: Any, env: WaitEnv) -> tuple[bool, Any] | None:
+    """:func:`poll` for what needs no I/O (timers, plain values and combinations of them), in the
+    calling thread; ``None`` when a job record or a temporal condition must be consulted."""
+    if isinstance(item, JobFuture | JobHandle | TemporalFuture):
+        return None
+    if isinstance(item, TimerFuture):
+        return (env.now() >= item.due), None
+    if isinstance(item, ElementFuture):
+        base = _poll_local(item.base, env)
+        if base is None:
+            return None
+        return (True, base[1][item.index]) if base[0] else (False, None)
+    if isinstance(item, AllFuture | AnyFuture):
+        polled = [_poll_local(sub, env) for sub in item.items]
+        if any(p is None for p in polled):
+            return None
+        done = [p for p in polled if p is not None and p[0]]
+        if isinstance(item, AllFuture):
+            return (True, [p[1] for p in done]) if len(done) == len(polled) else (False, None)
+        return (True, done[0][1]) if done else (False, None)
+    return True, item
+
+
 def resolve(future: Any) -> Any:
     """The value of ``future``; raises :class:`Suspend` when it is not ready (inside a step)."""
     refuse_during_replay("reading a future")
     env = current_env()
-    ready, value = env.run(poll(future, env))
+    # Timers need no I/O: check them here instead of a round trip through the event loop.
+    local = _poll_local(future, env)
+    ready, value = local if local is not None else env.run(poll(future, env))
     if ready:
         return value
     env.suspended = future

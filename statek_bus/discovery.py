@@ -1,7 +1,7 @@
 """Finding running service instances with ``$SRV.PING/INFO/STATS`` (ADR-32 scatter-gather).
 
 ``$SRV`` subjects have no queue group, so one request reaches every instance; replies are
-collected on an inbox until a quiet period passes.
+collected on an inbox for a fixed window (or, for readiness probes, until a quiet period passes).
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from nats.aio.msg import Msg
 __all__ = ["gather", "info", "ping", "stats", "status_report"]
 
 
-async def gather(nc: Client, subject: str, *, wait: float = 0.3, quiet: float = 0.1) -> list[dict[str, Any]]:
+async def gather(
+    nc: Client, subject: str, *, wait: float = 0.3, quiet: float | None = None
+) -> list[dict[str, Any]]:
     """Publish to ``subject`` and collect every JSON reply for up to ``wait`` seconds.
 
-    Collection ends early once ``quiet`` seconds pass without a reply after the first one.
+    With ``quiet``, collection ends early once ``quiet`` seconds pass without a reply after the
+    first one (a loaded instance may answer later than its peers, so listings use the full window).
     """
     inbox = nc.new_inbox()
     replies: list[dict[str, Any]] = []
@@ -40,7 +43,8 @@ async def gather(nc: Client, subject: str, *, wait: float = 0.3, quiet: float = 
         deadline = loop.time() + wait
         while loop.time() < deadline:
             got.clear()
-            budget = deadline - loop.time() if not replies else min(quiet, deadline - loop.time())
+            left = deadline - loop.time()
+            budget = left if not replies or quiet is None else min(quiet, left)
             try:
                 await asyncio.wait_for(got.wait(), timeout=max(0.0, budget))
             except TimeoutError:
@@ -70,9 +74,10 @@ async def stats(nc: Client, name: str | None = None, *, wait: float = 0.3) -> li
     return await gather(nc, _subject("STATS", name), wait=wait)
 
 
-async def status_report(nc: Client, *, wait: float = 0.5) -> list[dict[str, Any]]:
+async def status_report(nc: Client, *, wait: float = 1.0) -> list[dict[str, Any]]:
     """One entry per running instance: name, version, id, and each endpoint's subject and counts."""
     infos, all_stats = await asyncio.gather(info(nc, wait=wait), stats(nc, wait=wait))
+    # an instance whose INFO arrived but whose STATS did not (or vice versa) is still listed
     by_id = {s.get("id"): s for s in all_stats}
     out = []
     for i in sorted(infos, key=lambda x: (x.get("name", ""), x.get("id", ""))):

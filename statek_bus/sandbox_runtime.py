@@ -325,17 +325,24 @@ def read_value(value: Any, _types: set[type] = _FUTURE_TYPES) -> Any:
 def call_with(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     """``__statek_call__``: ``fn(*args, **kwargs)``, futures among the arguments resolved unless ``fn``
     declares ``takes_futures``."""
+    # Runs around every call with a bare-name argument in model code: plain loops, no generators.
     types_ = _FUTURE_TYPES
     if type(fn) in types_:
         fn = fn.__statek_resolve__()
-    if (
-        types_
-        and (any(type(a) in types_ for a in args) or any(type(v) in types_ for v in kwargs.values()))
-        and not getattr(fn, "takes_futures", False)
-    ):
-        args = tuple(read_value(a) for a in args)
-        kwargs = {k: read_value(v) for k, v in kwargs.items()}
-    return fn(*args, **kwargs)
+    for a in args:
+        if type(a) in types_:
+            break
+    else:
+        if not kwargs:
+            return fn(*args)
+        for v in kwargs.values():
+            if type(v) in types_:
+                break
+        else:
+            return fn(*args, **kwargs)
+    if getattr(fn, "takes_futures", False):
+        return fn(*args, **kwargs)
+    return fn(*(read_value(a) for a in args), **{k: read_value(v) for k, v in kwargs.items()})
 
 
 def module_name(module: types.ModuleType) -> str:

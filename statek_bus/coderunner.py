@@ -259,8 +259,14 @@ class ThreadCodeRunner:
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if not fut.done():  # a cancelled step's result is dropped
-        fut.set_result(result) if exc is None else fut.set_exception(exc)
+    if fut.done():  # a cancelled step's result is dropped
+        return
+    if exc is None:
+        fut.set_result(result)
+        return
+    if isinstance(exc, StopIteration | StopAsyncIteration):  # a Future refuses these: never hang
+        exc = RuntimeError(f"{type(exc).__name__} escaped model code")
+    fut.set_exception(exc)
 
 
 def _execute(request: ExecRequest) -> ExecResult:

@@ -60,8 +60,9 @@ def _subject(verb: str, name: str | None) -> str:
 
 
 async def ping(nc: Client, name: str | None = None, *, wait: float = 0.3) -> list[dict[str, Any]]:
-    """``$SRV.PING`` replies of every instance (of ``name``, when given)."""
-    return await gather(nc, _subject("PING", name), wait=wait)
+    """``$SRV.PING`` replies of every instance (of ``name``, when given); readiness probes loop on
+    it, so it returns shortly after the replies stop coming."""
+    return await gather(nc, _subject("PING", name), wait=wait, quiet=0.05)
 
 
 async def info(nc: Client, name: str | None = None, *, wait: float = 0.3) -> list[dict[str, Any]]:

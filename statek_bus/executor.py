@@ -143,7 +143,7 @@ class Executor:
         self._ids = 0
         self._recent: dict[str, tuple[JobRecord, int, float]] = {}
         self._recent_max = 4 * settings.max_concurrency
-        self._setups: dict[str, tuple[Agent, tuple[int, int], dict[str, Any], Any]] = {}
+        self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> Executor:
@@ -498,7 +498,8 @@ class Executor:
         from statek_bus.values import from_json
 
         registry = self.registries.get(agent.role) or TypeRegistry()
-        key = (len(agent.tools), len(agent.internal_tools))  # an agent that gained a tool is rebuilt
+        # an agent whose tools changed (added, removed or swapped in place) is rebuilt
+        key = (*map(id, agent.tools), None, *map(id, agent.internal_tools))
         setup = self._setups.get(agent.role)
         if setup is None or setup[0] is not agent or setup[1] != key:
             tools = {t.name: t for t in agent.all_tools()}

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from statek_bus.messages import JobRecord, JobStatus
-from statek_bus.replay import refuse_during_replay
+from statek_bus.replay import REPLAYING, refuse_during_replay
 from statek_bus.sandbox import register_future_type
 from statek_bus.tools import Tool, current_job
 from statek_bus.values import TypeRegistry, from_json, to_json
@@ -132,7 +132,14 @@ class WaitEnv:
         self._done: dict[str, JobRecord] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        """Run ``coro`` on the executor's loop from a worker thread and return its result."""
+        """Run ``coro`` on the executor's loop from a worker thread and return its result.
+
+        Every job-affecting call (a handle's messages, child lookups, tools doing I/O) passes here,
+        so replayed definitions are refused at this one point too.
+        """
+        if REPLAYING.get():
+            coro.close()
+            refuse_during_replay("a call that reaches the job store")
         loop = self.loop
         if loop is None or not loop.is_running():
             return asyncio.run(coro)

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from statek_bus.messages import ToolDescription
+from statek_bus.replay import refuse_during_replay
 
 __all__ = [
     "SYSTEM_TOOLS",
@@ -244,6 +245,7 @@ class Tool:
     # --- calling -----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the tool with arguments bound by name; a coroutine is run on the executor's loop."""
+        refuse_during_replay(f"{self.name}()")  # also when reached through an alias, not by its name
         bound = self._bind(args, kwargs)
         result = self.fn(*bound.args, **bound.kwargs)
         if inspect.isawaitable(result):

@@ -39,7 +39,7 @@ from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundErro
 
 from statek_bus.sandbox import MODEL_MODULE, CompiledStatement, SandboxPolicy, compile_block, module_name
 from statek_bus.subjects import OBJECT_STORE_BUCKET, token
-from statek_bus.values import TAG, TypeRegistry, UnencodableValueError, from_json, to_json
+from statek_bus.values import TAG, TypeRegistry, from_json, to_json
 
 __all__ = [
     "Definition",
@@ -99,7 +99,6 @@ class Definition:
 
 
 _CODE_KINDS = (type, types.ModuleType, staticmethod, classmethod, property)
-_ENCODE_ERRORS = (UnencodableValueError, RecursionError, TypeError, ValueError, OverflowError)
 
 
 def _is_code(value: Any) -> bool:
@@ -247,14 +246,16 @@ class Workspace:
                     DefinitionSource(names=[name], source=f"import {module_name(value)} as {name}")
                 )
                 continue
+            # Model-defined types may raise anything while being encoded (a dict subclass whose
+            # __iter__ raises StopIteration...): any failure means "cannot persist", never a crash.
             try:
                 values[name] = to_json(value, registry, name)
-            except _ENCODE_ERRORS:
+            except Exception:
                 try:  # holds an instance of a model class? (the slower walk, only then)
                     if codec is None:
                         raise
                     values[name] = codec.encode(value, name)
-                except _ENCODE_ERRORS:
+                except Exception:
                     dropped.append(name)
         definitions = [
             DefinitionSource(names=list(d.names), source=d.source)

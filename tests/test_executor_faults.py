@@ -29,7 +29,7 @@ from statek_bus.coderunner import (
 from statek_bus.engine import StepOutcome
 from statek_bus.engine_state import EngineState, Wait, store_state
 from statek_bus.executor import Executor
-from statek_bus.futures import REGISTRY, WaitEnv
+from statek_bus.futures import REGISTRY, JobHandle, WaitEnv
 from statek_bus.jobstore import JobStore, utcnow
 from statek_bus.messages import JobRecord, JobStatus, WorkMessage, decode
 from statek_bus.provision import provision
@@ -342,3 +342,54 @@ async def test_the_decimal_context_does_not_leak_between_steps_or_to_the_host() 
         await runner.aclose()
     assert result.units[0].console == [expected]
     assert str(decimal.Decimal(1) / decimal.Decimal(7)) == expected
+
+
+async def test_a_value_that_raises_while_saved_is_dropped_not_a_hung_step() -> None:
+    code = "class D(dict):\n    def __iter__(self):\n        return next(iter([]))\nd = D(a=1)\nprint('ran')"
+    runner = ThreadCodeRunner()
+    session, _ = _session()
+    try:
+        result = await asyncio.wait_for(
+            runner.run(
+                ExecRequest(
+                    session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5
+                )
+            ),
+            10,
+        )
+    finally:
+        await runner.aclose()
+    assert result.units[0].console == ["ran"]
+    assert "d" in result.dropped
+
+
+def test_a_job_handle_in_a_replayed_class_body_sends_nothing() -> None:
+    from statek_bus.values import to_json
+    from statek_bus.workspace import WorkspaceData
+
+    sent: list[tuple[str, str]] = []
+
+    class Jobs:
+        async def send_message(self, job_id: str, text: str) -> None:
+            sent.append((job_id, text))
+
+    class Jobs_client:
+        jobs = Jobs()
+
+    def run(code: str, ws: Any) -> Any:
+        session, env = _session(ws)
+        env.client = Jobs_client()
+        return _execute(
+            ExecRequest(
+                session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5
+            )
+        )
+
+    ws = WorkspaceData(values={"h": to_json(JobHandle("child1", "a"), REGISTRY)})
+    result = run('class Pinger:\n    r = h.send_message("hello again")\nprint("defined")', ws)
+    notes: list[str] = []
+    for _ in range(3):
+        result = run('print("step")', result.workspace)
+        notes += result.notes
+    assert sent == [("child1", "hello again")]
+    assert any("Pinger" in n and "ReplayRefused" in n for n in notes), notes

@@ -393,3 +393,32 @@ def test_a_job_handle_in_a_replayed_class_body_sends_nothing() -> None:
         notes += result.notes
     assert sent == [("child1", "hello again")]
     assert any("Pinger" in n and "ReplayRefused" in n for n in notes), notes
+
+
+@tool
+def old_tool() -> str:
+    """The tool before the swap."""
+    return "old"
+
+
+@tool
+def new_tool() -> str:
+    """The tool after the swap."""
+    return "new"
+
+
+async def test_a_tool_swapped_in_place_reaches_the_next_session(settings: Settings, nc: Client) -> None:
+    from statek_bus.agents import SupervisedAgent
+
+    js = nc.jetstream()
+    ex = Executor(nc, js, settings, agents=AGENTS_SPEC)
+    agent = SupervisedAgent("t_f_swap", "", tools=[old_tool], metadata={"MODEL": "scripted/x"})
+    ctx = JobContext(job_id="job-swap", agent=agent.role, params={}, namespace={})
+    try:
+        first = await ex._session(ctx, agent, None, {}, False)
+        agent.tools[0] = new_tool  # same number of tools: only their identity changed
+        second = await ex._session(ctx, agent, None, {}, False)
+    finally:
+        await ex.runner.aclose()
+    assert "old_tool" in first.tools
+    assert "new_tool" in second.tools and "old_tool" not in second.tools

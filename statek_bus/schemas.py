@@ -6,6 +6,7 @@ the checked-in files differ from what the code generates.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,28 @@ def _message_types() -> dict[str, type]:
     return dict(sorted(found.items()))
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """``node`` with every ``description`` passed through :func:`inspect.cleandoc`.
+
+    msgspec copies class docstrings into ``description``, and its releases disagree on the
+    whitespace: 0.19-0.22 keep a docstring's continuation-line indentation, 0.23 strips it. The
+    checked-in schemas must not depend on which release a machine resolved, so the text is
+    normalised here, once, the way Python's own ``help()`` does.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
+
+
 def all_schemas() -> dict[str, dict[str, Any]]:
-    """``{message name: JSON Schema}`` for every wire message."""
-    return {name: msgspec.json.schema(kind) for name, kind in _message_types().items()}
+    """``{message name: JSON Schema}`` for every wire message, independent of the msgspec release."""
+    return {name: _clean_descriptions(msgspec.json.schema(kind)) for name, kind in _message_types().items()}
 
 
 def export(out: Path) -> list[Path]:

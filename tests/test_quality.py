@@ -62,6 +62,15 @@ def test_checked_in_schemas_match_the_code() -> None:
     assert stale == [], f"run `statek-bus schemas export`: {stale}"
 
 
+def test_schema_descriptions_do_not_depend_on_the_msgspec_release() -> None:
+    # msgspec 0.19-0.22 keep a docstring's continuation indent in `description`, 0.23 strips it.
+    from statek_bus.schemas import _clean_descriptions
+
+    kept = {"properties": {"a": {"description": "Summary.\n\n    Its revision."}}}
+    stripped = {"properties": {"a": {"description": "Summary.\n\nIts revision."}}}
+    assert _clean_descriptions(kept) == _clean_descriptions(stripped) == stripped
+
+
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_module_has_a_docstring_and_stays_small(path: Path) -> None:
     text = path.read_text()

@@ -14,7 +14,7 @@ import nats
 from nats.js.api import KeyValueConfig, StorageType
 
 from bench.common import closed_loop, print_table
-from statek_bus.launcher import NatsServer
+from statek_bus.ops.launcher import NatsServer
 
 _RESPONDER = """
 import asyncio, sys, nats

@@ -11,15 +11,16 @@ import asyncio
 import tempfile
 from typing import Any
 
+from statek_bus.services.provider import build
+
 from bench.common import Result, closed_loop, print_table
-from services.provider import build
-from statek_bus.client import AsyncStatekClient
-from statek_bus.launcher import NatsServer
-from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
 from statek_bus.provider import Provider
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import LLM_COMPLETE, SERVICE_PROVIDER
+from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest
+from statek_bus.wire.subjects import LLM_COMPLETE, SERVICE_PROVIDER
 
 __all__ = ["run"]
 

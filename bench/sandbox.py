@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import print_table
-from statek_bus.sandbox import SandboxPolicy, compile_block, sandbox_globals
-from statek_bus.values import TypeRegistry
-from statek_bus.workspace import Workspace, decode_workspace, encode_workspace
+from statek_bus.runtime.workspace import Workspace, decode_workspace, encode_workspace
+from statek_bus.sandbox.restricted import SandboxPolicy, compile_block, sandbox_globals
+from statek_bus.wire.values import TypeRegistry
 
 __all__ = ["run"]
 

@@ -19,14 +19,14 @@ import tempfile
 from typing import Any
 
 from bench.common import Result, closed_loop, print_table
-from statek_bus.client import AsyncStatekClient
-from statek_bus.connection import connect
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.provision import provision
-from statek_bus.settings import Settings
-from statek_bus.states import StateStore
-from statek_bus.subjects import STATES_BUCKET
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.states.store import StateStore
+from statek_bus.wire.subjects import STATES_BUCKET
 
 __all__ = ["run"]
 

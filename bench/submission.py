@@ -17,14 +17,21 @@ import uuid
 from typing import Any
 
 from bench.common import percentile, print_table
-from statek_bus.client import AsyncStatekClient
-from statek_bus.connection import connect
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import AgentDescription, WorkMessage, encode
-from statek_bus.provision import provision
-from statek_bus.settings import Settings
-from statek_bus.subjects import AGENTS_BUCKET, JOBS_BUCKET, MSG_ID_HEADER, job_key, token, work_run_subject
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.wire.messages import AgentDescription, WorkMessage, encode
+from statek_bus.wire.subjects import (
+    AGENTS_BUCKET,
+    JOBS_BUCKET,
+    MSG_ID_HEADER,
+    job_key,
+    token,
+    work_run_subject,
+)
 
 __all__ = ["run"]
 

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, print_table
-from statek_bus.agents import SupervisedAgent
-from statek_bus.client import AsyncStatekClient
-from statek_bus.mesh import Mesh, ServiceProcess
-from statek_bus.messages import JobEvent, decode
-from statek_bus.settings import Settings
-from statek_bus.subjects import EVENTS_PREFIX, WORK_CONSUMER, WORK_STREAM
+from statek_bus.authoring.agents import SupervisedAgent
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.mesh import Mesh, ServiceProcess
+from statek_bus.wire.messages import JobEvent, decode
+from statek_bus.wire.subjects import EVENTS_PREFIX, WORK_CONSUMER, WORK_STREAM
 
 __all__ = ["AGENTS", "run"]
 

@@ -1,17 +1,17 @@
 """The ``statek-executor`` micro service: runs job steps from the shared work queue.
 
-Wiring only: the consumer loop is :class:`statek_bus.executor.Executor`, entered on the service's
+Wiring only: the consumer loop is :class:`statek_bus.runtime.executor.Executor`, entered on the service's
 exit stack (it stops pulling when the stack closes, finishes in-flight steps within
 ``drain_timeout`` and leaves the rest for redelivery). The one endpoint reports this replica.
 """
 
 from __future__ import annotations
 
-from statek_bus.executor import Executor
-from statek_bus.messages import Empty
-from statek_bus.provision import configure_work_consumer
-from statek_bus.service import Endpoint, ServiceContext, ServiceSpec
-from statek_bus.subjects import EXECUTOR_STATUS, SERVICE_EXECUTOR
+from statek_bus.mesh.provision import configure_work_consumer
+from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
+from statek_bus.runtime.executor import Executor
+from statek_bus.wire.messages import Empty
+from statek_bus.wire.subjects import EXECUTOR_STATUS, SERVICE_EXECUTOR
 
 __all__ = ["build"]
 

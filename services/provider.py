@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from statek_bus.messages import CompleteRequest, Empty
+from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
 from statek_bus.provider import Provider
-from statek_bus.service import Endpoint, ServiceContext, ServiceSpec
-from statek_bus.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
+from statek_bus.wire.messages import CompleteRequest, Empty
+from statek_bus.wire.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
 
 __all__ = ["build"]
 

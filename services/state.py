@@ -1,15 +1,17 @@
-"""The ``statek-state`` service: the States API endpoints, wired to :class:`statek_bus.states.StateStore`.
+"""The ``statek-state`` service: the States API endpoints, wired to :class:`statek_bus.states.store.StateStore`.
 
 Wiring only: each endpoint passes its decoded request to the store; validation, keys, CAS and
-errors live in :mod:`statek_bus.states`. Watching needs no endpoint: clients read the bucket with
-an ordered consumer (:class:`statek_bus.states_client.StateWatch`).
+errors live in :mod:`statek_bus.states.store`. Watching needs no endpoint: clients read the bucket with
+an ordered consumer (:class:`statek_bus.client.states.StateWatch`).
 """
 
 from __future__ import annotations
 
-from statek_bus import subjects as s
-from statek_bus.errors import BadRequestError
-from statek_bus.messages import (
+from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
+from statek_bus.states.store import StateStore
+from statek_bus.wire import subjects as s
+from statek_bus.wire.errors import BadRequestError
+from statek_bus.wire.messages import (
     State,
     StateCreateRequest,
     StateDeleteRequest,
@@ -19,8 +21,6 @@ from statek_bus.messages import (
     StateRetrieveRequest,
     StateUpdateRequest,
 )
-from statek_bus.service import Endpoint, ServiceContext, ServiceSpec
-from statek_bus.states import StateStore
 
 __all__ = ["build"]
 

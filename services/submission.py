@@ -1,14 +1,16 @@
-"""The ``statek-submission`` service: wiring of :mod:`statek_bus.submission` into a micro service.
+"""The ``statek-submission`` service: wiring of :mod:`statek_bus.jobs.submission` into a micro service.
 
-Endpoints decode to the request Structs of :mod:`statek_bus.messages` and call the library; the
+Endpoints decode to the request Structs of :mod:`statek_bus.wire.messages` and call the library; the
 agent-registry watch, marker purging and the recovery pass run on the service's stack and stop
 with it.
 """
 
 from __future__ import annotations
 
-from statek_bus import subjects as s
-from statek_bus.messages import (
+from statek_bus.jobs.submission import Submission
+from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
+from statek_bus.wire import subjects as s
+from statek_bus.wire.messages import (
     AgentGetRequest,
     Empty,
     JobCancelRequest,
@@ -19,8 +21,6 @@ from statek_bus.messages import (
     SubmitBatchRequest,
     SubmitRequest,
 )
-from statek_bus.service import Endpoint, ServiceContext, ServiceSpec
-from statek_bus.submission import Submission
 
 __all__ = ["build"]
 

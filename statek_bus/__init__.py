@@ -5,9 +5,11 @@ This module is the front door; every public name is listed in ``__all__``.
 
 from __future__ import annotations
 
-from statek_bus.agents import Agent, HandlerAgent, SupervisedAgent
-from statek_bus.client import AsyncStatekClient, StatekClient
-from statek_bus.errors import (
+from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
+from statek_bus.authoring.tools import current_job, exit_job, tool
+from statek_bus.client.core import AsyncStatekClient, StatekClient
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.errors import (
     BadRequestError,
     ConflictError,
     InternalError,
@@ -16,9 +18,7 @@ from statek_bus.errors import (
     ServiceUnavailableError,
     StatekError,
 )
-from statek_bus.messages import Job, JobStatus, State, Usage
-from statek_bus.settings import Settings
-from statek_bus.tools import current_job, exit_job, tool
+from statek_bus.wire.messages import Job, JobStatus, State, Usage
 
 __all__ = [
     "Agent",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from statek_bus.agents import Agent, HandlerAgent, HandlerContext, HandlerEvent, SupervisedAgent
-from statek_bus.tasks import create_new_job, subtask
-from statek_bus.tools import current_job, tool
+from statek_bus.authoring.agents import Agent, HandlerAgent, HandlerContext, HandlerEvent, SupervisedAgent
+from statek_bus.authoring.tools import current_job, tool
+from statek_bus.authoring.waiting import create_new_job, subtask
 
 
 @dataclass
@@ -399,9 +399,9 @@ async def submit(
     """Create a job and queue its first step, exactly as ``statek.jobs.submit`` does."""
     import uuid
 
-    from statek_bus.jobstore import JobStore, utcnow
-    from statek_bus.messages import JobRecord
-    from statek_bus.values import TypeRegistry, to_json
+    from statek_bus.jobs.store import JobStore, utcnow
+    from statek_bus.wire.messages import JobRecord
+    from statek_bus.wire.values import TypeRegistry, to_json
 
     store = await JobStore.open(js)
     reg = TypeRegistry([Point])
@@ -423,8 +423,8 @@ async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
     import asyncio
     import time
 
-    from statek_bus.jobstore import JobStore
-    from statek_bus.messages import JobStatus
+    from statek_bus.jobs.store import JobStore
+    from statek_bus.wire.messages import JobStatus
 
     store = await JobStore.open(js)
     deadline = time.monotonic() + timeout
@@ -439,7 +439,7 @@ async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
 
 def chat_log(record: Any) -> Any:
     """The engine's chat log of a record."""
-    from statek_bus.engine import load_state
+    from statek_bus.runtime.engine import load_state
 
     return load_state(record).log
 
@@ -455,15 +455,15 @@ def services(settings: Any, *kinds: str) -> Any:
     import contextlib
     import importlib
 
-    from statek_bus.mesh import SERVICE_KINDS
-    from statek_bus.service import running_service
+    from statek_bus.mesh.service import running_service
+    from statek_bus.ops.mesh import SERVICE_KINDS
 
     @contextlib.asynccontextmanager
     async def run() -> Any:
         s = settings.replace(agents=AGENTS_SPEC)
         async with contextlib.AsyncExitStack() as stack:
             for kind in kinds:
-                factory = importlib.import_module(f"services.{kind}").build
+                factory = importlib.import_module(f"statek_bus.services.{kind}").build
                 await stack.enter_async_context(running_service(factory, s, name=SERVICE_KINDS[kind]))
             yield s
 

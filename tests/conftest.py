@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from statek_bus.connection import connect
-from statek_bus.launcher import NatsServer
-from statek_bus.settings import Settings
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ from datetime import date
 
 import pytest
 
-from statek_bus.agents import HandlerAgent, SupervisedAgent, parse_warmup
-from statek_bus.coderunner import format_value
-from statek_bus.tools import JobContext, bind_job, select_tools, tool, unbind_job
+from statek_bus.authoring.agents import HandlerAgent, SupervisedAgent, parse_warmup
+from statek_bus.authoring.tools import JobContext, bind_job, select_tools, tool, unbind_job
+from statek_bus.runtime.coderunner import format_value
 
 
 @tool
@@ -112,7 +112,7 @@ def test_llm_repr_formatting() -> None:
 
 
 def test_prompt_sections_follow_the_difficulty() -> None:
-    from statek_bus.prompts import parse_difficulty, render_prompt
+    from statek_bus.authoring.prompts import parse_difficulty, render_prompt
 
     prompt = "Intro.\n--- Basics ---\nalways\n--- MH:Advanced ---\nharder\n## H: Expert\nhardest"
     assert render_prompt(prompt, "L") == "Intro.\n--- Basics ---\nalways"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from statek_bus.chat import ChatStyle, LoggedCall, LogItem, build_messages, parse_reply, render_console
+from statek_bus.runtime.chat import (
+    ChatStyle,
+    LoggedCall,
+    LogItem,
+    build_messages,
+    parse_reply,
+    render_console,
+)
 
 
 def test_console_style_whole_text_is_code() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from statek_bus.launcher import NatsServer
+from statek_bus.ops.launcher import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "statek_bus"]

@@ -13,10 +13,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from statek_bus.jobstore import JobStore
-from statek_bus.messages import JobEvent, JobStatus, decode
-from statek_bus.settings import Settings
-from statek_bus.subjects import job_events_subject
+from statek_bus.jobs.store import JobStore
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.messages import JobEvent, JobStatus, decode
+from statek_bus.wire.subjects import job_events_subject
 from tests.agents_fixture import chat_log, console, services, submit, wait_done
 
 
@@ -75,7 +75,7 @@ async def test_console_formatting_and_runtime_errors(mesh: Settings, nc: Client)
 
 
 def load_exceptions(record: object) -> int:
-    from statek_bus.engine import load_state
+    from statek_bus.runtime.engine import load_state
 
     return load_state(record).exceptions  # type: ignore[arg-type]
 
@@ -156,7 +156,7 @@ async def test_message_restarts_a_done_job(mesh: Settings, nc: Client) -> None:
     store = await JobStore.open(js)
 
     def restart(r):  # type: ignore[no-untyped-def]
-        from statek_bus.jobstore import utcnow
+        from statek_bus.jobs.store import utcnow
 
         r.inbox = [*r.inbox, JobEvent(job_id=r.id, kind="message", at=utcnow(), text="again")]
         r.status, r.exit_status = JobStatus.STARTED, None
@@ -187,7 +187,7 @@ async def test_a_provider_error_ends_the_job_with_it(mesh: Settings, nc: Client)
 
 
 async def test_panic_raises_the_difficulty_once_per_level(mesh: Settings, nc: Client) -> None:
-    from statek_bus.engine import load_state
+    from statek_bus.runtime.engine import load_state
 
     record = await wait_done(nc.jetstream(), await submit(nc.jetstream(), "t_panic"))
     assert record.exit_status == "escalated"

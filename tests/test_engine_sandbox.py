@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client
 
-from statek_bus.settings import Settings
+from statek_bus.mesh.settings import Settings
 from tests.agents_fixture import SANDBOX_ATTEMPTS, console, services, submit, wait_done
 
 

@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
+from statek_bus.services import provider as provider_service
 
-from services import provider as provider_service
-from statek_bus.client import AsyncStatekClient
-from statek_bus.connection import connect
-from statek_bus.jobstore import JobStore
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import ExecutorStatus, JobEvent, JobStatus, decode
-from statek_bus.provision import provision
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import EVENTS_PREFIX, EXECUTOR_STATUS
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.jobs.store import JobStore
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.wire.messages import ExecutorStatus, JobEvent, JobStatus, decode
+from statek_bus.wire.subjects import EVENTS_PREFIX, EXECUTOR_STATUS
 from tests.agents_fixture import AGENTS_SPEC, Point, chat_log, console, services, submit, wait_done
 
 
@@ -169,7 +169,7 @@ async def test_two_executors_finish_each_of_200_jobs_once(
 
 async def job_log(nc: Client, job_id: str | None) -> list[JobEvent]:
     """Events stored in the job-log stream (one job, or all)."""
-    from statek_bus.subjects import job_events_subject
+    from statek_bus.wire.subjects import job_events_subject
 
     js = nc.jetstream()
     subject = job_events_subject(job_id) if job_id else f"{EVENTS_PREFIX}.>"

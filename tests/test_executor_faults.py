@@ -16,9 +16,15 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from statek_bus import waits
-from statek_bus.client import AsyncStatekClient
-from statek_bus.coderunner import (
+from statek_bus.authoring.futures import REGISTRY, JobHandle, WaitEnv
+from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext, docstr, tool
+from statek_bus.authoring.waiting import WAIT_TOOLS
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.jobs.store import JobStore, utcnow
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.settings import Settings
+from statek_bus.runtime import wakeups as waits
+from statek_bus.runtime.coderunner import (
     ExecRequest,
     ExecUnit,
     ExitSignal,
@@ -26,18 +32,12 @@ from statek_bus.coderunner import (
     ThreadCodeRunner,
     _execute,
 )
-from statek_bus.engine import StepOutcome
-from statek_bus.engine_state import EngineState, Wait, store_state
-from statek_bus.executor import Executor
-from statek_bus.futures import REGISTRY, JobHandle, WaitEnv
-from statek_bus.jobstore import JobStore, utcnow
-from statek_bus.messages import JobRecord, JobStatus, WorkMessage, decode
-from statek_bus.provision import provision
-from statek_bus.sandbox import SandboxPolicy
-from statek_bus.settings import Settings
-from statek_bus.subjects import WORK_STREAM, work_run_subject
-from statek_bus.tasks import WAIT_TOOLS
-from statek_bus.tools import SYSTEM_TOOLS, JobContext, docstr, tool
+from statek_bus.runtime.engine import StepOutcome
+from statek_bus.runtime.engine_state import EngineState, Wait, store_state
+from statek_bus.runtime.executor import Executor
+from statek_bus.sandbox.restricted import SandboxPolicy
+from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
+from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
 from tests.agents_fixture import AGENTS_SPEC, MARKS, console, services, submit, wait_done
 
 
@@ -364,8 +364,8 @@ async def test_a_value_that_raises_while_saved_is_dropped_not_a_hung_step() -> N
 
 
 def test_a_job_handle_in_a_replayed_class_body_sends_nothing() -> None:
-    from statek_bus.values import to_json
-    from statek_bus.workspace import WorkspaceData
+    from statek_bus.runtime.workspace import WorkspaceData
+    from statek_bus.wire.values import to_json
 
     sent: list[tuple[str, str]] = []
 
@@ -408,7 +408,7 @@ def new_tool() -> str:
 
 
 async def test_a_tool_swapped_in_place_reaches_the_next_session(settings: Settings, nc: Client) -> None:
-    from statek_bus.agents import SupervisedAgent
+    from statek_bus.authoring.agents import SupervisedAgent
 
     js = nc.jetstream()
     ex = Executor(nc, js, settings, agents=AGENTS_SPEC)

@@ -15,23 +15,23 @@ from decimal import Decimal
 
 import pytest
 
-from statek_bus.client import AsyncStatekClient
-from statek_bus.connection import connect
-from statek_bus.errors import NotFoundError
-from statek_bus.jobstore import JobStore
-from statek_bus.launcher import NatsServer
-from statek_bus.locale import (
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.client.statek_client_api import StatekClientAPI
+from statek_bus.jobs.store import JobStore
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.wire.errors import NotFoundError
+from statek_bus.wire.locale import (
     StatekCountryCode,
     StatekLangCode,
     StatekLocale,
     UnknownLocaleError,
     resolve_locale,
 )
-from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import JobEvent, JobStatus
-from statek_bus.settings import Settings
-from statek_bus.statek_client_api import StatekClientAPI
-from statek_bus.values import from_json
+from statek_bus.wire.messages import JobEvent, JobStatus
+from statek_bus.wire.values import from_json
 from tests import test_submission as ts
 from tests.test_submission import finish, register_agent, set_status
 
@@ -222,7 +222,7 @@ def test_cli_submit_wait_get_list_watch_cancel_send(mesh: tuple[Settings, str]) 
             nc = await connect(settings, name="test")
             js = nc.jetstream()
             kv = await js.key_value("statek_jobs")
-            from statek_bus.subjects import job_key
+            from statek_bus.wire.subjects import job_key
 
             w = await kv.watch(job_key(job_id))
             while await w.updates(20) is None:

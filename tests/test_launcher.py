@@ -8,7 +8,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from statek_bus.launcher import LauncherError, NatsCluster, NatsServer
+from statek_bus.ops.launcher import LauncherError, NatsCluster, NatsServer
 
 
 async def test_start_reports_url_and_health_and_stop_ends_process(tmp_path: Path) -> None:

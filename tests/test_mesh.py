@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
 
 SECRET = "sk-test-SECRET123-mesh"
 

@@ -12,14 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from statek_bus.services.provider import build
 
-from services.provider import build
-from statek_bus.client import AsyncStatekClient
-from statek_bus.errors import BadRequestError, ServiceUnavailableError, StatekError
-from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest, ToolCall
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import LLM_COMPLETE, SERVICE_PROVIDER
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.errors import BadRequestError, ServiceUnavailableError, StatekError
+from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest, ToolCall
+from statek_bus.wire.subjects import LLM_COMPLETE, SERVICE_PROVIDER
 
 SECRET = "sk-test-SECRET123"
 LIMIT = 4

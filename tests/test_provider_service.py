@@ -11,19 +11,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from statek_bus.services.provider import build
 
-from services.provider import build
-from statek_bus.client import AsyncStatekClient
-from statek_bus.connection import connect
-from statek_bus.discovery import ping
-from statek_bus.errors import BadRequestError, PayloadTooLargeError
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest, Empty, ModelsReply
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.discovery import ping
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
 from statek_bus.provider.scripted import SCRIPT_DIR_ENV
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
+from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
+from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest, Empty, ModelsReply
+from statek_bus.wire.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
 
 # litellm silences this pydantic warning with a global filter at import; pytest resets global filters
 # per test, so a litellm import or lazy schema build that spans tests needs the same filter here.
@@ -228,7 +228,7 @@ async def test_oversized_request_is_413(settings: Settings) -> None:
 
 def test_only_the_provider_imports_litellm_and_only_when_it_runs() -> None:
     code = (
-        "import sys, statek_bus, statek_bus.provider, statek_bus.client, statek_bus.messages, services.provider;"
+        "import sys, statek_bus, statek_bus.provider, statek_bus.client.core, statek_bus.wire.messages, services.provider;"
         "print('litellm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 
 import statek_bus.provider as provider_pkg
-from statek_bus.errors import BadRequestError
-from statek_bus.messages import ChatMessage, CompleteRequest
 from statek_bus.provider import (
     Difficulty,
     ModelLimiter,
@@ -26,8 +24,10 @@ from statek_bus.provider import (
     route,
     secret_env_names,
 )
-from statek_bus.provider.redaction import RedactingFilter
+from statek_bus.provider.redaction import RedactingFilter, Redactor, install_log_redaction
 from statek_bus.provider.scripted import scripted_reply
+from statek_bus.wire.errors import BadRequestError
+from statek_bus.wire.messages import ChatMessage, CompleteRequest
 
 
 def req(model: str = "openai/gpt-4o-mini", **kw: Any) -> CompleteRequest:
@@ -319,3 +319,28 @@ def test_redacting_filter_cleans_messages_and_tracebacks() -> None:
     RedactingFilter(Redactor({"OPENAI_API_KEY": "sk-test-SECRET123"})).filter(record)
     assert "SECRET123" not in record.getMessage() and "SECRET123" not in (record.exc_text or "")
     assert "boom" in (record.exc_text or "")
+
+
+def test_log_redaction_covers_loggers_by_package_prefix_even_ones_created_later() -> None:
+    # A module that moves, or one added later, logs under `statek_bus.` and is still redacted.
+    seen: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    saved = logging.getLogRecordFactory()
+    try:
+        install_log_redaction(redactor=Redactor({"OPENAI_API_KEY": "sk-test-SECRET123"}))
+        late = logging.getLogger("statek_bus.some_room.module_added_later")
+        late.propagate = False
+        late.addHandler(Capture())
+        late.error("calling with %s", "sk-test-SECRET123")
+        unrelated = logging.getLogger("someone_else")
+        unrelated.propagate = False
+        unrelated.addHandler(Capture())
+        unrelated.error("plain sk-test-SECRET123")
+    finally:
+        logging.setLogRecordFactory(saved)
+    assert "SECRET123" not in seen[0].getMessage() and "[redacted" in seen[0].getMessage()
+    assert "SECRET123" in seen[1].getMessage()  # only the covered prefixes are rewritten

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from nats.js.api import StorageType
 
-from statek_bus import subjects as s
-from statek_bus.connection import connect
-from statek_bus.launcher import NatsServer
-from statek_bus.provision import ProvisionError, configure_work_consumer, provision
-from statek_bus.settings import Settings
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import ProvisionError, configure_work_consumer, provision
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.wire import subjects as s
 
 
 async def test_provision_creates_everything_and_is_idempotent(fresh_server: NatsServer) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from statek_bus.schemas import all_schemas
+from statek_bus.wire.schemas import all_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = [ROOT / "statek_bus", ROOT / "services"]
@@ -64,7 +64,7 @@ def test_checked_in_schemas_match_the_code() -> None:
 
 def test_schema_descriptions_do_not_depend_on_the_msgspec_release() -> None:
     # msgspec 0.19-0.22 keep a docstring's continuation indent in `description`, 0.23 strips it.
-    from statek_bus.schemas import _clean_descriptions
+    from statek_bus.wire.schemas import _clean_descriptions
 
     kept = {"properties": {"a": {"description": "Summary.\n\n    Its revision."}}}
     stripped = {"properties": {"a": {"description": "Summary.\n\nIts revision."}}}
@@ -92,8 +92,8 @@ def test_every_public_name_has_a_docstring() -> None:
     import inspect
     import pkgutil
 
-    import services
     import statek_bus
+    from statek_bus import services
 
     missing = []
     for pkg in (statek_bus, services):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from statek_bus.sandbox import (
+from statek_bus.sandbox.restricted import (
     DEFAULT_ALLOWED_IMPORTS,
     SandboxPolicy,
     SandboxViolation,
@@ -537,7 +537,7 @@ def test_functions_defined_earlier_tick_against_the_new_deadline() -> None:
 
 
 def test_match_class_patterns_work_and_cannot_reach_str_format() -> None:
-    from statek_bus.sandbox import SandboxPolicy, SandboxViolation, compile_block, sandbox_globals
+    from statek_bus.sandbox.restricted import SandboxPolicy, SandboxViolation, compile_block, sandbox_globals
 
     policy = SandboxPolicy()
     ns = sandbox_globals(policy)

@@ -15,12 +15,12 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from statek_bus import errors
-from statek_bus.client import AsyncStatekClient
-from statek_bus.discovery import info, ping, stats, status_report
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import ERROR_CODE_HEADER, ERROR_HEADER
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.discovery import info, ping, stats, status_report
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire import errors
+from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER
 from tests.support import echo_service
 from tests.support.echo_service import NAME, PREFIX, build
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from statek_bus.settings import Settings, SettingsError
-from statek_bus.subjects import job_events_subject, job_key, token, untoken
+from statek_bus.mesh.settings import Settings, SettingsError
+from statek_bus.wire.subjects import job_events_subject, job_key, token, untoken
 
 
 def test_settings_read_typed_values_from_environment() -> None:

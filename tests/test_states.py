@@ -9,15 +9,15 @@ from datetime import UTC
 
 import pytest
 from nats.aio.client import Client
+from statek_bus.services.state import build
 
-from services.state import build
-from statek_bus.client import AsyncStatekClient
-from statek_bus.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
-from statek_bus.messages import State
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.states import pair_key
-from statek_bus.subjects import SERVICE_STATE, STATES_BUCKET, STATES_CREATE
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.states.store import pair_key
+from statek_bus.wire.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
+from statek_bus.wire.messages import State
+from statek_bus.wire.subjects import SERVICE_STATE, STATES_BUCKET, STATES_CREATE
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from services.state import build
+from statek_bus.services.state import build
+
 from statek_bus.cli import main
-from statek_bus.service import running_service
-from statek_bus.subjects import SERVICE_STATE
+from statek_bus.mesh.service import running_service
+from statek_bus.wire.subjects import SERVICE_STATE
 
 
 async def test_cli_round_trip(settings, uid, capsys):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from services.state import build
-from statek_bus.client import AsyncStatekClient
-from statek_bus.errors import ConflictError, ServiceUnavailableError
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import SERVICE_STATE
+from statek_bus.services.state import build
+
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.wire.errors import ConflictError, ServiceUnavailableError
+from statek_bus.wire.subjects import SERVICE_STATE
 
 
 async def _retry(op, *, seconds: float = 20.0):

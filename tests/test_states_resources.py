@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
+from statek_bus.services.state import build
 
-from services.state import build
-from statek_bus import states as states_module
-from statek_bus.client import AsyncStatekClient
-from statek_bus.messages import State, StateChange
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.states import STREAM
-from statek_bus.states_client import AsyncStates
-from statek_bus.subjects import SERVICE_STATE
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.client.states import AsyncStates
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.states import store as states_module
+from statek_bus.states.store import STREAM
+from statek_bus.wire.messages import State, StateChange
+from statek_bus.wire.subjects import SERVICE_STATE
 
 
 @pytest.fixture

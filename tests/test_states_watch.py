@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from statek_bus.services.state import build
 
-from services.state import build
-from statek_bus.client import AsyncStatekClient, StatekClient
-from statek_bus.errors import BadRequestError, ConflictError, NotFoundError
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.states import ORPHAN_GRACE, StateRef, StateStore, new_state_id
-from statek_bus.subjects import SERVICE_STATE
+from statek_bus.client.core import AsyncStatekClient, StatekClient
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.states.store import ORPHAN_GRACE, StateRef, StateStore, new_state_id
+from statek_bus.wire.errors import BadRequestError, ConflictError, NotFoundError
+from statek_bus.wire.subjects import SERVICE_STATE
 
 
 @pytest.fixture

@@ -20,13 +20,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
+from statek_bus.services.submission import build
 
-from services.submission import build
-from statek_bus import jobchecks, joblist
-from statek_bus.client import AsyncStatekClient
-from statek_bus.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
-from statek_bus.jobstore import JobStore
-from statek_bus.messages import (
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.jobs import checks as jobchecks
+from statek_bus.jobs import listing as joblist
+from statek_bus.jobs.store import JobStore
+from statek_bus.jobs.submission import MAX_BATCH, Submission
+from statek_bus.mesh.service import ServiceContext, running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
+from statek_bus.wire.messages import (
     AgentDescription,
     JobEvent,
     JobRecord,
@@ -35,9 +39,7 @@ from statek_bus.messages import (
     PendingMarker,
     encode,
 )
-from statek_bus.service import ServiceContext, running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import (
+from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     INDEX_PREFIX,
     JOBS_BUCKET,
@@ -51,7 +53,6 @@ from statek_bus.subjects import (
     token,
     work_run_subject,
 )
-from statek_bus.submission import MAX_BATCH, Submission
 
 # --- helpers shared with the other submission and jobs-client test modules --------------------------
 

@@ -13,19 +13,19 @@ from typing import Any
 
 import pytest
 
-from statek_bus.agent_registry import AgentDirectory
-from statek_bus.client import AsyncStatekClient
-from statek_bus.connection import connect
-from statek_bus.errors import ServiceUnavailableError
-from statek_bus.jobstore import JobStore
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import JobSendMessageRequest, JobSendNotificationRequest, JobStatus
-from statek_bus.provision import provision
-from statek_bus.service import ServiceContext
-from statek_bus.settings import Settings
-from statek_bus.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
-from statek_bus.submission import Submission
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.jobs.registry import AgentDirectory
+from statek_bus.jobs.store import JobStore
+from statek_bus.jobs.submission import Submission
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.service import ServiceContext
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.wire.errors import ServiceUnavailableError
+from statek_bus.wire.messages import JobSendMessageRequest, JobSendNotificationRequest, JobStatus
+from statek_bus.wire.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
 from tests.test_submission import agent, client, finish, register_agent, service, work_counts
 
 __all__ = ["agent", "client", "service"]  # fixtures shared with test_submission

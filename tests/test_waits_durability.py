@@ -6,21 +6,21 @@ import asyncio
 from pathlib import Path
 
 from nats.aio.client import Client
+from statek_bus.services import provider as provider_service
 
-from services import provider as provider_service
-from statek_bus import waits
-from statek_bus.connection import connect
-from statek_bus.engine import StepOutcome, load_state
-from statek_bus.engine_state import EngineState, Wait, store_state
-from statek_bus.executor import Executor
-from statek_bus.jobstore import JobStore, utcnow
-from statek_bus.launcher import NatsServer
-from statek_bus.mesh import ServiceProcess
-from statek_bus.messages import JobRecord, JobStatus, WorkMessage, decode
-from statek_bus.provision import provision
-from statek_bus.service import running_service
-from statek_bus.settings import Settings
-from statek_bus.subjects import WORK_STREAM, work_run_subject
+from statek_bus.jobs.store import JobStore, utcnow
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
+from statek_bus.ops.mesh import ServiceProcess
+from statek_bus.runtime import wakeups as waits
+from statek_bus.runtime.engine import StepOutcome, load_state
+from statek_bus.runtime.engine_state import EngineState, Wait, store_state
+from statek_bus.runtime.executor import Executor
+from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
+from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
 from tests.agents_fixture import AGENTS_SPEC, console, submit, wait_done
 from tests.test_waits import wait_status
 

@@ -14,12 +14,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from statek_bus.provision import provision
-from statek_bus.sandbox import SandboxPolicy, SandboxViolation, compile_block, sandbox_globals
-from statek_bus.settings import Settings
-from statek_bus.subjects import token
-from statek_bus.values import TypeRegistry
-from statek_bus.workspace import (
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.settings import Settings
+from statek_bus.runtime.workspace import (
     DefinitionSource,
     Workspace,
     WorkspaceData,
@@ -31,6 +28,9 @@ from statek_bus.workspace import (
     save_workspace,
     workspace_blob_name,
 )
+from statek_bus.sandbox.restricted import SandboxPolicy, SandboxViolation, compile_block, sandbox_globals
+from statek_bus.wire.subjects import token
+from statek_bus.wire.values import TypeRegistry
 
 
 @dataclasses.dataclass

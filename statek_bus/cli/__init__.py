@@ -3,7 +3,7 @@
 Each area registers its own subcommands (``register(subparsers)`` in a module of this package):
 :mod:`.mesh` (``up``, ``serve``, ``status``, ``schemas``, ``demo``), :mod:`.states`
 (``states ...``) and :mod:`.jobs` (``submit``, ``jobs ...``). A command returns an exit code;
-a :class:`~statek_bus.errors.StatekError` or a launcher error prints one clear line and exits 1.
+a :class:`~statek_bus.wire.errors.StatekError` or a launcher error prints one clear line and exits 1.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from statek_bus.errors import StatekError
-from statek_bus.launcher import LauncherError
-from statek_bus.provision import ProvisionError
-from statek_bus.settings import SettingsError
+from statek_bus.mesh.provision import ProvisionError
+from statek_bus.mesh.settings import SettingsError
+from statek_bus.ops.launcher import LauncherError
+from statek_bus.wire.errors import StatekError
 
 __all__ = ["main", "run_async"]
 

@@ -13,12 +13,12 @@ import tempfile
 import uuid
 from typing import Any
 
+from statek_bus.authoring.demo import DEMO, DEMO_SHARED_VARS
 from statek_bus.cli import run_async
-from statek_bus.client import AsyncStatekClient
-from statek_bus.demo import DEMO, DEMO_SHARED_VARS
-from statek_bus.messages import JobEvent, JobStatus, decode
-from statek_bus.settings import Settings
-from statek_bus.subjects import job_events_subject
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.messages import JobEvent, JobStatus, decode
+from statek_bus.wire.subjects import job_events_subject
 
 __all__ = ["register"]
 
@@ -45,7 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def demo(settings: Settings, data_dir: str, timeout: float) -> int:
     """Run the demo; returns the process exit code (0 when the job ends without an error)."""
-    from statek_bus.mesh import Mesh
+    from statek_bus.ops.mesh import Mesh
 
     print("starting an embedded NATS server and the four services...", flush=True)
     with tempfile.TemporaryDirectory(prefix="statek-demo-logs-") as logs:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from statek_bus.cli import run_async
-from statek_bus.connection import connect
-from statek_bus.discovery import status_report
-from statek_bus.mesh import SERVICE_KINDS, up
-from statek_bus.settings import Settings
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.discovery import status_report
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.mesh import SERVICE_KINDS, up
 
 __all__ = ["register"]
 
@@ -66,12 +66,11 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from services import load_factory
-    from statek_bus.service import run_service
+    from statek_bus.mesh.service import load_service_factory, run_service
 
     settings = _settings(args, agents=args.agents)
     logging.getLogger().setLevel(settings.log_level.upper())
-    run_async(run_service(load_factory(args.kind), settings, name=SERVICE_KINDS[args.kind]))
+    run_async(run_service(load_service_factory(args.kind), settings, name=SERVICE_KINDS[args.kind]))
     return 0
 
 
@@ -100,7 +99,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _schemas_export(args: argparse.Namespace) -> int:
-    from statek_bus.schemas import export
+    from statek_bus.wire.schemas import export
 
     written = export(Path(args.out))
     print(f"wrote {len(written)} schemas to {args.out}/")

@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 
 from statek_bus.cli import run_async
-from statek_bus.client import AsyncStatekClient
-from statek_bus.errors import BadRequestError
-from statek_bus.settings import Settings
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.errors import BadRequestError
 
 __all__ = ["register"]
 

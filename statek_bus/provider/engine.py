@@ -16,8 +16,7 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from statek_bus.errors import BadRequestError, InternalError
-from statek_bus.messages import CompleteReply, CompleteRequest, Empty, LLMUsage, ModelInfo, ModelsReply
+from statek_bus.mesh.settings import Settings
 from statek_bus.provider.limits import Limits
 from statek_bus.provider.llm import (
     LiteLLM,
@@ -34,11 +33,12 @@ from statek_bus.provider.redaction import Redactor, install_log_redaction
 from statek_bus.provider.retry import RetryPolicy, retry_call
 from statek_bus.provider.routing import SCRIPTED_PREFIX, Route, route
 from statek_bus.provider.scripted import ScriptStore, parse_script, scripted_reply
-from statek_bus.settings import Settings
+from statek_bus.wire.errors import BadRequestError, InternalError
+from statek_bus.wire.messages import CompleteReply, CompleteRequest, Empty, LLMUsage, ModelInfo, ModelsReply
 
 __all__ = ["Provider"]
 
-log = logging.getLogger("statek_bus.provider.engine")
+log = logging.getLogger(__name__)
 
 _TIMEOUT_GRACE = 5.0
 """Seconds past ``llm_timeout`` before our own guard cancels an attempt litellm did not time out."""

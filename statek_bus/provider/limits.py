@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from statek_bus.settings import Settings
+from statek_bus.mesh.settings import Settings
 
 __all__ = ["Limits", "ModelLimiter", "ModelLoad", "RateLimiter"]
 

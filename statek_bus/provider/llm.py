@@ -37,11 +37,11 @@ import time
 import warnings
 from typing import Any
 
-from statek_bus.errors import BadRequestError, PayloadTooLargeError, ServiceUnavailableError, StatekError
-from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest, LLMUsage, ToolCall
 from statek_bus.provider.redaction import Redactor, install_log_redaction
 from statek_bus.provider.retry import RetriesExhausted, Transient, is_retryable_status, parse_retry_after
 from statek_bus.provider.routing import Route
+from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError, ServiceUnavailableError, StatekError
+from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest, LLMUsage, ToolCall
 
 __all__ = [
     "KEY_ENV",
@@ -56,7 +56,7 @@ __all__ = [
     "to_reply",
 ]
 
-log = logging.getLogger("statek_bus.provider.llm")
+log = logging.getLogger(__name__)
 
 KEY_ENV: dict[str, str] = {
     "openai": "OPENAI_API_KEY",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 __all__ = ["ModelPrice", "PriceTable", "PriceTableError", "split_model"]
 
-log = logging.getLogger("statek_bus.provider.pricing")
+log = logging.getLogger(__name__)
 
 _REQUIRED = ("PROVIDER", "MODEL", "INPUT_PRICE_PER_M", "OUTPUT_PRICE_PER_M")
 _OPTIONAL = ("MODEL_FAMILY", "INPUT_PRICE_PER_CACHED_M")

@@ -15,6 +15,7 @@ import os
 import re
 import traceback
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = ["REDACTED_LOGGERS", "RedactingFilter", "Redactor", "install_log_redaction", "secret_env_names"]
 
@@ -24,24 +25,23 @@ _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{6,}")
 _MIN_SECRET_LEN = 6  # shorter values ("1", "true") would redact ordinary words
 
 REDACTED_LOGGERS = (
-    "statek_bus.provider",
-    "statek_bus.provider.engine",
-    "statek_bus.provider.llm",
-    "statek_bus.provider.pricing",
-    "statek_bus.provider.retry",
-    "statek_bus.errors",
-    "statek_bus.service",
+    "statek_bus",
     "LiteLLM",
-    "LiteLLM Router",
-    "LiteLLM Proxy",
     "litellm",
     "openai",
-    "openai._base_client",
     "httpx",
     "httpcore",
     "aiohttp",
 )
-"""Loggers whose records are redacted (a filter applies only to records created on its logger)."""
+"""Logger name prefixes whose records are redacted: a name matches its prefix and every child of it.
+
+Prefixes rather than a list of modules, so a module that moves or a logger a library adds later
+stays covered (every statek_bus module logs to ``logging.getLogger(__name__)``).
+"""
+
+
+def _covered(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") or name.startswith(p + " ") for p in prefixes)
 
 
 def secret_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -104,18 +104,30 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_redaction(names: Iterable[str] = REDACTED_LOGGERS, redactor: Redactor | None = None) -> None:
-    """Attach a :class:`RedactingFilter` to each logger in ``names`` and to the root's handlers.
+    """Redact every record of a logger under one of the prefixes ``names``, and the root's handlers.
 
-    Idempotent. Root handlers see every propagated record, whatever logger created it; the
-    per-logger filters cover records that do not propagate (litellm's own stream handlers).
+    Idempotent. Records are redacted where they are created (a log-record factory), so loggers
+    created after this call are covered too; root handlers see every propagated record; and the
+    handlers libraries attach to their own non-propagating loggers (litellm's) get the filter.
     """
+    prefixes = tuple(names)
+    redacting = RedactingFilter(redactor)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter(redactor))
-    for name in names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter(redactor))
-        for handler in logger.handlers:  # litellm attaches its own handlers
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter(redactor))
+            handler.addFilter(redacting)
+    previous = logging.getLogRecordFactory()
+    if not getattr(previous, "statek_redacting", False):
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if _covered(record.name, prefixes):
+                redacting.filter(record)
+            return record
+
+        factory.statek_redacting = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(factory)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and _covered(name, prefixes):
+            for handler in logger.handlers:  # litellm attaches its own handlers
+                if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                    handler.addFilter(redacting)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from statek_bus.settings import Settings
+from statek_bus.mesh.settings import Settings
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -32,7 +32,7 @@ __all__ = [
     "retry_call",
 ]
 
-log = logging.getLogger("statek_bus.provider.retry")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

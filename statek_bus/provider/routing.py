@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from statek_bus.errors import BadRequestError
-from statek_bus.messages import CompleteRequest
+from statek_bus.wire.errors import BadRequestError
+from statek_bus.wire.messages import CompleteRequest
 
 __all__ = [
     "AGENT_KEYS",

@@ -8,7 +8,7 @@ is a string, or ``{"text": ..., "tool_calls": [{"name": ..., "arguments": {...}}
 executor passes the job's LLM-call count) or, without one, the number of assistant messages in
 ``messages``, so a shell user replaying a conversation walks the script.
 
-Past the end of the script the answer is a 400 :class:`~statek_bus.errors.BadRequestError` on
+Past the end of the script the answer is a 400 :class:`~statek_bus.wire.errors.BadRequestError` on
 the script's field: the request asks for a reply its own script does not hold, which no retry can
 change (a 409 in this project means a state conflict that re-reading resolves, and 503 would make
 the executor wait for nothing). Usage is approximate (UTF-8 bytes / 4, as STATEK counts) so that
@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.errors import BadRequestError, PayloadTooLargeError
-from statek_bus.messages import ChatMessage, CompleteReply, CompleteRequest, LLMUsage, ToolCall
+from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
+from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest, LLMUsage, ToolCall
 
 __all__ = [
     "MAX_SCRIPT_FILE_BYTES",

@@ -10,9 +10,9 @@ import asyncio
 
 import msgspec
 
-from statek_bus import errors
-from statek_bus.service import Endpoint, ServiceContext, ServiceSpec, run_service
-from statek_bus.settings import Settings
+from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec, run_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire import errors
 
 NAME = "statek-test-echo"
 PREFIX = "test.echo"

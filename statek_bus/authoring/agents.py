@@ -1,0 +1,376 @@
+"""Agents: what a job runs. Code-first agents (the model writes Python) and handler agents.
+
+- :class:`Agent` holds a role, a system prompt, tools and metadata (``MODEL``, ``CHAT_STYLE``,
+  ``LLM_TOOLS_SCOPE``, ``TEMPERATURE``, ``SCRIPT``...). Tools whose name starts with ``_`` are
+  internal: callable from code, never described to the model.
+- :class:`SupervisedAgent` adds warmup code, parsed by :meth:`SupervisedAgent.update_warmup_def`:
+  blocks are separated by a ``# ----------`` line (10 dashes or more), a ``#STATEK: key = literal``
+  line sets block metadata (``hidden = True``), and a line ending in ``#STATEK: as tool`` is run
+  as a formal tool call. Each warmup block takes one step.
+- :class:`HandlerAgent` runs plain async Python: ``@agent.on_create`` and ``@agent.on_event``
+  handlers (seed 002's shape) with a :class:`HandlerContext` (``ctx.state`` bound to the job and
+  agent, ``ctx.job``, ``ctx.send_message``). One job's handlers never run concurrently.
+
+The executor imports the user's module (``--agents module:attr``) and registers each agent's
+:meth:`~Agent.description` in ``statek_agents``, so submission validates roles without user code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from statek_bus.authoring.prompts import render_prompt
+from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
+from statek_bus.authoring.waiting import WAIT_TOOLS
+from statek_bus.wire.messages import AgentDescription, ParamDescription
+
+__all__ = [
+    "Agent",
+    "HandlerAgent",
+    "HandlerContext",
+    "HandlerEvent",
+    "SupervisedAgent",
+    "WarmupBlock",
+    "WarmupCall",
+    "parse_warmup",
+]
+
+_SPLIT = re.compile(r"^\s*#\s*-{10,}\s*$")
+_META = re.compile(r"^\s*#\s*STATEK\s*:(.*)$")
+_AS_TOOL = re.compile(r"#\s*STATEK\s*:\s*as\s+tool\s*$")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class WarmupCall:
+    """A warmup line run as a formal tool call (``call(...)  #STATEK: as tool``)."""
+
+    name: str
+    """Tool name."""
+    args: tuple[Any, ...] = ()
+    """Positional literal arguments."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword literal arguments."""
+
+
+@dataclass(frozen=True)
+class WarmupBlock:
+    """One warmup block: runs in its own step."""
+
+    code: str
+    """The Python source (tool-call lines removed)."""
+    calls: tuple[WarmupCall, ...] = ()
+    """Lines marked ``#STATEK: as tool``, run as formal tool calls before the code."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """``#STATEK: key = literal`` values."""
+
+    @property
+    def hidden(self) -> bool:
+        """Left out of the model's history; may call hidden tools."""
+        return bool(self.metadata.get("hidden", False))
+
+
+def _parse_call(expr: str) -> WarmupCall:
+    try:
+        node = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"invalid '#STATEK: as tool' line {expr.strip()!r}: {exc.msg}") from None
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ValueError(f"'#STATEK: as tool' needs a call like name(...), got {expr.strip()!r}")
+    try:
+        args = tuple(ast.literal_eval(a) for a in node.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+    except ValueError:
+        raise ValueError(f"'#STATEK: as tool' arguments must be literals: {expr.strip()!r}") from None
+    if any(k.arg is None for k in node.keywords):
+        raise ValueError(f"'#STATEK: as tool' does not take **kwargs: {expr.strip()!r}")
+    return WarmupCall(name=node.func.id, args=args, kwargs=kwargs)
+
+
+def parse_warmup(source: str) -> list[WarmupBlock]:
+    """Split warmup source into blocks; ``ValueError`` for a malformed ``#STATEK:`` line."""
+    blocks: list[WarmupBlock] = []
+    chunks: list[list[str]] = [[]]
+    for line in source.splitlines():
+        if _SPLIT.match(line):
+            chunks.append([])
+        else:
+            chunks[-1].append(line)
+    for chunk in chunks:
+        code_lines: list[str] = []
+        calls: list[WarmupCall] = []
+        meta: dict[str, Any] = {}
+        for line in chunk:
+            if _AS_TOOL.search(line):
+                calls.append(_parse_call(_AS_TOOL.sub("", line)))
+                continue
+            m = _META.match(line)
+            if m:
+                key, sep, value = m.group(1).partition("=")
+                if not sep or not key.strip().isidentifier():
+                    raise ValueError(f"malformed #STATEK line {line.strip()!r}: expected 'key = literal'")
+                try:
+                    meta[key.strip()] = ast.literal_eval(value.strip())
+                except (ValueError, SyntaxError):
+                    raise ValueError(f"malformed #STATEK value in {line.strip()!r}: not a literal") from None
+                continue
+            code_lines.append(line)
+        code = "\n".join(code_lines).strip("\n")
+        if code.strip() or calls:
+            blocks.append(WarmupBlock(code=code, calls=tuple(calls), metadata=meta))
+    return blocks
+
+
+class Agent:
+    """A code-first agent: the model writes Python that runs in the job's workspace.
+
+    Args:
+        role: the name jobs are submitted to.
+        system_prompt: the prompt; ``{tools}``, ``{brief_tools}``, ``{detailed_tools}``,
+            ``{shared_var_names}`` and ``{<param>}`` placeholders are filled per job.
+        tools: tools (``@tool`` functions or plain functions) the model may call.
+        metadata: ``MODEL`` (required), ``CHAT_STYLE``, ``LLM_TOOLS_SCOPE``, ``TEMPERATURE``,
+            ``SCRIPT``/``SCRIPT_FILE`` for the scripted model, ``DEFAULT_DIFFICULTY``...
+        description: what the agent does (shown by ``statek.agents.list``).
+        params: job parameters the agent declares.
+        types: dataclasses/Structs/Enums its workspace may hold (besides those of its module).
+        send_message: callable ``(body, media=None)`` receiving dialog prose (MD_DIALOG/DIRECT).
+    """
+
+    kind = "code"
+
+    def __init__(
+        self,
+        role: str,
+        system_prompt: str = "",
+        tools: Iterable[Callable[..., Any] | Tool] = (),
+        metadata: dict[str, Any] | None = None,
+        description: str = "",
+        *,
+        params: Sequence[ParamDescription] = (),
+        types: Sequence[type] = (),
+        send_message: Callable[..., Any] | None = None,
+    ) -> None:
+        if not role:
+            raise ValueError("an agent needs a role")
+        self.role = role
+        self.prompt = system_prompt
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.description_text = description or str(self.metadata.get("DESCRIPTION", ""))
+        self.params = list(params)
+        self.types = list(types)
+        self.send_message = send_message
+        self.tools: list[Tool] = []
+        self.internal_tools: list[Tool] = []
+        for t in tools:
+            self.add_tool(t)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.role}>"
+
+    @property
+    def model(self) -> str | None:
+        """``MODEL`` metadata."""
+        value = self.metadata.get("MODEL")
+        return str(value) if value is not None else None
+
+    @property
+    def chat_style(self) -> str:
+        """``CHAT_STYLE`` metadata (default ``CONSOLE``)."""
+        return str(self.metadata.get("CHAT_STYLE") or "CONSOLE").upper()
+
+    def add_tool(self, fn: Callable[..., Any] | Tool) -> Tool:
+        """Add a tool; a name starting with ``_`` makes it internal (not described)."""
+        t = as_tool(fn)
+        (self.internal_tools if t.name.startswith("_") else self.tools).append(t)
+        return t
+
+    def all_tools(self) -> list[Tool]:
+        """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
+        tools, then the waiting tools of :mod:`statek_bus.authoring.waiting`."""
+        seen: dict[str, Tool] = {}
+        for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *WAIT_TOOLS]:
+            seen.setdefault(t.name, t)
+        return list(seen.values())
+
+    def visible_tools(self, chat_style: str | None = None) -> list[Tool]:
+        """Tools described to the model (not hidden, not internal, matching the chat style)."""
+        style = (chat_style or self.chat_style).upper()
+        return [
+            t
+            for t in self.all_tools()
+            if not t.hidden and not t.name.startswith("_") and (t.target is None or style in t.target)
+        ]
+
+    def system_prompt(
+        self,
+        *,
+        params: dict[str, Any] | None = None,
+        shared_var_names: Iterable[str] = (),
+        chat_style: str | None = None,
+        difficulty: str = "M",
+    ) -> str:
+        """The prompt for ``difficulty`` (see :mod:`statek_bus.authoring.prompts`) with its placeholders filled.
+
+        Unknown ``{keys}`` and literal braces are left as they are (STATEK raised ``KeyError``).
+        """
+        if not self.prompt:
+            return ""
+        tools = self.visible_tools(chat_style)
+        values: dict[str, str] = {
+            "tools": "\n".join(t.brief_text() for t in tools),
+            "brief_tools": "\n".join(t.brief_text() for t in tools),
+            "detailed_tools": "\n\n".join(t.detailed_text() for t in tools),
+            "shared_var_names": ", ".join(shared_var_names),
+        }
+        for k, v in (params or {}).items():
+            values.setdefault(k, str(v))
+
+        def fill(m: re.Match[str]) -> str:
+            return values.get(m.group(1), m.group(0))
+
+        return _PLACEHOLDER.sub(fill, render_prompt(self.prompt, difficulty))
+
+    def warmup_blocks(self) -> list[WarmupBlock]:
+        """Warmup blocks run before the first LLM call (none for a plain agent)."""
+        return []
+
+    def description(self) -> AgentDescription:
+        """What the executor registers in ``statek_agents``."""
+        meta = {k: v for k, v in self.metadata.items() if k not in ("SCRIPT", "DESCRIPTION")}
+        return AgentDescription(
+            role=self.role,
+            description=self.description_text or (self.prompt.strip().splitlines() or [""])[0][:200],
+            kind="code",
+            tools=[t.description() for t in self.visible_tools()],
+            params=self.params,
+            model=self.model,
+            metadata=_jsonable(meta),
+        )
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        out[k] = v if isinstance(v, str | int | float | bool | type(None) | list | dict) else str(v)
+    return out
+
+
+class SupervisedAgent(Agent):
+    """A code-first agent with warmup code (see :meth:`update_warmup_def`)."""
+
+    def __init__(self, *args: Any, warmup: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.warmup_code = ""
+        self._blocks: list[WarmupBlock] = []
+        if warmup:
+            self.update_warmup_def(warmup)
+
+    def update_warmup_def(self, code: str) -> bool:
+        """Replace the warmup code; returns whether it changed. ``ValueError`` if malformed."""
+        blocks = parse_warmup(code)
+        changed = code != self.warmup_code
+        self.warmup_code, self._blocks = code, blocks
+        return changed
+
+    def warmup_blocks(self) -> list[WarmupBlock]:
+        """The parsed warmup blocks."""
+        return list(self._blocks)
+
+
+# ==================================================================================================
+# Handler agents
+# ==================================================================================================
+
+
+@dataclass(frozen=True)
+class EventContent:
+    """The content of a handler event (``event.content.content`` is the text)."""
+
+    content: str
+    """The message text."""
+    type: str = "text"
+    """Content type."""
+    author: str = "user"
+    """Who sent it."""
+
+
+@dataclass(frozen=True)
+class HandlerEvent:
+    """An event delivered to ``@agent.on_event``: a message or notification sent to the job."""
+
+    kind: str
+    """``message`` or ``notification``."""
+    content: EventContent
+    """The content."""
+    at: Any = None
+    """When it was sent (UTC datetime)."""
+
+
+@dataclass
+class HandlerContext:
+    """What a handler gets as ``ctx``."""
+
+    job: Any
+    """The job (:class:`~statek_bus.wire.messages.Job`)."""
+    state: Any
+    """The States API bound to (job id, agent role): ``create``, ``get``, ``update``."""
+    agent: str
+    """The agent role."""
+    send_message: Callable[[str], Awaitable[None]]
+    """Send a chat message from the agent (recorded in the job's chat log)."""
+    client: Any = None
+    """An :class:`~statek_bus.client.core.AsyncStatekClient` on the executor's connection."""
+
+
+CreateHandler = Callable[[HandlerContext, dict[str, Any]], Awaitable[Any]]
+EventHandler = Callable[[HandlerContext, HandlerEvent], Awaitable[Any]]
+
+
+class HandlerAgent:
+    """An agent made of async handlers instead of model-written code.
+
+    Args:
+        role: the name jobs are submitted to.
+        description: what it does.
+        params: declared job parameters.
+    """
+
+    kind = "handler"
+
+    def __init__(self, role: str, description: str = "", *, params: Sequence[ParamDescription] = ()):
+        if not role:
+            raise ValueError("an agent needs a role")
+        self.role = role
+        self.description_text = description
+        self.params = list(params)
+        self.types: list[type] = []
+        self.create_handler: CreateHandler | None = None
+        self.event_handler: EventHandler | None = None
+
+    def __repr__(self) -> str:
+        return f"<HandlerAgent {self.role}>"
+
+    def on_create(self, fn: CreateHandler) -> CreateHandler:
+        """Register ``async def handler(ctx, params)``, run once when a job starts."""
+        self.create_handler = fn
+        return fn
+
+    def on_event(self, fn: EventHandler) -> EventHandler:
+        """Register ``async def handler(ctx, event)``, run for each message sent to the job."""
+        self.event_handler = fn
+        return fn
+
+    def description(self) -> AgentDescription:
+        """What the executor registers in ``statek_agents``."""
+        return AgentDescription(
+            role=self.role, description=self.description_text, kind="handler", params=self.params
+        )
+
+
+AnyAgent = Agent | HandlerAgent
+"""Any agent the executor serves."""

@@ -1,0 +1,242 @@
+"""The Python client: :class:`AsyncStatekClient` (inside an event loop) and :class:`StatekClient`.
+
+Both speak the same request/reply subjects as the ``nats`` CLI. An error reply comes back as the
+:class:`~statek_bus.wire.errors.StatekError` subclass of its code; no responder, a timeout or a lost
+connection is a :class:`~statek_bus.wire.errors.ServiceUnavailableError` naming the subject.
+
+:class:`StatekClient` is the synchronous twin: it runs one event loop in a daemon thread and
+exposes every namespace (``states``, ``jobs``...) with the same names, each call blocking until
+its reply; async iterators (``watch``) become plain iterators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.errors import ServiceUnavailableError, error_from_reply
+from statek_bus.wire.messages import decode, encode
+
+__all__ = ["AsyncStatekClient", "StatekClient"]
+
+T = TypeVar("T")
+
+
+class AsyncStatekClient:
+    """Async client of a statek-bus mesh.
+
+    Args:
+        nats_url: the NATS server (default: ``NATS_URL`` or ``nats://127.0.0.1:4222``).
+        settings: full settings (timeouts, limits); ``nats_url`` overrides its URL.
+        nc: an open connection to reuse (not closed by :meth:`aclose`).
+    """
+
+    def __init__(
+        self, nats_url: str | None = None, *, settings: Settings | None = None, nc: Client | None = None
+    ):
+        base = settings or Settings.from_env()
+        self.settings = base.replace(nats_url=nats_url) if nats_url else base
+        self._nc = nc
+        self._owns_nc = nc is None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncStatekClient:
+        await self.connection()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def connection(self) -> Client:
+        """The NATS connection, opened on first use."""
+        if self._nc is None or self._nc.is_closed:
+            async with self._lock:
+                if self._nc is None or self._nc.is_closed:
+                    self._nc = await connect(self.settings, name="statek-client")
+                    self._owns_nc = True
+        return self._nc
+
+    async def jetstream(self) -> JetStreamContext:
+        """JetStream on the client's connection."""
+        return (await self.connection()).jetstream(timeout=self.settings.request_timeout)
+
+    async def aclose(self) -> None:
+        """Close the connection if this client opened it."""
+        if self._nc is not None and self._owns_nc and not self._nc.is_closed:
+            await self._nc.drain()
+        self._nc = None
+
+    async def request(
+        self, subject: str, payload: Any, reply_type: type[T], *, timeout: float | None = None
+    ) -> T:
+        """Send ``payload`` (a Struct or any encodable value) to ``subject`` and decode the reply.
+
+        Raises:
+            StatekError: the subclass matching the error reply's code.
+            ServiceUnavailableError: nothing answers on ``subject``, or no reply in time.
+        """
+        nc = await self.connection()
+        wait = timeout if timeout is not None else self.settings.request_timeout
+        try:
+            msg = await nc.request(subject, encode(payload), timeout=wait)
+        except nats.errors.NoRespondersError:
+            raise ServiceUnavailableError(f"no service is answering on {subject}; is the mesh up?") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise ServiceUnavailableError(f"no reply on {subject} within {wait:g}s") from None
+        except nats.errors.ConnectionClosedError:
+            raise ServiceUnavailableError(f"connection to NATS closed while requesting {subject}") from None
+        err = error_from_reply(msg.headers, msg.data)
+        if err is not None:
+            raise err
+        return decode(msg.data, reply_type)
+
+    @functools.cached_property
+    def states(self) -> Any:
+        """The States API (:class:`statek_bus.client.states.AsyncStates`)."""
+        from statek_bus.client.states import AsyncStates
+
+        return AsyncStates(self)
+
+    @functools.cached_property
+    def jobs(self) -> Any:
+        """Jobs: submit, get, list, cancel, messages, wait, watch (:class:`statek_bus.client.jobs.AsyncJobs`)."""
+        from statek_bus.client.jobs import AsyncJobs
+
+        return AsyncJobs(self)
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, shared by one :class:`StatekClient`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="statek-client-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    yield self.run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                self.run(aclose())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+class _Blocking:
+    """Wraps an async object: coroutine methods block, async iterators become iterators.
+
+    Returned objects of statek-bus types (a namespace, a ``for_task`` context) are wrapped too.
+    """
+
+    def __init__(self, target: Any, runner: _LoopThread) -> None:
+        self._target = target
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr) or isinstance(attr, type):
+            return self._wrap(attr)
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if inspect.iscoroutinefunction(attr):
+                return self._wrap(self._runner.run(attr(*args, **kwargs)))
+            return self._wrap(attr(*args, **kwargs))
+
+        return call
+
+    def __iter__(self) -> Iterator[Any]:
+        if hasattr(self._target, "__aiter__"):
+            return self._runner.iterate(self._target.__aiter__())
+        return iter(self._target)
+
+    def __repr__(self) -> str:
+        return f"<blocking {self._target!r}>"
+
+    def _wrap(self, value: Any) -> Any:
+        if inspect.isasyncgen(value) or (hasattr(value, "__anext__") and hasattr(value, "__aiter__")):
+            return self._runner.iterate(value)
+        if inspect.iscoroutine(value):
+            return self._wrap(self._runner.run(value))
+        if getattr(type(value), "__module__", "").startswith("statek_bus.") and _is_async_api(value):
+            return _Blocking(value, self._runner)
+        return value
+
+
+def _is_async_api(value: Any) -> bool:
+    return any(
+        inspect.iscoroutinefunction(getattr(type(value), n, None))
+        for n in dir(type(value))
+        if not n.startswith("_")
+    )
+
+
+class StatekClient:
+    """Synchronous client: the same namespaces as :class:`AsyncStatekClient`, blocking calls.
+
+    Use it as a context manager, or call :meth:`close` when done.
+    """
+
+    def __init__(self, nats_url: str | None = None, *, settings: Settings | None = None) -> None:
+        self._runner = _LoopThread()
+        self._async = AsyncStatekClient(nats_url, settings=settings)
+
+    def __enter__(self) -> StatekClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def aio(self) -> AsyncStatekClient:
+        """The underlying async client (its loop runs in this client's thread)."""
+        return self._async
+
+    def request(self, subject: str, payload: Any, reply_type: type[T], *, timeout: float | None = None) -> T:
+        """Blocking :meth:`AsyncStatekClient.request`."""
+        result: T = self._runner.run(self._async.request(subject, payload, reply_type, timeout=timeout))
+        return result
+
+    @functools.cached_property
+    def states(self) -> Any:
+        """The States API, blocking."""
+        return _Blocking(self._async.states, self._runner)
+
+    @functools.cached_property
+    def jobs(self) -> Any:
+        """Jobs, blocking."""
+        return _Blocking(self._async.jobs, self._runner)
+
+    def close(self) -> None:
+        """Close the connection and stop the loop thread."""
+        try:
+            self._runner.run(self._async.aclose())
+        finally:
+            self._runner.close()

@@ -1,0 +1,398 @@
+"""The client side of jobs: :class:`AsyncJobs` (``AsyncStatekClient().jobs``).
+
+Submitting is safe to retry: the client picks the ``job_id`` (or ``batch_id``) when the caller does
+not, so a submit that timed out or hit a restarting service is retried with the same ids and the
+service returns the jobs it already created instead of making new ones.
+
+``shared_vars`` are encoded here with the tagged value codec (:mod:`statek_bus.wire.values`), so
+datetimes, UUIDs, Decimals, bytes, sets... survive; a value that cannot be encoded is a
+``TypeError`` naming the variable, raised before anything is sent. A bad locale is an
+:class:`~statek_bus.wire.locale.UnknownLocaleError`, also before sending.
+
+:meth:`AsyncJobs.wait` and :meth:`AsyncJobs.watch` are event-driven: they watch the job's record
+(a KV watch delivers the current record first, then every change, so a completion can never fall
+between a read and a subscription) and its events in the job-log stream. No polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.kv import KeyValue
+
+from statek_bus.jobs import checks as jobchecks
+from statek_bus.wire.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
+from statek_bus.wire.locale import StatekLocale, resolve_locale
+from statek_bus.wire.messages import (
+    AgentDescription,
+    AgentGetRequest,
+    Empty,
+    Job,
+    JobCancelRequest,
+    JobEvent,
+    JobGetRequest,
+    JobHistory,
+    JobListRequest,
+    JobRecord,
+    JobSendMessageRequest,
+    JobSendNotificationRequest,
+    JobStatus,
+    SubmitBatchRequest,
+    SubmitRequest,
+    decode,
+    encode,
+)
+from statek_bus.wire.subjects import (
+    AGENTS_GET,
+    AGENTS_LIST,
+    JOB_LOG_STREAM,
+    JOBS_BUCKET,
+    JOBS_CANCEL,
+    JOBS_GET,
+    JOBS_HISTORY,
+    JOBS_LIST,
+    JOBS_SEND_MESSAGE,
+    JOBS_SEND_NOTIFICATION,
+    JOBS_SUBMIT,
+    JOBS_SUBMIT_BATCH,
+    job_events_subject,
+    job_key,
+)
+from statek_bus.wire.values import to_json
+
+if TYPE_CHECKING:
+    from statek_bus.client.core import AsyncStatekClient
+
+__all__ = ["AsyncJobs", "agent_role", "encode_shared_vars"]
+
+Jobs = list[Job]
+Agents = list[AgentDescription]
+_SUBMIT_ATTEMPTS = 3
+_RETRY_DELAYS = (0.2, 1.0)
+_DONE_GRACE = 2.0  # seconds watch() waits for the DONE event once the record says DONE
+
+
+def agent_role(agent: Any) -> str:
+    """The role of ``agent``: a role string, or any object with a ``role`` attribute."""
+    if isinstance(agent, str):
+        return agent
+    role = getattr(agent, "role", None)
+    if not isinstance(role, str):
+        raise TypeError(
+            f"agent must be a role string or have a str 'role' attribute, not {type(agent).__name__}"
+        )
+    return role
+
+
+def encode_shared_vars(
+    shared_vars: Mapping[str, Any] | None, label: str = "shared_vars"
+) -> dict[str, Any] | None:
+    """Encode a ``shared_vars`` mapping with the tagged value codec.
+
+    Raises:
+        TypeError: ``shared_vars`` is not a mapping of ``str`` names, or a value cannot be encoded
+            (the message names the variable and the path inside it).
+    """
+    if shared_vars is None:
+        return None
+    if not isinstance(shared_vars, Mapping):
+        raise TypeError(
+            f"{label} must be a dict of variable names to values, not {type(shared_vars).__name__}"
+        )
+    out: dict[str, Any] = {}
+    for name, value in shared_vars.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{label}: variable names must be str, not {type(name).__name__} ({name!r})")
+        out[name] = to_json(value, path=f"{label}[{name!r}]")
+    return out
+
+
+class AsyncJobs:
+    """Submit, query, cancel, message, wait for and watch jobs.
+
+    Args:
+        client: the :class:`~statek_bus.client.core.AsyncStatekClient` whose connection it uses.
+    """
+
+    def __init__(self, client: AsyncStatekClient) -> None:
+        self._client = client
+        self._kv: KeyValue | None = None
+
+    # --- submit ------------------------------------------------------------------------------------
+    async def submit(
+        self,
+        agent: Any,
+        shared_vars: Mapping[str, Any] | None = None,
+        locale: StatekLocale | str | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        parent_id: str | None = None,
+    ) -> Job:
+        """Create one job; the same ``job_id`` twice returns the first job.
+
+        Args:
+            agent: a role string or an agent object (its ``role``).
+            shared_vars: variables in scope when the job starts.
+            locale: a :class:`StatekLocale` or ``"LANG-COUNTRY"``.
+            params: agent-specific parameters (``**kwargs`` of ``submit_new_job``).
+            job_id: idempotency key (generated when omitted, so retries are safe).
+            parent_id: the parent job, for a child job.
+        """
+        req = SubmitRequest(
+            agent=agent_role(agent),
+            shared_vars=encode_shared_vars(shared_vars),
+            locale=resolve_locale(locale).code if locale is not None else None,
+            params=dict(params) if params else None,
+            job_id=job_id if job_id is not None else uuid.uuid4().hex,
+            parent_id=parent_id,
+        )
+        job: Job = await self._submit(JOBS_SUBMIT, req, Job)
+        return job
+
+    async def submit_batch(
+        self,
+        agent: Any,
+        shared_vars_batch: Sequence[Mapping[str, Any] | None],
+        locale: StatekLocale | str | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        batch_id: str | None = None,
+        parent_id: str | None = None,
+    ) -> Jobs:
+        """Create one job per ``shared_vars_batch`` entry (ids ``<batch_id>-<index>``).
+
+        Retrying with the same ``batch_id`` completes an interrupted batch exactly once. A batch
+        over :data:`~statek_bus.jobs.checks.MAX_BATCH` entries is sent as parts ``p = 0, 1, ...`` of
+        at most that many, each a batch of its own with id ``<batch_id>.p<p>``: job ids are then
+        ``<batch_id>.p<p>-<index within the part>``, and a retry with the same ``batch_id`` and
+        entries derives the same ids, so the exactly-once contract holds part by part.
+        """
+        if isinstance(shared_vars_batch, Mapping | str | bytes):
+            raise TypeError("shared_vars_batch must be a list with one shared_vars dict (or None) per job")
+        encoded = [
+            encode_shared_vars(sv, f"shared_vars_batch[{i}]") for i, sv in enumerate(shared_vars_batch)
+        ]
+        role = agent_role(agent)
+        code = resolve_locale(locale).code if locale is not None else None
+        params_ = dict(params) if params else None
+        bid = batch_id if batch_id is not None else uuid.uuid4().hex
+        size = jobchecks.MAX_BATCH
+        if len(encoded) <= size:
+            parts = [(bid, encoded)]
+        else:
+            parts = [
+                (f"{bid}.p{n}", encoded[i : i + size]) for n, i in enumerate(range(0, len(encoded), size))
+            ]
+        out: Jobs = []
+        for part_id, entries in parts:
+            req = SubmitBatchRequest(
+                agent=role,
+                shared_vars_batch=entries,
+                locale=code,
+                params=params_,
+                batch_id=part_id,
+                parent_id=parent_id,
+            )
+            jobs: Jobs = await self._submit(JOBS_SUBMIT_BATCH, req, Jobs)
+            out.extend(jobs)
+        return out
+
+    async def submit_new_job(
+        self,
+        agent: Any,
+        shared_vars: Mapping[str, Any] | None = None,
+        locale: StatekLocale | str | None = None,
+        **kwargs: Any,
+    ) -> Job:
+        """STATEK's signature: ``**kwargs`` become the job's ``params``."""
+        return await self.submit(agent, shared_vars, locale, params=kwargs)
+
+    async def submit_new_jobs_batch(
+        self,
+        agent: Any,
+        shared_vars_batch: Sequence[Mapping[str, Any] | None],
+        locale: StatekLocale | str | None = None,
+        **kwargs: Any,
+    ) -> Jobs:
+        """STATEK's signature: ``**kwargs`` become every job's ``params``."""
+        return await self.submit_batch(agent, shared_vars_batch, locale, params=kwargs)
+
+    async def _submit(self, subject: str, req: Any, reply: Any) -> Any:
+        body = encode(req)
+        nc = await self._client.connection()
+        if len(body) > nc.max_payload:
+            raise PayloadTooLargeError(
+                f"request is {len(body)} bytes, over the server's {nc.max_payload}-byte message limit",
+                details={"size": len(body), "limit": nc.max_payload},
+            )
+        for attempt in range(_SUBMIT_ATTEMPTS):
+            try:
+                return await self._client.request(subject, msgspec.Raw(body), reply)
+            except ServiceUnavailableError:
+                if attempt == _SUBMIT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(_RETRY_DELAYS[attempt])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- queries and transitions -------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job:
+        """The job (``NotFoundError`` when there is none)."""
+        return await self._client.request(JOBS_GET, JobGetRequest(job_id=job_id), Job)
+
+    async def list(
+        self,
+        agent: Any = None,
+        status: JobStatus | str | None = None,
+        parent_id: str | None = None,
+        limit: int | None = None,
+        page_number: int | None = None,
+    ) -> Jobs:
+        """Jobs in creation order, filtered by agent, status and parent; pages start at 1."""
+        req = JobListRequest(
+            agent=agent_role(agent) if agent is not None else None,
+            status=JobStatus(status) if status is not None else None,
+            parent_id=parent_id,
+            limit=limit,
+            page_number=page_number,
+        )
+        return await self._client.request(JOBS_LIST, req, Jobs)
+
+    async def cancel(self, job_id: str, reason: str | None = None) -> Job:
+        """Cancel: a READY/SUSPENDED job ends now, a running one at its next step; DONE is 409."""
+        return await self._client.request(JOBS_CANCEL, JobCancelRequest(job_id=job_id, reason=reason), Job)
+
+    async def send_message(self, job_id: str, message: str) -> Job:
+        """Send a chat message to the job; a DONE job restarts (DONE → STARTED)."""
+        req = JobSendMessageRequest(job_id=job_id, message=message)
+        return await self._client.request(JOBS_SEND_MESSAGE, req, Job)
+
+    async def send_notification(self, job_id: str, text: str) -> Job:
+        """Send a notification to the job; a DONE job restarts (DONE → STARTED)."""
+        req = JobSendNotificationRequest(job_id=job_id, text=text)
+        return await self._client.request(JOBS_SEND_NOTIFICATION, req, Job)
+
+    async def history(self, job_id: str) -> JobHistory:
+        """The job's chat log and console output."""
+        return await self._client.request(JOBS_HISTORY, JobGetRequest(job_id=job_id), JobHistory)
+
+    async def agents(self) -> Agents:
+        """Every agent an executor registered."""
+        return await self._client.request(AGENTS_LIST, Empty(), Agents)
+
+    async def agent(self, role: str) -> AgentDescription:
+        """One agent's description (``NotFoundError`` lists the known roles)."""
+        return await self._client.request(AGENTS_GET, AgentGetRequest(agent=role), AgentDescription)
+
+    # --- wait and watch ----------------------------------------------------------------------------
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Return the job once it is DONE (at once if it already is).
+
+        Raises:
+            NotFoundError: there is no such job.
+            TimeoutError: it is not DONE within ``timeout`` seconds.
+        """
+        kv = await self._jobs_kv()
+        watcher = await kv.watch(job_key(job_id), inactive_threshold=30.0)
+        try:
+            async with asyncio.timeout(timeout):
+                found = False
+                async for entry in watcher:
+                    if entry is None:
+                        if not found:
+                            raise NotFoundError(f"job {job_id!r} not found", field="job_id")
+                        continue
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                        raise NotFoundError(f"job {job_id!r} was deleted", field="job_id")
+                    found = True
+                    record = decode(entry.value, JobRecord)
+                    if record.status is JobStatus.DONE:
+                        return record.public(int(entry.revision or 0))
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id!r} is not DONE after {timeout:g}s") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        raise ServiceUnavailableError(f"watch of job {job_id!r} ended unexpectedly")
+
+    async def watch(self, job_id: str, *, replay: bool = True) -> AsyncIterator[JobEvent]:
+        """The job's events (status changes, console lines, chat messages) until it is DONE.
+
+        Args:
+            job_id: the job.
+            replay: start with the events the job already has (else only new ones).
+
+        The iterator ends after the DONE status event. If the record is DONE but its event never
+        comes (an executor that died between the two), a DONE event is made from the record.
+        """
+        js = await self._client.jetstream()
+        kv = await self._jobs_kv()
+        queue: asyncio.Queue[tuple[JobEvent, int] | KeyValue.Entry | None] = asyncio.Queue()
+
+        async def on_event(msg: Msg) -> None:
+            queue.put_nowait((decode(msg.data, JobEvent), msg.metadata.num_pending))
+
+        sub = await js.subscribe(
+            job_events_subject(job_id),
+            stream=JOB_LOG_STREAM,
+            cb=on_event,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL if replay else DeliverPolicy.NEW,
+            inactive_threshold=30.0,
+        )
+        watcher = await kv.watch(job_key(job_id), inactive_threshold=30.0)
+
+        async def follow() -> None:
+            async for entry in watcher:
+                queue.put_nowait(entry)
+
+        task = asyncio.create_task(follow())
+        try:
+            found = False
+            done: JobRecord | None = None
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), _DONE_GRACE if done is not None else None)
+                except TimeoutError:
+                    assert done is not None
+                    yield JobEvent(
+                        job_id=job_id,
+                        kind="status",
+                        at=done.updated_at,
+                        status=JobStatus.DONE,
+                        step=done.step,
+                        exit_status=done.exit_status,
+                    )
+                    return
+                if isinstance(item, tuple):
+                    event, pending = item
+                    yield event
+                    if event.kind == "status" and event.status is JobStatus.DONE and pending == 0:
+                        return
+                elif item is None:
+                    if not found:
+                        raise NotFoundError(f"job {job_id!r} not found", field="job_id")
+                elif item.operation in ("DEL", "PURGE") or not item.value:
+                    raise NotFoundError(f"job {job_id!r} was deleted", field="job_id")
+                else:
+                    found = True
+                    record = decode(item.value, JobRecord)
+                    done = record if record.status is JobStatus.DONE else None
+        finally:
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _jobs_kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await (await self._client.jetstream()).key_value(JOBS_BUCKET)
+        return self._kv

@@ -1,0 +1,184 @@
+"""Job records, work messages and job events: the storage both submission and executors use.
+
+- A job record lives at ``job.<token(id)>`` in ``statek_jobs``; its KV revision is its version.
+  Every change is a compare-and-set on that revision (:meth:`JobStore.transition`), so two
+  writers (two executors, an executor and a cancel) can never both commit from the same state.
+- Step ``n`` of a job is run by one work message ``{"job_id", "step": n}`` on
+  ``statek.work.run.<token>``, published with ``Nats-Msg-Id: <token>:<n>`` so a re-publish inside
+  the dedup window (a retried submit, a redelivered step re-queueing its successor) stores nothing.
+  A delayed wake-up is an ADR-51 scheduled message that fires into the same subject.
+- Job events go to ``statek.events.jobs.<token>``; the job-log stream captures them, which makes
+  them both live (core subscribers) and durable (history, late watchers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from statek_bus.mesh.availability import retry_transient, unavailable_as_503
+from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
+from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
+from statek_bus.wire.subjects import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
+    JOBS_BUCKET,
+    MSG_ID_HEADER,
+    job_events_subject,
+    job_key,
+    token,
+    work_run_subject,
+    work_schedule_subject,
+)
+
+__all__ = ["JobStore", "StaleRecordError", "scan", "utcnow"]
+
+_CAS_ATTEMPTS = 50
+_WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (every stored timestamp uses it)."""
+    return datetime.now(UTC)
+
+
+class StaleRecordError(ConflictError):
+    """A compare-and-set lost: the record changed since it was read."""
+
+
+class JobStore:
+    """Typed access to job records, the work queue and job events on one JetStream context."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self.js = js
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> JobStore:
+        """Bind to the (provisioned) jobs bucket."""
+        return cls(js, await js.key_value(JOBS_BUCKET))
+
+    # --- records -----------------------------------------------------------------------------------
+    async def find(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """The record and its revision, or ``None`` when there is no such job."""
+        try:
+            entry = await retry_transient(lambda: self.kv.get(job_key(job_id)))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:  # an expired/purged marker reads as an empty entry
+            return None
+        return decode(entry.value, JobRecord), int(entry.revision or 0)
+
+    async def get(self, job_id: str) -> tuple[JobRecord, int]:
+        """The record and its revision; :class:`NotFoundError` when missing."""
+        found = await self.find(job_id)
+        if found is None:
+            raise NotFoundError(f"job {job_id!r} not found", field="job_id")
+        return found
+
+    async def create(self, record: JobRecord) -> tuple[JobRecord, int, bool]:
+        """Store a new record; if the id exists, return the existing one. Third item: created."""
+        try:
+            with unavailable_as_503(f"storing job {record.id!r}"):
+                rev = await self.kv.create(job_key(record.id), encode(record))
+            return record, int(rev), True
+        except KeyWrongLastSequenceError:
+            existing = await self.find(record.id)
+            if existing is None:  # deleted between the two calls: try once more
+                rev = await self.kv.create(job_key(record.id), encode(record))
+                return record, int(rev), True
+            return existing[0], existing[1], False
+
+    async def put(self, record: JobRecord, revision: int) -> int:
+        """Compare-and-set ``record`` over ``revision``; :class:`StaleRecordError` if it moved."""
+        try:
+            with unavailable_as_503(f"updating job {record.id!r}"):
+                return int(await self.kv.update(job_key(record.id), encode(record), last=revision))
+        except KeyWrongLastSequenceError:
+            raise StaleRecordError(f"job {record.id!r} changed concurrently") from None
+
+    async def transition(
+        self, job_id: str, change: Callable[[JobRecord], JobRecord | None]
+    ) -> tuple[JobRecord, int, bool]:
+        """Read, apply ``change`` and compare-and-set, retrying when another writer got there first.
+
+        ``change`` returns the new record, or ``None`` to leave the record as it is (it may raise
+        to refuse, e.g. a 409 for an illegal transition). Returns (record, revision, changed).
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            record, rev = await self.get(job_id)
+            new = change(record)
+            if new is None:
+                return record, rev, False
+            new.updated_at = utcnow()
+            try:
+                return new, await self.put(new, rev), True
+            except StaleRecordError:
+                await asyncio.sleep(0)
+        raise ServiceUnavailableError(f"job {job_id!r} is under heavy contention; try again")
+
+    # --- work queue --------------------------------------------------------------------------------
+    async def enqueue(
+        self, job_id: str, step: int, *, at: datetime | None = None, if_absent: bool = False
+    ) -> bool:
+        """Queue step ``step`` of ``job_id`` now, or at ``at`` (a durable ADR-51 scheduled message).
+
+        With ``if_absent`` the publish is stored only when the job's work subject holds no message
+        (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
+        Returns whether a new message was stored (``False`` for a duplicate id or a present one).
+        """
+        body = encode(WorkMessage(job_id=job_id, step=step))
+        msg_id = f"{token(job_id)}:{step}"
+        if at is None:
+            headers = {MSG_ID_HEADER: msg_id}
+            if if_absent:
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
+            try:
+                with unavailable_as_503(f"queueing job {job_id!r}"):
+                    ack = await self.js.publish(work_run_subject(job_id), body, headers=headers)
+            except APIError as exc:
+                if if_absent and exc.err_code == _WRONG_LAST_SEQUENCE:
+                    return False  # queued, or being run
+                raise
+            return not ack.duplicate
+        when = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+        with unavailable_as_503(f"scheduling job {job_id!r}"):
+            await self.js.publish(
+                work_schedule_subject(job_id),
+                body,
+                headers={
+                    MSG_ID_HEADER: f"{msg_id}:at",
+                    "Nats-Schedule": f"@at {when}",
+                    "Nats-Schedule-Target": work_run_subject(job_id),
+                },
+            )
+        return True
+
+    # --- events ------------------------------------------------------------------------------------
+    async def publish(self, event: JobEvent) -> None:
+        """Publish a job event (stored in the job-log stream, seen live by subscribers)."""
+        with unavailable_as_503(f"publishing an event of job {event.job_id!r}"):
+            await self.js.publish(job_events_subject(event.job_id), encode(event))
+
+
+async def scan(kv: KeyValue, pattern: str, *, timeout: float = 10.0) -> list[tuple[str, bytes]]:
+    """The latest value of every live key matching ``pattern``, in the order they were written.
+
+    (``KeyValue.keys(filters=...)`` watches the whole bucket and filters client-side; this
+    filters on the server.)
+    """
+    watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=5.0)
+    out: list[tuple[str, bytes]] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout)  # type: ignore[no-untyped-call]
+            if entry is None:
+                return out
+            if entry.value:
+                out.append((entry.key, entry.value))
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]

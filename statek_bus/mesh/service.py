@@ -1,0 +1,258 @@
+"""The service runner: a NATS micro service (ADR-32) from a table of typed endpoints.
+
+A service module (``services/<name>.py``) is a :data:`ServiceFactory`: given a
+:class:`ServiceContext` it opens what it needs on ``ctx.stack`` and returns a :class:`ServiceSpec`
+(name, description, endpoints). The runner does the rest, the same way for every service:
+
+- connects (reconnecting forever), provisions storage, registers the micro service with a SemVer
+  version and a non-empty description (the ``nats`` CLI ignores a service without one);
+- decodes each request with its endpoint's typed decoder (a bad field is a 400 naming it, a body
+  over ``max_request_bytes`` a 413), calls the handler, encodes the reply as JSON;
+- dispatches handlers as bounded concurrent tasks: nats-py awaits an endpoint's handler one
+  message at a time, which would serialise every request;
+- turns every exception into ADR-32 error headers plus a JSON body (:func:`errors.error_reply`),
+  and keeps the endpoint's error count and last error true in ``$SRV.STATS``;
+- on SIGTERM/SIGINT: stops taking requests, lets in-flight ones finish (up to ``drain_timeout``),
+  closes the factory's resources (workers stop fetching; unacknowledged steps are redelivered),
+  then drains the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.micro
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from statek_bus.mesh.connection import connect
+from statek_bus.mesh.provision import provision
+from statek_bus.mesh.settings import Settings
+from statek_bus.wire.errors import PayloadTooLargeError, error_reply
+from statek_bus.wire.messages import decode, encode
+from statek_bus.wire.subjects import SERVICE_VERSION
+
+__all__ = [
+    "Endpoint",
+    "ServiceContext",
+    "ServiceFactory",
+    "ServiceSpec",
+    "load_service_factory",
+    "run_service",
+    "running_service",
+]
+
+log = logging.getLogger(__name__)
+
+_REPLY_HEADROOM = 1024  # error headers and protocol overhead below the server's max_payload
+
+Handler = Callable[[Any], Awaitable[Any]]
+"""An endpoint handler: takes the decoded request, returns the reply (any msgspec-encodable value)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One request/reply endpoint."""
+
+    name: str
+    """Endpoint name, unique within the service (shown by ``nats micro info``)."""
+    subject: str
+    """The subject it answers on."""
+    request: type
+    """The msgspec Struct its request decodes to."""
+    handler: Handler
+    """The coroutine that answers."""
+    doc: str = ""
+    """One line shown in the endpoint metadata."""
+
+
+@dataclass
+class ServiceSpec:
+    """What a service factory returns."""
+
+    name: str
+    """ADR-32 service name (``statek-state``...)."""
+    description: str
+    """Non-empty description."""
+    endpoints: Sequence[Endpoint]
+    """The endpoint table."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Extra ``$SRV.INFO`` metadata (string values)."""
+
+
+@dataclass
+class ServiceContext:
+    """What a service factory gets: settings, the connection and a stack for its resources."""
+
+    settings: Settings
+    """Settings of this process."""
+    nc: Client
+    """The service's NATS connection."""
+    js: JetStreamContext
+    """JetStream on that connection."""
+    stack: AsyncExitStack
+    """Enter background workers here; they are closed after in-flight requests finish."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the service begins to stop."""
+    instance_id: str = ""
+    """The micro service instance id (set once registered)."""
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the micro service is registered and answering ``$SRV.PING``."""
+
+
+ServiceFactory = Callable[[ServiceContext], Awaitable[ServiceSpec]]
+"""Builds a service: opens its resources on ``ctx.stack`` and returns its spec."""
+
+
+class _Runner:
+    def __init__(self, ctx: ServiceContext, spec: ServiceSpec) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.sem = asyncio.Semaphore(ctx.settings.handler_concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.service: Service | None = None
+
+    async def start(self) -> None:
+        self.service = await nats.micro.add_service(
+            self.ctx.nc,
+            name=self.spec.name,
+            version=SERVICE_VERSION,
+            description=self.spec.description,
+            metadata=self.spec.metadata or None,
+        )
+        self.ctx.instance_id = self.service.id
+        for ep in self.spec.endpoints:
+            await self.service.add_endpoint(
+                name=ep.name,
+                subject=ep.subject,
+                handler=self._dispatcher(ep, len(self.service._endpoints)),
+                metadata={"request": ep.request.__name__, "doc": ep.doc or ep.name},
+            )
+
+    def _dispatcher(self, ep: Endpoint, index: int) -> Callable[[Request], Awaitable[None]]:
+        async def dispatch(req: Request) -> None:
+            await self.sem.acquire()
+            task = asyncio.create_task(self._handle(ep, index, req._msg))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+
+        return dispatch
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.sem.release()
+
+    async def _handle(self, ep: Endpoint, index: int, msg: Msg) -> None:
+        started = time.perf_counter_ns()
+        try:
+            limit = self.ctx.settings.max_request_bytes
+            if len(msg.data) > limit:
+                raise PayloadTooLargeError(
+                    f"request is {len(msg.data)} bytes, over the {limit}-byte limit",
+                    details={"size": len(msg.data), "limit": limit},
+                )
+            reply = await ep.handler(decode(msg.data or b"{}", ep.request))
+            body, headers = encode(reply), None
+            room = self.ctx.nc.max_payload - _REPLY_HEADROOM
+            if len(body) > room:  # nats-py would refuse to publish it and the caller would time out
+                raise PayloadTooLargeError(
+                    f"the reply is {len(body)} bytes, over the {room}-byte message limit: ask for less "
+                    f"(a smaller limit or batch)",
+                    details={"size": len(body), "limit": room},
+                )
+        except Exception as exc:
+            headers, body = error_reply(exc, context=f"{self.spec.name}/{ep.name}")
+            self._count_error(index, headers)
+        if msg.reply:
+            try:
+                await self.ctx.nc.publish(msg.reply, body, headers=headers)
+            except Exception:  # the connection went away; the caller will time out and retry
+                log.warning("could not reply on %s", ep.subject, exc_info=True)
+        self._count_time(index, time.perf_counter_ns() - started)
+
+    # nats-py's micro Endpoint counts only what its own (serial) handler raises; our handlers run
+    # as tasks, so we keep its public STATS figures true by updating them here (pinned nats-py 2.16).
+    def _endpoint(self, index: int) -> Any:
+        assert self.service is not None
+        return self.service._endpoints[index]
+
+    def _count_error(self, index: int, headers: dict[str, str]) -> None:
+        ep = self._endpoint(index)
+        ep._num_errors += 1
+        ep._last_error = f"{headers.get('Nats-Service-Error-Code')}:{headers.get('Nats-Service-Error')}"
+
+    def _count_time(self, index: int, elapsed_ns: int) -> None:
+        ep = self._endpoint(index)
+        ep._processing_time += elapsed_ns
+        ep._average_processing_time = int(ep._processing_time / max(1, ep._num_requests))
+
+    async def stop(self) -> None:
+        """Stop taking requests and let in-flight ones finish (bounded by ``drain_timeout``)."""
+        self.ctx.stopping.set()
+        if self.service is not None:
+            for ep in self.service._endpoints:
+                if ep._subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await ep._subscription.drain()
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=self.ctx.settings.drain_timeout)
+            for t in pending:
+                t.cancel()
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    factory: ServiceFactory, settings: Settings, *, name: str
+) -> AsyncIterator[ServiceContext]:
+    """Run a service in this process for the duration of the ``async with`` block."""
+    nc = await connect(settings, name=name, service=True)
+    try:
+        js = nc.jetstream(timeout=max(5.0, settings.request_timeout))
+        await provision(js, settings)
+        async with AsyncExitStack() as stack:
+            ctx = ServiceContext(settings=settings, nc=nc, js=js, stack=stack)
+            spec = await factory(ctx)
+            runner = _Runner(ctx, spec)
+            await runner.start()
+            ctx.ready.set()
+            log.info("%s %s ready (instance %s)", spec.name, SERVICE_VERSION, ctx.instance_id)
+            try:
+                yield ctx
+            finally:
+                await runner.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+async def run_service(factory: ServiceFactory, settings: Settings, *, name: str) -> None:
+    """Run a service until SIGTERM or SIGINT, then stop it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_service(factory, settings, name=name):
+        await stop.wait()
+        log.info("%s stopping", name)
+
+
+def load_service_factory(kind: str) -> ServiceFactory:
+    """The factory of service ``kind`` (``submission``, ``executor``, ``state``, ``provider``).
+
+    Imported by name, so a process loads only the service it runs (litellm only in the provider).
+    """
+    module = importlib.import_module(f"statek_bus.services.{kind}")
+    factory: ServiceFactory = module.build
+    return factory

@@ -1,0 +1,1 @@
+"""The runtime: the executor, the step engine, the code runner, resume, wake-ups and the commit merge."""

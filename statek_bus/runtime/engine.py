@@ -1,0 +1,521 @@
+"""The step: one unit of a job's progress, as STATEK defines it (behaviour reference §2).
+
+A step (1) delivers the job's inbox (user messages become user turns, notifications wait for
+the next safe point), (2) executes the pending code block — a warmup block, or the previous LLM
+reply — in the sandbox, (3) makes at most one LLM call, whose reply is the next step's code, and
+(4) returns the new record for the executor to commit with a compare-and-set. Nothing here
+touches the work queue: :mod:`statek_bus.runtime.executor` owns fetching, committing and acknowledging.
+
+Engine state lives in ``JobRecord.engine`` as an :class:`EngineState` (chat log, counters,
+workspace reference), so the chat log commits atomically with the step.
+
+Harness limits (settings): ``max_turns`` LLM turns, ``max_exceptions`` runtime errors,
+``max_consecutive_exceptions`` failing steps in a row, ``max_token_usage`` tokens; counted per
+run (a DONE job restarted by a message starts a new run). Breaking one ends the job DONE with
+``error`` set and ``exit_status`` ``"Error: <message>"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from statek_bus.authoring.agents import Agent, WarmupBlock
+from statek_bus.authoring.prompts import parse_difficulty
+from statek_bus.authoring.tools import JobContext, select_tools
+from statek_bus.jobs.store import utcnow
+from statek_bus.mesh.settings import Settings
+from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, build_messages, parse_reply
+from statek_bus.runtime.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit, format_value
+from statek_bus.runtime.engine_state import EngineState, StepTrace, Wait, load_state, step_events, store_state
+from statek_bus.runtime.handler_step import run_handler_step
+from statek_bus.runtime.resume import absorb_inbox, bind_env, deliver_subtasks, gate, suspend_wait
+from statek_bus.wire.errors import ServiceUnavailableError, StatekError
+from statek_bus.wire.messages import CompleteReply, CompleteRequest, JobRecord, JobStatus
+from statek_bus.wire.values import from_json, to_json
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EngineState",
+    "HarnessError",
+    "Model",
+    "RetryStep",
+    "SessionFactory",
+    "StepEngine",
+    "StepOutcome",
+    "StepTrace",
+    "Wait",
+    "load_state",
+    "run_handler_step",
+    "step_events",
+]
+
+
+_MAX_REPLY_CHARS = 300_000
+"""Longest reply kept: the chat log lives in the job record, a NATS message (1 MB by default)."""
+
+
+class RetryStep(Exception):
+    """The step cannot run now (a dependency is down): leave it for redelivery after ``delay``."""
+
+    def __init__(self, reason: str, delay: float = 2.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class HarnessError(Exception):
+    """A harness limit was exceeded; the job ends with ``Error: <message>``."""
+
+
+class Model(Protocol):
+    """The LLM seam: the executor's implementation calls the provider service."""
+
+    async def complete(self, request: CompleteRequest) -> CompleteReply:
+        """Answer ``request``; :class:`StatekError` on failure."""
+        ...
+
+
+SessionFactory = Callable[[JobContext, Agent, dict[str, Any] | None, dict[str, Any], bool], Awaitable[Any]]
+"""Builds a code session: (job context, agent, workspace ref, shared vars, trusted) → session."""
+
+WorkspaceSaver = Callable[[str, int, Any], Awaitable[dict[str, Any] | None]]
+"""Saves a workspace snapshot: (job id, step, data) → reference stored in the engine state."""
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    """The result of a step: the record to commit and the events to publish after the commit."""
+
+    record: JobRecord
+    """The new record (``step`` advanced)."""
+    consumed: int
+    """Inbox items delivered by this step (the executor keeps items that arrived later)."""
+    dialog: list[str] = dataclasses.field(default_factory=list)
+    """Prose sent to the user this step."""
+    state: EngineState | None = None
+    """The engine state stored in ``record.engine`` (saves decoding it again after the commit)."""
+
+
+class StepEngine:
+    """Runs one step of a code-first job.
+
+    Args:
+        settings: harness limits, step timeout.
+        runner: where code runs.
+        model: the LLM seam.
+        session_factory: builds the code session for a step.
+        save_workspace: persists the workspace snapshot.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: CodeRunner,
+        model: Model,
+        session_factory: SessionFactory,
+        save_workspace: WorkspaceSaver,
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.model = model
+        self.session_factory = session_factory
+        self.save_workspace = save_workspace
+
+    async def run(self, record: JobRecord, agent: Agent, ctx: JobContext) -> StepOutcome:
+        """Run step ``record.step`` and return the record to commit.
+
+        A job that ends with an error first calls the error handlers its tools registered (once:
+        the list is cleared in the committed state; a crash before the commit may repeat them).
+        """
+        outcome = await self._run(record, agent, ctx)
+        new = outcome.record
+        if new.status is JobStatus.DONE and new.error is not None:
+            state = outcome.state or load_state(new)
+            if state.error_handlers:
+                await _call_error_handlers(agent, state.error_handlers, new.error)
+                state.error_handlers = []
+                store_state(new, state)
+        return outcome
+
+    async def _run(self, record: JobRecord, agent: Agent, ctx: JobContext) -> StepOutcome:
+        new = msgspec.structs.replace(
+            record, inbox=[], params=dict(record.params), usage=msgspec.structs.replace(record.usage)
+        )
+        state = load_state(record)
+        step = record.step
+        trace = StepTrace(step=step, log_from=len(state.log))
+        state.log = list(state.log)
+        statuses = trace.statuses
+        consumed = len(record.inbox)
+        env = ctx.extras.get("env")
+
+        def set_status(status: JobStatus) -> None:
+            if new.status != status:
+                new.status = status
+                statuses.append(status)
+
+        def finish(exit_status: Any, error: str | None = None) -> StepOutcome:
+            new.exit_status = exit_status
+            new.error = error
+            set_status(JobStatus.DONE)
+            state.turns = state.exceptions = state.consecutive = state.tokens = 0
+            state.token_extension = 0
+            state.wait, state.memo = None, {}
+            return self._done(new, state, trace, consumed)
+
+        if record.cancel_reason:
+            return finish(f"Cancelled: {record.cancel_reason}")
+        absorb_inbox(state, record, step)
+        style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
+        if step == 0 and not record.engine:
+            state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
+        blocks = agent.warmup_blocks()
+        ctx.difficulty = state.difficulty
+        bind_env(ctx, env, state)
+
+        try:
+            # 0. A waiting job re-checks what it waits for; still unmet, it stays SUSPENDED.
+            if state.wait is not None and not await gate(state, env):
+                return self._done(new, state, trace, consumed)
+            # 1. Pick and run the pending code (or resume it where it suspended).
+            started_at = utcnow()
+            item, units, block = self._pending(state, blocks, style, step)
+            if item is not None:
+                resuming = state.wait is not None
+                if block is not None:
+                    set_status(JobStatus.WARMING_UP)
+                    state.warmup_next += 0 if resuming else 1
+                elif new.status in (JobStatus.READY, JobStatus.SUSPENDED):
+                    set_status(JobStatus.STARTED)
+                trace.ran = state.log.index(item)
+                for i, unit in enumerate(units):
+                    unit.site = f"{trace.ran}.{i}"
+                result = await self._execute(
+                    ctx, agent, state, record, units, trusted=bool(block and block.hidden)
+                )
+                if env is not None and env.subtask_done is not None and state.subtask_done is None:
+                    state.subtask_done, trace.subtask = env.subtask_done, True
+                if result.suspended is not None:
+                    self._record_result(item, units, result, state, step, partial=True)
+                    suspend_wait(state, env, result, trace.ran, block, started_at)
+                    set_status(JobStatus.SUSPENDED)
+                    return self._done(new, state, trace, consumed)
+                state.wait, state.memo = None, {}
+                failed = self._record_result(item, units, result, state, step)
+                for text in state.held:  # messages that arrived while it waited
+                    state.log.append(LogItem(kind="user", step=step, text=text))
+                state.held = []
+                for name, value in ctx.error_handlers:
+                    state.error_handlers.append({"tool": name, "context": _context_json(value)})
+                if ctx.difficulty_changed:  # panic(): a harder model and the budget used so far again
+                    state.difficulty = ctx.difficulty
+                    state.token_extension += state.tokens
+                if failed is not None and block is not None:
+                    return finish(f"Error: warmup failed: {failed}", f"warmup failed: {failed}")
+                if result.exited:
+                    if state.notifications or state.pending_subtasks:
+                        self._deliver_notifications(state, step)
+                    else:
+                        return finish(result.exit_value)
+                self._check_exceptions(state)
+                if state.warmup_next < len(blocks):
+                    return self._done(new, state, trace, consumed)
+
+            # 2. At most one LLM call.
+            set_status(JobStatus.STARTED)
+            if state.turns + 1 > self.settings.max_turns:
+                raise HarnessError(
+                    f"Maximum number of turns exceeded: {state.turns + 1}/{self.settings.max_turns}"
+                )
+            self._deliver_notifications(state, step)
+            reply = await self._call_model(ctx, agent, new, state, style)
+            if len(reply.text) > _MAX_REPLY_CHARS:
+                raise HarnessError(
+                    f"LLM reply too large: {len(reply.text)} characters (limit {_MAX_REPLY_CHARS})"
+                )
+            parsed = parse_reply(reply.text, bool(reply.tool_calls), style)
+            calls = [
+                LoggedCall(id=c.id or f"call-{step}-{i}", name=c.name, arguments=dict(c.arguments))
+                for i, c in enumerate(reply.tool_calls)
+            ]
+            llm_item = LogItem(
+                kind="llm",
+                step=step,
+                text=reply.text,
+                code=None if parsed.code == reply.text else parsed.code,
+                calls=calls,
+                dialog=parsed.dialog,
+                reasoning=reply.reasoning,
+            )
+            state.log.append(llm_item)
+            budget = self.settings.max_token_usage + state.token_extension
+            if state.tokens > budget:
+                raise HarnessError(f"Maximum token usage exceeded: {state.tokens}/{budget}")
+            if parsed.final and not state.notifications and not state.pending_subtasks:
+                llm_item.executed, llm_item.ran_at = True, step
+                return finish(None)
+            return self._done(new, state, trace, consumed)
+        except HarnessError as exc:
+            state.log.append(LogItem(kind="system", step=step, text=f"Error: {exc}", executed=True))
+            return finish(f"Error: {exc}", str(exc))
+
+    # --- pieces ------------------------------------------------------------------------------------
+    def _pending(
+        self, state: EngineState, blocks: list[WarmupBlock], style: ChatStyle, step: int
+    ) -> tuple[LogItem | None, list[ExecUnit], WarmupBlock | None]:
+        wait = state.wait
+        if wait is not None:  # resume: units before the suspended one are done, it restarts at its statement
+            item = state.log[wait.item]
+            block = blocks[wait.block] if wait.block is not None and wait.block < len(blocks) else None
+            units = self._warmup_units(block) if block is not None else self._reply_units(item, style)
+            for unit in units[: wait.unit]:
+                unit.skip = True
+            if wait.unit < len(units):
+                units[wait.unit].start = wait.statement
+            return item, units, block
+        if state.warmup_next < len(blocks):
+            block = blocks[state.warmup_next]
+            calls = [
+                LoggedCall(
+                    id=f"STATEK-{state.warmup_next + 1:03d}-{i}", name=c.name, arguments=dict(c.kwargs)
+                )
+                for i, c in enumerate(block.calls)
+            ]
+            item = LogItem(kind="warmup", step=step, code=block.code, calls=calls, hidden=block.hidden)
+            state.log.append(item)
+            return item, self._warmup_units(block), block
+        pending = next((i for i in reversed(state.log) if i.kind == "llm"), None)
+        if pending is None or pending.executed:
+            return None, [], None
+        return pending, self._reply_units(pending, style), None
+
+    @staticmethod
+    def _warmup_units(block: WarmupBlock) -> list[ExecUnit]:
+        units = [
+            ExecUnit(kind="tool", tool=c.name, arguments={"__args__": list(c.args), **c.kwargs})
+            for c in block.calls
+        ]
+        if block.code.strip():
+            units.append(ExecUnit(kind="code", code=block.code, trusted=block.hidden))
+        return units
+
+    @staticmethod
+    def _reply_units(pending: LogItem, style: ChatStyle) -> list[ExecUnit]:
+        units = [
+            ExecUnit(kind="tool", tool=c.name, arguments=c.arguments)
+            for c in pending.calls
+            if c.name != "python_cli"
+        ]
+        if style is not ChatStyle.DIRECT:
+            units.append(ExecUnit(kind="code", code=pending.source))
+        cli = [c for c in pending.calls if c.name == "python_cli"]
+        for i, c in enumerate(cli):
+            code = str(c.arguments.get("code", ""))
+            units.append(ExecUnit(kind="cli" if i == 0 else "cli-extra", code=code))
+        return units
+
+    async def _execute(
+        self,
+        ctx: JobContext,
+        agent: Agent,
+        state: EngineState,
+        record: JobRecord,
+        units: list[ExecUnit],
+        *,
+        trusted: bool,
+    ) -> ExecResult:
+        session = await self.session_factory(ctx, agent, state.workspace, record.shared_vars, trusted)
+        result = await self.runner.run(
+            ExecRequest(session=session, units=units, deadline_seconds=self.settings.step_timeout)
+        )
+        if result.workspace is not None:
+            state.workspace = await self.save_workspace(record.id, record.step, result.workspace)
+        return result
+
+    def _record_result(
+        self,
+        item: LogItem,
+        units: list[ExecUnit],
+        result: ExecResult,
+        state: EngineState,
+        step: int,
+        *,
+        partial: bool = False,
+    ) -> str | None:
+        """Store outputs on the log item; count errors; return the code error, if any.
+
+        A resumed item keeps what its earlier run printed; ``partial`` (the code suspended) adds the
+        output so far and leaves the item unexecuted, counting nothing.
+        """
+        console: list[str] = [*item.console, *result.notes]
+        code_error: str | None = None
+        call_results: dict[str, str] = {}
+        tool_calls = [c for c in item.calls if c.name != "python_cli"]
+        cli_calls = [c for c in item.calls if c.name == "python_cli"]
+        tool_i = cli_i = 0
+        for unit, res in zip(units, result.units, strict=False):
+            if unit.kind == "tool":
+                if not unit.skip and res.suspended is None:
+                    call_results[tool_calls[tool_i].id] = "\n".join(res.console)
+                tool_i += 1
+            elif unit.kind in ("cli", "cli-extra"):
+                if unit.kind == "cli-extra":
+                    text = "ValueError: at most one python_cli call per step"
+                else:
+                    text = "\n".join(res.console)
+                    code_error = code_error or res.error
+                if not unit.skip and res.suspended is None:
+                    call_results[cli_calls[cli_i].id] = text
+                cli_i += 1
+            else:
+                console += res.console
+                code_error = code_error or res.error
+        for name in result.dropped:
+            console.append(
+                f"Warning: {name} could not be saved (its value has no persistent form) and was dropped"
+            )
+        item.calls = [
+            msgspec.structs.replace(c, result=call_results.get(c.id, c.result or "")) for c in item.calls
+        ]
+        item.console = console
+        if partial:
+            return None
+        item.executed, item.ran_at = True, step
+        if not item.source.strip() and not item.calls and item.kind == "llm":
+            item.console = [*console, "Error: no code submitted."]
+        if code_error is not None:
+            state.exceptions += 1
+            state.consecutive += 1
+        else:
+            state.consecutive = 0
+        return code_error
+
+    def _check_exceptions(self, state: EngineState) -> None:
+        s = self.settings
+        if state.exceptions > s.max_exceptions:
+            raise HarnessError(
+                f"Maximum number of exceptions exceeded: {state.exceptions}/{s.max_exceptions}"
+            )
+        if state.consecutive > s.max_consecutive_exceptions:
+            raise HarnessError(
+                f"Maximum consecutive exceptions exceeded: {state.consecutive}/{s.max_consecutive_exceptions}"
+            )
+
+    def _deliver_notifications(self, state: EngineState, step: int) -> None:
+        for text in state.notifications:
+            state.log.append(LogItem(kind="notification", step=step, text=text, executed=True))
+        state.notifications = []
+        deliver_subtasks(state, step)
+
+    async def _call_model(
+        self, ctx: JobContext, agent: Agent, record: JobRecord, state: EngineState, style: ChatStyle
+    ) -> CompleteReply:
+        prompt, hint = _prompt_and_hint(agent, record, style, state.difficulty)
+        shared = ", ".join(sorted(record.shared_vars)) if record.shared_vars else ""
+        opening = f"Begin. Variables in your workspace: {shared}." if shared else "Begin."
+        messages = build_messages(
+            state.log,
+            style=style,
+            system_prompt=prompt,
+            opening=opening + (f" ({hint})" if hint else ""),
+            hint=hint,
+            box=agent.metadata.get("XML_BOX_CONSOLE"),
+        )
+        scope = agent.metadata.get("LLM_TOOLS_SCOPE")
+        tools = select_tools(agent.all_tools(), scope, style.value) if scope else []
+        meta = {
+            k: v for k, v in agent.metadata.items() if isinstance(v, str | int | float | bool | list | dict)
+        }
+        meta["DIFFICULTY"] = state.difficulty
+        temperature = agent.metadata.get("TEMPERATURE")
+        request = CompleteRequest(
+            model=agent.model or "",
+            messages=messages,
+            tools=[t.spec() for t in tools] or None,
+            temperature=float(temperature) if temperature is not None else None,
+            job_id=record.id,
+            metadata=meta,
+            call_index=state.calls,
+        )
+        try:
+            reply = await self.model.complete(request)
+        except ServiceUnavailableError as exc:
+            raise RetryStep(str(exc)) from None
+        except StatekError as exc:
+            raise HarnessError(f"LLM call failed: {exc}") from None
+        usage = record.usage
+        usage.llm_calls += 1
+        usage.input_tokens += reply.usage.input_tokens
+        usage.output_tokens += reply.usage.output_tokens
+        usage.cached_tokens += reply.usage.cached_tokens
+        usage.cost += reply.usage.cost
+        used = reply.usage.input_tokens + reply.usage.output_tokens
+        if not used:
+            sent = sum(len(m.content or "") for m in messages) + len(prompt)
+            used = (sent + len(reply.text)) // 4
+        state.tokens += used
+        state.turns += 1
+        state.calls += 1
+        return reply
+
+    def _done(self, new: JobRecord, state: EngineState, trace: StepTrace, consumed: int) -> StepOutcome:
+        new.step = trace.step + 1
+        new.updated_at = utcnow()
+        state.last = trace
+        store_state(new, state)
+        dialog = [i.dialog for i in state.log[trace.log_from :] if i.dialog]
+        return StepOutcome(record=new, consumed=consumed, dialog=dialog, state=state)
+
+
+def _context_json(value: Any) -> Any:
+    try:
+        return to_json(value)
+    except TypeError:
+        return format_value(value)
+
+
+async def _call_error_handlers(agent: Agent, handlers: list[dict[str, Any]], error: str) -> None:
+    tools = {t.name: t for t in agent.all_tools()}
+    for entry in handlers:
+        t = tools.get(str(entry.get("tool")))
+        if t is None or t.error_handler is None:
+            continue
+        try:
+            result = await asyncio.to_thread(t.error_handler, from_json(entry.get("context")), error)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # STATEK swallows handler failures; we log them
+            log.warning("error handler of tool %r failed", t.name, exc_info=True)
+
+
+def _prompt_and_hint(
+    agent: Agent, record: JobRecord, style: ChatStyle, difficulty: str
+) -> tuple[str, str | None]:
+    prompt = agent.system_prompt(
+        params=record.params,
+        shared_var_names=sorted(record.shared_vars),
+        chat_style=style.value,
+        difficulty=difficulty,
+    )
+    hint: str | None = None
+    if record.locale:
+        try:
+            from statek_bus.wire.locale import get_language_hint, get_language_rule, resolve_locale
+
+            lang = resolve_locale(record.locale).lang_code
+            if str(agent.metadata.get("AUTO_LANG_RULE", "TRUE")).upper() != "FALSE":
+                rule = get_language_rule(lang)
+                if rule:
+                    prompt = f"{prompt}\n\n{rule}" if prompt else rule
+            if str(agent.metadata.get("AUTO_LANG_HINT", "TRUE")).upper() != "FALSE":
+                hint = get_language_hint(lang)
+        except (ImportError, ValueError):
+            pass
+    return prompt, hint

@@ -1,0 +1,563 @@
+"""The executor: pulls job steps from the work queue, runs them, commits them, acknowledges them.
+
+One durable pull consumer (``statek_executors``) is shared by every replica. This module keeps
+one pull request outstanding per free slot and dispatches messages as they arrive (a blocking
+``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per step), so up to
+``max_concurrency`` steps run at once. A step:
+
+1. load the job record (and its workspace);
+2. if the message is stale (the record has moved past its step, or the job is DONE) acknowledge
+   it — first re-queueing the job's current step and re-publishing the last step's events when
+   the job is still running, which closes the crash gap between a commit and the next publish
+   (both are deduplicated by ``Nats-Msg-Id``);
+3. run the step (:mod:`statek_bus.runtime.engine`, or a handler agent's handlers);
+4. commit with a compare-and-set on the record's revision. If another writer got there first
+   and only added inbox items or a cancel reason, merge and retry; if the step itself was
+   committed elsewhere, drop this result;
+5. publish the step's events and the next work message in parallel, then acknowledge.
+
+Every in-flight message gets an ``in_progress`` heartbeat every ``ack_wait / 3`` seconds, so a
+long LLM call is not redelivered; a crashed replica's messages are redelivered after
+``ack_wait`` and re-run from the last committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
+from statek_bus.authoring.tools import JobContext
+from statek_bus.client.llm import ProviderModel
+from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
+from statek_bus.mesh.settings import Settings
+from statek_bus.runtime import wakeups as waits
+from statek_bus.runtime.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
+from statek_bus.runtime.engine import (
+    RetryStep,
+    StepEngine,
+    StepOutcome,
+    load_state,
+    run_handler_step,
+    step_events,
+)
+from statek_bus.runtime.engine_state import EngineState
+from statek_bus.runtime.loading import load_agents
+from statek_bus.runtime.merge import merge_concurrent
+from statek_bus.wire.errors import StatekError
+from statek_bus.wire.messages import (
+    Empty,
+    ExecutorStatus,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    RunningStep,
+    WorkMessage,
+    decode,
+    encode,
+)
+from statek_bus.wire.subjects import (
+    AGENTS_BUCKET,
+    MSG_ID_HEADER,
+    WORK_CONSUMER,
+    WORK_STREAM,
+    job_events_subject,
+    token,
+)
+from statek_bus.wire.values import TypeRegistry
+
+__all__ = ["Executor", "ProviderModel", "load_agents"]
+
+log = logging.getLogger(__name__)
+
+_PULL_EXPIRES = 5.0
+"""Seconds a pull request waits on the server; its unused credit is then released."""
+_RECENT_AGE = 0.05
+"""Seconds a committed record stands in for a KV read of the job's next step (see ``_remember``)."""
+
+
+# ==================================================================================================
+# The executor
+# ==================================================================================================
+
+
+@dataclasses.dataclass
+class _InFlight:
+    msg: Msg
+    job_id: str = ""
+    step: int = -1
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    started_at: Any = dataclasses.field(default_factory=utcnow)
+
+
+class Executor:
+    """Runs job steps from the shared work queue (an async context manager).
+
+    Args:
+        nc: the service's connection.
+        js: JetStream on it.
+        settings: concurrency, timeouts, harness limits.
+        agents: ``module:attr`` of the agents to serve (empty: the built-in demo agent).
+        stopping: the service's stop signal: pulling stops as soon as it is set.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        settings: Settings,
+        *,
+        agents: str = "",
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self.nc = nc
+        self._external_stop = stopping
+        self.js = js
+        self.settings = settings
+        agent_list, self.registries = load_agents(agents)
+        self.agents: dict[str, AnyAgent] = {a.role: a for a in agent_list}
+        self.instance_id = ""
+        self.store: JobStore | None = None
+        self.runner = ThreadCodeRunner(threads=max(4, min(32, settings.max_concurrency // 4)))
+        self.model = ProviderModel(nc, settings)
+        from statek_bus.client.core import AsyncStatekClient
+
+        self.client = AsyncStatekClient(settings=settings, nc=nc)
+        self.engine = StepEngine(settings, self.runner, self.model, self._session, self._save_workspace)
+        self.in_flight: dict[int, _InFlight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._pulls: deque[list[float]] = deque()  # [issued_at, remaining] per pull request
+        self._wake = asyncio.Event()
+        self._deliver = ""
+        self._sub: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._hb_task: asyncio.Task[None] | None = None
+        self._ids = 0
+        self._recent: dict[str, tuple[JobRecord, int, float]] = {}
+        self._recent_max = 4 * settings.max_concurrency
+        self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> Executor:
+        install_stdout_capture()
+        self.store = await JobStore.open(self.js)
+        await self.register_agents()
+        self._deliver = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._deliver, cb=self._on_msg)
+        self._loop_task = asyncio.create_task(self._pull_loop(), name="statek-executor-pull")
+        self._hb_task = asyncio.create_task(self._heartbeats(), name="statek-executor-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop pulling; in-flight steps get ``drain_timeout`` to finish, the rest stay unacknowledged.
+
+        Messages that still arrive for pull requests issued before the stop are handed back at
+        once (``nak``), so another replica takes them without waiting for ``ack_wait``.
+        """
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout)
+            unfinished = [f.msg for f in self.in_flight.values()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+                for msg in unfinished:  # uncommitted: hand back now rather than after ack_wait
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._hb_task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        await self.runner.aclose()
+
+    def _stopped(self) -> bool:
+        return self._stopping.is_set() or (self._external_stop is not None and self._external_stop.is_set())
+
+    async def register_agents(self) -> None:
+        """Put every served agent's description in ``statek_agents`` (key: token(role))."""
+        kv = await self.js.key_value(AGENTS_BUCKET)
+        now = utcnow()
+        for agent in self.agents.values():
+            desc = agent.description()
+            desc.updated_at = now
+            await kv.put(token(agent.role), encode(desc))
+
+    def status(self) -> ExecutorStatus:
+        """This replica's running steps, concurrency and agents."""
+        return ExecutorStatus(
+            instance_id=self.instance_id,
+            running=[
+                RunningStep(job_id=f.job_id, step=f.step, started_at=f.started_at)
+                for f in self.in_flight.values()
+                if f.job_id
+            ],
+            max_concurrency=self.settings.max_concurrency,
+            agents=sorted(self.agents),
+        )
+
+    async def status_handler(self, _: Empty) -> ExecutorStatus:
+        """``statek.executor.status`` endpoint."""
+        return self.status()
+
+    # --- pulling -----------------------------------------------------------------------------------
+    def _outstanding(self) -> int:
+        return int(sum(r[1] for r in self._pulls))
+
+    async def _pull_loop(self) -> None:
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{WORK_CONSUMER}"
+        window = self.settings.max_concurrency
+        batch = max(1, self.settings.fetch_batch)
+        while not self._stopped():
+            now = time.monotonic()
+            while self._pulls and now - self._pulls[0][0] > _PULL_EXPIRES + 1.0:
+                self._pulls.popleft()  # expired without a status we saw: release its credit
+            free = window - len(self._tasks) - self._outstanding()
+            if free >= min(batch, max(1, window // 2)) or (free > 0 and not self._pulls):
+                n = min(free, batch)
+                req = {"batch": n, "expires": int(_PULL_EXPIRES * 1e9)}
+                self._pulls.append([now, n])
+                try:
+                    await self.nc.publish(subject, json.dumps(req).encode(), reply=self._deliver)
+                except Exception:
+                    self._pulls.pop()
+                    log.warning("pull request failed", exc_info=True)
+                    await asyncio.sleep(0.5)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get("Status"):
+            self._on_status(msg)
+            return
+        if self._pulls:
+            self._pulls[0][1] -= 1
+            if self._pulls[0][1] <= 0:
+                self._pulls.popleft()
+        if self._stopped():
+            with contextlib.suppress(Exception):
+                await msg.nak()  # back to the queue now, for a replica that is not stopping
+            return
+        self._ids += 1
+        key = self._ids
+        self.in_flight[key] = _InFlight(msg)
+        task = asyncio.create_task(self._handle(key, msg))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, key=key))
+
+    def _on_status(self, msg: Msg) -> None:
+        # 408 (expired), 409 (max waiting, leadership change...) and 404 end the oldest pull request
+        # (the server serves and expires them in order): its remaining credit is free again.
+        status = (msg.headers or {}).get("Status", "")
+        if status in ("408", "409", "404") and self._pulls:
+            self._pulls.popleft()
+        self._wake.set()
+
+    def _done(self, task: asyncio.Task[None], *, key: int) -> None:
+        self._tasks.discard(task)
+        self.in_flight.pop(key, None)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("step task failed", exc_info=task.exception())
+
+    async def _heartbeats(self) -> None:
+        period = max(0.2, self.settings.ack_wait / 3)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for f in list(self.in_flight.values()):
+                if now - f.started >= period * 0.9:
+                    with contextlib.suppress(Exception):
+                        await f.msg.in_progress()
+
+    # --- one step ----------------------------------------------------------------------------------
+    async def _handle(self, key: int, msg: Msg) -> None:
+        assert self.store is not None
+        try:
+            work = decode(msg.data, WorkMessage)
+        except StatekError:
+            log.error("dropping a malformed work message: %r", msg.data[:200])
+            await msg.term()
+            return
+        flight = self.in_flight.get(key)
+        if flight is not None:
+            flight.job_id, flight.step = work.job_id, work.step
+        try:
+            await self._run(work, msg)
+        except RetryStep as exc:
+            delivered = msg.metadata.num_delivered or 1
+            if delivered >= self.settings.max_deliver - 1:  # the last delivery: do not strand the job
+                await self._fail_job(work, f"gave up after {delivered} attempts: {exc}")
+                await msg.ack()
+                return
+            delay = min(60.0, exc.delay * 2 ** min(delivered - 1, 6))
+            log.warning("job %s step %d: %s; retrying in %.1fs", work.job_id, work.step, exc, delay)
+            await msg.nak(delay=delay)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # anything else (a stray ExitSignal or Suspend too) must not strand the job
+            delivered = msg.metadata.num_delivered if msg.reply else 1
+            trace = uuid.uuid4().hex[:12]
+            log.exception(
+                "job %s step %d failed (trace %s, delivery %d)", work.job_id, work.step, trace, delivered
+            )
+            if delivered >= 3:
+                await self._fail_job(work, f"internal error in the executor (trace id {trace})")
+                await msg.ack()
+            else:
+                await msg.nak(delay=1.0)
+
+    async def _run(self, work: WorkMessage, msg: Msg) -> None:
+        assert self.store is not None
+        cached = self._recent.pop(work.job_id, None)
+        found: tuple[JobRecord, int] | None = None
+        if cached is not None and cached[0].step == work.step and time.monotonic() - cached[2] <= _RECENT_AGE:
+            found = cached[0], cached[1]  # the successor this replica queued a moment ago
+        else:
+            found = await self.store.find(work.job_id)
+        if found is None:
+            await msg.ack()
+            return
+        record, rev = found
+        if record.step != work.step or record.status is JobStatus.DONE:
+            await self._stale(record, work)
+            await msg.ack()
+            return
+        agent = self.agents.get(record.agent)
+        if agent is None:
+            await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
+            await msg.ack()
+            return
+        outcome = await self._run_step(record, agent)
+        committed = await self._commit(record, rev, outcome)
+        if committed is not None:
+            await self._after_commit(committed, outcome.state if committed is outcome.record else None)
+            if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
+                await self._send_dialog(agent, committed, outcome.dialog)
+        else:  # committed elsewhere (a duplicate delivery): that replica may have died before queueing
+            fresh = await self.store.find(work.job_id)
+            if fresh is not None:
+                await self._stale(fresh[0], work)
+        await msg.ack()
+
+    async def _send_dialog(self, agent: Agent, record: JobRecord, texts: list[str]) -> None:
+        """Hand dialog prose to the agent's ``send_message`` (after the commit: once per step)."""
+        assert agent.send_message is not None
+        for text in texts:
+            try:
+                result = await asyncio.to_thread(agent.send_message, text)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.warning("job %s: send_message failed", record.id, exc_info=True)
+
+    async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
+        if isinstance(agent, HandlerAgent):
+            return await run_handler_step(record, agent, self.nc, self.settings)
+        from statek_bus.authoring.futures import WaitEnv
+
+        loop = asyncio.get_running_loop()
+        env = WaitEnv(record.id, self.store, self.client, loop)
+        env.registry = self.registries.get(agent.role) or env.registry
+        ctx = JobContext(
+            job_id=record.id,
+            agent=record.agent,
+            params=record.params,
+            namespace={},
+            loop=loop,
+            extras={"locale": record.locale, "env": env},
+        )
+        return await self.engine.run(record, agent, ctx)
+
+    async def _stale(self, record: JobRecord, work: WorkMessage) -> None:
+        """A redelivered or duplicate message: make sure a running job's current step is queued."""
+        assert self.store is not None
+        if record.step > work.step and record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
+            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
+        elif record.step > work.step:  # DONE or SUSPENDED: repeat the wake-ups it owes (idempotent)
+            await asyncio.gather(self._publish_events(record), waits.on_stale(self.store, record))
+
+    async def _commit(self, base: JobRecord, rev: int, outcome: StepOutcome) -> JobRecord | None:
+        """CAS the outcome over ``rev``; merge concurrent inbox/cancel changes; None if superseded."""
+        assert self.store is not None
+        new = outcome.record
+        while True:
+            try:
+                revision = await self.store.put(new, rev)
+            except StaleRecordError:
+                found = await self.store.find(base.id)
+                if found is None:
+                    return None
+                fresh, rev = found
+                if fresh.step != base.step or fresh.status is JobStatus.DONE:
+                    return None  # the step was committed (or the job ended) elsewhere
+                new = waits.merge_external(merge_concurrent(new, fresh, outcome.consumed), base, fresh)
+                continue
+            self._remember(new, revision)
+            return new
+
+    def _remember(self, record: JobRecord, revision: int) -> None:
+        """Keep the committed record: its next step, if pulled here soon, skips one KV read.
+
+        Every commit is a compare-and-set, so a change by another writer (a message, a cancel) is
+        never lost; but code would run before that commit fails. So only a running job's record is
+        kept, and only for ``_RECENT_AGE``: a SUSPENDED job's next step is a wake-up that may come
+        after a cancel (it always reads the record), and an old entry may hide a ``cancel_reason``.
+        """
+        if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
+            self._recent.pop(record.id, None)
+            return
+        self._recent[record.id] = (record, revision, time.monotonic())
+        while len(self._recent) > self._recent_max:
+            self._recent.pop(next(iter(self._recent)))
+
+    async def _after_commit(self, record: JobRecord, state: EngineState | None = None) -> None:
+        assert self.store is not None
+        state = state or load_state(record)
+        if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
+            await asyncio.gather(
+                self._publish_events(record, state), waits.after_commit(self.store, record, state)
+            )
+        else:
+            await asyncio.gather(
+                self._publish_events(record, state),
+                self.store.enqueue(record.id, record.step),
+                waits.after_commit(self.store, record, state),
+            )
+
+    async def _publish_events(self, record: JobRecord, state: EngineState | None = None) -> None:
+        """Publish the committed step's events, each with a ``Nats-Msg-Id`` of its own.
+
+        Core publishes (no per-event acknowledgement round trip): the job-log stream captures them
+        and its duplicate window drops a re-publish after a crash. The record is the truth; a lost
+        event is re-derived and re-published when a stale delivery of the step shows up.
+        """
+        events = step_events(record, state)
+        if not events:
+            return
+        subject, tok = _event_names(record.id)
+        prefix = f"{tok}:{events[0].step}:"
+        for i, e in enumerate(events):
+            await self.nc.publish(subject, encode(e), headers={MSG_ID_HEADER: f"{prefix}{i}"})
+
+    async def _fail_job(self, work: WorkMessage, error: str) -> None:
+        assert self.store is not None
+
+        def end(r: JobRecord) -> JobRecord | None:
+            if r.step != work.step or r.status is JobStatus.DONE:
+                return None
+            r.status, r.error, r.exit_status = JobStatus.DONE, error, f"Error: {error}"
+            r.step += 1
+            return r
+
+        record, _, changed = await self.store.transition(work.job_id, end)
+        if changed:
+            await self.store.publish(
+                JobEvent(
+                    job_id=record.id,
+                    kind="status",
+                    at=utcnow(),
+                    status=JobStatus.DONE,
+                    step=work.step,
+                    exit_status=record.exit_status,
+                )
+            )
+
+    # --- workspace ---------------------------------------------------------------------------------
+    async def _session(
+        self,
+        ctx: JobContext,
+        agent: Agent,
+        ref: dict[str, Any] | None,
+        shared_vars: dict[str, Any],
+        trusted: bool,
+    ) -> SandboxSession:
+        from statek_bus.runtime import workspace
+        from statek_bus.wire.values import from_json
+
+        registry = self.registries.get(agent.role) or TypeRegistry()
+        # an agent whose tools changed (added, removed or swapped in place) is rebuilt
+        key = (*map(id, agent.tools), None, *map(id, agent.internal_tools))
+        setup = self._setups.get(agent.role)
+        if setup is None or setup[0] is not agent or setup[1] != key:
+            tools = {t.name: t for t in agent.all_tools()}
+            hidden = frozenset(n for n, t in tools.items() if t.hidden)
+            setup = self._setups[agent.role] = (agent, key, tools, _policy(self.settings, hidden))
+        _, _, tools, policy = setup
+        trusted_policy = _policy(self.settings, frozenset())
+        data = None
+        if ref is not None:
+            data = await workspace.load_workspace(self.js, msgspec.convert(ref, workspace.WorkspaceRef))
+        initial = {k: from_json(v, registry) for k, v in shared_vars.items()} if data is None else {}
+        return SandboxSession(
+            policy=policy,
+            trusted_policy=trusted_policy,
+            tools=tools,
+            job=ctx,
+            workspace=data,
+            shared_vars=initial,
+            registry=registry,
+        )
+
+    async def _save_workspace(self, job_id: str, step: int, data: Any) -> dict[str, Any] | None:
+        from statek_bus.runtime import workspace
+
+        ref = await workspace.save_workspace(self.js, job_id, step, data, self.settings.workspace_inline_max)
+        return msgspec.to_builtins(ref)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_names(job_id: str) -> tuple[str, str]:
+    """(events subject, escaped id) of a job; cached because escaping is per character."""
+    return job_events_subject(job_id), token(job_id)
+
+
+_POLICIES: dict[tuple[bool, frozenset[str]], Any] = {}
+
+
+def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
+    from statek_bus.sandbox.restricted import SandboxPolicy
+
+    key = (settings.restricted_mode, hidden)
+    found = _POLICIES.get(key)
+    if found is None:
+        found = _POLICIES[key] = SandboxPolicy(hidden_names=hidden, restricted=settings.restricted_mode)
+    return found
+
+
+@contextlib.asynccontextmanager
+async def running_executor(
+    nc: Client, js: JetStreamContext, settings: Settings, agents: str = ""
+) -> AsyncIterator[Executor]:
+    """An :class:`Executor` for the duration of the ``async with`` block."""
+    async with Executor(nc, js, settings, agents=agents) as ex:
+        yield ex

@@ -1,0 +1,57 @@
+"""Loading the agents an executor serves (``--agents module:attr``) and their workspace types."""
+
+from __future__ import annotations
+
+import importlib
+import types
+from typing import Any
+
+from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
+from statek_bus.wire.values import TypeRegistry
+
+__all__ = ["load_agents"]
+
+
+_WAIT_CLASSES: list[type] = []
+
+
+def load_agents(spec: str) -> tuple[list[AnyAgent], dict[str, TypeRegistry]]:
+    """Import ``module:attr`` (a list of agents, or an attribute holding one) or the built-in demo.
+
+    Returns the agents and, per role, the registry of classes their workspaces may hold (every
+    dataclass/Struct/Enum of the agent's module plus the agent's declared ``types``).
+    """
+    if not spec:
+        from statek_bus.authoring import demo
+
+        module: types.ModuleType = demo
+        found: Any = demo.AGENTS
+    else:
+        mod_name, _, attr = spec.partition(":")
+        module = importlib.import_module(mod_name)
+        found = getattr(module, attr or "AGENTS")
+    if not _WAIT_CLASSES:
+        _WAIT_CLASSES.extend(_wait_classes())
+    agents = [found] if isinstance(found, Agent | HandlerAgent) else list(found)
+    for a in agents:
+        if not isinstance(a, Agent | HandlerAgent):
+            raise TypeError(f"{spec}: {a!r} is not an Agent")
+    registries: dict[str, TypeRegistry] = {}
+    for a in agents:
+        reg = TypeRegistry.from_module(importlib.import_module(type(a).__module__))
+        reg_mod = TypeRegistry.from_module(module)
+        for cls in [*_classes(reg_mod), *a.types, *_WAIT_CLASSES]:
+            reg.register(cls)
+        registries[a.role] = reg
+    return agents, registries
+
+
+def _wait_classes() -> list[type]:
+    from statek_bus.authoring.futures import REGISTRY
+    from statek_bus.authoring.waiting import SubTaskHandler
+
+    return [*_classes(REGISTRY), SubTaskHandler]
+
+
+def _classes(reg: TypeRegistry) -> list[type]:
+    return list(reg._by_name.values())

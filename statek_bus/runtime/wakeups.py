@@ -1,0 +1,225 @@
+"""Wake-ups: how a waiting job gets its next step queued, pushed by whatever it waits for.
+
+Nothing scans waiting jobs. A SUSPENDED job is only its record (status, and the continuation in
+its engine state); every wake-up publishes its current step to the work queue, with the id
+``<job>:<step>`` every work message carries:
+
+- **a child reaching DONE**: the executor that committed the child's DONE writes to the parent's
+  record (compare-and-set): the child's usage summed in (idempotent: per child, the totals already
+  added are kept) and, unless the parent is DONE, a completion note in its inbox. If the record it
+  wrote over was SUSPENDED waiting for that child, it queues the parent's step.
+- **a message or notification**: the submission service queues the step of a SUSPENDED job.
+- **a sub-task's completion**: like a child's DONE, plus the handler's result in the parent's
+  state and a notification; a DONE parent restarts (STATEK's DONE → STARTED).
+- **a timer**: after committing SUSPENDED, the executor publishes an ADR-51 scheduled message
+  (``Nats-Schedule: @at <due>``) targeting the job's work subject for the committed step. The
+  server stores it durably and fires it at the due time, across restarts of every process and of
+  nats-server. The fired copy carries no ``Nats-Msg-Id`` (verified on nats-server 2.15), so the
+  work stream's duplicate window can never swallow it; a newer schedule on the job's schedule
+  subject replaces an older one, so at most one timer per job is pending.
+
+**No lost wake-up.** Both sides of a race write the parent's record with a compare-and-set, so
+they are ordered. If the child's note lands first, the parent's own commit fails, re-reads, keeps
+the note in the inbox (:func:`merge_external`) and :func:`rearm` queues the parent at once
+because a SUSPENDED record with inbox items is runnable. If the parent's SUSPENDED commit lands
+first, the child's writer sees SUSPENDED and queues it. The note is written even while the
+stored record waits for something else: a woken parent's record stays SUSPENDED (waiting for an
+older child) while its resumed step runs, and that step may create this child and commit a wait
+for it; the note makes that commit fail and re-queue (a lost wake-up otherwise). A timer whose due time passes between the
+readiness check and the commit is queued at once rather than scheduled.
+
+**No doubled commit.** A message for step ``n`` runs only while the record's ``step == n``, and
+every step that consumes one commits ``n + 1`` (a still-waiting job too), so a second wake-up
+for the same step (a timer and a child at once) is stale and acknowledged; a crash between a
+commit and its wake-ups is repaired when the unacknowledged message is redelivered
+(:func:`on_stale` re-runs them; all are idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from statek_bus.jobs.store import JobStore, utcnow
+from statek_bus.runtime.engine_state import EngineState, load_state, store_state
+from statek_bus.runtime.resume import SUBTASK_ROLE
+from statek_bus.wire.errors import NotFoundError
+from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus, Usage
+
+__all__ = ["after_commit", "child_done", "deliver_subtask", "merge_external", "on_stale", "rearm"]
+
+log = logging.getLogger(__name__)
+
+_NOW_MARGIN = timedelta(milliseconds=2)
+"""A timer due within this margin is queued at once instead of scheduled."""
+_USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost")
+
+
+async def after_commit(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
+    """The wake-ups a committed step owes: re-arm a waiting job, notify a finished child's parent.
+
+    ``state``: ``record``'s engine state when the caller has it decoded already.
+    """
+    state = state or load_state(record)
+    if record.status is JobStatus.SUSPENDED:
+        await rearm(store, record, state)
+    if state.subtask_done is not None and state.last is not None and state.last.subtask:
+        await deliver_subtask(store, record)
+    if record.status is JobStatus.DONE and record.parent_id:
+        await child_done(store, record)
+
+
+async def on_stale(store: JobStore, record: JobRecord) -> None:
+    """A redelivered or duplicate message for an older step: repeat the wake-ups (idempotent)."""
+    await after_commit(store, record)
+
+
+async def rearm(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
+    """Queue a SUSPENDED job now if something already woke it, else arm its timer, if any."""
+    if record.inbox:
+        await store.enqueue(record.id, record.step)
+        return
+    wait = (state or load_state(record)).wait
+    if wait is None:
+        await store.enqueue(record.id, record.step)  # nothing to wait for: let the step sort it out
+        return
+    ahead = [d for d in wait.due if wait.checked_at is None or d > wait.checked_at]
+    if not ahead:
+        return
+    due = min(ahead)
+    if due <= utcnow() + _NOW_MARGIN:
+        await store.enqueue(record.id, record.step)
+    else:
+        await store.enqueue(record.id, record.step, at=due)
+
+
+def _usage(u: Usage) -> list[float]:
+    return [float(getattr(u, f)) for f in _USAGE_FIELDS]
+
+
+def _add_usage(target: Usage, delta: list[float]) -> None:
+    for f, d in zip(_USAGE_FIELDS, delta, strict=True):
+        value = getattr(target, f) + d
+        setattr(target, f, value if f == "cost" else int(value))
+
+
+async def child_done(store: JobStore, child: JobRecord) -> None:
+    """Sum a finished child's usage into its parent (and up the chain) and wake the parent."""
+    await _report(store, child, note=True)
+
+
+async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
+    parent_id = child.parent_id
+    if not parent_id:
+        return
+    total = _usage(child.usage)
+    flags = {"wake": False, "usage": False}
+
+    def change(parent: JobRecord) -> JobRecord | None:
+        flags["wake"] = flags["usage"] = False
+        state = load_state(parent)
+        before = state.child_usage.get(child.id, [0.0] * len(_USAGE_FIELDS))
+        changed = False
+        if total != before and total[0] >= before[0]:
+            _add_usage(parent.usage, [t - b for t, b in zip(total, before, strict=True)])
+            state.child_usage = {**state.child_usage, child.id: total}
+            flags["usage"] = changed = True
+        waiting = state.wait is not None and child.id in state.wait.jobs
+        noted = any(e.kind == "status" and e.job_id == child.id for e in parent.inbox)
+        # Noted whenever the parent has not ended, even SUSPENDED on something else: its record may
+        # be a woken step's base that is about to commit a wait for this very child; that commit
+        # (a CAS) then fails, keeps the note and re-queues itself. Only waking depends on the wait.
+        if note and not noted and parent.status is not JobStatus.DONE:
+            parent.inbox = [
+                *parent.inbox,
+                JobEvent(job_id=child.id, kind="status", at=utcnow(), status=JobStatus.DONE, step=child.step),
+            ]
+            flags["wake"] = waiting and parent.status is JobStatus.SUSPENDED
+            changed = True
+        if not changed:
+            return None
+        store_state(parent, state)
+        return parent
+
+    try:
+        parent, _, changed = await store.transition(parent_id, change)
+    except NotFoundError:
+        return
+    if not changed:
+        return
+    if flags["wake"]:
+        await store.enqueue(parent.id, parent.step)
+    if flags["usage"] and parent.parent_id:
+        await _report(store, parent, note=False)  # the grandparent's total includes it too
+
+
+async def deliver_subtask(store: JobStore, child: JobRecord) -> None:
+    """Report a sub-task's completion to its parent: result in its state, a notification, a wake-up."""
+    info = load_state(child).subtask_done
+    if info is None or not info.get("parent"):
+        return
+    sid = str(info.get("id"))
+    flags = {"enqueue": False}
+
+    def change(parent: JobRecord) -> JobRecord | None:
+        flags["enqueue"] = False
+        state = load_state(parent)
+        entry = dict(state.subtasks.get(sid) or {"job": child.id})
+        if entry.get("state") in ("COMPLETED", "ERROR"):
+            return None  # already reported (a redelivery)
+        entry.update(state=info.get("state"), result=info.get("result"), error=info.get("error"))
+        state.subtasks = {**state.subtasks, sid: entry}
+        text = (
+            f"[Error] sub-task id={sid} failed with {entry['error']}"
+            if entry.get("state") == "ERROR"
+            else f"[Notification] sub-task id={sid} completed successfully."
+        )
+        event = JobEvent(
+            job_id=child.id, kind="notification", at=utcnow(), text=text, role=SUBTASK_ROLE + sid
+        )
+        parent.inbox = [*parent.inbox, event]
+        if parent.status is JobStatus.DONE:  # STATEK: a sub-task's completion restarts a DONE parent
+            parent.status, parent.exit_status, parent.error, parent.cancel_reason = (
+                JobStatus.STARTED,
+                None,
+                None,
+                None,
+            )
+            flags["enqueue"] = True
+        elif parent.status is JobStatus.SUSPENDED:
+            flags["enqueue"] = True
+        store_state(parent, state)
+        return parent
+
+    try:
+        parent, _, changed = await store.transition(str(info["parent"]), change)
+    except NotFoundError:
+        return
+    if changed and flags["enqueue"]:
+        await store.enqueue(parent.id, parent.step)
+
+
+def merge_external(new: JobRecord, base: JobRecord, fresh: JobRecord) -> JobRecord:
+    """Carry what other jobs wrote into ``fresh`` (since ``base``) over to a step's outcome ``new``.
+
+    Children add usage and per-child totals; sub-tasks add their completion. Everything else in
+    the outcome is the step's own.
+    """
+    fresh_state, base_state = load_state(fresh), load_state(base)
+    if fresh_state.child_usage == base_state.child_usage and fresh_state.subtasks == base_state.subtasks:
+        return new
+    delta = [f - b for f, b in zip(_usage(fresh.usage), _usage(base.usage), strict=True)]
+    out = msgspec.structs.replace(new, usage=msgspec.structs.replace(new.usage))
+    _add_usage(out.usage, delta)
+    state = load_state(out)
+    state.child_usage = {**state.child_usage, **fresh_state.child_usage}
+    subtasks: dict[str, dict[str, Any]] = dict(state.subtasks)
+    for sid, entry in fresh_state.subtasks.items():
+        if entry.get("state") in ("COMPLETED", "ERROR"):
+            subtasks[sid] = {**subtasks.get(sid, {}), **entry}
+    state.subtasks = subtasks
+    store_state(out, state)
+    return out

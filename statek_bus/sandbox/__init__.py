@@ -1,0 +1,1 @@
+"""Restricted mode: the policy, the static check, instrumentation, run-time guards and definition replay."""

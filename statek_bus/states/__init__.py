@@ -1,0 +1,1 @@
+"""The States API: state records in ``statek_states`` and their history."""

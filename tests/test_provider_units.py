@@ -24,7 +24,7 @@ from statek_bus.provider import (
     route,
     secret_env_names,
 )
-from statek_bus.provider.redaction import RedactingFilter, Redactor, install_log_redaction
+from statek_bus.provider.redaction import RedactingFilter, install_log_redaction
 from statek_bus.provider.scripted import scripted_reply
 from statek_bus.wire.errors import BadRequestError
 from statek_bus.wire.messages import ChatMessage, CompleteRequest

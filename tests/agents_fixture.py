@@ -439,7 +439,7 @@ async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
 
 def chat_log(record: Any) -> Any:
     """The engine's chat log of a record."""
-    from statek_bus.runtime.engine import load_state
+    from statek_bus.runtime.engine_state import load_state
 
     return load_state(record).log
 

@@ -7,8 +7,8 @@ from datetime import date
 import pytest
 
 from statek_bus.authoring.agents import HandlerAgent, SupervisedAgent, parse_warmup
+from statek_bus.authoring.console import format_value
 from statek_bus.authoring.tools import JobContext, bind_job, select_tools, tool, unbind_job
-from statek_bus.runtime.coderunner import format_value
 
 
 @tool

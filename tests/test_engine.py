@@ -75,7 +75,7 @@ async def test_console_formatting_and_runtime_errors(mesh: Settings, nc: Client)
 
 
 def load_exceptions(record: object) -> int:
-    from statek_bus.runtime.engine import load_state
+    from statek_bus.runtime.engine_state import load_state
 
     return load_state(record).exceptions  # type: ignore[arg-type]
 
@@ -187,7 +187,7 @@ async def test_a_provider_error_ends_the_job_with_it(mesh: Settings, nc: Client)
 
 
 async def test_panic_raises_the_difficulty_once_per_level(mesh: Settings, nc: Client) -> None:
-    from statek_bus.runtime.engine import load_state
+    from statek_bus.runtime.engine_state import load_state
 
     record = await wait_done(nc.jetstream(), await submit(nc.jetstream(), "t_panic"))
     assert record.exit_status == "escalated"

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from statek_bus.authoring.futures import REGISTRY, JobHandle, WaitEnv
+from statek_bus.authoring.futures import REGISTRY, JobHandle, StepRuntime
 from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext, docstr, tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
 from statek_bus.client.core import AsyncStatekClient
@@ -32,9 +32,9 @@ from statek_bus.runtime.coderunner import (
     ThreadCodeRunner,
     _execute,
 )
-from statek_bus.runtime.engine import StepOutcome
 from statek_bus.runtime.engine_state import EngineState, Wait, store_state
 from statek_bus.runtime.executor import Executor
+from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.sandbox.restricted import SandboxPolicy
 from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
 from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
@@ -266,8 +266,8 @@ def send_email(to: str) -> str:
     return "sent"
 
 
-def _session(ws: Any = None, *tools: Any) -> tuple[SandboxSession, WaitEnv]:
-    env = WaitEnv("job1", None, None, None)
+def _session(ws: Any = None, *tools: Any) -> tuple[SandboxSession, StepRuntime]:
+    env = StepRuntime("job1", None, None, None)
     ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
     policy = SandboxPolicy()
     return SandboxSession(

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.mesh.settings import Settings
-from statek_bus.runtime.engine import load_state
+from statek_bus.runtime.engine_state import load_state
 from statek_bus.wire.messages import JobRecord, JobStatus
 from tests.agents_fixture import chat_log, console, services, submit, wait_done
 

@@ -16,9 +16,9 @@ from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
 from statek_bus.runtime import wakeups as waits
-from statek_bus.runtime.engine import StepOutcome, load_state
-from statek_bus.runtime.engine_state import EngineState, Wait, store_state
+from statek_bus.runtime.engine_state import EngineState, Wait, load_state, store_state
 from statek_bus.runtime.executor import Executor
+from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
 from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
 from tests.agents_fixture import AGENTS_SPEC, console, submit, wait_done

@@ -19,7 +19,7 @@ Calls whose callee declares ``takes_futures`` (``get_all``, ``get_any``) receive
 unresolved; every other call resolves its future arguments first (STATEK resolved them for the
 combinators too, so they waited one by one and then failed: behaviour reference §5 item 7).
 
-A future is resolved against a :class:`WaitEnv` (the step's job, its job store and the executor's
+A future is resolved against a :class:`StepRuntime` (the step's job, its job store and the executor's
 event loop), reached through :func:`statek_bus.authoring.tools.current_job`.
 """
 
@@ -30,12 +30,16 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from statek_bus.authoring.console import format_value
 from statek_bus.authoring.tools import Tool, current_job
 from statek_bus.sandbox.replay import REPLAYING, refuse_during_replay
 from statek_bus.sandbox.restricted import register_future_type
 from statek_bus.wire.messages import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from statek_bus.client.core import AsyncStatekClient
 from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
 __all__ = [
@@ -47,10 +51,11 @@ __all__ = [
     "Future",
     "JobFuture",
     "JobHandle",
+    "JobSource",
+    "StepRuntime",
     "Suspend",
     "TemporalFuture",
     "TimerFuture",
-    "WaitEnv",
     "current_env",
     "decode_future",
     "encode_future",
@@ -101,19 +106,37 @@ class CallSites:
         return site
 
 
-class WaitEnv:
-    """What futures and wait tools need during one step (``JobContext.extras["env"]``).
+class JobSource(Protocol):
+    """How a step reads other jobs; the runtime implements it over the job store."""
+
+    async def find(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """The job's record and revision, or ``None`` if there is no such job."""
+        ...
+
+    def replies(self, record: JobRecord) -> list[str]:
+        """What the job said: the text of its LLM turns, in order (a mute delegation's result)."""
+        ...
+
+
+class StepRuntime:
+    """The runtime of one step, as futures and wait tools see it (``JobContext.extras["env"]``).
 
     Args:
         job_id: the job the step runs for.
-        store: the job store (a :class:`~statek_bus.jobs.store.JobStore`).
-        client: an ``AsyncStatekClient`` for submissions and messages (None: creating jobs fails).
+        jobs: reads other jobs (None: outside an executor, every lookup fails).
+        client: the client for submissions and messages (None: creating jobs fails).
         loop: the executor's event loop (tools run in worker threads and hop onto it).
     """
 
-    def __init__(self, job_id: str, store: Any, client: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        jobs: JobSource | None,
+        client: AsyncStatekClient | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
         self.job_id = job_id
-        self.store = store
+        self.jobs = jobs
         self.client = client
         self.loop = loop
         self.sites = CallSites()
@@ -149,12 +172,20 @@ class WaitEnv:
                 raise RuntimeError("futures cannot be resolved on the event loop thread")
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
+    def mesh(self) -> AsyncStatekClient:
+        """The client for submissions and messages; ``RuntimeError`` when this step has none."""
+        if self.client is None:
+            raise RuntimeError("this executor cannot create or message jobs (no client)")
+        return self.client
+
     async def job(self, job_id: str) -> JobRecord | None:
         """A job's record (DONE records are cached for the step: they no longer change meanwhile)."""
         found = self._done.get(job_id)
         if found is not None:
             return found
-        got = await self.store.find(job_id)
+        if self.jobs is None:
+            raise RuntimeError("no job store: waiting is only available inside a job step run by an executor")
+        got = await self.jobs.find(job_id)
         if got is None:
             return None
         record: JobRecord = got[0]
@@ -167,10 +198,10 @@ class WaitEnv:
         return datetime.now(UTC)
 
 
-def current_env() -> WaitEnv:
-    """The :class:`WaitEnv` of the running step; ``RuntimeError`` outside an executor step."""
+def current_env() -> StepRuntime:
+    """The :class:`StepRuntime` of the running step; ``RuntimeError`` outside an executor step."""
     env = current_job().extras.get("env")
-    if not isinstance(env, WaitEnv):
+    if not isinstance(env, StepRuntime):
         raise RuntimeError("waiting is only available inside a job step run by an executor")
     return env
 
@@ -205,8 +236,6 @@ class Future:
         return iter(resolve(self))
 
     def __llm_repr__(self) -> str:
-        from statek_bus.runtime.coderunner import format_value
-
         return format_value(resolve(self))
 
 
@@ -251,12 +280,12 @@ class JobHandle:
     def send_message(self, text: str) -> None:
         """Send the job a chat message (a DONE job restarts, a SUSPENDED one is woken)."""
         env = current_env()
-        env.run(env.client.jobs.send_message(self.id, str(text)))
+        env.run(env.mesh().jobs.send_message(self.id, str(text)))
 
     def send_notification(self, text: str) -> None:
         """Send the job a notification, delivered at its next safe point."""
         env = current_env()
-        env.run(env.client.jobs.send_notification(self.id, str(text)))
+        env.run(env.mesh().jobs.send_notification(self.id, str(text)))
 
     def __str__(self) -> str:
         return f"Job({self.id})"
@@ -415,19 +444,17 @@ def temporal(
 # ==================================================================================================
 
 
-def _task_value(record: JobRecord, fut: JobFuture) -> Any:
+def _task_value(record: JobRecord, fut: JobFuture, env: StepRuntime) -> Any:
     if fut.mode == "task":
         return (record.exit_status, JobHandle(record.id, record.agent))
     if record.error is not None:
         return record.exit_status if record.exit_status is not None else f"Error: {record.error}"
-    from statek_bus.runtime.engine import load_state
-
-    replies = [i.dialog or i.text or "" for i in load_state(record).log if i.kind == "llm"]
-    text = "\n".join(r for r in replies if r)
+    jobs = env.jobs
+    text = "\n".join(r for r in (jobs.replies(record) if jobs is not None else []) if r)
     return text if text else record.exit_status
 
 
-async def poll(item: Any, env: WaitEnv) -> tuple[bool, Any]:
+async def poll(item: Any, env: StepRuntime) -> tuple[bool, Any]:
     """(ready, value) of a future, job handle or plain value (plain values are ready)."""
     if isinstance(item, JobFuture | JobHandle):
         job_id = item.job_id if isinstance(item, JobFuture) else item.id
@@ -438,7 +465,7 @@ async def poll(item: Any, env: WaitEnv) -> tuple[bool, Any]:
             return False, None
         if isinstance(item, JobHandle):
             return True, record.exit_status
-        return True, _task_value(record, item)
+        return True, _task_value(record, item, env)
     if isinstance(item, ElementFuture):
         ready, value = await poll(item.base, env)
         return (True, value[item.index]) if ready else (False, None)
@@ -469,7 +496,7 @@ async def poll(item: Any, env: WaitEnv) -> tuple[bool, Any]:
     return True, item
 
 
-def _poll_local(item: Any, env: WaitEnv) -> tuple[bool, Any] | None:
+def _poll_local(item: Any, env: StepRuntime) -> tuple[bool, Any] | None:
     """:func:`poll` for what needs no I/O (timers, plain values and combinations of them), in the
     calling thread; ``None`` when a job record or a temporal condition must be consulted."""
     if isinstance(item, JobFuture | JobHandle | TemporalFuture):

@@ -103,9 +103,7 @@ def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, params:
         job_id=child_id,
         parent_id=env.job_id,
     )
-    if env.client is None:
-        raise RuntimeError("this executor cannot create jobs (no client)")
-    env.run(env.client.request(JOBS_SUBMIT, request, Job))
+    env.run(env.mesh().request(JOBS_SUBMIT, request, Job))
     return JobHandle(child_id, role)
 
 
@@ -275,7 +273,7 @@ def send_notification_to(job: Any, text: str) -> None:
     env = current_env()
     job_id = job.id if isinstance(job, JobHandle) else str(job)
     request = JobSendNotificationRequest(job_id=job_id, text=str(text))
-    _once("notify", lambda: env.run(env.client.request(JOBS_SEND_NOTIFICATION, request, Job)))
+    _once("notify", lambda: env.run(env.mesh().request(JOBS_SEND_NOTIFICATION, request, Job)))
 
 
 # ==================================================================================================

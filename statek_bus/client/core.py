@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-import threading
-from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,6 +20,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from statek_bus.client.blocking import BlockingJobs, BlockingStates, LoopThread
+from statek_bus.client.jobs import AsyncJobs
+from statek_bus.client.states import AsyncStates
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError, error_from_reply
@@ -104,96 +104,14 @@ class AsyncStatekClient:
         return decode(msg.data, reply_type)
 
     @functools.cached_property
-    def states(self) -> Any:
-        """The States API (:class:`statek_bus.client.states.AsyncStates`)."""
-        from statek_bus.client.states import AsyncStates
-
+    def states(self) -> AsyncStates:
+        """The States API."""
         return AsyncStates(self)
 
     @functools.cached_property
-    def jobs(self) -> Any:
-        """Jobs: submit, get, list, cancel, messages, wait, watch (:class:`statek_bus.client.jobs.AsyncJobs`)."""
-        from statek_bus.client.jobs import AsyncJobs
-
+    def jobs(self) -> AsyncJobs:
+        """Jobs: submit, get, list, cancel, messages, wait, watch."""
         return AsyncJobs(self)
-
-
-class _LoopThread:
-    """An event loop in a daemon thread, shared by one :class:`StatekClient`."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="statek-client-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
-        try:
-            while True:
-                try:
-                    yield self.run(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                self.run(aclose())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
-
-
-class _Blocking:
-    """Wraps an async object: coroutine methods block, async iterators become iterators.
-
-    Returned objects of statek-bus types (a namespace, a ``for_task`` context) are wrapped too.
-    """
-
-    def __init__(self, target: Any, runner: _LoopThread) -> None:
-        self._target = target
-        self._runner = runner
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
-        if not callable(attr) or isinstance(attr, type):
-            return self._wrap(attr)
-
-        @functools.wraps(attr)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if inspect.iscoroutinefunction(attr):
-                return self._wrap(self._runner.run(attr(*args, **kwargs)))
-            return self._wrap(attr(*args, **kwargs))
-
-        return call
-
-    def __iter__(self) -> Iterator[Any]:
-        if hasattr(self._target, "__aiter__"):
-            return self._runner.iterate(self._target.__aiter__())
-        return iter(self._target)
-
-    def __repr__(self) -> str:
-        return f"<blocking {self._target!r}>"
-
-    def _wrap(self, value: Any) -> Any:
-        if inspect.isasyncgen(value) or (hasattr(value, "__anext__") and hasattr(value, "__aiter__")):
-            return self._runner.iterate(value)
-        if inspect.iscoroutine(value):
-            return self._wrap(self._runner.run(value))
-        if getattr(type(value), "__module__", "").startswith("statek_bus.") and _is_async_api(value):
-            return _Blocking(value, self._runner)
-        return value
-
-
-def _is_async_api(value: Any) -> bool:
-    return any(
-        inspect.iscoroutinefunction(getattr(type(value), n, None))
-        for n in dir(type(value))
-        if not n.startswith("_")
-    )
 
 
 class StatekClient:
@@ -203,7 +121,7 @@ class StatekClient:
     """
 
     def __init__(self, nats_url: str | None = None, *, settings: Settings | None = None) -> None:
-        self._runner = _LoopThread()
+        self._runner = LoopThread()
         self._async = AsyncStatekClient(nats_url, settings=settings)
 
     def __enter__(self) -> StatekClient:
@@ -225,14 +143,14 @@ class StatekClient:
         return result
 
     @functools.cached_property
-    def states(self) -> Any:
+    def states(self) -> BlockingStates:
         """The States API, blocking."""
-        return _Blocking(self._async.states, self._runner)
+        return BlockingStates(self._async.states, self._runner)
 
     @functools.cached_property
-    def jobs(self) -> Any:
+    def jobs(self) -> BlockingJobs:
         """Jobs, blocking."""
-        return _Blocking(self._async.jobs, self._runner)
+        return BlockingJobs(self._async.jobs, self._runner)
 
     def close(self) -> None:
         """Close the connection and stop the loop thread."""

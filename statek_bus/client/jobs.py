@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
+from statek_bus.client.transport import Transport
 from statek_bus.jobs import checks as jobchecks
 from statek_bus.wire.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
 from statek_bus.wire.locale import StatekLocale, resolve_locale
@@ -66,9 +67,6 @@ from statek_bus.wire.subjects import (
     job_key,
 )
 from statek_bus.wire.values import to_json
-
-if TYPE_CHECKING:
-    from statek_bus.client.core import AsyncStatekClient
 
 __all__ = ["AsyncJobs", "agent_role", "encode_shared_vars"]
 
@@ -118,10 +116,10 @@ class AsyncJobs:
     """Submit, query, cancel, message, wait for and watch jobs.
 
     Args:
-        client: the :class:`~statek_bus.client.core.AsyncStatekClient` whose connection it uses.
+        client: the transport (an :class:`~statek_bus.client.core.AsyncStatekClient`) it requests through.
     """
 
-    def __init__(self, client: AsyncStatekClient) -> None:
+    def __init__(self, client: Transport) -> None:
         self._client = client
         self._kv: KeyValue | None = None
 

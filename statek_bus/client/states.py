@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from statek_bus.client.transport import Transport
 from statek_bus.states.store import STREAM, StateStore, change_from_msg, watch_subject
 from statek_bus.wire import subjects as s
 from statek_bus.wire.errors import ConflictError, NotFoundError
@@ -32,9 +33,6 @@ from statek_bus.wire.messages import (
     StateRetrieveRequest,
     StateUpdateRequest,
 )
-
-if TYPE_CHECKING:
-    from statek_bus.client.core import AsyncStatekClient
 
 __all__ = ["AsyncStates", "StateListResponse", "StateWatch", "TaskState"]
 
@@ -74,7 +72,7 @@ class AsyncStates:
         client: the client whose connection and settings it uses.
     """
 
-    def __init__(self, client: AsyncStatekClient) -> None:
+    def __init__(self, client: Transport) -> None:
         self._client = client
         self._store: StateStore | None = None
 

@@ -18,7 +18,6 @@ run (a DONE job restarted by a message starts a new run). Breaking one ends the 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,14 +26,15 @@ from typing import Any, Protocol
 import msgspec
 
 from statek_bus.authoring.agents import Agent, WarmupBlock
+from statek_bus.authoring.console import format_value
 from statek_bus.authoring.prompts import parse_difficulty
 from statek_bus.authoring.tools import JobContext, select_tools
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, build_messages, parse_reply
-from statek_bus.runtime.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit, format_value
-from statek_bus.runtime.engine_state import EngineState, StepTrace, Wait, load_state, step_events, store_state
-from statek_bus.runtime.handler_step import run_handler_step
+from statek_bus.runtime.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit
+from statek_bus.runtime.engine_state import EngineState, StepTrace, load_state, store_state
+from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.resume import absorb_inbox, bind_env, deliver_subtasks, gate, suspend_wait
 from statek_bus.wire.errors import ServiceUnavailableError, StatekError
 from statek_bus.wire.messages import CompleteReply, CompleteRequest, JobRecord, JobStatus
@@ -42,32 +42,11 @@ from statek_bus.wire.values import from_json, to_json
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "EngineState",
-    "HarnessError",
-    "Model",
-    "RetryStep",
-    "SessionFactory",
-    "StepEngine",
-    "StepOutcome",
-    "StepTrace",
-    "Wait",
-    "load_state",
-    "run_handler_step",
-    "step_events",
-]
+__all__ = ["HarnessError", "Model", "SessionFactory", "StepEngine"]
 
 
 _MAX_REPLY_CHARS = 300_000
 """Longest reply kept: the chat log lives in the job record, a NATS message (1 MB by default)."""
-
-
-class RetryStep(Exception):
-    """The step cannot run now (a dependency is down): leave it for redelivery after ``delay``."""
-
-    def __init__(self, reason: str, delay: float = 2.0) -> None:
-        super().__init__(reason)
-        self.delay = delay
 
 
 class HarnessError(Exception):
@@ -87,20 +66,6 @@ SessionFactory = Callable[[JobContext, Agent, dict[str, Any] | None, dict[str, A
 
 WorkspaceSaver = Callable[[str, int, Any], Awaitable[dict[str, Any] | None]]
 """Saves a workspace snapshot: (job id, step, data) → reference stored in the engine state."""
-
-
-@dataclasses.dataclass
-class StepOutcome:
-    """The result of a step: the record to commit and the events to publish after the commit."""
-
-    record: JobRecord
-    """The new record (``step`` advanced)."""
-    consumed: int
-    """Inbox items delivered by this step (the executor keeps items that arrived later)."""
-    dialog: list[str] = dataclasses.field(default_factory=list)
-    """Prose sent to the user this step."""
-    state: EngineState | None = None
-    """The engine state stored in ``record.engine`` (saves decoding it again after the commit)."""
 
 
 class StepEngine:

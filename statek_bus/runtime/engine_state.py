@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
+from statek_bus.authoring.console import format_value
 from statek_bus.runtime.chat import LogItem
-from statek_bus.runtime.coderunner import format_value
 from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus
 
 __all__ = ["EngineState", "StepTrace", "Wait", "load_state", "step_events", "store_state"]

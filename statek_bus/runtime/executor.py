@@ -41,23 +41,20 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
+from statek_bus.authoring.futures import StepRuntime
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import wakeups as waits
 from statek_bus.runtime.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
-from statek_bus.runtime.engine import (
-    RetryStep,
-    StepEngine,
-    StepOutcome,
-    load_state,
-    run_handler_step,
-    step_events,
-)
-from statek_bus.runtime.engine_state import EngineState
+from statek_bus.runtime.engine import StepEngine
+from statek_bus.runtime.engine_state import EngineState, load_state, step_events
+from statek_bus.runtime.handler_step import run_handler_step
 from statek_bus.runtime.loading import load_agents
 from statek_bus.runtime.merge import merge_concurrent
+from statek_bus.runtime.outcome import RetryStep, StepOutcome
+from statek_bus.runtime.resume import StoreJobs
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.messages import (
     Empty,
@@ -383,10 +380,9 @@ class Executor:
     async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
         if isinstance(agent, HandlerAgent):
             return await run_handler_step(record, agent, self.nc, self.settings)
-        from statek_bus.authoring.futures import WaitEnv
-
+        assert self.store is not None
         loop = asyncio.get_running_loop()
-        env = WaitEnv(record.id, self.store, self.client, loop)
+        env = StepRuntime(record.id, StoreJobs(self.store), self.client, loop)
         env.registry = self.registries.get(agent.role) or env.registry
         ctx = JobContext(
             job_id=record.id,

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from statek_bus.authoring.agents import HandlerAgent
+from statek_bus.authoring.console import error_line
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime.chat import LogItem
-from statek_bus.runtime.coderunner import error_line
 from statek_bus.runtime.engine_state import StepTrace, load_state, store_state
+from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.wire.errors import ServiceUnavailableError
 from statek_bus.wire.messages import JobRecord, JobStatus
-
-if TYPE_CHECKING:
-    from statek_bus.runtime.engine import StepOutcome
 
 __all__ = ["run_handler_step"]
 
@@ -70,8 +68,6 @@ async def run_handler_step(
                     event = HandlerEvent(kind=ev.kind, content=EventContent(content=ev.text), at=ev.at)
                     await agent.event_handler(ctx, event)
         except ServiceUnavailableError as exc:
-            from statek_bus.runtime.engine import RetryStep
-
             raise RetryStep(str(exc)) from None
         except Exception as exc:
             error = error_line(exc)
@@ -84,6 +80,4 @@ async def run_handler_step(
     new.updated_at = utcnow()
     state.last = trace
     store_state(new, state)
-    from statek_bus.runtime.engine import StepOutcome
-
     return StepOutcome(record=new, consumed=len(record.inbox), state=state)

@@ -14,17 +14,18 @@ import logging
 from datetime import datetime
 
 from statek_bus.authoring.agents import WarmupBlock
-from statek_bus.authoring.futures import WaitEnv, decode_future, encode_future, poll, sources
+from statek_bus.authoring.futures import StepRuntime, decode_future, encode_future, poll, sources
 from statek_bus.authoring.tools import JobContext
-from statek_bus.jobs.store import utcnow
+from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.runtime.chat import LoggedCall, LogItem
 from statek_bus.runtime.coderunner import ExecResult
-from statek_bus.runtime.engine_state import EngineState, Wait
+from statek_bus.runtime.engine_state import EngineState, Wait, load_state
 from statek_bus.wire.messages import JobRecord, JobStatus
 from statek_bus.wire.values import from_json
 
 __all__ = [
     "SUBTASK_ROLE",
+    "StoreJobs",
     "absorb_inbox",
     "bind_env",
     "deliver_subtasks",
@@ -34,6 +35,25 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class StoreJobs:
+    """The runtime's :class:`~statek_bus.authoring.futures.JobSource`: other jobs, from the job store.
+
+    Args:
+        store: the job store the executor commits to.
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    async def find(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """The job's record and revision, or ``None``."""
+        return await self._store.find(job_id)
+
+    def replies(self, record: JobRecord) -> list[str]:
+        """The text of the job's LLM turns, read from its engine state (private to the runtime)."""
+        return [i.dialog or i.text or "" for i in load_state(record).log if i.kind == "llm"]
 
 SUBTASK_ROLE = "subtask:"
 """``role`` prefix of an inbox notification that reports a sub-task's completion (``subtask:<id>``)."""
@@ -69,7 +89,7 @@ def _abandon(state: EngineState, step: int) -> None:
         item.console = [*item.console, "Error: the job ended while this code was waiting"]
 
 
-def bind_env(ctx: JobContext, env: WaitEnv | None, state: EngineState) -> None:
+def bind_env(ctx: JobContext, env: StepRuntime | None, state: EngineState) -> None:
     """Give tools the job's notifications and the wait environment its state."""
     ctx.notifications = [*state.notifications, *(subtask_message(state, s) for s in state.pending_subtasks)]
     if env is not None:
@@ -78,7 +98,7 @@ def bind_env(ctx: JobContext, env: WaitEnv | None, state: EngineState) -> None:
         env.subtask_done = state.subtask_done
 
 
-async def gate(state: EngineState, env: WaitEnv | None) -> bool:
+async def gate(state: EngineState, env: StepRuntime | None) -> bool:
     """Whether the awaited future is ready now (the suspended statement may re-run)."""
     wait = state.wait
     if wait is None or env is None:
@@ -96,7 +116,7 @@ async def gate(state: EngineState, env: WaitEnv | None) -> bool:
 
 def suspend_wait(
     state: EngineState,
-    env: WaitEnv | None,
+    env: StepRuntime | None,
     result: ExecResult,
     item: int,
     block: WarmupBlock | None,

@@ -1,0 +1,36 @@
+"""What a step ends with: a :class:`StepOutcome` to commit, or :class:`RetryStep` to run it later.
+
+Both the code-first engine (:mod:`statek_bus.runtime.engine`) and the handler step
+(:mod:`statek_bus.runtime.handler_step`) produce them; the executor consumes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from statek_bus.runtime.engine_state import EngineState
+from statek_bus.wire.messages import JobRecord
+
+__all__ = ["RetryStep", "StepOutcome"]
+
+
+class RetryStep(Exception):
+    """The step cannot run now (a dependency is down): leave it for redelivery after ``delay``."""
+
+    def __init__(self, reason: str, delay: float = 2.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    """The result of a step: the record to commit and the events to publish after the commit."""
+
+    record: JobRecord
+    """The new record (``step`` advanced)."""
+    consumed: int
+    """Inbox items delivered by this step (the executor keeps items that arrived later)."""
+    dialog: list[str] = dataclasses.field(default_factory=list)
+    """Prose sent to the user this step."""
+    state: EngineState | None = None
+    """The engine state stored in ``record.engine`` (saves decoding it again after the commit)."""

@@ -127,7 +127,7 @@ async def test_subtask_completion_notifies_and_restarts_the_parent(mesh: Setting
     assert [n.text for n in notes] == ["[Notification] sub-task id=sq completed successfully."]
     assert notes[0].calls[0].result == "20"
     assert notes[0].calls[0].arguments == {"code": "print(find_sub_task_handler(id='sq'))"}
-    assert load_state(record).subtasks["sq"]["state"] == "COMPLETED"
+    assert load_state(record).subtasks["sq"].state == "COMPLETED"
 
 
 async def test_a_message_restarts_a_done_job(mesh: Settings, nc: Client) -> None:

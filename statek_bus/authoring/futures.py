@@ -28,19 +28,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import msgspec
 
 from statek_bus.authoring.console import format_value
 from statek_bus.authoring.tools import Tool, current_job
 from statek_bus.sandbox.replay import REPLAYING, refuse_during_replay
 from statek_bus.sandbox.restricted import register_future_type
 from statek_bus.wire.messages import JobRecord, JobStatus
+from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
 if TYPE_CHECKING:
     from statek_bus.client.core import AsyncStatekClient
-from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
 __all__ = [
     "FUTURE_TYPES",
@@ -53,6 +56,9 @@ __all__ = [
     "JobHandle",
     "JobSource",
     "StepRuntime",
+    "SubTask",
+    "SubTaskDone",
+    "SubTaskState",
     "Suspend",
     "TemporalFuture",
     "TimerFuture",
@@ -74,6 +80,52 @@ class Suspend(BaseException):
     def __init__(self, future: Any) -> None:
         super().__init__("suspend")
         self.future = future
+
+
+class SubTaskState(enum.StrEnum):
+    """Where a sub-task is, as its handler reports it (STATEK's names)."""
+
+    WAITING = "WAITING"
+    STARTED = "STARTED"
+    COMPLETED = "COMPLETED"
+    ERROR = "ERROR"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the child reported completion (a result or an error)."""
+        return self in (SubTaskState.COMPLETED, SubTaskState.ERROR)
+
+
+class SubTask(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A sub-task as the parent's engine state records it; completion is written by the child."""
+
+    job: str = ""
+    """The child job."""
+    state: SubTaskState = SubTaskState.WAITING
+    """WAITING until the child reports, then COMPLETED or ERROR."""
+    result: Any = None
+    """The reported result (tagged JSON)."""
+    error: str | None = None
+    """The reported error."""
+
+
+class SubTaskDone(msgspec.Struct, kw_only=True, frozen=True):
+    """A child's own report of its sub-task's completion, delivered to ``parent`` after the commit."""
+
+    id: str
+    """The handler id."""
+    parent: str
+    """The parent job."""
+    state: SubTaskState
+    """COMPLETED or ERROR."""
+    result: Any = None
+    """The result (tagged JSON)."""
+    error: str | None = None
+    """The error."""
+
+    def entry(self, job: str) -> SubTask:
+        """The parent's record of this completion (``job``: the child)."""
+        return SubTask(job=job, state=self.state, result=self.result, error=self.error)
 
 
 # ==================================================================================================
@@ -142,10 +194,10 @@ class StepRuntime:
         self.sites = CallSites()
         self.memo: dict[str, Any] = {}
         """Site → value fixed the first time a statement ran (a timer's due time), committed with the step."""
-        self.subtasks: dict[str, dict[str, Any]] = {}
-        """Sub-task handlers of this job (id → {job, state, result, error}), from the engine state."""
-        self.subtask_done: dict[str, Any] | None = None
-        """Set by ``complete_sub_task``: {id, parent, result, error}, delivered after the commit."""
+        self.subtasks: dict[str, SubTask] = {}
+        """Sub-task handlers of this job by id, from the engine state."""
+        self.subtask_done: SubTaskDone | None = None
+        """Set by ``complete_sub_task``, delivered to the parent after the commit."""
         self.suspended: Any = None
         """The future whose read suspended the step (kept even if model code swallowed the signal)."""
         self.pending_handler: Any = None

@@ -39,10 +39,14 @@ from statek_bus.authoring.futures import (
     AnyFuture,
     JobFuture,
     JobHandle,
+    SubTask,
+    SubTaskDone,
+    SubTaskState,
     TimerFuture,
     current_env,
 )
 from statek_bus.authoring.tools import Tool, current_job, tool
+from statek_bus.client.jobs import agent_role
 from statek_bus.wire.messages import Job, JobSendNotificationRequest, SubmitRequest
 from statek_bus.wire.subjects import JOBS_SEND_NOTIFICATION, JOBS_SUBMIT
 from statek_bus.wire.values import from_json, to_json
@@ -65,24 +69,12 @@ __all__ = [
     "wait_until",
 ]
 
-WAITING, STARTED, COMPLETED, ERROR = "WAITING", "STARTED", "COMPLETED", "ERROR"
-
-
-def _role(agent: Any) -> str:
-    if isinstance(agent, str):
-        return agent
-    role = getattr(agent, "role", None)
-    if not isinstance(role, str):
-        raise TypeError(f"agent must be a role string or an agent object, not {type(agent).__name__}")
-    return role
-
-
 def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, params: dict[str, Any]) -> JobHandle:
     """Submit a child job under a deterministic id (re-running the statement finds the same job)."""
     env = current_env()
     site = env.sites.next()
     child_id = f"{env.job_id}/{site}"
-    role = _role(agent)
+    role = agent_role(agent)
     shared = dict(shared_vars or {})
     handler = env.pending_handler
     if handler is not None:
@@ -297,42 +289,42 @@ class SubTaskHandler:
     parent_id: str = ""
     """The job that started it."""
 
-    def _entry(self) -> dict[str, Any]:
+    def _entry(self) -> SubTask:
         try:
             env = current_env()
         except RuntimeError:
-            return {}
+            return SubTask()
         if env.job_id == self.parent_id:
-            return env.subtasks.get(self.id, {})
+            return env.subtasks.get(self.id, SubTask())
         if env.job_id == self.job_id and env.subtask_done is not None:
-            return env.subtask_done
-        return {}
+            return env.subtask_done.entry(self.job_id)
+        return SubTask()
 
     @property
     def state(self) -> str:
         """WAITING, STARTED, COMPLETED or ERROR."""
-        found = self._entry().get("state")
-        if found in (COMPLETED, ERROR):
+        found = self._entry().state
+        if found.finished:
             return str(found)
         with contextlib.suppress(Exception):
-            return WAITING if JobHandle(self.job_id).status == "READY" else STARTED
-        return WAITING
+            ready = JobHandle(self.job_id).status == "READY"
+            return str(SubTaskState.WAITING if ready else SubTaskState.STARTED)
+        return str(SubTaskState.WAITING)
 
     @property
     def is_completed(self) -> bool:
         """Whether the sub-task reported completion (successfully or not)."""
-        return self._entry().get("state") in (COMPLETED, ERROR)
+        return self._entry().state.finished
 
     @property
     def result(self) -> Any:
         """The reported result (None until completed)."""
-        return from_json(self._entry().get("result"))
+        return from_json(self._entry().result)
 
     @property
     def error(self) -> str | None:
         """The reported error, if any."""
-        found = self._entry().get("error")
-        return str(found) if found is not None else None
+        return self._entry().error
 
     def get_log_message(self) -> str:
         """The notification text the parent gets."""
@@ -346,12 +338,11 @@ class SubTaskHandler:
 
     def __str__(self) -> str:
         entry = self._entry()
-        state = entry.get("state")
-        if state == ERROR:
-            raise RuntimeError(str(entry.get("error")))
-        if state != COMPLETED:
+        if entry.state is SubTaskState.ERROR:
+            raise RuntimeError(str(entry.error))
+        if entry.state is not SubTaskState.COMPLETED:
             raise RuntimeError(f"Sub-task id={self.id} is not completed: {self.state}")
-        result = from_json(entry.get("result"))
+        result = from_json(entry.result)
         return "" if result is None else str(result)
 
     def __llm_repr__(self) -> str:
@@ -366,13 +357,13 @@ def _complete(handler: SubTaskHandler, result: Any, error: str | None) -> None:
         raise ValueError("complete_sub_task takes a result or an error, not both")
     if env.subtask_done is not None:
         raise RuntimeError("Sub-task handler is already completed")
-    env.subtask_done = {
-        "id": handler.id,
-        "parent": handler.parent_id,
-        "state": ERROR if error is not None else COMPLETED,
-        "result": to_json(result, env.registry, "result"),
-        "error": str(error) if error is not None else None,
-    }
+    env.subtask_done = SubTaskDone(
+        id=handler.id,
+        parent=handler.parent_id,
+        state=SubTaskState.ERROR if error is not None else SubTaskState.COMPLETED,
+        result=to_json(result, env.registry, "result"),
+        error=str(error) if error is not None else None,
+    )
 
 
 @tool(system=True)
@@ -403,12 +394,12 @@ def find_sub_task_handler(id: str | None = None) -> SubTaskHandler | None:
         entry = env.subtasks.get(id)
         if entry is None:
             raise RuntimeError(f"sub-task handler id={id} not found")
-        return SubTaskHandler(id, str(entry.get("job", "")), env.job_id)
-    done = [k for k, e in env.subtasks.items() if e.get("state") in (COMPLETED, ERROR)]
+        return SubTaskHandler(id, entry.job, env.job_id)
+    done = [k for k, e in env.subtasks.items() if e.state.finished]
     if not done:
         return None
     key = done[-1]
-    return SubTaskHandler(key, str(env.subtasks[key].get("job", "")), env.job_id)
+    return SubTaskHandler(key, env.subtasks[key].job, env.job_id)
 
 
 def subtask(
@@ -449,7 +440,7 @@ def subtask(
                     handler.job_id, handler.id = made.id, handler.id or made.id.rsplit("/", 1)[-1]
             else:
                 raise TypeError(f"@subtask {inner.__name__} returned {type(made).__name__}, not a job")
-            env.subtasks.setdefault(handler.id, {"job": handler.job_id, "state": WAITING})
+            env.subtasks.setdefault(handler.id, SubTask(job=handler.job_id))
             return handler
 
         extra = inspect.Parameter("id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")

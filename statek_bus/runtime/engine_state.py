@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.futures import SubTask, SubTaskDone
 from statek_bus.runtime.chat import LogItem
 from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus
 
@@ -92,12 +93,12 @@ class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Values fixed when a suspended statement first ran (timers' due times), by call site."""
     held: list[str] = []
     """User messages that arrived while SUSPENDED; they join the chat when the code resumes."""
-    subtasks: dict[str, dict[str, Any]] = {}
-    """Sub-tasks this job started: id → {job, state, result, error} (completion written by the child)."""
+    subtasks: dict[str, SubTask] = {}
+    """Sub-tasks this job started, by handler id (completion written by the child)."""
     pending_subtasks: list[str] = []
     """Completed sub-task ids waiting for the next safe point."""
-    subtask_done: dict[str, Any] | None = None
-    """This job's own sub-task completion ({id, parent, state, result, error}), once reported."""
+    subtask_done: SubTaskDone | None = None
+    """This job's own sub-task completion, once reported."""
     child_usage: dict[str, list[float]] = {}
     """Per child: the usage totals already summed into this job's usage (keeps reports idempotent)."""
 

@@ -52,7 +52,7 @@ from statek_bus.runtime.engine import StepEngine
 from statek_bus.runtime.engine_state import EngineState, load_state, step_events
 from statek_bus.runtime.handler_step import run_handler_step
 from statek_bus.runtime.loading import load_agents
-from statek_bus.runtime.merge import merge_concurrent
+from statek_bus.runtime.merge import Rebase
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.resume import StoreJobs
 from statek_bus.wire.errors import StatekError
@@ -405,8 +405,9 @@ class Executor:
     async def _commit(self, base: JobRecord, rev: int, outcome: StepOutcome) -> JobRecord | None:
         """CAS the outcome over ``rev``; merge concurrent inbox/cancel changes; None if superseded."""
         assert self.store is not None
-        new = outcome.record
+        rebase = Rebase(outcome.record, base, outcome.consumed)
         while True:
+            new = rebase.record
             try:
                 revision = await self.store.put(new, rev)
             except StaleRecordError:
@@ -416,7 +417,7 @@ class Executor:
                 fresh, rev = found
                 if fresh.step != base.step or fresh.status is JobStatus.DONE:
                     return None  # the step was committed (or the job ended) elsewhere
-                new = waits.merge_external(merge_concurrent(new, fresh, outcome.consumed), base, fresh)
+                rebase.onto(fresh)
                 continue
             self._remember(new, revision)
             return new

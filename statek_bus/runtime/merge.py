@@ -1,17 +1,23 @@
 """Re-basing a step's outcome on a record another writer changed while the step ran.
 
-Used by the executor's commit: when the compare-and-set fails because a message, a cancel or a
-child's completion note arrived, the outcome is merged onto the fresh record and retried.
+Used by the executor's commit: when the compare-and-set fails because a message, a cancel, a
+child's usage or a sub-task's completion arrived, the outcome is merged onto the fresh record and
+retried. :class:`Rebase` carries one outcome across any number of failed attempts, so every
+external increment is applied exactly once: each merge takes the difference from the record the
+previous merge already absorbed, never from the step's original base again.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from statek_bus.runtime.engine_state import load_state
-from statek_bus.wire.messages import JobRecord, JobStatus
+from statek_bus.runtime.engine_state import load_state, store_state
+from statek_bus.wire.messages import JobRecord, JobStatus, Usage
 
-__all__ = ["merge_concurrent"]
+__all__ = ["USAGE_FIELDS", "Rebase", "add_usage", "merge_concurrent", "merge_external", "usage_vector"]
+
+USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost")
+"""The additive fields of :class:`~statek_bus.wire.messages.Usage`."""
 
 
 def merge_concurrent(new: JobRecord, fresh: JobRecord, consumed: int) -> JobRecord:
@@ -38,3 +44,62 @@ def merge_concurrent(new: JobRecord, fresh: JobRecord, consumed: int) -> JobReco
                 trace.statuses.append(JobStatus.STARTED)
     merged.engine = msgspec.to_builtins(state)
     return merged
+
+
+def usage_vector(u: Usage) -> list[float]:
+    """``u``'s additive fields as a vector (:data:`USAGE_FIELDS` order)."""
+    return [float(getattr(u, f)) for f in USAGE_FIELDS]
+
+
+def add_usage(target: Usage, delta: list[float]) -> None:
+    """Add ``delta`` (:data:`USAGE_FIELDS` order) to ``target`` in place."""
+    for f, d in zip(USAGE_FIELDS, delta, strict=True):
+        value = getattr(target, f) + d
+        setattr(target, f, value if f == "cost" else int(value))
+
+
+def merge_external(new: JobRecord, base: JobRecord, fresh: JobRecord) -> JobRecord:
+    """Carry what other jobs wrote into ``fresh`` since ``base`` over to a step's outcome ``new``.
+
+    Children add usage and per-child totals; sub-tasks add their completion. Everything else in
+    the outcome is the step's own. ``base`` must be the record whose changes ``new`` already holds
+    (see :class:`Rebase`), or the same increment would be added twice.
+    """
+    fresh_state, base_state = load_state(fresh), load_state(base)
+    if fresh_state.child_usage == base_state.child_usage and fresh_state.subtasks == base_state.subtasks:
+        return new
+    delta = [f - b for f, b in zip(usage_vector(fresh.usage), usage_vector(base.usage), strict=True)]
+    out = msgspec.structs.replace(new, usage=msgspec.structs.replace(new.usage))
+    add_usage(out.usage, delta)
+    state = load_state(out)
+    state.child_usage = {**state.child_usage, **fresh_state.child_usage}
+    subtasks = dict(state.subtasks)
+    for sid, entry in fresh_state.subtasks.items():
+        if entry.state.finished:
+            subtasks[sid] = entry
+    state.subtasks = subtasks
+    store_state(out, state)
+    return out
+
+
+class Rebase:
+    """One step's outcome, re-based onto each fresh record a failed compare-and-set reveals.
+
+    Args:
+        outcome: the record the step produced.
+        base: the record the step ran on.
+        consumed: inbox items the step delivered.
+    """
+
+    def __init__(self, outcome: JobRecord, base: JobRecord, consumed: int) -> None:
+        self.record = outcome
+        """The outcome as re-based so far (what the next attempt writes)."""
+        self._absorbed = base
+        self._consumed = consumed
+
+    def onto(self, fresh: JobRecord) -> JobRecord:
+        """Merge ``fresh``'s concurrent changes into the outcome; each change counts once."""
+        merged = merge_concurrent(self.record, fresh, self._consumed)
+        self.record = merge_external(merged, self._absorbed, fresh)
+        self._absorbed = fresh
+        return self.record

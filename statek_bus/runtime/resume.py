@@ -14,7 +14,15 @@ import logging
 from datetime import datetime
 
 from statek_bus.authoring.agents import WarmupBlock
-from statek_bus.authoring.futures import StepRuntime, decode_future, encode_future, poll, sources
+from statek_bus.authoring.futures import (
+    StepRuntime,
+    SubTask,
+    SubTaskState,
+    decode_future,
+    encode_future,
+    poll,
+    sources,
+)
 from statek_bus.authoring.tools import JobContext
 from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.runtime.chat import LoggedCall, LogItem
@@ -94,7 +102,7 @@ def bind_env(ctx: JobContext, env: StepRuntime | None, state: EngineState) -> No
     ctx.notifications = [*state.notifications, *(subtask_message(state, s) for s in state.pending_subtasks)]
     if env is not None:
         env.memo = dict(state.memo)
-        env.subtasks = {k: dict(v) for k, v in state.subtasks.items()}
+        env.subtasks = dict(state.subtasks)
         env.subtask_done = state.subtask_done
 
 
@@ -142,9 +150,9 @@ def suspend_wait(
 
 def subtask_message(state: EngineState, sid: str) -> str:
     """The notification text of a completed sub-task."""
-    entry = state.subtasks.get(sid, {})
-    if entry.get("state") == "ERROR":
-        return f"[Error] sub-task id={sid} failed with {entry.get('error')}"
+    entry = state.subtasks.get(sid, SubTask())
+    if entry.state is SubTaskState.ERROR:
+        return f"[Error] sub-task id={sid} failed with {entry.error}"
     return f"[Notification] sub-task id={sid} completed successfully."
 
 
@@ -152,11 +160,11 @@ def deliver_subtasks(state: EngineState, step: int) -> None:
     """Put completed sub-tasks into the chat: the notice plus ``print(find_sub_task_handler(id=...))``."""
     n = sum(1 for i in state.log if i.kind == "notification" and i.calls)
     for sid in state.pending_subtasks:
-        entry = state.subtasks.get(sid, {})
-        if entry.get("state") == "ERROR":
-            shown = f"RuntimeError: {entry.get('error')}"
+        entry = state.subtasks.get(sid, SubTask())
+        if entry.state is SubTaskState.ERROR:
+            shown = f"RuntimeError: {entry.error}"
         else:
-            value = from_json(entry.get("result"))
+            value = from_json(entry.result)
             shown = "" if value is None else str(value)
         n += 1
         call = LoggedCall(

@@ -20,7 +20,7 @@ its engine state); every wake-up publishes its current step to the work queue, w
 
 **No lost wake-up.** Both sides of a race write the parent's record with a compare-and-set, so
 they are ordered. If the child's note lands first, the parent's own commit fails, re-reads, keeps
-the note in the inbox (:func:`merge_external`) and :func:`rearm` queues the parent at once
+the note in the inbox (:func:`~statek_bus.runtime.merge.merge_external`) and :func:`rearm` queues the parent at once
 because a SUSPENDED record with inbox items is runnable. If the parent's SUSPENDED commit lands
 first, the child's writer sees SUSPENDED and queues it. The note is written even while the
 stored record waits for something else: a woken parent's record stays SUSPENDED (waiting for an
@@ -39,23 +39,21 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
-import msgspec
-
+from statek_bus.authoring.futures import SubTask, SubTaskState
 from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.runtime.engine_state import EngineState, load_state, store_state
+from statek_bus.runtime.merge import USAGE_FIELDS, add_usage, usage_vector
 from statek_bus.runtime.resume import SUBTASK_ROLE
 from statek_bus.wire.errors import NotFoundError
-from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus, Usage
+from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus
 
-__all__ = ["after_commit", "child_done", "deliver_subtask", "merge_external", "on_stale", "rearm"]
+__all__ = ["after_commit", "child_done", "deliver_subtask", "on_stale", "rearm"]
 
 log = logging.getLogger(__name__)
 
 _NOW_MARGIN = timedelta(milliseconds=2)
 """A timer due within this margin is queued at once instead of scheduled."""
-_USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost")
 
 
 async def after_commit(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
@@ -96,16 +94,6 @@ async def rearm(store: JobStore, record: JobRecord, state: EngineState | None = 
         await store.enqueue(record.id, record.step, at=due)
 
 
-def _usage(u: Usage) -> list[float]:
-    return [float(getattr(u, f)) for f in _USAGE_FIELDS]
-
-
-def _add_usage(target: Usage, delta: list[float]) -> None:
-    for f, d in zip(_USAGE_FIELDS, delta, strict=True):
-        value = getattr(target, f) + d
-        setattr(target, f, value if f == "cost" else int(value))
-
-
 async def child_done(store: JobStore, child: JobRecord) -> None:
     """Sum a finished child's usage into its parent (and up the chain) and wake the parent."""
     await _report(store, child, note=True)
@@ -115,18 +103,19 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
     parent_id = child.parent_id
     if not parent_id:
         return
-    total = _usage(child.usage)
-    flags = {"wake": False, "usage": False}
+    total = usage_vector(child.usage)
+    wake = usage_added = False
 
     def change(parent: JobRecord) -> JobRecord | None:
-        flags["wake"] = flags["usage"] = False
+        nonlocal wake, usage_added
+        wake = usage_added = False
         state = load_state(parent)
-        before = state.child_usage.get(child.id, [0.0] * len(_USAGE_FIELDS))
+        before = state.child_usage.get(child.id, [0.0] * len(USAGE_FIELDS))
         changed = False
         if total != before and total[0] >= before[0]:
-            _add_usage(parent.usage, [t - b for t, b in zip(total, before, strict=True)])
+            add_usage(parent.usage, [t - b for t, b in zip(total, before, strict=True)])
             state.child_usage = {**state.child_usage, child.id: total}
-            flags["usage"] = changed = True
+            usage_added = changed = True
         waiting = state.wait is not None and child.id in state.wait.jobs
         noted = any(e.kind == "status" and e.job_id == child.id for e in parent.inbox)
         # Noted whenever the parent has not ended, even SUSPENDED on something else: its record may
@@ -137,7 +126,7 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
                 *parent.inbox,
                 JobEvent(job_id=child.id, kind="status", at=utcnow(), status=JobStatus.DONE, step=child.step),
             ]
-            flags["wake"] = waiting and parent.status is JobStatus.SUSPENDED
+            wake = waiting and parent.status is JobStatus.SUSPENDED
             changed = True
         if not changed:
             return None
@@ -150,31 +139,31 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
         return
     if not changed:
         return
-    if flags["wake"]:
+    if wake:
         await store.enqueue(parent.id, parent.step)
-    if flags["usage"] and parent.parent_id:
+    if usage_added and parent.parent_id:
         await _report(store, parent, note=False)  # the grandparent's total includes it too
 
 
 async def deliver_subtask(store: JobStore, child: JobRecord) -> None:
     """Report a sub-task's completion to its parent: result in its state, a notification, a wake-up."""
     info = load_state(child).subtask_done
-    if info is None or not info.get("parent"):
+    if info is None or not info.parent:
         return
-    sid = str(info.get("id"))
-    flags = {"enqueue": False}
+    sid = info.id
+    enqueue = False
 
     def change(parent: JobRecord) -> JobRecord | None:
-        flags["enqueue"] = False
+        nonlocal enqueue
+        enqueue = False
         state = load_state(parent)
-        entry = dict(state.subtasks.get(sid) or {"job": child.id})
-        if entry.get("state") in ("COMPLETED", "ERROR"):
+        if state.subtasks.get(sid, SubTask()).state.finished:
             return None  # already reported (a redelivery)
-        entry.update(state=info.get("state"), result=info.get("result"), error=info.get("error"))
+        entry = info.entry(child.id)
         state.subtasks = {**state.subtasks, sid: entry}
         text = (
-            f"[Error] sub-task id={sid} failed with {entry['error']}"
-            if entry.get("state") == "ERROR"
+            f"[Error] sub-task id={sid} failed with {entry.error}"
+            if entry.state is SubTaskState.ERROR
             else f"[Notification] sub-task id={sid} completed successfully."
         )
         event = JobEvent(
@@ -188,38 +177,15 @@ async def deliver_subtask(store: JobStore, child: JobRecord) -> None:
                 None,
                 None,
             )
-            flags["enqueue"] = True
+            enqueue = True
         elif parent.status is JobStatus.SUSPENDED:
-            flags["enqueue"] = True
+            enqueue = True
         store_state(parent, state)
         return parent
 
     try:
-        parent, _, changed = await store.transition(str(info["parent"]), change)
+        parent, _, changed = await store.transition(info.parent, change)
     except NotFoundError:
         return
-    if changed and flags["enqueue"]:
+    if changed and enqueue:
         await store.enqueue(parent.id, parent.step)
-
-
-def merge_external(new: JobRecord, base: JobRecord, fresh: JobRecord) -> JobRecord:
-    """Carry what other jobs wrote into ``fresh`` (since ``base``) over to a step's outcome ``new``.
-
-    Children add usage and per-child totals; sub-tasks add their completion. Everything else in
-    the outcome is the step's own.
-    """
-    fresh_state, base_state = load_state(fresh), load_state(base)
-    if fresh_state.child_usage == base_state.child_usage and fresh_state.subtasks == base_state.subtasks:
-        return new
-    delta = [f - b for f, b in zip(_usage(fresh.usage), _usage(base.usage), strict=True)]
-    out = msgspec.structs.replace(new, usage=msgspec.structs.replace(new.usage))
-    _add_usage(out.usage, delta)
-    state = load_state(out)
-    state.child_usage = {**state.child_usage, **fresh_state.child_usage}
-    subtasks: dict[str, dict[str, Any]] = dict(state.subtasks)
-    for sid, entry in fresh_state.subtasks.items():
-        if entry.get("state") in ("COMPLETED", "ERROR"):
-            subtasks[sid] = {**subtasks.get(sid, {}), **entry}
-    state.subtasks = subtasks
-    store_state(out, state)
-    return out

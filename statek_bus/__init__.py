@@ -6,8 +6,11 @@ This module is the front door; every public name is listed in ``__all__``.
 from __future__ import annotations
 
 from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
+from statek_bus.authoring.futures import temporal
 from statek_bus.authoring.tools import current_job, exit_job, tool
+from statek_bus.authoring.waiting import subtask
 from statek_bus.client.core import AsyncStatekClient, StatekClient
+from statek_bus.client.statek_client_api import StatekClientAPI
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import (
     BadRequestError,
@@ -35,11 +38,14 @@ __all__ = [
     "Settings",
     "State",
     "StatekClient",
+    "StatekClientAPI",
     "StatekError",
     "SupervisedAgent",
     "Usage",
     "current_job",
     "exit_job",
+    "subtask",
+    "temporal",
     "tool",
 ]
 

@@ -154,3 +154,11 @@ def test_every_public_name_has_a_docstring() -> None:
                         if not attr.startswith("_") and inspect.isfunction(value) and not value.__doc__
                     ]
     assert missing == []
+
+
+def test_the_design_documents_python_api_imports() -> None:
+    # DESIGN's Python API section: the names a STATEK user starts from, all at the package root.
+    from statek_bus import AsyncStatekClient, SupervisedAgent, subtask, temporal, tool
+    from statek_bus.statek_client_api import StatekClientAPI
+
+    assert all(callable(x) for x in (AsyncStatekClient, SupervisedAgent, subtask, temporal, tool, StatekClientAPI))

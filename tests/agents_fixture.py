@@ -336,8 +336,13 @@ F_REPLAY = scripted(
 F_HOLD = scripted("t_f_hold", ['sleep(1.0)\nmark("resumed after cancel")', 'exit("held")'], tools=[mark])
 F_WARM = scripted("t_f_warm", ['exit("never")'], warmup='mark("warmup ran")', tools=[mark])
 FAULT_AGENTS = [F_POISON, F_REPLAY, F_HOLD, F_WARM]
+W_RESUME_PRINT = scripted(
+    "t_w_resume_print",
+    ["n = 0\nn = n + 1\nprint('before', n)\nsleep(1.0)\nprint('after', n)", "exit(str(n))"],
+)
 
 WAIT_AGENTS = [
+    W_RESUME_PRINT,
     W_CHILD,
     W_SLOW_CHILD,
     W_FAIL_CHILD,

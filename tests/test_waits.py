@@ -196,3 +196,15 @@ async def test_a_thousand_parents_each_waiting_on_a_child_all_complete(
                 assert record.exit_status == "child done", record.id
                 pending.discard(record.id)
         await asyncio.sleep(0.1)
+
+
+async def test_a_resumed_statement_shows_its_earlier_output_once(mesh: Settings, nc: Client) -> None:
+    """Statement-level resume: the lines printed before ``sleep`` appear once in the job's history."""
+    js = nc.jetstream()
+    job = await submit(js, "t_w_resume_print")
+    record = await wait_done(js, job)
+    assert record.exit_status == "1"  # n stayed 1: nothing before the sleep ran twice
+    async with AsyncStatekClient(settings=mesh) as client:
+        history = await client.jobs.history(job)
+    assert history.console == ["before 1", "after 1"]
+    assert console(record) == ["before 1", "after 1"]

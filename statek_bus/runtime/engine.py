@@ -160,6 +160,7 @@ class StepEngine:
                 elif new.status in (JobStatus.READY, JobStatus.SUSPENDED):
                     set_status(JobStatus.STARTED)
                 trace.ran = state.log.index(item)
+                trace.console_from = len(item.console) if resuming else 0
                 for i, unit in enumerate(units):
                     unit.site = f"{trace.ran}.{i}"
                 result = await self._execute(

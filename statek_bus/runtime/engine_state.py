@@ -31,6 +31,8 @@ class StepTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Index of the first chat-log item this step appended."""
     ran: int | None = None
     """Index of the chat-log item whose code this step ran."""
+    console_from: int = 0
+    """First console line of that item this step printed (a resumed item keeps its earlier lines)."""
     subtask: bool = False
     """This step completed the job's sub-task (its parent is notified after the commit)."""
 
@@ -136,11 +138,12 @@ def step_events(record: JobRecord, state: EngineState | None = None) -> list[Job
         ev("status", status=status)
     if trace.ran is not None and trace.ran < len(state.log):
         ran = state.log[trace.ran]
-        if ran.kind == "warmup" and not ran.hidden and ran.source.strip():
+        resumed = trace.console_from > 0
+        if ran.kind == "warmup" and not ran.hidden and ran.source.strip() and not resumed:
             ev("chat", role="assistant", text=ran.source)
         for c in ran.calls:
             ev("chat", role="tool", text=f"{c.name}: {c.result or ''}")
-        for line in ran.console:
+        for line in ran.console[trace.console_from :]:  # earlier lines went out with the earlier step
             ev("console", text=line)
     for item in state.log[trace.log_from :]:
         if item.kind == "user":

@@ -423,23 +423,38 @@ async def submit(
     return record.id
 
 
-async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
-    """Poll the job record until it is DONE; returns the record."""
+async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 30.0) -> Any:
+    """The job's record once it has ``status``: a KV watch on its key, woken by each commit (no polling)."""
     import asyncio
-    import time
 
     from statek_bus.jobs.store import JobStore
-    from statek_bus.wire.messages import JobStatus
+    from statek_bus.wire.messages import JobRecord, decode
+    from statek_bus.wire.subjects import job_key
 
     store = await JobStore.open(js)
-    deadline = time.monotonic() + timeout
-    while True:
-        record, _ = await store.get(job_id)
-        if record.status is JobStatus.DONE:
-            return record
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} not DONE within {timeout}s: {record.status} step {record.step}")
-        await asyncio.sleep(0.02)
+    watcher = await store.kv.watch(job_key(job_id))
+    last: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue  # the end of the initial values, or a delete marker
+                last = decode(entry.value, JobRecord)
+                if last.status is status:
+                    return last
+    except TimeoutError:
+        seen = f"{last.status} step {last.step}" if last is not None else "no record"
+        raise TimeoutError(f"job {job_id} not {status} within {timeout}s: {seen}") from None
+    finally:
+        await watcher.stop()
+    raise AssertionError("the watch ended")
+
+
+async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
+    """The job's record once it is DONE (event-driven, see :func:`wait_status`)."""
+    from statek_bus.wire.messages import JobStatus
+
+    return await wait_status(js, job_id, JobStatus.DONE, timeout)
 
 
 def chat_log(record: Any) -> Any:

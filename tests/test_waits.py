@@ -17,7 +17,7 @@ from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime.engine_state import load_state
 from statek_bus.wire.messages import JobRecord, JobStatus
-from tests.agents_fixture import chat_log, console, services, submit, wait_done
+from tests.agents_fixture import chat_log, console, services, submit, wait_done, wait_status
 
 
 @pytest.fixture
@@ -25,19 +25,6 @@ async def mesh(settings: Settings) -> AsyncIterator[Settings]:
     """Provider, submission and an executor (the fixture agents) on the session server."""
     async with services(settings, "provider", "submission", "executor") as s:
         yield s
-
-
-async def wait_status(js: object, job_id: str, status: JobStatus, timeout: float = 20.0) -> JobRecord:
-    """Poll until the job has ``status``."""
-    store = await JobStore.open(js)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        record, _ = await store.get(job_id)
-        if record.status is status:
-            return record
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{job_id} is {record.status}, not {status}")
-        await asyncio.sleep(0.02)
 
 
 async def test_delegate_task_suspends_at_the_statement_that_reads_the_status(

@@ -21,8 +21,7 @@ from statek_bus.runtime.executor import Executor
 from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
 from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
-from tests.agents_fixture import AGENTS_SPEC, console, submit, wait_done
-from tests.test_waits import wait_status
+from tests.agents_fixture import AGENTS_SPEC, console, submit, wait_done, wait_status
 
 
 async def test_a_timer_fires_after_the_executor_and_nats_server_restarted(

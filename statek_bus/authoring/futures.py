@@ -17,10 +17,10 @@ run again).
 
 Calls whose callee declares ``takes_futures`` (``get_all``, ``get_any``) receive futures
 unresolved; every other call resolves its future arguments first (STATEK resolved them for the
-combinators too, so they waited one by one and then failed: behaviour reference §5 item 7).
+combinators too, so ``get_any`` waited for every future in turn and then failed).
 
-A future is resolved against a :class:`StepRuntime` (the step's job, its job store and the executor's
-event loop), reached through :func:`statek_bus.authoring.tools.current_job`.
+A future is resolved against a :class:`StepRuntime` (the step's job, the jobs it can read, its client and
+the executor's event loop), reached through :func:`statek_bus.authoring.tools.current_job`.
 """
 
 from __future__ import annotations

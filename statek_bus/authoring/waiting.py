@@ -1,4 +1,4 @@
-"""Child jobs, sub-tasks, timers and combinators: the system tools for waiting (behaviour reference §1.5, §1.6).
+"""Child jobs, sub-tasks, timers and combinators: the system tools model code waits with.
 
 Every job's namespace holds these tools (:data:`WAIT_TOOLS`):
 

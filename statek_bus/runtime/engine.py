@@ -1,4 +1,4 @@
-"""The step: one unit of a job's progress, as STATEK defines it (behaviour reference §2).
+"""The step: one unit of a job's progress, as STATEK defines it (inbox, code, at most one LLM call).
 
 A step (1) delivers the job's inbox (user messages become user turns, notifications wait for
 the next safe point), (2) executes the pending code block — a warmup block, or the previous LLM

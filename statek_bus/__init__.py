@@ -22,6 +22,7 @@ from statek_bus.wire.errors import (
     StatekError,
 )
 from statek_bus.wire.messages import Job, JobStatus, State, Usage
+from statek_bus.wire.subjects import SERVICE_VERSION
 
 __all__ = [
     "Agent",
@@ -49,4 +50,5 @@ __all__ = [
     "tool",
 ]
 
-__version__ = "0.1.0"
+__version__ = SERVICE_VERSION
+"""The package version (one source: :data:`statek_bus.wire.subjects.SERVICE_VERSION`)."""

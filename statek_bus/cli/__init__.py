@@ -2,8 +2,10 @@
 
 Each area registers its own subcommands (``register(subparsers)`` in a module of this package):
 :mod:`.mesh` (``up``, ``serve``, ``status``, ``schemas``, ``demo``), :mod:`.states`
-(``states ...``) and :mod:`.jobs` (``submit``, ``jobs ...``). A command returns an exit code;
-a :class:`~statek_bus.wire.errors.StatekError` or a launcher error prints one clear line and exits 1.
+(``states ...``) and :mod:`.jobs` (``submit``, ``jobs ...``). A command returns an exit code
+(:mod:`.output` lists them); a :class:`~statek_bus.wire.errors.StatekError` or a launcher error
+prints one clear ``statek-bus: ...`` line and exits 1, a bad value exits 2, Ctrl-C exits 130, and
+a reader that stops early (``statek-bus status | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from statek_bus.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from statek_bus.mesh.provision import ProvisionError
 from statek_bus.mesh.settings import SettingsError
 from statek_bus.ops.launcher import LauncherError
 from statek_bus.wire.errors import StatekError
+from statek_bus.wire.subjects import SERVICE_VERSION
 
 __all__ = ["main", "run_async"]
 
@@ -41,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statek-bus", description="Durable code-first LLM agent jobs and a States API on NATS."
     )
+    parser.add_argument("--version", action="version", version=f"statek-bus {SERVICE_VERSION}")
     parser.add_argument(
-        "--log-level", default=None, help="Python logging level (default: STATEK_LOG_LEVEL or INFO)"
+        "--log-level",
+        default=None,
+        help="Python logging level, here and in the services `up` starts (default: STATEK_LOG_LEVEL or INFO)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _AREAS:
@@ -58,17 +66,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``statek-bus``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    level = (args.log_level or os.environ.get("STATEK_LOG_LEVEL") or "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        parser.error(f"--log-level / STATEK_LOG_LEVEL: unknown level {level!r} (DEBUG, INFO, WARNING, ERROR)")
+    # one level for this process and every service process it starts (`up`, `demo`)
+    os.environ["STATEK_LOG_LEVEL"] = level
     logging.basicConfig(
-        level=(args.log_level or "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     command: Command = args.func
     try:
         return command(args)
     except (StatekError, LauncherError, ProvisionError, SettingsError) as exc:
         print(f"statek-bus: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except UsageError as exc:
+        print(f"statek-bus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`statek-bus status | head`): point stdout at /dev/null so the
+        # interpreter's final flush cannot raise again, and end without a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR

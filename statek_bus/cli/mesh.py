@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from statek_bus.cli import run_async
+from statek_bus.cli.output import EXIT_INTERRUPTED, EXIT_OK, print_json
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import status_report
 from statek_bus.mesh.settings import Settings
-from statek_bus.ops.mesh import SERVICE_KINDS, up
+from statek_bus.ops.mesh import SERVICE_KINDS, check_agents, serve, up
 
 __all__ = ["register"]
 
@@ -53,25 +53,25 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def _up(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    run_async(
+    served = run_async(
         up(
             settings,
             embedded=not args.nats_url,
             data_dir=args.data_dir or settings.data_dir,
             port=settings.port if args.port is None else args.port,
-            agents=args.agents,
+            agents=args.agents or settings.agents or None,
         )
     )
-    return 0
+    return EXIT_OK if served else EXIT_INTERRUPTED
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from statek_bus.mesh.service import load_service_factory, run_service
-
     settings = _settings(args, agents=args.agents)
     logging.getLogger().setLevel(settings.log_level.upper())
-    run_async(run_service(load_service_factory(args.kind), settings, name=SERVICE_KINDS[args.kind]))
-    return 0
+    if args.kind == "executor":
+        check_agents(settings.agents)  # one line naming the import error; cwd first, as `up` does
+    served = run_async(serve(args.kind, settings))
+    return EXIT_OK if served else EXIT_INTERRUPTED
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -86,7 +86,7 @@ def _status(args: argparse.Namespace) -> int:
 
     rows = run_async(report())
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     if not rows:
         print(f"no statek-bus services found at {settings.nats_url}")

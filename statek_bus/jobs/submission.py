@@ -155,7 +155,7 @@ class Submission:
     async def open(cls, nc: Client, js: JetStreamContext, settings: Settings) -> Submission:
         """Bind the (provisioned) jobs and agents buckets."""
         store = await JobStore.open(js)
-        return cls(nc, store, AgentDirectory(await js.key_value(AGENTS_BUCKET)), settings)
+        return cls(nc, store, AgentDirectory(await js.key_value(AGENTS_BUCKET), nc), settings)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Submission]:
@@ -184,6 +184,8 @@ class Submission:
             index=IndexEntry(job_id=job_id),
             vars_field="$.shared_vars",
         )
+        if await self.agents.served(req.agent) is False:  # accepted; it waits until one serves it
+            jobs[0].agent_served = False
         return jobs[0]
 
     async def submit_batch(self, req: SubmitBatchRequest) -> list[Job]:
@@ -479,7 +481,7 @@ class Submission:
     async def agents_get(self, req: AgentGetRequest) -> AgentDescription:
         """One agent (404 naming it and listing the known roles)."""
         with json_paths():
-            return await self.agents.get(req.agent)
+            return await self.agents.describe(req.agent)
 
     # --- transitions -------------------------------------------------------------------------------
     async def cancel(self, req: JobCancelRequest) -> Job:

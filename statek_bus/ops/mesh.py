@@ -1,30 +1,45 @@
-"""Running the mesh: service processes, readiness by ``$SRV.PING``, and ``statek-bus up``.
+"""Running the mesh: service processes, readiness by ``$SRV.PING``, ``statek-bus up`` and ``serve``.
 
 ``up`` starts an embedded nats-server (unless given ``--nats-url``), provisions storage, starts
 each service as its own process (``python -m statek_bus serve <name>``, what a Kubernetes
-Deployment runs), waits until every one answers ``$SRV.PING``, prints ``NATS_URL=...`` and stays
-up until SIGTERM/SIGINT; then it stops the services (SIGTERM: they drain) and the server.
+Deployment runs), waits until every one of *its own* processes answers ``$SRV.PING`` (each carries
+a launch id in its metadata, so another mesh's instances on the same server do not count), prints
+``NATS_URL=...`` and stays up until SIGTERM/SIGINT; then it stops the services (SIGTERM: they
+drain) and the server. A signal at any moment ends it (:mod:`.signals`): while starting, it
+cancels the start and stops what was started; while serving, it stops gracefully; a second signal
+kills what is left. A failed start leaves nothing in the data dir that was not there before.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import logging
 import os
-import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+import anyio
+
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import ping
 from statek_bus.mesh.provision import provision
+from statek_bus.mesh.service import (
+    ServiceContext,
+    ServiceFactory,
+    ServiceSpec,
+    load_service_factory,
+    running_service,
+)
 from statek_bus.mesh.settings import Settings
-from statek_bus.ops.launcher import LauncherError, NatsServer, terminate
+from statek_bus.ops.launcher import LauncherError, NatsServer, die_with_parent, terminate
+from statek_bus.ops.signals import StopSignals
 from statek_bus.provider.redaction import secret_env_names
+from statek_bus.runtime.loading import load_agents
 from statek_bus.wire.subjects import (
     SERVICE_EXECUTOR,
     SERVICE_PROVIDER,
@@ -32,7 +47,17 @@ from statek_bus.wire.subjects import (
     SERVICE_SUBMISSION,
 )
 
-__all__ = ["SERVICE_KINDS", "Mesh", "ServiceProcess", "up"]
+__all__ = [
+    "LAUNCH_ID_ENV",
+    "SERVICE_KINDS",
+    "Mesh",
+    "ServiceProcess",
+    "check_agents",
+    "serve",
+    "up",
+]
+
+log = logging.getLogger(__name__)
 
 SERVICE_KINDS: dict[str, str] = {
     "submission": SERVICE_SUBMISSION,
@@ -41,6 +66,34 @@ SERVICE_KINDS: dict[str, str] = {
     "provider": SERVICE_PROVIDER,
 }
 """``serve`` argument → ADR-32 service name."""
+
+LAUNCH_ID_ENV = "STATEK_LAUNCH_ID"
+"""Environment variable a launcher sets for a service process; ``serve`` puts its value in the
+instance's ``$SRV`` metadata (key :data:`LAUNCH_ID_KEY`), so the launcher knows its own instances."""
+LAUNCH_ID_KEY = "launch_id"
+"""``$SRV`` metadata key holding the launch id."""
+
+SERVER_GRACE = 5.0
+"""Seconds an embedded nats-server gets to stop before SIGKILL."""
+
+
+def check_agents(spec: str) -> None:
+    """Import ``--agents module:attr`` as the executor will (the current directory first on the path).
+
+    Raises:
+        LauncherError: one line naming the spec and the import error, instead of a child's traceback.
+    """
+    if not spec:
+        return
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does; the console script would not
+    try:
+        load_agents(spec)
+    except Exception as exc:
+        raise LauncherError(
+            f"--agents {spec}: cannot load the agents: {type(exc).__name__}: {exc} "
+            f"(the module is imported from {os.getcwd()} and the Python path)"
+        ) from None
 
 
 class ServiceProcess:
@@ -71,6 +124,9 @@ class ServiceProcess:
         self.env = dict(env or {})
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
+        self._spawned: subprocess.Popen[bytes] | None = None  # kept through stop, for force_kill
+        self.launch_id = uuid.uuid4().hex
+        """Put in this process's ``$SRV`` metadata: readiness counts only this instance."""
 
     @property
     def service_name(self) -> str:
@@ -79,18 +135,26 @@ class ServiceProcess:
 
     def spawn(self) -> None:
         """Start the process (readiness: :meth:`wait_ready`)."""
-        env = {**os.environ, **self.env, "NATS_URL": self.nats_url}
+        env = {**os.environ, **self.env, "NATS_URL": self.nats_url, LAUNCH_ID_ENV: self.launch_id}
         if self.kind != "provider":  # provider keys live only in the provider (invariant 6)
             for name in secret_env_names(env):
                 env.pop(name)
         cmd = [sys.executable, "-m", "statek_bus", "serve", self.kind, *self.args]
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        # its own session: a terminal's Ctrl-C reaches only the launcher, which stops it in order
+        self.proc = self._spawned = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # only a prctl call, resolved before the fork
+        )
         if out:
             out.close()  # the child holds its own descriptor
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until this process's service answers ``$SRV.PING``."""
+        """Wait until this process's own instance answers ``$SRV.PING`` (by its launch id)."""
         assert self.proc is not None
         settings = Settings.from_env(nats_url=self.nats_url)
         nc = await connect(settings, name="statek-up")
@@ -98,14 +162,18 @@ class ServiceProcess:
             deadline = time.monotonic() + timeout
             while True:
                 if self.proc.poll() is not None:
-                    raise LauncherError(f"service {self.kind} exited with code {self.proc.returncode}")
+                    raise LauncherError(
+                        f"service {self.kind} exited with code {self.proc.returncode}{self._last_words()}"
+                    )
                 if any(
-                    p.get("name") == self.service_name for p in await ping(nc, self.service_name, wait=0.2)
+                    p.get("name") == self.service_name
+                    and (p.get("metadata") or {}).get(LAUNCH_ID_KEY) == self.launch_id
+                    for p in await ping(nc, self.service_name, wait=0.2)
                 ):
                     return
                 if time.monotonic() > deadline:
                     raise LauncherError(f"service {self.kind} did not answer $SRV.PING within {timeout:.0f}s")
-                await asyncio.sleep(0.05)
+                await anyio.sleep(0.05)
         finally:
             await nc.close()
 
@@ -120,6 +188,20 @@ class ServiceProcess:
         if proc is None:
             return None
         return await terminate(proc, grace)
+
+    def _last_words(self) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return f": {lines[-1].strip()} (log: {self.log_path})" if lines else ""
+
+    def force_kill(self) -> None:
+        """SIGKILL the process now, even while a :meth:`stop` is waiting for it to exit."""
+        if self._spawned is not None and self._spawned.poll() is None:
+            self._spawned.kill()
 
     def kill(self) -> None:
         """SIGKILL: a crash."""
@@ -169,9 +251,9 @@ class Mesh:
         return self.server.url if self.server else self.settings.nats_url
 
     async def __aenter__(self) -> Mesh:
-        if self.server:
-            await self.server.start()
         try:
+            if self.server:
+                await self.server.start()
             nc = await connect(self.settings.replace(nats_url=self.nats_url), name="statek-up")
             try:
                 await provision(nc.jetstream(), self.settings)
@@ -179,15 +261,19 @@ class Mesh:
                 await nc.close()
             for kind in self.kinds:
                 args = ["--agents", self.agents] if kind == "executor" and self.agents else []
-                log = self.log_dir / f"{kind}.log" if self.log_dir else None
+                log_path = self.log_dir / f"{kind}.log" if self.log_dir else None
                 self.services[kind] = ServiceProcess(
-                    kind, self.nats_url, args=args, env=self.env, log_path=log
+                    kind, self.nats_url, args=args, env=self.env, log_path=log_path
                 )
                 self.services[kind].spawn()
-            await asyncio.gather(*(p.wait_ready() for p in self.services.values()))
-        except BaseException:
+            async with anyio.create_task_group() as tg:
+                for p in self.services.values():
+                    tg.start_soon(p.wait_ready)
+        except BaseException as exc:
             await self.stop()
-            raise
+            if self.server and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.server.discard_created()  # a failed start leaves the data dir as it found it
+            raise _first_error(exc) from None
         return self
 
     async def __aexit__(
@@ -195,20 +281,87 @@ class Mesh:
     ) -> None:
         await self.stop()
 
-    async def stop(self) -> None:
-        """Stop every service (they drain), then the embedded server."""
-        await asyncio.gather(*(p.stop() for p in self.services.values()), return_exceptions=True)
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop every service (they drain), then the embedded server; shielded from cancellation.
+
+        Args:
+            grace: seconds each service gets to drain before SIGKILL (default: the settings'
+                ``drain_timeout`` plus 5 s).
+        """
+        grace = self.settings.drain_timeout + 5.0 if grace is None else grace
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for p in self.services.values():
+                    tg.start_soon(p.stop, grace)
+            if self.server:
+                await self.server.stop(grace=SERVER_GRACE, remove=False)
+
+    def force_kill(self) -> None:
+        """SIGKILL every process of the mesh now (a second Ctrl-C)."""
+        for p in self.services.values():
+            p.force_kill()
         if self.server:
-            await self.server.stop(remove=False)
+            self.server.force_kill()
 
 
-async def up(settings: Settings, *, embedded: bool, data_dir: str, port: int, agents: str | None) -> None:
-    """``statek-bus up``: run the mesh until SIGTERM/SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with Mesh(settings, embedded=embedded, data_dir=data_dir, port=port, agents=agents) as mesh:
+def _first_error(exc: BaseException) -> BaseException:
+    """The first real error inside an exception group (a task group wraps what its tasks raise)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        inner = [e for e in exc.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
+        exc = (inner or list(exc.exceptions))[0]
+    return exc
+
+
+async def up(settings: Settings, *, embedded: bool, data_dir: str, port: int, agents: str | None) -> bool:
+    """``statek-bus up``: run the mesh until SIGTERM/SIGINT.
+
+    Returns:
+        ``True`` once it served and stopped on a signal; ``False`` when a signal cut its start short.
+    """
+    if agents:
+        check_agents(agents)
+    mesh = Mesh(settings, embedded=embedded, data_dir=data_dir, port=port, agents=agents)
+    async with StopSignals() as signals, contextlib.AsyncExitStack() as stack:
+        signals.on_force(mesh.force_kill)
+        with signals.cancelling() as starting:
+            await stack.enter_async_context(mesh)
+        if starting.cancelled_caught:
+            return False
         print(f"NATS_URL={mesh.nats_url}", flush=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await stop.wait()
+        await signals.wait()
+    return True
+
+
+def _tagged(factory: ServiceFactory, launch_id: str) -> ServiceFactory:
+    async def build(ctx: ServiceContext) -> ServiceSpec:
+        spec = await factory(ctx)
+        spec.metadata = {**spec.metadata, LAUNCH_ID_KEY: launch_id}
+        return spec
+
+    return build
+
+
+async def serve(kind: str, settings: Settings) -> bool:
+    """``statek-bus serve KIND``: one service until SIGTERM/SIGINT, then a graceful stop.
+
+    A signal while it connects (NATS unreachable: it would retry forever) or provisions ends it at
+    once; a signal while it serves stops it gracefully, and a second one cuts the drain short.
+
+    Returns:
+        ``True`` once it served and stopped; ``False`` when a signal came before it was ready.
+    """
+    factory = load_service_factory(kind)
+    launch_id = os.environ.get(LAUNCH_ID_ENV)
+    if launch_id:
+        factory = _tagged(factory, launch_id)
+    async with StopSignals() as signals, contextlib.AsyncExitStack() as stack:
+        with signals.cancelling() as starting:
+            await stack.enter_async_context(running_service(factory, settings, name=SERVICE_KINDS[kind]))
+        if starting.cancelled_caught:
+            log.info("%s: stopped before it was ready", SERVICE_KINDS[kind])
+            return False
+        await signals.wait()
+        log.info("%s stopping", SERVICE_KINDS[kind])
+        with signals.cancelling(on_signal=2):
+            await stack.aclose()
+    return True

@@ -6,6 +6,10 @@ registered (so ``$SRV.PING`` answers at once), with ``LITELLM_LOCAL_MODEL_COST_M
 bundled map, no network), its debug output, message logging and callbacks off, and our log
 redaction on its loggers. Nothing else in statek-bus imports litellm.
 
+litellm is an optional extra (``statek-bus[litellm]``): without it the provider still serves the
+scripted model, logs one line at startup, and answers any other model with a 400 on ``$.model``
+naming the extra (:data:`MISSING_LITELLM`).
+
 Each attempt is one ``litellm.acompletion`` with litellm's own retries off (``max_retries=0``,
 ``num_retries=0``): :mod:`.retry` owns the policy. :func:`classify` says which failures are
 transient; :func:`to_error` maps the rest to the project's error tree:
@@ -45,6 +49,7 @@ from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest
 
 __all__ = [
     "KEY_ENV",
+    "MISSING_LITELLM",
     "LiteLLM",
     "build_kwargs",
     "classify",
@@ -77,6 +82,12 @@ KEY_ENV: dict[str, str] = {
 }
 """Key variable of common providers (litellm's names), shown by ``statek.llm.models``."""
 
+MISSING_LITELLM = (
+    "litellm is not installed in this provider, so it serves only scripted/* models: "
+    "install the extra with pip install 'statek-bus[litellm]'"
+)
+"""The message of the error a model other than ``scripted/*`` gets when litellm is absent."""
+
 _SECRET_VAR = re.compile(r"KEY|TOKEN|SECRET|CREDENTIAL", re.IGNORECASE)
 _PREFIX = re.compile(r"^\s*(?:litellm\.)?\w*(?:Error|Exception)\s*(?::|-)\s*")
 _MAX_MESSAGE = 500
@@ -101,14 +112,24 @@ class LiteLLM:
             self._task = asyncio.ensure_future(self._load())
 
     async def module(self) -> Any:
-        """The configured ``litellm`` module, waiting for the import if it is under way."""
+        """The configured ``litellm`` module, waiting for the import if it is under way.
+
+        Raises:
+            BadRequestError: litellm is not installed (:data:`MISSING_LITELLM`, on ``$.model``).
+        """
         self.start()
         assert self._task is not None
         return await asyncio.shield(self._task)
 
     async def _load(self) -> Any:
         started = time.perf_counter()
-        mod = await _import_once()
+        try:
+            mod = await _import_once()
+        except ModuleNotFoundError as exc:
+            if exc.name != "litellm":
+                raise
+            log.info("%s", MISSING_LITELLM)
+            raise BadRequestError(MISSING_LITELLM, field="$.model") from None
         _configure(mod)
         self.load_seconds = time.perf_counter() - started
         log.info("litellm loaded in %.1fs", self.load_seconds)
@@ -124,7 +145,7 @@ class LiteLLM:
                 await self._task
             return
         if self._task.cancelled() or self._task.exception() is not None:
-            return
+            return  # nothing was loaded (litellm absent or its import failed): nothing to close
         mod = self._task.result()
         with contextlib.suppress(Exception):
             cleanup = importlib.import_module("litellm.llms.custom_httpx.async_client_cleanup")

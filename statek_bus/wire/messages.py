@@ -136,6 +136,8 @@ class Job(_Record, kw_only=True):
     """LLM usage, children included."""
     revision: int = 0
     """KV revision of the record; every transition is a compare-and-set on it."""
+    agent_served: bool | None = None
+    """In a submit reply: ``False`` when no live executor serves the agent now (the job waits)."""
 
 
 class JobRecord(_Record, kw_only=True):
@@ -419,6 +421,8 @@ class AgentDescription(_Record, kw_only=True):
     """Other agent metadata."""
     updated_at: datetime | None = None
     """When an executor last registered it."""
+    served: bool | None = None
+    """In agents replies: whether a live executor serves it now (else it is only remembered)."""
 
 
 class AgentGetRequest(_Request, kw_only=True, frozen=True):

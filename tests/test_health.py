@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
 from statek_bus.mesh.health import HealthServer
 from statek_bus.mesh.logs import JsonFormatter, job_context
+from statek_bus.ops.launcher import NatsServer, free_port
 
 
 async def _get(port: int, path: str, method: str = "GET", raw: bytes | None = None) -> tuple[int, bytes]:
@@ -81,3 +86,52 @@ def test_json_log_lines_carry_the_job_while_a_step_runs() -> None:
     with job_context("j1", 3, "triage", trace_id="abc"):
         line = json.loads(fmt.format(record))
     assert (line["job_id"], line["step"], line["agent"], line["trace_id"]) == ("j1", 3, "triage", "abc")
+
+
+async def _readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        code, body = await _get(port, "/readyz")
+    except OSError:
+        return 0, {}
+    return code, (json.loads(body) if body else {})
+
+
+async def _until(port: int, want: int, seconds: float = 30.0) -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        code, body = await _readyz(port)
+        if code == want:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"/readyz stayed {code} {body}, wanted {want}")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_service_process_is_not_ready_while_nats_is_down_and_ready_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    server = NatsServer(data_dir=tmp_path / "nats")
+    await server.start()
+    port = free_port()
+    env = {**os.environ, "STATEK_HEALTH_PORT": str(port), "STATEK_HEALTH_HOST": "127.0.0.1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statek_bus", "serve", "state", "--nats-url", server.url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = await _until(port, 200)
+        assert ready["checks"] == {"nats": True, "storage": True, "registered": True}
+        nats_port = server.port
+        await server.stop()
+        down = await _until(port, 503)
+        assert down["checks"]["nats"] is False  # type: ignore[index]
+        assert (await _get(port, "/livez"))[0] == 200  # reconnecting, not dead: no restart wanted
+        server = NatsServer(data_dir=tmp_path / "nats", port=nats_port)
+        await server.start()
+        await _until(port, 200)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        await server.stop()

@@ -26,7 +26,7 @@ from types import TracebackType
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-__all__ = ["MAX_HEAD_BYTES", "READ_TIMEOUT", "Check", "HealthServer"]
+__all__ = ["MAX_HEAD_BYTES", "READ_TIMEOUT", "Check", "Checks", "HealthServer"]
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,15 @@ READ_TIMEOUT = 5.0
 Check = Callable[[], bool]
 """A readiness or liveness check: true when healthy; an exception counts as unhealthy."""
 
+Checks = Mapping[str, Check] | Callable[[], Mapping[str, Check]]
+"""Checks by name, or a callable giving them at each request (for checks that appear later)."""
+
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
-def _run_checks(checks: Mapping[str, Check]) -> dict[str, bool]:
+def _run_checks(checks: Checks) -> dict[str, bool]:
     results: dict[str, bool] = {}
-    for name, check in checks.items():
+    for name, check in (checks() if callable(checks) else checks).items():
         try:
             results[name] = bool(check())
         except Exception:
@@ -57,8 +60,8 @@ class HealthServer:
 
     Args:
         port: TCP port (0: a free one; :attr:`port` tells which after entering).
-        ready: readiness checks by name (all must pass).
-        live: liveness checks by name (all must pass).
+        ready: readiness checks by name (all must pass), or a callable returning them.
+        live: liveness checks by name (all must pass), or a callable returning them.
         host: bind address (``0.0.0.0`` in a pod, so the kubelet reaches it).
         registry: the Prometheus registry to expose.
     """
@@ -67,8 +70,8 @@ class HealthServer:
         self,
         port: int,
         *,
-        ready: Mapping[str, Check],
-        live: Mapping[str, Check] | None = None,
+        ready: Checks,
+        live: Checks | None = None,
         host: str = "0.0.0.0",
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
@@ -76,8 +79,8 @@ class HealthServer:
         """The bound port (the real one once entered)."""
         self.host = host
         """The bind address."""
-        self._ready = dict(ready)
-        self._live = dict(live or {})
+        self._ready = ready
+        self._live: Checks = live or {}
         self._registry = registry
         self._server: asyncio.Server | None = None
 
@@ -95,10 +98,6 @@ class HealthServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-
-    def add_ready_check(self, name: str, check: Check) -> None:
-        """Add a readiness check (a service adds its own, e.g. the provider's temp dir)."""
-        self._ready[name] = check
 
     def readiness(self) -> dict[str, bool]:
         """The result of every readiness check, by name."""

@@ -38,6 +38,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from statek_bus.mesh.connection import connect
+from statek_bus.mesh.health import Check, HealthServer
 from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError, error_reply
@@ -48,6 +49,7 @@ __all__ = [
     "Endpoint",
     "ServiceContext",
     "ServiceFactory",
+    "ServiceHealth",
     "ServiceSpec",
     "load_service_factory",
     "run_service",
@@ -90,6 +92,8 @@ class ServiceSpec:
     """The endpoint table."""
     metadata: dict[str, str] = field(default_factory=dict)
     """Extra ``$SRV.INFO`` metadata (string values)."""
+    checks: dict[str, Check] = field(default_factory=dict)
+    """Readiness checks of this service beyond the runner's own (``/readyz``)."""
 
 
 @dataclass
@@ -212,25 +216,80 @@ class _Runner:
                 t.cancel()
 
 
+@dataclass
+class ServiceHealth:
+    """How far a starting service has come, read by ``/readyz`` and ``/livez``."""
+
+    nc: Client | None = None
+    """The connection, once opened."""
+    provisioned: bool = False
+    """Buckets and streams verified."""
+    spec: ServiceSpec | None = None
+    """The service's spec (its own checks), once built."""
+    registered: bool = False
+    """The micro service answers ``$SRV.PING``."""
+
+    def ready(self) -> dict[str, Check]:
+        """Readiness: connected now, storage verified, registered, and the service's own checks."""
+        checks: dict[str, Check] = {
+            "nats": lambda: self.nc is not None and self.nc.is_connected,
+            "storage": lambda: self.provisioned,
+            "registered": lambda: self.registered,
+        }
+        if self.spec is not None:
+            checks.update(self.spec.checks)
+        return checks
+
+    def live(self) -> dict[str, Check]:
+        """Liveness: the connection has not closed for good (nats-py never reopens a closed one)."""
+        return {"nats_open": lambda: self.nc is None or not self.nc.is_closed}
+
+
 @contextlib.asynccontextmanager
 async def running_service(
-    factory: ServiceFactory, settings: Settings, *, name: str
+    factory: ServiceFactory, settings: Settings, *, name: str, health: ServiceHealth | None = None
 ) -> AsyncIterator[ServiceContext]:
-    """Run a service in this process for the duration of the ``async with`` block."""
+    """Run a service in this process for the duration of the ``async with`` block.
+
+    With ``settings.health_port`` set, ``/livez``, ``/readyz`` and ``/metrics`` are served from the
+    start, so a probe sees why the service is not ready yet while it connects and provisions.
+    ``health``: filled in as the service comes up (what ``/readyz`` reports).
+    """
+    health = health if health is not None else ServiceHealth()
+    async with contextlib.AsyncExitStack() as outer:
+        if settings.health_port >= 0:
+            await outer.enter_async_context(
+                HealthServer(
+                    settings.health_port, host=settings.health_host, ready=health.ready, live=health.live
+                )
+            )
+        async with _running(factory, settings, name, health) as ctx:
+            yield ctx
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    factory: ServiceFactory, settings: Settings, name: str, health: ServiceHealth
+) -> AsyncIterator[ServiceContext]:
     nc = await connect(settings, name=name, service=True)
+    health.nc = nc
     try:
         js = nc.jetstream(timeout=max(5.0, settings.request_timeout))
         await provision(js, settings)
+        health.provisioned = True
         async with AsyncExitStack() as stack:
             ctx = ServiceContext(settings=settings, nc=nc, js=js, stack=stack)
             spec = await factory(ctx)
+            health.spec = spec
             runner = _Runner(ctx, spec)
             await runner.start()
             ctx.ready.set()
+            health.registered = True
             log.info("%s %s ready (instance %s)", spec.name, SERVICE_VERSION, ctx.instance_id)
             try:
                 yield ctx
             finally:
+                health.registered = False
                 await runner.stop()
     finally:
         with contextlib.suppress(Exception):

@@ -42,6 +42,12 @@ class Settings:
     """Seconds the CLI and clients wait for the first connection."""
     log_level: str = "INFO"
     """Python logging level of services."""
+    log_format: str = "text"
+    """``text`` for a terminal, ``json`` for one JSON object per line (:mod:`statek_bus.mesh.logs`)."""
+    health_port: int = -1
+    """Port of ``/livez``, ``/readyz`` and ``/metrics`` (-1: no HTTP server; 0: a free port, logged)."""
+    health_host: str = "0.0.0.0"
+    """Bind address of the health port (all interfaces in a pod, so the kubelet reaches it)."""
 
     # --- service runner ---------------------------------------------------------------------------
     handler_concurrency: int = 256

@@ -98,7 +98,7 @@ def _abandon(state: EngineState, step: int) -> None:
 
 
 def bind_env(ctx: JobContext, env: StepRuntime | None, state: EngineState) -> None:
-    """Give tools the job's notifications and the wait environment its state."""
+    """Give tools the job's notifications and the step runtime its state (memo, sub-tasks)."""
     ctx.notifications = [*state.notifications, *(subtask_message(state, s) for s in state.pending_subtasks)]
     if env is not None:
         env.memo = dict(state.memo)

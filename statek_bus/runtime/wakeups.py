@@ -20,7 +20,7 @@ its engine state); every wake-up publishes its current step to the work queue, w
 
 **No lost wake-up.** Both sides of a race write the parent's record with a compare-and-set, so
 they are ordered. If the child's note lands first, the parent's own commit fails, re-reads, keeps
-the note in the inbox (:func:`~statek_bus.runtime.merge.merge_external`) and :func:`rearm` queues the parent at once
+the note in the inbox (:func:`~statek_bus.runtime.merge.merge_concurrent`) and :func:`rearm` queues the parent at once
 because a SUSPENDED record with inbox items is runnable. If the parent's SUSPENDED commit lands
 first, the child's writer sees SUSPENDED and queues it. The note is written even while the
 stored record waits for something else: a woken parent's record stays SUSPENDED (waiting for an

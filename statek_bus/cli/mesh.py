@@ -9,6 +9,7 @@ from typing import Any
 
 from statek_bus.cli import run_async
 from statek_bus.cli.output import EXIT_INTERRUPTED, EXIT_OK, print_json
+from statek_bus.mesh.auth import redact_url
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import status_report
 from statek_bus.mesh.settings import Settings
@@ -89,7 +90,7 @@ def _status(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print(f"no statek-bus services found at {settings.nats_url}")
+        print(f"no statek-bus services found at {redact_url(settings.nats_url)}")
         return 1
     for r in rows:
         print(f"{r['name']} {r['version']}  id={r['id']}  {r['description']}")

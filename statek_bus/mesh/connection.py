@@ -15,6 +15,7 @@ import logging
 import nats
 from nats.aio.client import Client
 
+from statek_bus.mesh.auth import connect_options, redact_url
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError
 
@@ -49,7 +50,7 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
     async def disconnected_cb() -> None:
         # nats-py also calls this on a deliberate close(); only a lost connection is worth a warning
         if holder and not holder[0].is_closed:
-            log.warning("nats: disconnected from %s", settings.nats_url)
+            log.warning("nats: disconnected from %s", redact_url(settings.nats_url))
 
     try:
         nc = await nats.connect(
@@ -63,6 +64,7 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
             disconnected_cb=disconnected_cb,
             reconnected_cb=_reconnected_cb,
             pending_size=64 * 1024 * 1024,
+            **connect_options(settings),
         )
         holder.append(nc)
         if not service:
@@ -71,6 +73,6 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = "nothing answers there" if isinstance(exc, nats.errors.NoServersError) else str(exc)
         raise ServiceUnavailableError(
-            f"cannot connect to NATS at {settings.nats_url} ({reason}): "
+            f"cannot connect to NATS at {redact_url(settings.nats_url)} ({reason}): "
             f"start a mesh with `statek-bus up`, or point NATS_URL / --nats-url at a running one"
         ) from None

@@ -33,6 +33,22 @@ def render() -> list[dict[str, Any]]:
         docs.append(
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": names[gen["name"]]}, "data": data}
         )
+    for gen in kust.get("secretGenerator", []):
+        (env,) = gen["envs"]
+        path = K8S / env if (K8S / env).exists() else K8S / f"{env}.example"
+        keys = [ln.split("=", 1)[0] for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+        names[gen["name"]] = f"{gen['name']}-{digest}"
+        meta = {"name": names[gen["name"]]}
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta,
+                "type": "Opaque",
+                "data": dict.fromkeys(keys, ""),
+            }
+        )
     images = {i["name"]: f"{i.get('newName', i['name'])}:{i['newTag']}" for i in kust.get("images", [])}
     for doc in docs:
         if doc["kind"] not in _CLUSTER_SCOPED:
@@ -40,9 +56,14 @@ def render() -> list[dict[str, Any]]:
         for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             c["image"] = images.get(c["image"], c["image"])
             for src in c.get("envFrom", []):
-                ref = src.get("configMapRef")
+                ref = src.get("configMapRef") or src.get("secretRef")
                 if ref is not None:
                     ref["name"] = names.get(ref["name"], ref["name"])
+        for vol in doc.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+            if "secret" in vol:
+                vol["secret"]["secretName"] = names.get(
+                    vol["secret"]["secretName"], vol["secret"]["secretName"]
+                )
     return docs
 
 
@@ -89,19 +110,36 @@ def test_each_deployment_probes_health_and_runs_locked_down(service: str) -> Non
     assert c["image"] == "statek-bus:0.1.0"
 
 
-def test_only_the_provider_gets_the_llm_keys_and_its_grace_covers_a_paid_call() -> None:
+def test_only_the_provider_gets_the_llm_keys_as_files_and_its_grace_covers_a_paid_call() -> None:
     deps = _deployments()
+    secret = next(d for d in render() if d["kind"] == "Secret")["metadata"]["name"]
     for name, dep in deps.items():
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
-        has_keys = any(
-            src.get("secretRef", {}).get("name") == "statek-llm-keys" for src in c.get("envFrom", [])
-        )
-        assert has_keys == (name == "statek-provider"), name
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert not any("secretRef" in src for src in c.get("envFrom", [])), name  # never as env vars
+        mounted = any(v.get("secret", {}).get("secretName") == secret for v in pod.get("volumes", []))
+        assert mounted == (name == "statek-provider"), name
     provider = deps["statek-provider"]["spec"]["template"]["spec"]
     (c,) = provider["containers"]
-    drain = float(next(e["value"] for e in c["env"] if e["name"] == "STATEK_DRAIN_TIMEOUT"))
+    env = {e["name"]: e["value"] for e in c["env"]}
+    keys = next(m for m in c["volumeMounts"] if m["name"] == "llm-keys")
+    assert keys["readOnly"] and env["STATEK_LLM_KEYS_DIR"] == keys["mountPath"]
+    drain = float(env["STATEK_DRAIN_TIMEOUT"])
     assert drain > 120.0  # longer than the default llm_timeout
     assert provider["terminationGracePeriodSeconds"] > drain
+
+
+def test_the_namespace_enforces_restricted_pods_and_traffic_is_denied_by_default() -> None:
+    (ns,) = [d for d in render() if d["kind"] == "Namespace"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    policies = {d["metadata"]["name"]: d["spec"] for d in render() if d["kind"] == "NetworkPolicy"}
+    deny = policies["statek-default-deny"]
+    assert deny["podSelector"] == {} and sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
+    leaving = [p for p in policies.values() if any("to" not in rule for rule in p.get("egress", []))]
+    assert [p["podSelector"]["matchLabels"] for p in leaving] == [
+        {"app.kubernetes.io/name": "statek-provider"}
+    ]
+    assert not (K8S / "secret-llm.yaml").exists()  # a committed empty Secret would blank real keys
 
 
 def test_a_settings_change_renames_the_config_map_so_pods_roll() -> None:

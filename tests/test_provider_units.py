@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -344,3 +345,16 @@ def test_log_redaction_covers_loggers_by_package_prefix_even_ones_created_later(
         logging.setLogRecordFactory(saved)
     assert "SECRET123" not in seen[0].getMessage() and "[redacted" in seen[0].getMessage()
     assert "SECRET123" in seen[1].getMessage()  # only the covered prefixes are rewritten
+
+
+def test_provider_keys_load_from_a_mounted_secret_directory(tmp_path: Path) -> None:
+    from statek_bus.provider.keys import load_key_files
+
+    (tmp_path / "OPENAI_API_KEY").write_text("sk-test-FROMFILE123\n")
+    (tmp_path / "..data").mkdir()  # what a Kubernetes Secret volume also holds
+    (tmp_path / ".hidden").write_text("x")
+    env: dict[str, str] = {}
+    assert load_key_files(str(tmp_path), env) == ["OPENAI_API_KEY"]
+    assert env == {"OPENAI_API_KEY": "sk-test-FROMFILE123"}
+    with pytest.raises(FileNotFoundError, match="STATEK_LLM_KEYS_DIR"):
+        load_key_files(str(tmp_path / "absent"), env)

@@ -128,6 +128,8 @@ class Settings:
     """Calls started per second per model (0: unlimited)."""
     llm_price_table: str = ""
     """Optional CSV of per-model prices overriding litellm's map."""
+    llm_keys_dir: str = ""
+    """Directory of provider key files, one per variable (a mounted Secret); empty: keys from the env."""
     script_dir: str = ""
     """Directory of ``.json`` scripts the scripted model's ``SCRIPT_FILE`` may name (empty: disabled)."""
 

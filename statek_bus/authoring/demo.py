@@ -18,6 +18,8 @@ DEMO_SCRIPT: list[str] = [
     "total = sum(numbers)\nbiggest = max(numbers)\nprint('total', total, 'max', biggest)",
     "def mean(xs):\n    return sum(xs) / len(xs)\n\nspread = biggest - min(numbers)\nprint('spread', spread)",
     'print("mean is", round(mean(numbers), 3))\nexit(f"Success: total={total}, mean={mean(numbers):.3f}")',
+    # the reply to a message sent to the DONE job (`statek-bus jobs send`): the workspace persisted
+    'print("noted; the total is still", total)\nexit(f"Noted: total={total}")',
 ]
 """The scripted model's replies, one per LLM call."""
 

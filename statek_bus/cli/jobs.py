@@ -164,8 +164,10 @@ async def _submit(client: AsyncStatekClient, args: argparse.Namespace) -> int:
 def _note_unserved(job: Job) -> None:
     if job.agent_served is False:
         progress(
-            f"note: no live executor serves agent {job.agent!r} now; the job waits until one does "
-            f"(statek-bus jobs agents)"
+            f"note: no live executor serves agent {job.agent!r} now (it is only remembered from an "
+            f"earlier registration): the job is queued and runs once an executor serves it; "
+            f"an executor serving other agents may still end it with an error, as work is not "
+            f"routed by agent yet (see statek-bus jobs agents)"
         )
 
 

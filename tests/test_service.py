@@ -203,3 +203,21 @@ def test_error_body_schema_is_stable() -> None:
     assert msgspec.json.decode(body) == {
         "error": {"code": 409, "name": "conflict", "message": "x", "details": {"current_revision": 3}}
     }
+
+
+async def test_stats_count_requests_answered_by_concurrent_tasks(
+    echo: object, nc: Client, client: AsyncStatekClient
+) -> None:
+    # the runner answers from tasks, so the counts must come from the runner, not a serial handler
+    await asyncio.gather(*(client.request(f"{PREFIX}.slow", {"seconds": 0.05}, dict) for _ in range(8)))
+    await asyncio.gather(
+        *(nc.request(f"{PREFIX}.fail", b'{"code": 409}', timeout=5) for _ in range(3)),
+    )
+    (s,) = await stats(nc, NAME)
+    by_name = {e["name"]: e for e in s["endpoints"]}
+    slow, fail = by_name["slow"], by_name["fail"]
+    assert (slow["num_requests"], slow["num_errors"]) == (8, 0)
+    assert slow["average_processing_time"] == slow["processing_time"] // 8
+    assert (fail["num_requests"], fail["num_errors"], fail["last_error"]) == (3, 3, "409:stale")
+    assert all(e["queue_group"] == "q" for e in s["endpoints"])
+    assert s["started"].endswith("Z")

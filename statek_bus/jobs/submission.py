@@ -222,6 +222,7 @@ class Submission:
         index: IndexEntry,
         vars_field: str,
     ) -> list[Job]:
+        check_id(agent, "$.agent")
         with json_paths():
             desc = await self.agents.get(agent)
             code = resolve_locale(locale).code if locale is not None else None
@@ -451,16 +452,22 @@ class Submission:
     # --- queries -----------------------------------------------------------------------------------
     async def get(self, req: JobGetRequest) -> Job:
         """The job ``req.job_id`` (404 when missing)."""
+        check_id(req.job_id, "$.job_id")
         with json_paths():
             record, rev = await self.store.get(req.job_id)
         return record.public(rev)
 
     async def list_jobs(self, req: JobListRequest) -> list[Job]:
         """Jobs in creation order, filtered exactly, at a bounded cost (:mod:`statek_bus.jobs.listing`)."""
+        if req.agent is not None:
+            check_id(req.agent, "$.agent")
+        if req.parent_id is not None:
+            check_id(req.parent_id, "$.parent_id")
         return await list_jobs(self.nc, self.settings, req)
 
     async def history(self, req: JobGetRequest) -> JobHistory:
         """The job's chat log and console, from the job-log stream."""
+        check_id(req.job_id, "$.job_id")
         with json_paths():
             await self.store.get(req.job_id)
         chat: list[ChatEntry] = []
@@ -478,12 +485,14 @@ class Submission:
 
     async def agents_get(self, req: AgentGetRequest) -> AgentDescription:
         """One agent (404 naming it and listing the known roles)."""
+        check_id(req.agent, "$.agent")
         with json_paths():
             return await self.agents.get(req.agent)
 
     # --- transitions -------------------------------------------------------------------------------
     async def cancel(self, req: JobCancelRequest) -> Job:
         """READY/SUSPENDED → DONE now; a running job stops at its next step boundary; DONE is 409."""
+        check_id(req.job_id, "$.job_id")
         reason = req.reason if req.reason else DEFAULT_CANCEL_REASON
 
         def change(rec: JobRecord) -> JobRecord | None:
@@ -525,6 +534,7 @@ class Submission:
         between the CAS and the enqueue is repaired by the recovery pass; a retried call repairs it
         too (the job is then STARTED or SUSPENDED and is enqueued with ``if_absent``).
         """
+        check_id(job_id, "$.job_id")
         if not text.strip():
             raise BadRequestError(f"{field.removeprefix('$.')} must not be empty", field=field)
         event = JobEvent(job_id=job_id, kind=kind, at=utcnow(), text=text)
@@ -543,6 +553,12 @@ class Submission:
                     f"job {job_id!r} has too many undelivered messages", field=field, details={"limit": limit}
                 )
             return rec
+
+        # Refuse before writing anything: an unknown job (404) or a full inbox (413) must leave no
+        # marker (nor its purge tombstone) behind. The compare-and-set below checks again.
+        with json_paths():
+            current, _ = await self.store.get(job_id)
+        change(current)
 
         marker_key = f"{PENDING_PREFIX}.{uuid.uuid4().hex}"
         marker = PendingMarker(job_ids=[job_id], count=1, created_at=event.at)

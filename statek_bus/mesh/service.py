@@ -7,7 +7,8 @@ A service module (``services/<name>.py``) is a :data:`ServiceFactory`: given a
 - connects (reconnecting forever), provisions storage, registers the micro service with a SemVer
   version and a non-empty description (the ``nats`` CLI ignores a service without one);
 - decodes each request with its endpoint's typed decoder (a bad field is a 400 naming it, a body
-  over ``max_request_bytes`` a 413), calls the handler, encodes the reply as JSON;
+  over ``max_request_bytes`` a 413, one nested deeper than ``MAX_JSON_DEPTH`` a 400 naming the
+  path), calls the handler, encodes the reply as JSON;
 - dispatches handlers as bounded concurrent tasks: nats-py awaits an endpoint's handler one
   message at a time, which would serialise every request;
 - turns every exception into ADR-32 error headers plus a JSON body (:func:`errors.error_reply`),
@@ -43,7 +44,7 @@ from statek_bus.mesh.micro import EndpointStats, MicroService
 from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError, error_reply
-from statek_bus.wire.messages import decode, encode
+from statek_bus.wire.messages import check_depth, decode, encode
 from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER, SERVICE_VERSION
 
 __all__ = [
@@ -170,6 +171,7 @@ class _Runner:
                     f"request is {len(msg.data)} bytes, over the {limit}-byte limit",
                     details={"size": len(msg.data), "limit": limit},
                 )
+            check_depth(msg.data)
             reply = await ep.handler(decode(msg.data or b"{}", ep.request))
             body, headers = encode(reply), None
             if len(body) > room:  # nats-py would refuse to publish it and the caller would time out

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import msgspec
 import pytest
 from statek_bus.services.provider import build
 
@@ -75,6 +76,15 @@ class FakeOpenAI:
                 if model == "slow":
                     time.sleep(0.005)
                 message: dict[str, Any] = {"role": "assistant", "content": f"hello from {model}"}
+                if model == "echoes-key":  # an upstream that repeats its caller's key back
+                    message["content"] = f"your key is {SECRET}, Bearer {SECRET}"
+                    message["tool_calls"] = [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": json.dumps({"q": SECRET})},
+                        }
+                    ]
                 if model == "tools":
                     message["tool_calls"] = [
                         {
@@ -232,3 +242,13 @@ async def test_no_key_in_replies_errors_or_logs(
     assert fake.bodies  # the key did reach the provider...
     everything = "\n".join([*seen, caplog.text, *(r.getMessage() for r in caplog.records)])
     assert "SECRET123" not in everything  # ...and nowhere else
+
+
+async def test_a_key_echoed_in_completion_content_never_reaches_the_reply(
+    client: AsyncStatekClient, fake: FakeOpenAI
+) -> None:
+    reply = await complete(client, "echoes-key", job_id="j-echo")
+    assert fake.requests["echoes-key"] == 1
+    assert "SECRET123" not in msgspec.json.encode(reply).decode()
+    assert reply.text.startswith("your key is ") and "[redacted OPENAI_API_KEY]" in reply.text
+    assert reply.tool_calls[0].name == "lookup" and "SECRET123" not in str(reply.tool_calls[0].arguments)

@@ -4,8 +4,9 @@ A request flows: :func:`~.routing.route` (validate model and metadata, pick the 
 difficulty) → the scripted model, answered in-process, or litellm: :func:`~.llm.preflight` (known
 provider, key present) → per attempt, a slot of the model's :class:`~.limits.ModelLimiter` and one
 ``acompletion`` under a timeout → :func:`~.retry.retry_call` for transient failures → the reply
-with its usage and cost (price table first, then litellm's map). Failures come out as the error
-tree's classes (:func:`~.llm.to_error`), their text redacted of keys.
+with its usage and cost (price table first, then litellm's map), every string of it redacted of
+keys. Failures come out as the error tree's classes (:func:`~.llm.to_error`), their text redacted
+of keys.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import uuid
 from types import TracebackType
 from typing import Any
+
+import msgspec
 
 from statek_bus.mesh.settings import Settings
 from statek_bus.provider.limits import Limits
@@ -95,9 +98,13 @@ class Provider:
                 its response was malformed.
         """
         r = route(req)
-        if r.scripted:
-            return await self._scripted(req, r)
-        return await self._litellm(req, r)
+        reply = await (self._scripted(req, r) if r.scripted else self._litellm(req, r))
+        return self._redacted(reply)
+
+    def _redacted(self, reply: CompleteReply) -> CompleteReply:
+        """``reply`` with every string redacted of keys: whatever the upstream says, no reply of
+        the provider carries a key (errors are redacted where they are built)."""
+        return msgspec.convert(self.redact.tree(msgspec.to_builtins(reply)), CompleteReply)
 
     async def models(self, req: Empty) -> ModelsReply:
         """The models this instance has served or prices, with their limits and key status."""

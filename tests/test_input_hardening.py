@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import ping
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
-from statek_bus.ops.mesh import ServiceProcess
 from statek_bus.wire.limits import MAX_ERROR_TEXT, MAX_JSON_DEPTH
 from statek_bus.wire.subjects import (
     AGENTS_GET,
@@ -48,45 +46,18 @@ from statek_bus.wire.subjects import (
     STATES_UPDATE,
     WORK_STREAM,
 )
-from tests.agents_fixture import AGENTS_SPEC
+from tests.support.processes import Mesh, service_processes
 from tests.test_submission import register_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 _STREAMS = (f"KV_{JOBS_BUCKET}", f"KV_{STATES_BUCKET}", WORK_STREAM)
-_ENV = {"STATEK_LOG_LEVEL": "WARNING", "STATEK_RECOVERY_INTERVAL": "3600"}
 
 
-@dataclass
-class Mesh:
-    """The service processes and the instance id each answered PING with at start."""
-
-    url: str
-    ids: dict[str, str]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(nats_server: NatsServer) -> AsyncIterator[Mesh]:
-    procs = [
-        ServiceProcess("submission", nats_server.url, env=_ENV),
-        ServiceProcess("state", nats_server.url, env=_ENV),
-        ServiceProcess("provider", nats_server.url, env=_ENV),
-        ServiceProcess("executor", nats_server.url, args=["--agents", AGENTS_SPEC], env=_ENV),
-    ]
-    try:
-        for p in procs:
-            p.spawn()
-        for p in procs:
-            await p.wait_ready()
-        nc = await connect(Settings.from_env({}, nats_url=nats_server.url), name="statek-test")
-        try:
-            ids = {name: await _instance(nc, name) for name in (SERVICE_SUBMISSION, SERVICE_STATE, SERVICE_PROVIDER)}
-        finally:
-            await nc.close()
-        yield Mesh(url=nats_server.url, ids=ids)
-    finally:
-        for p in procs:
-            await p.stop(grace=10)
+@pytest.fixture(scope="module")
+def mesh(nats_server: NatsServer) -> Iterator[Mesh]:
+    with service_processes(nats_server.url, ["submission", "state", "provider", "executor"]) as m:
+        yield m
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -94,11 +65,6 @@ async def conn(mesh: Mesh) -> AsyncIterator[Client]:
     nc = await connect(Settings.from_env({}, nats_url=mesh.url), name="statek-test")
     yield nc
     await nc.close()
-
-
-async def _instance(nc: Client, name: str) -> str:
-    (p,) = await ping(nc, name, wait=1.0)
-    return str(p["id"])
 
 
 async def _still_answering(nc: Client, mesh: Mesh, name: str) -> None:

@@ -63,11 +63,13 @@ json_values = st.recursive(
 )
 
 
-def _deep(depth: int) -> Any:
-    value: Any = 0
-    for i in range(depth):
-        value = [value] if i % 2 else {"k": value}
-    return value
+_DEEP = "__deep__"  # placeholder for nesting spliced into the encoded text (json.dumps would recurse)
+
+
+def _deep(depth: int) -> str:
+    return "".join("[" if i % 2 else '{"k":' for i in range(depth)) + "0" + "".join(
+        "]" if i % 2 else "}" for i in reversed(range(depth))
+    )
 
 
 def _strings(node: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -135,7 +137,9 @@ def bodies(draw: st.DrawFn, schema: dict[str, Any]) -> bytes:
     elif how == "unknown":
         value[draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in root["properties"]))] = 1
     elif how == "deep" and names:
-        value[draw(st.sampled_from(names))] = _deep(draw(st.sampled_from([MAX_JSON_DEPTH, 200, 999])))
+        value[draw(st.sampled_from(names))] = _DEEP
+        depth = draw(st.sampled_from([MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, 200, 999]))
+        return json.dumps(value).replace(f'"{_DEEP}"', _deep(depth)).encode()
     elif how == "long" and names:
         value[draw(st.sampled_from(names))] = "z" * draw(st.sampled_from([300, 5000, 200_000]))
     elif how == "raw":

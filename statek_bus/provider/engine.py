@@ -3,7 +3,9 @@
 A request flows: :func:`~.routing.route` (validate model and metadata, pick the model by
 difficulty) → the scripted model, answered in-process, or litellm: :func:`~.llm.preflight` (known
 provider, key present) → per attempt, a slot of the model's :class:`~.limits.ModelLimiter` and one
-``acompletion`` under a timeout → :func:`~.retry.retry_call` for transient failures → the reply
+``acompletion`` under a timeout, unless the caller's deadline has passed (:mod:`~.calls`; a
+call whose identity was seen answers from that call) → :func:`~.retry.retry_call` for transient
+failures → the reply
 with its usage and cost (price table first, then litellm's map), every string of it redacted of
 keys. Failures come out as the error tree's classes (:func:`~.llm.to_error`), their text redacted
 of keys.
@@ -20,6 +22,7 @@ from typing import Any
 import msgspec
 
 from statek_bus.mesh.settings import Settings
+from statek_bus.provider.calls import CallLedger, Deadline
 from statek_bus.provider.limits import Limits
 from statek_bus.provider.llm import (
     LiteLLM,
@@ -67,6 +70,7 @@ class Provider:
         self.policy = RetryPolicy.from_settings(settings)
         self.scripts = ScriptStore(root=settings.script_dir)
         self.redact = Redactor()
+        self.calls = CallLedger()
         self._unpriced: set[str] = set()
 
     async def __aenter__(self) -> Provider:
@@ -97,8 +101,12 @@ class Provider:
             ServiceUnavailableError: the provider stayed unavailable through the retry policy, or
                 its response was malformed.
         """
+        deadline = Deadline(req.deadline_s)  # counted from receipt: queueing here counts against it
         r = route(req)
-        reply = await (self._scripted(req, r) if r.scripted else self._litellm(req, r))
+        if r.scripted:
+            reply = await self._scripted(req, r)
+        else:
+            reply = await self.calls.once(req.call_id, lambda: self._litellm(req, r, deadline))
         return self._redacted(reply)
 
     def _redacted(self, reply: CompleteReply) -> CompleteReply:
@@ -154,7 +162,7 @@ class Provider:
             )
         return reply
 
-    async def _litellm(self, req: CompleteRequest, r: Route) -> CompleteReply:
+    async def _litellm(self, req: CompleteRequest, r: Route, deadline: Deadline) -> CompleteReply:
         litellm = await self.litellm.module()
         if not req.messages:
             raise BadRequestError("messages must hold at least one message", field="$.messages")
@@ -165,6 +173,7 @@ class Provider:
 
         async def attempt() -> Any:
             async with limiter.slot():
+                deadline.check(f"a call to {r.model}")  # after the queue, before every (re)try
                 async with asyncio.timeout(guard):
                     return await litellm.acompletion(**kwargs)
 

@@ -622,6 +622,12 @@ class CompleteRequest(_Request, kw_only=True, frozen=True):
     """Agent metadata (``SCRIPT``, ``SCRIPT_FILE``, ``DIFFICULTY``...)."""
     call_index: int | None = None
     """The job's LLM-call count so far (the scripted model answers reply ``call_index``)."""
+    deadline_s: float | None = None
+    """Seconds, from when it was sent, that the caller waits for the reply; the provider drops a
+    request still queued past it instead of making a call nobody will read."""
+    call_id: Name | None = None
+    """The call's identity (the executor's: job, call index, content). A repeat, such as a retried
+    step's call, gets the first call's result instead of a second paid call."""
 
 
 class LLMUsage(_Record, kw_only=True):

@@ -26,7 +26,6 @@ from nats.js import JetStreamContext
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import info
 from statek_bus.mesh.settings import Settings
-from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.limits import MAX_ERROR_TEXT, MAX_JSON_DEPTH
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
@@ -154,8 +153,9 @@ def bodies(draw: st.DrawFn, schema: dict[str, Any]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def mesh(nats_server: NatsServer) -> Iterator[Mesh]:
-    with service_processes(nats_server.url, ["submission", "state", "provider", "executor"]) as m:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    kinds = ["submission", "state", "provider", "executor"]
+    with service_processes(tmp_path_factory.mktemp("nats"), kinds) as m:
         yield m
 
 

@@ -20,7 +20,6 @@ from nats.js import JetStreamContext
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import ping
 from statek_bus.mesh.settings import Settings
-from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.limits import MAX_ERROR_TEXT, MAX_JSON_DEPTH
 from statek_bus.wire.subjects import (
     AGENTS_GET,
@@ -55,8 +54,9 @@ _STREAMS = (f"KV_{JOBS_BUCKET}", f"KV_{STATES_BUCKET}", WORK_STREAM)
 
 
 @pytest.fixture(scope="module")
-def mesh(nats_server: NatsServer) -> Iterator[Mesh]:
-    with service_processes(nats_server.url, ["submission", "state", "provider", "executor"]) as m:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    kinds = ["submission", "state", "provider", "executor"]
+    with service_processes(tmp_path_factory.mktemp("nats"), kinds) as m:
         yield m
 
 

@@ -123,16 +123,24 @@ class JobStore:
 
     # --- work queue --------------------------------------------------------------------------------
     async def enqueue(
-        self, job_id: str, step: int, *, at: datetime | None = None, if_absent: bool = False
+        self,
+        job_id: str,
+        step: int,
+        *,
+        at: datetime | None = None,
+        if_absent: bool = False,
+        msg_id_suffix: str = "",
     ) -> bool:
         """Queue step ``step`` of ``job_id`` now, or at ``at`` (a durable ADR-51 scheduled message).
 
         With ``if_absent`` the publish is stored only when the job's work subject holds no message
         (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
+        ``msg_id_suffix`` makes the ``Nats-Msg-Id`` differ from the step's usual one (a repair
+        after a lost stream, whose usual id may still be in the duplicate window).
         Returns whether a new message was stored (``False`` for a duplicate id or a present one).
         """
         body = encode(WorkMessage(job_id=job_id, step=step))
-        msg_id = f"{token(job_id)}:{step}"
+        msg_id = f"{token(job_id)}:{step}" + (f":{msg_id_suffix}" if msg_id_suffix else "")
         if at is None:
             headers = {MSG_ID_HEADER: msg_id}
             if if_absent:

@@ -8,6 +8,7 @@ Where a submitted job goes (one pipelined burst, then one publish burst)::
             ─▶ KV statek_jobs, in this order on one connection, awaited together:
                  pending.<nuid>          marker: "these jobs may still lack their work message"
                  idx.{all,agent.<a>,parent.<p>}.{j,b}.<id>   list indexes (one entry per job or batch)
+                 idx.live.{j,b}.<id>     jobs that may still run (:mod:`statek_bus.jobs.repair`)
                  job.<id>, one per job   kv.create: the idempotency point
             ─▶ work stream: step 0 of every job created now (Nats-Msg-Id <id>:0), awaited together
             ─▶ reply                     (record + work message are both persisted)
@@ -66,6 +67,7 @@ from statek_bus.jobs.checks import (
 from statek_bus.jobs.listing import list_jobs, read_in_order, read_records
 from statek_bus.jobs.log import read_job_log
 from statek_bus.jobs.registry import AgentDirectory
+from statek_bus.jobs.repair import reconcile
 from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.mesh.availability import unavailable_as_503
 from statek_bus.mesh.settings import Settings
@@ -103,6 +105,7 @@ from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     EVENTS_PREFIX,
     INDEX_PREFIX,
+    LIVE_INDEX_PREFIX,
     PENDING_PREFIX,
     batch_job_ids,
     token,
@@ -162,7 +165,11 @@ class Submission:
         """Run the agent watch, marker purging and the periodic recovery pass."""
         async with self.agents.running():
             self._stop.clear()
-            tasks = [asyncio.create_task(self._recovery_loop()), asyncio.create_task(self._purge_loop())]
+            tasks = [
+                asyncio.create_task(self._recovery_loop()),
+                asyncio.create_task(self._purge_loop()),
+                asyncio.create_task(self._reconcile_loop()),
+            ]
             try:
                 yield self
             finally:
@@ -287,6 +294,7 @@ class Submission:
         if parent_id is not None:
             scopes.append(f"parent.{token(parent_id)}")
         index_keys = [f"{INDEX_PREFIX}.{s}.{kind}.{token(ident)}" for s in scopes]
+        index_keys.append(f"{LIVE_INDEX_PREFIX}.{kind}.{token(ident)}")  # found by reconcile()
         marker_key = f"{PENDING_PREFIX}.{uuid.uuid4().hex}"
         marker = PendingMarker(
             job_ids=ids if single else [],
@@ -424,6 +432,20 @@ class Submission:
                 log.warning("recovery pass failed; retrying next interval", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.recovery_interval)
+
+    async def _reconcile_loop(self) -> None:
+        interval = self.settings.reconcile_interval
+        while interval > 0 and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            try:
+                report = await reconcile(self.nc, self.store, pause=0.05)
+                if report.enqueued:
+                    log.warning("reconcile: %d runnable job(s) had lost their work message", report.enqueued)
+            except Exception:
+                log.warning("reconcile pass failed; retrying next interval", exc_info=True)
 
     async def _purge_loop(self) -> None:
         while True:
@@ -570,6 +592,8 @@ class Submission:
         except BaseException:
             self._purge_queue.put_nowait(marker_key)  # nothing changed: nothing to recover
             raise
+        if before[0] is JobStatus.DONE:  # it may run again: back in the live index
+            await self._create_index(f"{LIVE_INDEX_PREFIX}.j.{token(job_id)}", encode(IndexEntry(job_id=job_id)))
         if before[0] in (JobStatus.DONE, JobStatus.SUSPENDED):
             await self.store.enqueue(job_id, rec.step)  # a fresh step (DONE) or a wake-up
         elif rec.status in (JobStatus.READY, JobStatus.STARTED, JobStatus.SUSPENDED):

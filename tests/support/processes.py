@@ -7,10 +7,12 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import ping
 from statek_bus.mesh.settings import Settings
+from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
 from tests.agents_fixture import AGENTS_SPEC
 
@@ -56,12 +58,16 @@ async def _stop(procs: Sequence[ServiceProcess]) -> None:
 
 
 @contextmanager
-def service_processes(url: str, kinds: Sequence[str]) -> Iterator[Mesh]:
-    """Run one process per service kind (the executor serves the fixture agents) until exit."""
+def service_processes(data_dir: Path, kinds: Sequence[str]) -> Iterator[Mesh]:
+    """A nats-server of its own (so no other test's jobs run or write here) and one process per
+    service kind (the executor serves the fixture agents), until exit."""
+    server = NatsServer(data_dir=data_dir)
+    asyncio.run(server.start())
     mesh: Mesh | None = None
     try:
-        mesh = asyncio.run(_start(url, kinds))
+        mesh = asyncio.run(_start(server.url, kinds))
         yield mesh
     finally:
         if mesh is not None:
             asyncio.run(_stop(mesh.procs))
+        asyncio.run(server.stop())

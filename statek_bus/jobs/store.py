@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -38,6 +39,7 @@ from statek_bus.wire.subjects import (
 __all__ = ["JobStore", "StaleRecordError", "scan", "utcnow"]
 
 _CAS_ATTEMPTS = 50
+_CAS_BACKOFF = 0.002  # seconds; the bound doubles per lost round, up to 64 ms
 _WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
 
@@ -109,7 +111,7 @@ class JobStore:
         ``change`` returns the new record, or ``None`` to leave the record as it is (it may raise
         to refuse, e.g. a 409 for an illegal transition). Returns (record, revision, changed).
         """
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             record, rev = await self.get(job_id)
             new = change(record)
             if new is None:
@@ -118,7 +120,9 @@ class JobStore:
             try:
                 return new, await self.put(new, rev), True
             except StaleRecordError:
-                await asyncio.sleep(0)
+                # full-jitter backoff: 50 writers retrying at once (50 messages to one job) would
+                # otherwise collide again on every round and exhaust the attempts under load
+                await asyncio.sleep(random.uniform(0, _CAS_BACKOFF * 2 ** min(attempt, 5)))
         raise ServiceUnavailableError(f"job {job_id!r} is under heavy contention; try again")
 
     # --- work queue --------------------------------------------------------------------------------

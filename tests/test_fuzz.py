@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import info
 from statek_bus.mesh.settings import Settings
-from statek_bus.wire.limits import MAX_ERROR_TEXT, MAX_JSON_DEPTH
+from statek_bus.wire.limits import MAX_ERROR_MESSAGE, MAX_ERROR_TEXT, MAX_JSON_DEPTH
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     ERROR_CODE_HEADER,
@@ -216,7 +216,7 @@ async def _one(
         err = json.loads(msg.data)["error"]
         assert err["code"] == code and isinstance(err["message"], str), err
         assert code < 500, f"{subject} {body[:200]!r} -> {err}"
-        assert len(err["message"]) <= MAX_ERROR_TEXT
+        assert len(err["message"]) <= MAX_ERROR_MESSAGE
         assert sum(len(k) + len(v) for k, v in headers.items()) < 2 * MAX_ERROR_TEXT
         if code == 400:
             assert isinstance(err.get("field"), str) and err["field"].startswith("$"), err

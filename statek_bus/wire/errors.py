@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from statek_bus.wire.limits import MAX_ERROR_FIELD, MAX_ERROR_TEXT
+from statek_bus.wire.limits import MAX_ERROR_FIELD, MAX_ERROR_MESSAGE, MAX_ERROR_TEXT
 from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER, TRACE_ID_HEADER
 
 __all__ = [
@@ -94,7 +94,7 @@ class StatekError(Exception):
         return ErrorDetail(
             code=self.code,
             name=self.name,
-            message=_cut(self.message, MAX_ERROR_TEXT),
+            message=_cut(self.message, MAX_ERROR_MESSAGE),
             field=None if self.field is None else _cut(self.field, MAX_ERROR_FIELD),
             trace_id=self.trace_id,
             details=self.details or None,

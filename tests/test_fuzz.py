@@ -140,7 +140,7 @@ def bodies(draw: st.DrawFn, schema: dict[str, Any]) -> bytes:
         depth = draw(st.sampled_from([MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, 200, 999]))
         return json.dumps(value).replace(f'"{_DEEP}"', _deep(depth)).encode()
     elif how == "long" and names:
-        value[draw(st.sampled_from(names))] = "z" * draw(st.sampled_from([300, 5000, 200_000]))
+        value[draw(st.sampled_from(names))] = "z" * draw(st.sampled_from([300, 5000, 200_000, 600_000]))
     elif how == "raw":
         return draw(
             st.sampled_from([b"", b"[]", b"null", b"{", b'"x"', b"\xff\xfe", b"[" * 5000, b"{}" * 3])

@@ -516,6 +516,17 @@ class Submission:
         """READY/SUSPENDED → DONE now; a running job stops at its next step boundary; DONE is 409."""
         check_id(req.job_id, "$.job_id")
         reason = req.reason if req.reason else DEFAULT_CANCEL_REASON
+        limit = self.nc.max_payload - _RECORD_HEADROOM
+
+        def fits(rec: JobRecord) -> JobRecord:
+            # the reason is stored twice (cancel_reason, exit_status): refuse what cannot be stored
+            if len(encode(rec)) > limit:
+                raise PayloadTooLargeError(
+                    f"the cancel reason makes job {rec.id!r} over the {limit}-byte record limit",
+                    field="$.reason",
+                    details={"limit": limit},
+                )
+            return rec
 
         def change(rec: JobRecord) -> JobRecord | None:
             if rec.status is JobStatus.DONE:
@@ -529,11 +540,11 @@ class Submission:
                 rec.exit_status = f"Cancelled: {reason}"
                 rec.cancel_reason = reason
                 rec.step += 1  # every queued message (step or wake-up) is now stale
-                return rec
+                return fits(rec)
             if rec.cancel_reason is not None:
                 return None  # already asked to stop
             rec.cancel_reason = reason
-            return rec
+            return fits(rec)
 
         with json_paths():
             rec, rev, changed = await self.store.transition(req.job_id, change)

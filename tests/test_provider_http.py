@@ -307,3 +307,15 @@ async def test_a_retried_call_gets_the_first_calls_result_not_a_second_paid_call
             await nc.close()
     assert reply.text == other.text == "hello from sleep-1.5"
     assert fake.requests["sleep-1.5"] == 2
+
+
+async def test_a_reused_call_id_with_other_content_is_a_call_of_its_own(
+    client: AsyncStatekClient, fake: FakeOpenAI
+) -> None:
+    for text in ("first question", "another question"):
+        await complete(client, "ledger", call_id="same-id", messages=[ChatMessage(role="user", content=text)])
+    assert fake.requests["ledger"] == 2  # never the other request's reply
+    assert [b["messages"][0]["content"] for b in fake.bodies if b["model"] == "ledger"] == [
+        "first question",
+        "another question",
+    ]

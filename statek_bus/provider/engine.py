@@ -14,6 +14,7 @@ of keys.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from types import TracebackType
@@ -40,7 +41,15 @@ from statek_bus.provider.retry import RetryPolicy, retry_call
 from statek_bus.provider.routing import SCRIPTED_PREFIX, Route, route
 from statek_bus.provider.scripted import ScriptStore, parse_script, scripted_reply
 from statek_bus.wire.errors import BadRequestError, InternalError
-from statek_bus.wire.messages import CompleteReply, CompleteRequest, Empty, LLMUsage, ModelInfo, ModelsReply
+from statek_bus.wire.messages import (
+    CompleteReply,
+    CompleteRequest,
+    Empty,
+    LLMUsage,
+    ModelInfo,
+    ModelsReply,
+    encode,
+)
 
 __all__ = ["Provider"]
 
@@ -48,6 +57,15 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT_GRACE = 5.0
 """Seconds past ``llm_timeout`` before our own guard cancels an attempt litellm did not time out."""
+
+
+def _call_key(req: CompleteRequest) -> str | None:
+    """The ledger key of a call: its identity *and* its content, so a repeated identity with other
+    content (a caller's bug, or one guessing another's id) is a call of its own, never another's reply."""
+    if req.call_id is None:
+        return None
+    content = encode(msgspec.structs.replace(req, deadline_s=None))
+    return f"{req.call_id}:{hashlib.sha256(content).hexdigest()}"
 
 
 class Provider:
@@ -106,7 +124,7 @@ class Provider:
         if r.scripted:
             reply = await self._scripted(req, r)
         else:
-            reply = await self.calls.once(req.call_id, lambda: self._litellm(req, r, deadline))
+            reply = await self.calls.once(_call_key(req), lambda: self._litellm(req, r, deadline))
         return self._redacted(reply)
 
     def _redacted(self, reply: CompleteReply) -> CompleteReply:

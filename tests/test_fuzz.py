@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ from statek_bus.wire.subjects import (
 from tests.support.processes import Mesh, service_processes
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-EXAMPLES = 12
-"""Requests per endpoint (x 20 endpoints); raise locally with care, the suite must stay fast."""
+EXAMPLES = int(os.environ.get("STATEK_FUZZ_EXAMPLES", "12"))
+"""Requests per endpoint (x 20 endpoints). The suite keeps it small; for a deeper run,
+``STATEK_FUZZ_EXAMPLES=200 STATEK_FUZZ_SEED=random pytest tests/test_fuzz.py``."""
+DERANDOMIZE = os.environ.get("STATEK_FUZZ_SEED", "fixed") != "random"
+"""The suite replays the same examples every run; ``STATEK_FUZZ_SEED=random`` explores."""
 _STREAMS = (f"KV_{JOBS_BUCKET}", f"KV_{STATES_BUCKET}", WORK_STREAM)
 _AGENT = "fuzz_agent"  # registered, served by no executor: a valid submit creates a job that stays READY
 
@@ -234,7 +238,7 @@ def _fuzz_endpoint(bus: _Bus, mesh: Mesh, service: str, ep: dict[str, Any]) -> N
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
-        derandomize=True,
+        derandomize=DERANDOMIZE,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(body=bodies(schema))

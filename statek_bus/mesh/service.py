@@ -182,7 +182,7 @@ class _Runner:
                 )
         except Exception as exc:
             headers, body = error_reply(exc, context=f"{self.spec.name}/{ep.name}")
-            if len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > room:
+            if len(body) + sum(len(f'{k}: {v}\r\n'.encode()) for k, v in headers.items()) > room:
                 # an error that would not fit must not cost the connection: send a fixed one
                 headers, body = error_reply(
                     PayloadTooLargeError("the error reply to this request would not fit a message")

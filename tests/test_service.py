@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import msgspec
 import pytest
 from nats.aio.client import Client
@@ -246,3 +247,19 @@ async def test_a_service_whose_connection_closes_for_good_exits_for_its_supervis
                 proc.kill()
                 proc.wait()
     assert code == EXIT_CONNECTION_LOST
+
+
+ADR32 = Path(__file__).resolve().parent / "support" / "adr32"
+
+
+@pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])
+async def test_srv_replies_validate_against_the_schemas_the_nats_cli_uses(
+    echo: object, nc: Client, client: AsyncStatekClient, verb: str
+) -> None:
+    await client.request(f"{PREFIX}.echo", {"text": "a"}, dict)
+    with pytest.raises(errors.NotFoundError):
+        await client.request(f"{PREFIX}.fail", {"code": 404}, dict)
+    schema = json.loads((ADR32 / f"{verb.lower()}_response.json").read_text())
+    replies = {"PING": ping, "INFO": info, "STATS": stats}[verb]
+    (reply,) = await replies(nc, NAME)
+    jsonschema.validate(reply, schema, format_checker=jsonschema.FormatChecker())

@@ -3,6 +3,7 @@ the real litellm code: retries, Retry-After, refusals, malformed answers, limits
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -11,10 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import msgspec
 import pytest
 from statek_bus.services.provider import build
 
 from statek_bus.client.core import AsyncStatekClient
+from statek_bus.client.llm import ProviderModel
+from statek_bus.mesh.connection import connect
 from statek_bus.mesh.service import running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import BadRequestError, ServiceUnavailableError, StatekError
@@ -74,7 +78,18 @@ class FakeOpenAI:
                     )
                 if model == "slow":
                     time.sleep(0.005)
+                if model.startswith("sleep-"):  # an upstream slower than its callers wait
+                    time.sleep(float(model.removeprefix("sleep-")))
                 message: dict[str, Any] = {"role": "assistant", "content": f"hello from {model}"}
+                if model == "echoes-key":  # an upstream that repeats its caller's key back
+                    message["content"] = f"your key is {SECRET}, Bearer {SECRET}"
+                    message["tool_calls"] = [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": json.dumps({"q": SECRET})},
+                        }
+                    ]
                 if model == "tools":
                     message["tool_calls"] = [
                         {
@@ -211,8 +226,6 @@ async def test_malformed_response_is_a_clear_error(client: AsyncStatekClient) ->
 async def test_200_concurrent_requests_never_exceed_the_model_limit(
     client: AsyncStatekClient, fake: FakeOpenAI
 ) -> None:
-    import asyncio
-
     replies = await asyncio.gather(*(complete(client, "slow", job_id=f"j{i}") for i in range(200)))
     assert {r.text for r in replies} == {"hello from slow"}
     assert fake.requests["slow"] == 200
@@ -232,3 +245,77 @@ async def test_no_key_in_replies_errors_or_logs(
     assert fake.bodies  # the key did reach the provider...
     everything = "\n".join([*seen, caplog.text, *(r.getMessage() for r in caplog.records)])
     assert "SECRET123" not in everything  # ...and nowhere else
+
+
+async def test_a_key_echoed_in_completion_content_never_reaches_the_reply(
+    client: AsyncStatekClient, fake: FakeOpenAI
+) -> None:
+    reply = await complete(client, "echoes-key", job_id="j-echo")
+    assert fake.requests["echoes-key"] == 1
+    assert "SECRET123" not in msgspec.json.encode(reply).decode()
+    assert reply.text.startswith("your key is ") and "[redacted OPENAI_API_KEY]" in reply.text
+    assert reply.tool_calls[0].name == "lookup" and "SECRET123" not in str(reply.tool_calls[0].arguments)
+
+
+async def _upstream_calls(fake: FakeOpenAI, model: str, at_least: int) -> None:
+    for _ in range(500):
+        if fake.requests.get(model, 0) >= at_least:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{model} never reached the upstream")
+
+
+def _call(job_id: str, model: str = "sleep-1.5") -> CompleteRequest:
+    return CompleteRequest(
+        model=f"openai/{model}", messages=[ChatMessage(role="user", content="hi")], job_id=job_id, call_index=0
+    )
+
+
+async def test_a_call_whose_caller_gave_up_while_queued_is_never_made(
+    settings: Settings, fake: FakeOpenAI
+) -> None:
+    s = settings.replace(llm_model_concurrency=1, llm_retry_attempts=1)
+    async with running_service(build, s, name=SERVICE_PROVIDER):
+        nc = await connect(s, name="statek-test")
+        try:
+            patient = ProviderModel(nc, s.replace(llm_timeout=30.0))
+            impatient = ProviderModel(nc, s.replace(llm_timeout=0.3))
+            first = asyncio.create_task(patient.complete(_call("j-first")))
+            await _upstream_calls(fake, "sleep-1.5", 1)  # it holds the model's only slot
+            with pytest.raises(ServiceUnavailableError):
+                await impatient.complete(_call("j-gave-up"))  # queued behind it, then gone
+            await first
+            await patient.complete(_call("j-after"))  # queued after it: it has had its turn
+        finally:
+            await nc.close()
+    assert fake.requests["sleep-1.5"] == 2  # first and after; never the abandoned one
+
+
+async def test_a_retried_call_gets_the_first_calls_result_not_a_second_paid_call(
+    settings: Settings, fake: FakeOpenAI
+) -> None:
+    async with running_service(build, settings, name=SERVICE_PROVIDER):
+        nc = await connect(settings, name="statek-test")
+        try:
+            gives_up = ProviderModel(nc, settings.replace(llm_timeout=0.3))
+            retry = ProviderModel(nc, settings.replace(llm_timeout=30.0))
+            with pytest.raises(ServiceUnavailableError):  # the executor's timeout: it retries the step
+                await gives_up.complete(_call("j-retried"))
+            reply = await retry.complete(_call("j-retried"))  # the same call of the re-run step
+            other = await retry.complete(_call("j-other"))  # another job's call is its own
+        finally:
+            await nc.close()
+    assert reply.text == other.text == "hello from sleep-1.5"
+    assert fake.requests["sleep-1.5"] == 2
+
+
+async def test_a_reused_call_id_with_other_content_is_a_call_of_its_own(
+    client: AsyncStatekClient, fake: FakeOpenAI
+) -> None:
+    for text in ("first question", "another question"):
+        await complete(client, "ledger", call_id="same-id", messages=[ChatMessage(role="user", content=text)])
+    assert fake.requests["ledger"] == 2  # never the other request's reply
+    assert [b["messages"][0]["content"] for b in fake.bodies if b["model"] == "ledger"] == [
+        "first question",
+        "another question",
+    ]

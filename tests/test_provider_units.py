@@ -39,6 +39,7 @@ def req(model: str = "openai/gpt-4o-mini", **kw: Any) -> CompleteRequest:
 def test_public_names_are_exported() -> None:
     public = {n for n in dir(provider_pkg) if not n.startswith("_")}
     modules = {
+        "calls",
         "engine",
         "limits",
         "llm",

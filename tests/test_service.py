@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import msgspec
 import pytest
 from nats.aio.client import Client
 
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.discovery import info, ping, stats, status_report
-from statek_bus.mesh.service import running_service
+from statek_bus.mesh.service import EXIT_CONNECTION_LOST, running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire import errors
 from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER
@@ -138,7 +140,12 @@ async def test_srv_ping_info_stats_have_adr32_shapes(
     (i,) = [x for x in await info(nc, NAME)]
     assert i["type"] == "io.nats.micro.v1.info_response"
     assert isinstance(i["description"], str) and i["description"]
-    assert {e["subject"] for e in i["endpoints"]} == {f"{PREFIX}.echo", f"{PREFIX}.fail", f"{PREFIX}.slow"}
+    assert {e["subject"] for e in i["endpoints"]} == {
+        f"{PREFIX}.echo",
+        f"{PREFIX}.fail",
+        f"{PREFIX}.slow",
+        f"{PREFIX}.poison",
+    }
     assert all(isinstance(v, str) for e in i["endpoints"] for v in (e.get("metadata") or {}).values())
     (s,) = [x for x in await stats(nc, NAME)]
     assert s["type"] == "io.nats.micro.v1.stats_response"
@@ -203,3 +210,56 @@ def test_error_body_schema_is_stable() -> None:
     assert msgspec.json.decode(body) == {
         "error": {"code": 409, "name": "conflict", "message": "x", "details": {"current_revision": 3}}
     }
+
+
+async def test_stats_count_requests_answered_by_concurrent_tasks(
+    echo: object, nc: Client, client: AsyncStatekClient
+) -> None:
+    # the runner answers from tasks, so the counts must come from the runner, not a serial handler
+    await asyncio.gather(*(client.request(f"{PREFIX}.slow", {"seconds": 0.05}, dict) for _ in range(8)))
+    await asyncio.gather(
+        *(nc.request(f"{PREFIX}.fail", b'{"code": 409}', timeout=5) for _ in range(3)),
+    )
+    (s,) = await stats(nc, NAME)
+    by_name = {e["name"]: e for e in s["endpoints"]}
+    slow, fail = by_name["slow"], by_name["fail"]
+    assert (slow["num_requests"], slow["num_errors"]) == (8, 0)
+    assert slow["average_processing_time"] == slow["processing_time"] // 8
+    assert (fail["num_requests"], fail["num_errors"], fail["last_error"]) == (3, 3, "409:stale")
+    assert all(e["queue_group"] == "q" for e in s["endpoints"])
+    assert s["started"].endswith("Z")
+
+
+async def test_a_service_whose_connection_closes_for_good_exits_for_its_supervisor(fresh_server) -> None:  # type: ignore[no-untyped-def]
+    # nats-py gives up on a connection after a fatal -ERR (here: a protocol line over 4 KiB) and
+    # never reconnects; a process that stayed up would answer nothing while looking healthy.
+    settings = Settings.from_env({}, nats_url=fresh_server.url, request_timeout=2.0)
+    async with AsyncStatekClient(settings=settings) as client:
+        nc = await client.connection()
+        proc = _spawn_echo(fresh_server.url)
+        try:
+            await _wait_for_echo(nc)
+            with contextlib.suppress(errors.StatekError):
+                await client.request(f"{PREFIX}.poison", {"subject_length": 5000}, dict)
+            code = await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == EXIT_CONNECTION_LOST
+
+
+ADR32 = Path(__file__).resolve().parent / "support" / "adr32"
+
+
+@pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])
+async def test_srv_replies_validate_against_the_schemas_the_nats_cli_uses(
+    echo: object, nc: Client, client: AsyncStatekClient, verb: str
+) -> None:
+    await client.request(f"{PREFIX}.echo", {"text": "a"}, dict)
+    with pytest.raises(errors.NotFoundError):
+        await client.request(f"{PREFIX}.fail", {"code": 404}, dict)
+    schema = json.loads((ADR32 / f"{verb.lower()}_response.json").read_text())
+    replies = {"PING": ping, "INFO": info, "STATS": stats}[verb]
+    (reply,) = await replies(nc, NAME)
+    jsonschema.validate(reply, schema, format_checker=jsonschema.FormatChecker())

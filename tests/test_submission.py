@@ -43,6 +43,7 @@ from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     INDEX_PREFIX,
     JOBS_BUCKET,
+    JOBS_CANCEL,
     JOBS_SUBMIT,
     JOBS_SUBMIT_BATCH,
     PENDING_PREFIX,
@@ -518,3 +519,14 @@ async def test_list_creates_no_consumer(
     await client.jobs.list(agent=agent, status="READY")
     await client.jobs.list()
     assert len(await service.js.consumers_info(f"KV_{JOBS_BUCKET}")) <= before
+
+
+async def test_a_cancel_reason_too_large_to_store_is_a_413_naming_it(
+    client: AsyncStatekClient, agent: str, nc: Client
+) -> None:
+    job = await client.jobs.submit(agent)
+    body = json.dumps({"job_id": job.id, "reason": "r" * 600_000}).encode()  # stored twice: over 1 MiB
+    msg = await nc.request(JOBS_CANCEL, body, timeout=10)
+    err = json.loads(msg.data)["error"]
+    assert (err["code"], err["field"]) == (413, "$.reason")
+    assert (await client.jobs.get(job.id)).status is JobStatus.READY  # nothing changed

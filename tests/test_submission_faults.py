@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.registry import AgentDirectory
-from statek_bus.jobs.store import JobStore
+from statek_bus.jobs.repair import reconcile, repair_all
+from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.jobs.submission import Submission
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.provision import provision
@@ -24,7 +26,7 @@ from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
 from statek_bus.wire.errors import ServiceUnavailableError
-from statek_bus.wire.messages import JobSendMessageRequest, JobSendNotificationRequest, JobStatus
+from statek_bus.wire.messages import JobRecord, JobSendMessageRequest, JobSendNotificationRequest, JobStatus
 from statek_bus.wire.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
 from tests.test_submission import agent, client, finish, register_agent, service, work_counts
 
@@ -187,3 +189,45 @@ async def test_recovery_enqueues_a_restart_whose_enqueue_was_lost(
     woken = await sub.send_notification(JobSendNotificationRequest(job_id=job_id, text="still there?"))
     assert woken.status is JobStatus.STARTED
     assert await work_counts(service.js, [job_id]) == {job_id: 1}
+
+
+async def test_a_purged_work_stream_is_repaired_once_for_every_runnable_job(fresh_server: NatsServer) -> None:
+    # An operator purges statek_work (or restores an older backup): before, every READY job stayed
+    # READY for good, since recovery follows only pending markers.
+    await _prepare(fresh_server, "idle")  # no executor serves it: its jobs stay READY
+    proc = ServiceProcess("submission", fresh_server.url, env={"STATEK_RECONCILE_INTERVAL": "0"})
+    await proc.start()
+    try:
+        async with AsyncStatekClient(settings=_settings(fresh_server)) as client:
+            singles = [(await client.jobs.submit("idle", {}, job_id=f"single-{i}")).id for i in range(3)]
+            batch = [j.id for j in await client.jobs.submit_batch("idle", [None] * 3, batch_id="lost")]
+            done = (await client.jobs.submit("idle", {}, job_id="finished")).id
+            js = await client.jetstream()
+            await finish(js, done)
+            legacy = await _legacy_job(js, "legacy")  # written before the live index existed
+            runnable = [*singles, *batch, legacy]
+            await js.purge_stream(WORK_STREAM)
+            assert set((await work_counts(js, [*runnable, done])).values()) == {0}
+
+            nc = await client.connection()
+            store = await JobStore.open(js)
+            first = await reconcile(nc, store, grace=timedelta(0))
+            assert (first.enqueued, first.finished_entries) == (6, 1)  # the live index: all but legacy
+            assert (await reconcile(nc, store, grace=timedelta(0))).enqueued == 0  # idempotent
+            full = await repair_all(nc, store, grace=timedelta(0))
+            assert (full.examined, full.runnable, full.enqueued) == (8, 7, 1)
+            assert (await repair_all(nc, store, grace=timedelta(0))).enqueued == 0
+            assert await work_counts(js, [*runnable, done]) == {**dict.fromkeys(runnable, 1), done: 0}
+            await js.purge_stream(WORK_STREAM)
+            young = await reconcile(nc, store)  # by default, just-changed jobs wait for the next pass
+            assert (young.runnable, young.enqueued) == (6, 0)
+    finally:
+        await proc.stop()
+
+
+async def _legacy_job(js: Any, job_id: str) -> str:
+    store = await JobStore.open(js)
+    now = utcnow()
+    await store.create(JobRecord(id=job_id, agent="idle", created_at=now, updated_at=now))
+    await store.enqueue(job_id, 0)
+    return job_id

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -38,6 +39,7 @@ from statek_bus.wire.subjects import (
 __all__ = ["JobStore", "StaleRecordError", "scan", "utcnow"]
 
 _CAS_ATTEMPTS = 50
+_CAS_BACKOFF = 0.002  # seconds; the bound doubles per lost round, up to 64 ms
 _WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
 
@@ -109,7 +111,7 @@ class JobStore:
         ``change`` returns the new record, or ``None`` to leave the record as it is (it may raise
         to refuse, e.g. a 409 for an illegal transition). Returns (record, revision, changed).
         """
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             record, rev = await self.get(job_id)
             new = change(record)
             if new is None:
@@ -118,21 +120,31 @@ class JobStore:
             try:
                 return new, await self.put(new, rev), True
             except StaleRecordError:
-                await asyncio.sleep(0)
+                # full-jitter backoff: 50 writers retrying at once (50 messages to one job) would
+                # otherwise collide again on every round and exhaust the attempts under load
+                await asyncio.sleep(random.uniform(0, _CAS_BACKOFF * 2 ** min(attempt, 5)))
         raise ServiceUnavailableError(f"job {job_id!r} is under heavy contention; try again")
 
     # --- work queue --------------------------------------------------------------------------------
     async def enqueue(
-        self, job_id: str, step: int, *, at: datetime | None = None, if_absent: bool = False
+        self,
+        job_id: str,
+        step: int,
+        *,
+        at: datetime | None = None,
+        if_absent: bool = False,
+        msg_id_suffix: str = "",
     ) -> bool:
         """Queue step ``step`` of ``job_id`` now, or at ``at`` (a durable ADR-51 scheduled message).
 
         With ``if_absent`` the publish is stored only when the job's work subject holds no message
         (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
+        ``msg_id_suffix`` makes the ``Nats-Msg-Id`` differ from the step's usual one (a repair
+        after a lost stream, whose usual id may still be in the duplicate window).
         Returns whether a new message was stored (``False`` for a duplicate id or a present one).
         """
         body = encode(WorkMessage(job_id=job_id, step=step))
-        msg_id = f"{token(job_id)}:{step}"
+        msg_id = f"{token(job_id)}:{step}" + (f":{msg_id_suffix}" if msg_id_suffix else "")
         if at is None:
             headers = {MSG_ID_HEADER: msg_id}
             if if_absent:

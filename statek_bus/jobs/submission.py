@@ -8,6 +8,7 @@ Where a submitted job goes (one pipelined burst, then one publish burst)::
             ─▶ KV statek_jobs, in this order on one connection, awaited together:
                  pending.<nuid>          marker: "these jobs may still lack their work message"
                  idx.{all,agent.<a>,parent.<p>}.{j,b}.<id>   list indexes (one entry per job or batch)
+                 idx.live.{j,b}.<id>     jobs that may still run (:mod:`statek_bus.jobs.repair`)
                  job.<id>, one per job   kv.create: the idempotency point
             ─▶ work stream: step 0 of every job created now (Nats-Msg-Id <id>:0), awaited together
             ─▶ reply                     (record + work message are both persisted)
@@ -66,6 +67,7 @@ from statek_bus.jobs.checks import (
 from statek_bus.jobs.listing import list_jobs, read_in_order, read_records
 from statek_bus.jobs.log import read_job_log
 from statek_bus.jobs.registry import AgentDirectory
+from statek_bus.jobs.repair import reconcile
 from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.mesh.availability import unavailable_as_503
 from statek_bus.mesh.settings import Settings
@@ -103,6 +105,7 @@ from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     EVENTS_PREFIX,
     INDEX_PREFIX,
+    LIVE_INDEX_PREFIX,
     PENDING_PREFIX,
     batch_job_ids,
     token,
@@ -162,7 +165,11 @@ class Submission:
         """Run the agent watch, marker purging and the periodic recovery pass."""
         async with self.agents.running():
             self._stop.clear()
-            tasks = [asyncio.create_task(self._recovery_loop()), asyncio.create_task(self._purge_loop())]
+            tasks = [
+                asyncio.create_task(self._recovery_loop()),
+                asyncio.create_task(self._purge_loop()),
+                asyncio.create_task(self._reconcile_loop()),
+            ]
             try:
                 yield self
             finally:
@@ -224,6 +231,7 @@ class Submission:
         index: IndexEntry,
         vars_field: str,
     ) -> list[Job]:
+        check_id(agent, "$.agent")
         with json_paths():
             desc = await self.agents.get(agent)
             code = resolve_locale(locale).code if locale is not None else None
@@ -288,6 +296,7 @@ class Submission:
         if parent_id is not None:
             scopes.append(f"parent.{token(parent_id)}")
         index_keys = [f"{INDEX_PREFIX}.{s}.{kind}.{token(ident)}" for s in scopes]
+        index_keys.append(f"{LIVE_INDEX_PREFIX}.{kind}.{token(ident)}")  # found by reconcile()
         marker_key = f"{PENDING_PREFIX}.{uuid.uuid4().hex}"
         marker = PendingMarker(
             job_ids=ids if single else [],
@@ -426,6 +435,20 @@ class Submission:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.recovery_interval)
 
+    async def _reconcile_loop(self) -> None:
+        interval = self.settings.reconcile_interval
+        while interval > 0 and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            try:
+                report = await reconcile(self.nc, self.store, pause=0.05)
+                if report.enqueued:
+                    log.warning("reconcile: %d runnable job(s) had lost their work message", report.enqueued)
+            except Exception:
+                log.warning("reconcile pass failed; retrying next interval", exc_info=True)
+
     async def _purge_loop(self) -> None:
         while True:
             stopping = asyncio.ensure_future(self._stop.wait())
@@ -453,16 +476,22 @@ class Submission:
     # --- queries -----------------------------------------------------------------------------------
     async def get(self, req: JobGetRequest) -> Job:
         """The job ``req.job_id`` (404 when missing)."""
+        check_id(req.job_id, "$.job_id")
         with json_paths():
             record, rev = await self.store.get(req.job_id)
         return record.public(rev)
 
     async def list_jobs(self, req: JobListRequest) -> list[Job]:
         """Jobs in creation order, filtered exactly, at a bounded cost (:mod:`statek_bus.jobs.listing`)."""
+        if req.agent is not None:
+            check_id(req.agent, "$.agent")
+        if req.parent_id is not None:
+            check_id(req.parent_id, "$.parent_id")
         return await list_jobs(self.nc, self.settings, req)
 
     async def history(self, req: JobGetRequest) -> JobHistory:
         """The job's chat log and console, from the job-log stream."""
+        check_id(req.job_id, "$.job_id")
         with json_paths():
             await self.store.get(req.job_id)
         chat: list[ChatEntry] = []
@@ -480,13 +509,26 @@ class Submission:
 
     async def agents_get(self, req: AgentGetRequest) -> AgentDescription:
         """One agent (404 naming it and listing the known roles)."""
+        check_id(req.agent, "$.agent")
         with json_paths():
             return await self.agents.describe(req.agent)
 
     # --- transitions -------------------------------------------------------------------------------
     async def cancel(self, req: JobCancelRequest) -> Job:
         """READY/SUSPENDED → DONE now; a running job stops at its next step boundary; DONE is 409."""
+        check_id(req.job_id, "$.job_id")
         reason = req.reason if req.reason else DEFAULT_CANCEL_REASON
+        limit = self.nc.max_payload - _RECORD_HEADROOM
+
+        def fits(rec: JobRecord) -> JobRecord:
+            # the reason is stored twice (cancel_reason, exit_status): refuse what cannot be stored
+            if len(encode(rec)) > limit:
+                raise PayloadTooLargeError(
+                    f"the cancel reason makes job {rec.id!r} over the {limit}-byte record limit",
+                    field="$.reason",
+                    details={"limit": limit},
+                )
+            return rec
 
         def change(rec: JobRecord) -> JobRecord | None:
             if rec.status is JobStatus.DONE:
@@ -500,11 +542,11 @@ class Submission:
                 rec.exit_status = f"Cancelled: {reason}"
                 rec.cancel_reason = reason
                 rec.step += 1  # every queued message (step or wake-up) is now stale
-                return rec
+                return fits(rec)
             if rec.cancel_reason is not None:
                 return None  # already asked to stop
             rec.cancel_reason = reason
-            return rec
+            return fits(rec)
 
         with json_paths():
             rec, rev, changed = await self.store.transition(req.job_id, change)
@@ -527,6 +569,7 @@ class Submission:
         between the CAS and the enqueue is repaired by the recovery pass; a retried call repairs it
         too (the job is then STARTED or SUSPENDED and is enqueued with ``if_absent``).
         """
+        check_id(job_id, "$.job_id")
         if not text.strip():
             raise BadRequestError(f"{field.removeprefix('$.')} must not be empty", field=field)
         event = JobEvent(job_id=job_id, kind=kind, at=utcnow(), text=text)
@@ -546,6 +589,12 @@ class Submission:
                 )
             return rec
 
+        # Refuse before writing anything: an unknown job (404) or a full inbox (413) must leave no
+        # marker (nor its purge tombstone) behind. The compare-and-set below checks again.
+        with json_paths():
+            current, _ = await self.store.get(job_id)
+        change(current)
+
         marker_key = f"{PENDING_PREFIX}.{uuid.uuid4().hex}"
         marker = PendingMarker(job_ids=[job_id], count=1, created_at=event.at)
         with unavailable_as_503(f"recording a message for job {job_id!r}"):
@@ -556,6 +605,8 @@ class Submission:
         except BaseException:
             self._purge_queue.put_nowait(marker_key)  # nothing changed: nothing to recover
             raise
+        if before[0] is JobStatus.DONE:  # it may run again: back in the live index
+            await self._create_index(f"{LIVE_INDEX_PREFIX}.j.{token(job_id)}", encode(IndexEntry(job_id=job_id)))
         if before[0] in (JobStatus.DONE, JobStatus.SUSPENDED):
             await self.store.enqueue(job_id, rec.step)  # a fresh step (DONE) or a wake-up
         elif rec.status in (JobStatus.READY, JobStatus.STARTED, JobStatus.SUSPENDED):

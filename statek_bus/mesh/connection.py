@@ -11,6 +11,7 @@ errors are logged once per event, not as a traceback per failed reconnect (nats-
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client
@@ -32,13 +33,18 @@ async def _reconnected_cb() -> None:
     log.info("nats: reconnected")
 
 
-async def connect(settings: Settings, *, name: str, service: bool = False) -> Client:
+async def connect(
+    settings: Settings, *, name: str, service: bool = False, on_closed: Callable[[], None] | None = None
+) -> Client:
     """Connect to ``settings.nats_url``.
 
     Args:
         settings: where to connect and how long to wait.
         name: connection name shown by ``nats server report connections``.
         service: reconnect forever, including the first connection.
+        on_closed: called once the connection is closed for good: by ``close()``/``drain()``, or
+            by nats-py itself after an error it treats as fatal (a server ``-ERR`` such as
+            ``maximum control line exceeded``), after which it never reconnects.
     """
     holder: list[Client] = []
 
@@ -46,6 +52,10 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
         # a client's failed first connection ends in one error below, not a warning per attempt
         if service or holder:
             log.warning("nats: %s", exc or type(exc).__name__)
+
+    async def closed_cb() -> None:
+        if on_closed is not None:
+            on_closed()
 
     async def disconnected_cb() -> None:
         # nats-py also calls this on a deliberate close(); only a lost connection is worth a warning
@@ -63,6 +73,7 @@ async def connect(settings: Settings, *, name: str, service: bool = False) -> Cl
             error_cb=error_cb,
             disconnected_cb=disconnected_cb,
             reconnected_cb=_reconnected_cb,
+            closed_cb=closed_cb,
             pending_size=64 * 1024 * 1024,
             **connect_options(settings),
         )

@@ -7,14 +7,19 @@ A service module (``services/<name>.py``) is a :data:`ServiceFactory`: given a
 - connects (reconnecting forever), provisions storage, registers the micro service with a SemVer
   version and a non-empty description (the ``nats`` CLI ignores a service without one);
 - decodes each request with its endpoint's typed decoder (a bad field is a 400 naming it, a body
-  over ``max_request_bytes`` a 413), calls the handler, encodes the reply as JSON;
+  over ``max_request_bytes`` a 413, one nested deeper than ``MAX_JSON_DEPTH`` a 400 naming the
+  path), calls the handler, encodes the reply as JSON;
 - dispatches handlers as bounded concurrent tasks: nats-py awaits an endpoint's handler one
   message at a time, which would serialise every request;
 - turns every exception into ADR-32 error headers plus a JSON body (:func:`errors.error_reply`),
-  and keeps the endpoint's error count and last error true in ``$SRV.STATS``;
+  sized so that no reply (headers included) can exceed the server's ``max_payload``, and keeps
+  the endpoint's counts, error count and last error true in ``$SRV.STATS`` (the responder is our
+  own, :mod:`statek_bus.mesh.micro`, so nothing writes nats-py's private state);
 - on SIGTERM/SIGINT: stops taking requests, lets in-flight ones finish (up to ``drain_timeout``),
   closes the factory's resources (workers stop fetching; unacknowledged steps are redelivered),
-  then drains the connection.
+  then drains the connection;
+- exits the process (:data:`EXIT_CONNECTION_LOST`) when nats-py closes the connection for good, so
+  a supervisor restarts it instead of a live process that answers nothing.
 """
 
 from __future__ import annotations
@@ -30,22 +35,21 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.micro
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.micro.request import Request
-from nats.micro.service import Service
 
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.health import Check, HealthServer
+from statek_bus.mesh.micro import EndpointStats, MicroService
 from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError, error_reply
-from statek_bus.wire.messages import decode, encode
-from statek_bus.wire.subjects import SERVICE_VERSION
+from statek_bus.wire.messages import check_depth, decode, encode
+from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER, SERVICE_VERSION
 
 __all__ = [
+    "EXIT_CONNECTION_LOST",
     "Endpoint",
     "ServiceContext",
     "ServiceFactory",
@@ -114,6 +118,8 @@ class ServiceContext:
     """The micro service instance id (set once registered)."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the micro service is registered and answering ``$SRV.PING``."""
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the connection is closed for good (nats-py will not reconnect)."""
 
 
 ServiceFactory = Callable[[ServiceContext], Awaitable[ServiceSpec]]
@@ -126,29 +132,29 @@ class _Runner:
         self.spec = spec
         self.sem = asyncio.Semaphore(ctx.settings.handler_concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
-        self.service: Service | None = None
+        self.service = MicroService(
+            ctx.nc,
+            name=spec.name,
+            version=SERVICE_VERSION,
+            description=spec.description,
+            metadata=spec.metadata,
+        )
 
     async def start(self) -> None:
-        self.service = await nats.micro.add_service(
-            self.ctx.nc,
-            name=self.spec.name,
-            version=SERVICE_VERSION,
-            description=self.spec.description,
-            metadata=self.spec.metadata or None,
-        )
         self.ctx.instance_id = self.service.id
         for ep in self.spec.endpoints:
-            await self.service.add_endpoint(
+            stats = EndpointStats(
                 name=ep.name,
                 subject=ep.subject,
-                handler=self._dispatcher(ep, len(self.service._endpoints)),
                 metadata={"request": ep.request.__name__, "doc": ep.doc or ep.name},
             )
+            await self.service.add_endpoint(stats, self._dispatcher(ep, stats))
+        await self.service.start()
 
-    def _dispatcher(self, ep: Endpoint, index: int) -> Callable[[Request], Awaitable[None]]:
-        async def dispatch(req: Request) -> None:
+    def _dispatcher(self, ep: Endpoint, stats: EndpointStats) -> Callable[[Msg], Awaitable[None]]:
+        async def dispatch(msg: Msg) -> None:
             await self.sem.acquire()
-            task = asyncio.create_task(self._handle(ep, index, req._msg))
+            task = asyncio.create_task(self._handle(ep, stats, msg))
             self.tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -158,8 +164,10 @@ class _Runner:
         self.tasks.discard(task)
         self.sem.release()
 
-    async def _handle(self, ep: Endpoint, index: int, msg: Msg) -> None:
+    async def _handle(self, ep: Endpoint, stats: EndpointStats, msg: Msg) -> None:
         started = time.perf_counter_ns()
+        error: str | None = None
+        room = self.ctx.nc.max_payload - _REPLY_HEADROOM
         try:
             limit = self.ctx.settings.max_request_bytes
             if len(msg.data) > limit:
@@ -167,9 +175,9 @@ class _Runner:
                     f"request is {len(msg.data)} bytes, over the {limit}-byte limit",
                     details={"size": len(msg.data), "limit": limit},
                 )
+            check_depth(msg.data)
             reply = await ep.handler(decode(msg.data or b"{}", ep.request))
             body, headers = encode(reply), None
-            room = self.ctx.nc.max_payload - _REPLY_HEADROOM
             if len(body) > room:  # nats-py would refuse to publish it and the caller would time out
                 raise PayloadTooLargeError(
                     f"the reply is {len(body)} bytes, over the {room}-byte message limit: ask for less "
@@ -178,42 +186,28 @@ class _Runner:
                 )
         except Exception as exc:
             headers, body = error_reply(exc, context=f"{self.spec.name}/{ep.name}")
-            self._count_error(index, headers)
+            if len(body) + sum(len(f'{k}: {v}\r\n'.encode()) for k, v in headers.items()) > room:
+                # an error that would not fit must not cost the connection: send a fixed one
+                headers, body = error_reply(
+                    PayloadTooLargeError("the error reply to this request would not fit a message")
+                )
+            error = f"{headers.get(ERROR_CODE_HEADER)}:{headers.get(ERROR_HEADER)}"
         if msg.reply:
             try:
                 await self.ctx.nc.publish(msg.reply, body, headers=headers)
             except Exception:  # the connection went away; the caller will time out and retry
                 log.warning("could not reply on %s", ep.subject, exc_info=True)
-        self._count_time(index, time.perf_counter_ns() - started)
-
-    # nats-py's micro Endpoint counts only what its own (serial) handler raises; our handlers run
-    # as tasks, so we keep its public STATS figures true by updating them here (pinned nats-py 2.16).
-    def _endpoint(self, index: int) -> Any:
-        assert self.service is not None
-        return self.service._endpoints[index]
-
-    def _count_error(self, index: int, headers: dict[str, str]) -> None:
-        ep = self._endpoint(index)
-        ep._num_errors += 1
-        ep._last_error = f"{headers.get('Nats-Service-Error-Code')}:{headers.get('Nats-Service-Error')}"
-
-    def _count_time(self, index: int, elapsed_ns: int) -> None:
-        ep = self._endpoint(index)
-        ep._processing_time += elapsed_ns
-        ep._average_processing_time = int(ep._processing_time / max(1, ep._num_requests))
+        stats.record(time.perf_counter_ns() - started, error)
 
     async def stop(self) -> None:
         """Stop taking requests and let in-flight ones finish (bounded by ``drain_timeout``)."""
         self.ctx.stopping.set()
-        if self.service is not None:
-            for ep in self.service._endpoints:
-                if ep._subscription is not None:
-                    with contextlib.suppress(Exception):
-                        await ep._subscription.drain()
+        await self.service.drain_endpoints()
         if self.tasks:
             _, pending = await asyncio.wait(set(self.tasks), timeout=self.ctx.settings.drain_timeout)
             for t in pending:
                 t.cancel()
+        await self.service.stop()
 
 
 @dataclass
@@ -253,7 +247,9 @@ async def running_service(
 
     With ``settings.health_port`` set, ``/livez``, ``/readyz`` and ``/metrics`` are served from the
     start, so a probe sees why the service is not ready yet while it connects and provisions.
-    ``health``: filled in as the service comes up (what ``/readyz`` reports).
+    ``health``: filled in as the service comes up (what ``/readyz`` reports). ``ctx.closed`` is set
+    if the connection is closed for good while the block runs (see :func:`run_service`, which
+    exits the process then).
     """
     health = health if health is not None else ServiceHealth()
     async with contextlib.AsyncExitStack() as outer:
@@ -271,14 +267,15 @@ async def running_service(
 async def _running(
     factory: ServiceFactory, settings: Settings, name: str, health: ServiceHealth
 ) -> AsyncIterator[ServiceContext]:
-    nc = await connect(settings, name=name, service=True)
+    closed = asyncio.Event()
+    nc = await connect(settings, name=name, service=True, on_closed=closed.set)
     health.nc = nc
     try:
         js = nc.jetstream(timeout=max(5.0, settings.request_timeout))
         await provision(js, settings)
         health.provisioned = True
         async with AsyncExitStack() as stack:
-            ctx = ServiceContext(settings=settings, nc=nc, js=js, stack=stack)
+            ctx = ServiceContext(settings=settings, nc=nc, js=js, stack=stack, closed=closed)
             spec = await factory(ctx)
             health.spec = spec
             runner = _Runner(ctx, spec)
@@ -296,15 +293,35 @@ async def _running(
             await nc.drain()
 
 
+EXIT_CONNECTION_LOST = 75
+"""Exit status of a service process whose NATS connection closed for good (``EX_TEMPFAIL``): its
+supervisor (Kubernetes, ``statek-bus up``) restarts it, instead of a live process that no longer
+answers anything."""
+
+
 async def run_service(factory: ServiceFactory, settings: Settings, *, name: str) -> None:
-    """Run a service until SIGTERM or SIGINT, then stop it gracefully."""
+    """Run a service until SIGTERM or SIGINT, then stop it gracefully.
+
+    If the connection is closed for good meanwhile (nats-py gives up on a connection after a
+    fatal server error and never reconnects), the service stops and the process exits with
+    :data:`EXIT_CONNECTION_LOST`.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_service(factory, settings, name=name):
-        await stop.wait()
-        log.info("%s stopping", name)
+    async with running_service(factory, settings, name=name) as ctx:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ctx.closed.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        lost = ctx.closed.is_set() and not stop.is_set()
+        if lost:
+            log.error("%s: the NATS connection is closed for good; exiting so a supervisor restarts it", name)
+        else:
+            log.info("%s stopping", name)
+    if lost:
+        raise SystemExit(EXIT_CONNECTION_LOST)
 
 
 def load_service_factory(kind: str) -> ServiceFactory:

@@ -86,6 +86,9 @@ class Settings:
     """Seconds the work stream deduplicates by ``Nats-Msg-Id``."""
     recovery_interval: float = 30.0
     """Seconds between submission's passes that enqueue READY jobs lacking a work message."""
+    reconcile_interval: float = 600.0
+    """Seconds between submission's passes over the live-job index that re-enqueue runnable jobs
+    whose work message was lost (a purged or restored work stream); 0 turns them off."""
 
     # --- executor ---------------------------------------------------------------------------------
     agents: str = ""

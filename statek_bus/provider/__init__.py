@@ -10,6 +10,7 @@
 - :mod:`.limits`: per-model concurrency and rate limits;
 - :mod:`.pricing`: the CSV price table that overrides litellm's price map;
 - :mod:`.redaction`: keeping keys out of replies, errors and logs;
+- :mod:`.calls`: callers' deadlines and call identities (no call for a caller gone, none twice);
 - :mod:`.engine`: :class:`Provider`, composing the above.
 
 Importing this package does not import litellm; :class:`Provider` loads it in the background.
@@ -17,6 +18,7 @@ Importing this package does not import litellm; :class:`Provider` loads it in th
 
 from __future__ import annotations
 
+from statek_bus.provider.calls import CallLedger, Deadline
 from statek_bus.provider.engine import Provider
 from statek_bus.provider.limits import Limits, ModelLimiter, ModelLoad, RateLimiter
 from statek_bus.provider.llm import LiteLLM
@@ -30,6 +32,8 @@ __all__ = [
     "AGENT_KEYS",
     "PROVIDER_KEYS",
     "SCRIPTED_PREFIX",
+    "CallLedger",
+    "Deadline",
     "Difficulty",
     "Limits",
     "LiteLLM",

@@ -3,20 +3,27 @@
 A request flows: :func:`~.routing.route` (validate model and metadata, pick the model by
 difficulty) → the scripted model, answered in-process, or litellm: :func:`~.llm.preflight` (known
 provider, key present) → per attempt, a slot of the model's :class:`~.limits.ModelLimiter` and one
-``acompletion`` under a timeout → :func:`~.retry.retry_call` for transient failures → the reply
-with its usage and cost (price table first, then litellm's map). Failures come out as the error
-tree's classes (:func:`~.llm.to_error`), their text redacted of keys.
+``acompletion`` under a timeout, unless the caller's deadline has passed (:mod:`~.calls`; a
+call whose identity was seen answers from that call) → :func:`~.retry.retry_call` for transient
+failures → the reply
+with its usage and cost (price table first, then litellm's map), every string of it redacted of
+keys. Failures come out as the error tree's classes (:func:`~.llm.to_error`), their text redacted
+of keys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from types import TracebackType
 from typing import Any
 
+import msgspec
+
 from statek_bus.mesh.settings import Settings
+from statek_bus.provider.calls import CallLedger, Deadline
 from statek_bus.provider.limits import Limits
 from statek_bus.provider.llm import (
     LiteLLM,
@@ -34,7 +41,15 @@ from statek_bus.provider.retry import RetryPolicy, retry_call
 from statek_bus.provider.routing import SCRIPTED_PREFIX, Route, route
 from statek_bus.provider.scripted import ScriptStore, parse_script, scripted_reply
 from statek_bus.wire.errors import BadRequestError, InternalError
-from statek_bus.wire.messages import CompleteReply, CompleteRequest, Empty, LLMUsage, ModelInfo, ModelsReply
+from statek_bus.wire.messages import (
+    CompleteReply,
+    CompleteRequest,
+    Empty,
+    LLMUsage,
+    ModelInfo,
+    ModelsReply,
+    encode,
+)
 
 __all__ = ["Provider"]
 
@@ -42,6 +57,15 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT_GRACE = 5.0
 """Seconds past ``llm_timeout`` before our own guard cancels an attempt litellm did not time out."""
+
+
+def _call_key(req: CompleteRequest) -> str | None:
+    """The ledger key of a call: its identity *and* its content, so a repeated identity with other
+    content (a caller's bug, or one guessing another's id) is a call of its own, never another's reply."""
+    if req.call_id is None:
+        return None
+    content = encode(msgspec.structs.replace(req, deadline_s=None))
+    return f"{req.call_id}:{hashlib.sha256(content).hexdigest()}"
 
 
 class Provider:
@@ -64,6 +88,7 @@ class Provider:
         self.policy = RetryPolicy.from_settings(settings)
         self.scripts = ScriptStore(root=settings.script_dir)
         self.redact = Redactor()
+        self.calls = CallLedger()
         self._unpriced: set[str] = set()
 
     async def __aenter__(self) -> Provider:
@@ -94,10 +119,18 @@ class Provider:
             ServiceUnavailableError: the provider stayed unavailable through the retry policy, or
                 its response was malformed.
         """
+        deadline = Deadline(req.deadline_s)  # counted from receipt: queueing here counts against it
         r = route(req)
         if r.scripted:
-            return await self._scripted(req, r)
-        return await self._litellm(req, r)
+            reply = await self._scripted(req, r)
+        else:
+            reply = await self.calls.once(_call_key(req), lambda: self._litellm(req, r, deadline))
+        return self._redacted(reply)
+
+    def _redacted(self, reply: CompleteReply) -> CompleteReply:
+        """``reply`` with every string redacted of keys: whatever the upstream says, no reply of
+        the provider carries a key (errors are redacted where they are built)."""
+        return msgspec.convert(self.redact.tree(msgspec.to_builtins(reply)), CompleteReply)
 
     async def models(self, req: Empty) -> ModelsReply:
         """The models this instance has served or prices, with their limits and key status."""
@@ -147,7 +180,7 @@ class Provider:
             )
         return reply
 
-    async def _litellm(self, req: CompleteRequest, r: Route) -> CompleteReply:
+    async def _litellm(self, req: CompleteRequest, r: Route, deadline: Deadline) -> CompleteReply:
         litellm = await self.litellm.module()
         if not req.messages:
             raise BadRequestError("messages must hold at least one message", field="$.messages")
@@ -158,6 +191,7 @@ class Provider:
 
         async def attempt() -> Any:
             async with limiter.slot():
+                deadline.check(f"a call to {r.model}")  # after the queue, before every (re)try
                 async with asyncio.timeout(guard):
                     return await litellm.acompletion(**kwargs)
 

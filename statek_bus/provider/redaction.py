@@ -2,7 +2,9 @@
 
 Keys live only in the provider's environment, under litellm's names (``OPENAI_API_KEY``...). Our
 own messages name variables, never values; as a second line of defence every message built from a
-provider's error, and every record of the loggers the provider's stack writes to, passes through
+provider's error, every reply the provider sends (an upstream may echo a key in completion content
+or tool-call arguments, which would then reach job histories and exit statuses), and every record
+of the loggers the provider's stack writes to, passes through
 :class:`Redactor`, which replaces the value of every secret-looking environment variable (name
 containing KEY, TOKEN, SECRET, PASSWORD or CREDENTIAL), ``Bearer`` tokens and ``sk-...`` keys.
 :func:`secret_env_names` also tells a launcher which variables to withhold from other services.
@@ -77,6 +79,16 @@ class Redactor:
                 text = text.replace(value, f"[redacted {name}]")
         text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
         return _SK.sub("sk-[redacted]", text)
+
+    def tree(self, value: Any) -> Any:
+        """``value`` (JSON-like: dicts, lists, strings...) with every string, keys too, redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        if isinstance(value, dict):
+            return {self.tree(k): self.tree(v) for k, v in value.items()}
+        return value
 
 
 class RedactingFilter(logging.Filter):

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from statek_bus.wire.limits import MAX_ERROR_FIELD, MAX_ERROR_MESSAGE, MAX_ERROR_TEXT
 from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER, TRACE_ID_HEADER
 
 __all__ = [
@@ -89,12 +90,12 @@ class StatekError(Exception):
         self.details = dict(details or {})
 
     def detail(self) -> ErrorDetail:
-        """This error as the ``error`` object of a reply body."""
+        """This error as the ``error`` object of a reply body (message and field cut to bounds)."""
         return ErrorDetail(
             code=self.code,
             name=self.name,
-            message=self.message,
-            field=self.field,
+            message=_cut(self.message, MAX_ERROR_MESSAGE),
+            field=None if self.field is None else _cut(self.field, MAX_ERROR_FIELD),
             trace_id=self.trace_id,
             details=self.details or None,
         )
@@ -169,10 +170,20 @@ def as_statek_error(exc: BaseException, *, context: str = "") -> StatekError:
     return InternalError(f"internal error (trace_id {trace_id})", trace_id=trace_id)
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (an error never echoes unbounded input)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _header_value(text: str) -> str:
+    """``text`` as one bounded header line: control characters (CR, LF...) become spaces."""
+    return "".join(c if c.isprintable() else " " for c in _cut(text, MAX_ERROR_TEXT))
+
+
 def error_reply(exc: BaseException, *, context: str = "") -> tuple[dict[str, str], bytes]:
-    """Turn any exception into ADR-32 error headers plus the JSON error body."""
+    """Turn any exception into ADR-32 error headers plus the JSON error body, both bounded."""
     err = as_statek_error(exc, context=context)
-    headers = {ERROR_HEADER: err.message, ERROR_CODE_HEADER: str(err.code)}
+    headers = {ERROR_HEADER: _header_value(err.message), ERROR_CODE_HEADER: str(err.code)}
     if err.trace_id:
         headers[TRACE_ID_HEADER] = err.trace_id
     return headers, _body_encoder.encode(ErrorBody(error=err.detail()))

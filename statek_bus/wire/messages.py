@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from statek_bus.wire.errors import BadRequestError
+from statek_bus.wire.limits import MAX_JSON_DEPTH, MAX_NAME_LENGTH
 from statek_bus.wire.subjects import batch_job_ids
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "LLMUsage",
     "ModelInfo",
     "ModelsReply",
+    "Name",
     "ParamDescription",
     "PendingMarker",
     "RunningStep",
@@ -60,11 +62,15 @@ __all__ = [
     "ToolDescription",
     "Usage",
     "WorkMessage",
+    "check_depth",
     "decode",
     "encode",
 ]
 
 T = TypeVar("T")
+
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
+"""An id or name in a request: at most :data:`~statek_bus.wire.limits.MAX_NAME_LENGTH` characters."""
 
 
 class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -205,7 +211,7 @@ class JobRecord(_Record, kw_only=True):
 class SubmitRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.submit``: create one job."""
 
-    agent: str
+    agent: Name
     """Role of a registered agent."""
     shared_vars: dict[str, Any] | None = None
     """Variables in scope when the job starts (tagged value encoding)."""
@@ -213,16 +219,16 @@ class SubmitRequest(_Request, kw_only=True, frozen=True):
     """``LANG-COUNTRY``; unknown locales are a 400."""
     params: dict[str, Any] | None = None
     """Agent-specific parameters (the client's ``**kwargs``)."""
-    job_id: str | None = None
+    job_id: Name | None = None
     """Idempotency key: the same id twice returns the first job."""
-    parent_id: str | None = None
+    parent_id: Name | None = None
     """The parent job, for child jobs."""
 
 
 class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.submit_batch``: create one job per ``shared_vars_batch`` entry."""
 
-    agent: str
+    agent: Name
     """Role of a registered agent."""
     shared_vars_batch: list[dict[str, Any] | None]
     """One entry per job; ``null`` entries start with no shared variables."""
@@ -230,27 +236,27 @@ class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
     """Locale for every job."""
     params: dict[str, Any] | None = None
     """Parameters for every job."""
-    batch_id: str | None = None
+    batch_id: Name | None = None
     """Idempotency key of the batch: job ids derive from it and the index."""
-    parent_id: str | None = None
+    parent_id: Name | None = None
     """The parent job of every job in the batch."""
 
 
 class JobGetRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.get`` and ``statek.jobs.history``."""
 
-    job_id: str
+    job_id: Name
     """The job."""
 
 
 class JobListRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.list``: filter exactly, page from 1."""
 
-    agent: str | None = None
+    agent: Name | None = None
     """Only jobs of this agent role."""
     status: JobStatus | None = None
     """Only jobs in this status."""
-    parent_id: str | None = None
+    parent_id: Name | None = None
     """Only children of this job."""
     limit: int | None = None
     """Page size (default and maximum from settings)."""
@@ -261,7 +267,7 @@ class JobListRequest(_Request, kw_only=True, frozen=True):
 class JobCancelRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.cancel``."""
 
-    job_id: str
+    job_id: Name
     """The job."""
     reason: str | None = None
     """Shown in ``exit_status`` as ``Cancelled: <reason>``."""
@@ -270,7 +276,7 @@ class JobCancelRequest(_Request, kw_only=True, frozen=True):
 class JobSendMessageRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.send_message``: a chat message to the job (restarts a DONE job)."""
 
-    job_id: str
+    job_id: Name
     """The job."""
     message: str
     """The message text."""
@@ -279,7 +285,7 @@ class JobSendMessageRequest(_Request, kw_only=True, frozen=True):
 class JobSendNotificationRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.send_notification``: a notification (restarts a DONE job)."""
 
-    job_id: str
+    job_id: Name
     """The job."""
     text: str
     """The notification text."""
@@ -428,7 +434,7 @@ class AgentDescription(_Record, kw_only=True):
 class AgentGetRequest(_Request, kw_only=True, frozen=True):
     """``statek.agents.get``."""
 
-    agent: str
+    agent: Name
     """The agent role."""
 
 
@@ -489,9 +495,9 @@ class StateRef(_Record, kw_only=True):
 class StateCreateRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.create``."""
 
-    task_id: str
+    task_id: Name
     """Owning task."""
-    agent_id: str
+    agent_id: Name
     """Owning agent."""
     state: Any
     """Must be a JSON object (validated by the service, so the 400 names ``state``)."""
@@ -502,18 +508,18 @@ class StateCreateRequest(_Request, kw_only=True, frozen=True):
 class StateRetrieveRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.retrieve``: by ``state_id``, or by ``task_id`` and ``agent_id``."""
 
-    state_id: str | None = None
+    state_id: Name | None = None
     """The state id (a missing id is 404)."""
-    task_id: str | None = None
+    task_id: Name | None = None
     """With ``agent_id``: the pair (a missing pair answers ``null``)."""
-    agent_id: str | None = None
+    agent_id: Name | None = None
     """With ``task_id``."""
 
 
 class StateUpdateRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.update``: replace the whole object."""
 
-    state_id: str
+    state_id: Name
     """The state id."""
     state: Any
     """The new object (must be a JSON object)."""
@@ -524,9 +530,9 @@ class StateUpdateRequest(_Request, kw_only=True, frozen=True):
 class StateListRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.list``."""
 
-    task_id: str | None = None
+    task_id: Name | None = None
     """Only this task's states."""
-    agent_id: str | None = None
+    agent_id: Name | None = None
     """Only this agent's states."""
     limit: int | None = None
     """Page size."""
@@ -537,16 +543,16 @@ class StateListRequest(_Request, kw_only=True, frozen=True):
 class StateDeleteRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.delete``."""
 
-    state_id: str
+    state_id: Name
     """The state id."""
 
 
 class StateGetOrCreateRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.get_or_create``: atomic get, or create with ``default``."""
 
-    task_id: str
+    task_id: Name
     """Owning task."""
-    agent_id: str
+    agent_id: Name
     """Owning agent."""
     default: Any
     """The object to create when none exists (must be a JSON object)."""
@@ -555,7 +561,7 @@ class StateGetOrCreateRequest(_Request, kw_only=True, frozen=True):
 class StateHistoryRequest(_Request, kw_only=True, frozen=True):
     """``statek.states.history``: earlier revisions, newest first."""
 
-    state_id: str
+    state_id: Name
     """The state id."""
     limit: int | None = None
     """At most this many revisions."""
@@ -606,7 +612,7 @@ class ChatMessage(_Record, kw_only=True):
 class CompleteRequest(_Request, kw_only=True, frozen=True):
     """``statek.llm.complete``."""
 
-    model: str
+    model: Name
     """litellm model string, ``scripted/<name>``, or ``L:a,M:b,H:c`` with ``metadata.DIFFICULTY``."""
     messages: list[ChatMessage]
     """The conversation."""
@@ -614,12 +620,18 @@ class CompleteRequest(_Request, kw_only=True, frozen=True):
     """OpenAI-style tool schemas."""
     temperature: float | None = None
     """Sampling temperature in [0, 1]."""
-    job_id: str | None = None
+    job_id: Name | None = None
     """The calling job (usage is attributed to it)."""
     metadata: dict[str, Any] | None = None
     """Agent metadata (``SCRIPT``, ``SCRIPT_FILE``, ``DIFFICULTY``...)."""
     call_index: int | None = None
     """The job's LLM-call count so far (the scripted model answers reply ``call_index``)."""
+    deadline_s: float | None = None
+    """Seconds, from when it was sent, that the caller waits for the reply; the provider drops a
+    request still queued past it instead of making a call nobody will read."""
+    call_id: Name | None = None
+    """The call's identity (the executor's: job, call index, content). A repeat, such as a retried
+    step's call, gets the first call's result instead of a second paid call."""
 
 
 class LLMUsage(_Record, kw_only=True):
@@ -717,7 +729,11 @@ def encode(obj: Any) -> bytes:
 
 
 def decode(data: bytes, kind: type[T]) -> T:
-    """Decode ``data`` as ``kind``; any failure is a 400 whose ``field`` is the JSON path."""
+    """Decode ``data`` as ``kind``; any failure is a 400 whose ``field`` is the JSON path.
+
+    Requests are checked with :func:`check_depth` first (the service runner does it); stored
+    records are not, since the executor may nest a workspace deeper than any request may.
+    """
     dec = _decoders.get(kind)
     if dec is None:
         dec = _decoders[kind] = msgspec.json.Decoder(kind)
@@ -727,6 +743,80 @@ def decode(data: bytes, kind: type[T]) -> T:
         raise _bad_request(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}", field="$") from None
+    except RecursionError:  # not reachable below MAX_JSON_DEPTH; never a 500 if it is
+        raise _too_deep("$") from None
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_LEAF = re.compile(rb"\[\]|\{\}")
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]')
+
+
+def check_depth(data: bytes) -> None:
+    """Raise a 400 naming the path if the JSON ``data`` nests deeper than ``MAX_JSON_DEPTH``.
+
+    Checked on every request before decoding: msgspec decodes recursively (a 2 KB body of 999
+    nested lists raised ``RecursionError``, a 500), and whatever a service accepts must stay
+    loadable by the services after it (the executor's workspace loader is recursive too).
+
+    A body with few brackets passes at once (two C-speed counts). Otherwise strings are cut out and only brackets kept; each pass of ``_LEAF`` removes exactly one level
+    (a substitution never rescans its own output), so the brackets are gone after ``MAX_JSON_DEPTH``
+    passes exactly when the body is shallow enough. All of it runs in C; only a body that fails
+    is walked token by token to name the path.
+    """
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    for _ in range(MAX_JSON_DEPTH):
+        if not brackets:
+            return
+        brackets = _LEAF.sub(b"", brackets)
+    if brackets:
+        path = _deep_path(data)
+        if path is not None:  # None: unbalanced, i.e. malformed; the decoder names that
+            raise _too_deep(path)
+
+
+def _deep_path(data: bytes) -> str | None:
+    """The JSON path of the first array or object nested deeper than ``MAX_JSON_DEPTH``."""
+    frames: list[list[Any]] = []  # [is_array, index, key]
+    last = b""
+    for m in _TOKEN.finditer(data):
+        t = m.group()
+        if t[:1] == b'"':
+            last = t
+        elif t == b":" and frames:
+            frames[-1][2] = _key(last)
+        elif t == b"," and frames and frames[-1][0]:
+            frames[-1][1] += 1
+        elif t in (b"[", b"{"):
+            if len(frames) >= MAX_JSON_DEPTH:
+                return "$" + "".join(_segment(f) for f in frames)
+            frames.append([t == b"[", 0, ""])
+        elif t in (b"]", b"}") and frames:
+            frames.pop()
+    return None
+
+
+def _segment(frame: list[Any]) -> str:
+    return f"[{frame[1]}]" if frame[0] else f".{frame[2]}"
+
+
+def _key(raw: bytes) -> str:
+    try:
+        key = msgspec.json.decode(raw, type=str)
+    except msgspec.DecodeError:
+        return "?"
+    return key if len(key) <= 64 else key[:61] + "..."
+
+
+def _too_deep(path: str) -> BadRequestError:
+    return BadRequestError(
+        f"{path} is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects",
+        field=path,
+        details={"limit": MAX_JSON_DEPTH},
+    )
 
 
 def _bad_request(message: str) -> BadRequestError:

@@ -29,6 +29,7 @@ __all__ = [
     "JOBS_SUBMIT",
     "JOBS_SUBMIT_BATCH",
     "JOB_LOG_STREAM",
+    "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
     "MSG_ID_HEADER",
@@ -116,6 +117,8 @@ PENDING_PREFIX = "pending"
 """``statek_jobs`` keys ``pending.<nuid>``: jobs whose step-0 work message may not be persisted yet."""
 INDEX_PREFIX = "idx"
 """``statek_jobs`` keys ``idx.{all|agent.<tok>|parent.<tok>}.{j|b}.<tok>``: list indexes in creation order."""
+LIVE_INDEX_PREFIX = f"{INDEX_PREFIX}.live"
+"""``statek_jobs`` keys ``idx.live.{j|b}.<tok>``: jobs that may still run (purged once all are DONE)."""
 
 # --- headers ---------------------------------------------------------------------------------------
 ERROR_HEADER = "Nats-Service-Error"

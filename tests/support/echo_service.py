@@ -31,6 +31,10 @@ class SlowRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seconds: float
 
 
+class PoisonRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    subject_length: int
+
+
 _BY_CODE = {
     400: errors.BadRequestError("bad thing", field="$.thing"),
     404: errors.NotFoundError("no such thing"),
@@ -54,6 +58,12 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         await asyncio.sleep(req.seconds)
         return {"slept": req.seconds}
 
+    async def poison(req: PoisonRequest) -> None:
+        # a protocol line over the server's 4 KiB limit: nats-server answers -ERR and closes the
+        # connection, and nats-py never reconnects it (what a long id in a subject used to cause)
+        await ctx.nc.publish("test.poison." + "x" * req.subject_length, b"")
+        await ctx.nc.flush()
+
     return ServiceSpec(
         name=NAME,
         description="Test service for the runner",
@@ -61,6 +71,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             Endpoint("echo", f"{PREFIX}.echo", EchoRequest, echo, "echo text"),
             Endpoint("fail", f"{PREFIX}.fail", FailRequest, fail, "raise an error of a code"),
             Endpoint("slow", f"{PREFIX}.slow", SlowRequest, slow, "sleep then answer"),
+            Endpoint("poison", f"{PREFIX}.poison", PoisonRequest, poison, "close the connection for good"),
         ],
     )
 

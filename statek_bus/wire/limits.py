@@ -1,0 +1,33 @@
+"""Bounds every request is held to at the edge, before any handler runs.
+
+These are contract constants, not tunables: they appear in the JSON Schemas (``maxLength``) and in
+the 400s that name the field, and every service enforces the same numbers. Why each exists:
+
+- A user id or name ends up escaped (up to 12 characters per character, see
+  :func:`~statek_bus.wire.subjects.token`) inside a subject or a KV key, and nats-server closes a
+  connection whose protocol line exceeds 4 KiB (``maximum control line exceeded``), after which
+  nats-py never reconnects. :data:`MAX_NAME_LENGTH` keeps any one id far below that; the services
+  add tighter byte bounds where two ids share a subject.
+- msgspec decodes nested JSON recursively, so a 2 KB body of 999 nested lists raises
+  ``RecursionError`` out of ``decode()``; and the executor loads workspaces recursively too.
+  :data:`MAX_JSON_DEPTH` is checked before decoding, so such a request is a 400 and anything a
+  service accepts can be loaded everywhere.
+- Error replies never echo unbounded input: the ``Nats-Service-Error`` header is cut to
+  :data:`MAX_ERROR_TEXT` characters, the body's message to :data:`MAX_ERROR_MESSAGE` and its
+  field path to :data:`MAX_ERROR_FIELD`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_ERROR_FIELD", "MAX_ERROR_MESSAGE", "MAX_ERROR_TEXT", "MAX_JSON_DEPTH", "MAX_NAME_LENGTH"]
+
+MAX_NAME_LENGTH = 256
+"""Most characters in any id or name of a request (job, batch, parent, state, task, agent, model)."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects in a request body, the body's own object counting as 1."""
+MAX_ERROR_TEXT = 512
+"""Most characters of the ``Nats-Service-Error`` header (one line: control characters become spaces)."""
+MAX_ERROR_MESSAGE = 4096
+"""Most characters of the ``message`` of an error's JSON body (it may list, say, the known agents)."""
+MAX_ERROR_FIELD = 200
+"""Most characters of the JSON path an error's ``field`` names."""

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 
 from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
 from statek_bus.provider import Provider
+from statek_bus.provider.keys import load_key_files
 from statek_bus.wire.messages import CompleteRequest, Empty
 from statek_bus.wire.subjects import LLM_COMPLETE, LLM_MODELS, SERVICE_PROVIDER
 
 __all__ = ["build"]
 
-"""Seconds between checks that the runner has registered the service (see :func:`_load_when_registered`)."""
-
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     """Open the provider on ``ctx.stack`` and describe its endpoints."""
+    if ctx.settings.llm_keys_dir:  # before the provider's redactor learns which values are secrets
+        load_key_files(ctx.settings.llm_keys_dir)
     provider = await ctx.stack.enter_async_context(Provider(ctx.settings))
     await ctx.stack.enter_async_context(_load_when_registered(ctx, provider))
     return ServiceSpec(
@@ -45,7 +47,17 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             ),
         ],
         metadata={"litellm": "loaded in the background after registration"},
+        checks={"litellm": lambda: provider.litellm.usable, "temp_dir": _temp_dir_usable},
     )
+
+
+def _temp_dir_usable() -> bool:
+    # litellm (and httpx) need a writable temp dir; a read-only root without an emptyDir has none
+    try:
+        with tempfile.TemporaryFile():
+            return True
+    except OSError:
+        return False
 
 
 @contextlib.asynccontextmanager

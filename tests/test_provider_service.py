@@ -228,7 +228,7 @@ async def test_oversized_request_is_413(settings: Settings) -> None:
 
 def test_only_the_provider_imports_litellm_and_only_when_it_runs() -> None:
     code = (
-        "import sys, statek_bus, statek_bus.provider, statek_bus.client.core, statek_bus.wire.messages, services.provider;"
+        "import sys, statek_bus, statek_bus.provider, statek_bus.client.core, statek_bus.wire.messages, statek_bus.services.provider;"
         "print('litellm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -106,6 +106,18 @@ class LiteLLM:
         """Whether litellm is imported and configured."""
         return self._task is not None and self._task.done() and not self._task.cancelled()
 
+    @property
+    def usable(self) -> bool:
+        """Loaded, and either working or cleanly absent (the extra not installed: scripted models only).
+
+        An import that failed for another reason (no usable temp dir on a read-only root, say) is
+        not usable: ``/readyz`` says so instead of the provider answering 500 to every call.
+        """
+        if not self.loaded or self._task is None:
+            return False
+        exc = self._task.exception()
+        return exc is None or (isinstance(exc, BadRequestError) and str(exc) == MISSING_LITELLM)
+
     def start(self) -> None:
         """Begin loading in the background (idempotent)."""
         if self._task is None:

@@ -22,7 +22,7 @@ from statek_bus.wire.errors import (
     StatekError,
 )
 from statek_bus.wire.messages import Job, JobStatus, State, Usage
-from statek_bus.wire.subjects import SERVICE_VERSION as __version__  # the one version source
+from statek_bus.wire.subjects import SERVICE_VERSION as _SERVICE_VERSION
 
 __all__ = [
     "Agent",
@@ -49,3 +49,6 @@ __all__ = [
     "temporal",
     "tool",
 ]
+
+__version__ = _SERVICE_VERSION
+"""The package version (one source: :data:`statek_bus.wire.subjects.SERVICE_VERSION`)."""

@@ -10,11 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Counter
 
 from statek_bus.mesh.health import HealthServer
 from statek_bus.mesh.logs import JsonFormatter, job_context
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer, free_port
+from tests.support.echo_service import NAME, PREFIX, build
 
 
 async def _get(port: int, path: str, method: str = "GET", raw: bytes | None = None) -> tuple[int, bytes]:
@@ -135,3 +139,32 @@ async def test_a_service_process_is_not_ready_while_nats_is_down_and_ready_when_
         proc.terminate()
         proc.wait(timeout=20)
         await server.stop()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_a_known_request_workload_exactly_with_4xx_apart_from_5xx(
+    settings: Settings, nc: Client
+) -> None:
+    port = free_port()
+    s = settings.replace(health_port=port, health_host="127.0.0.1")
+    endpoint = f"{NAME}/echo"
+    async with running_service(build, s, name=NAME):
+        before = (await _get(port, "/metrics"))[1].decode()
+        for i in range(3):
+            await nc.request(f"{PREFIX}.echo", json.dumps({"text": f"t{i}"}).encode(), timeout=5)
+        for _ in range(2):  # an unknown field: a 400, the caller's mistake
+            await nc.request(f"{PREFIX}.echo", b'{"tetx": "x"}', timeout=5)
+        await nc.request(f"{PREFIX}.fail", b'{"code": 500}', timeout=5)
+        after = (await _get(port, "/metrics"))[1].decode()
+    delta = {
+        cls: _sample(after, "statek_requests_total", endpoint=ep, code_class=cls)
+        - _sample(before, "statek_requests_total", endpoint=ep, code_class=cls)
+        for ep, cls in ((endpoint, "2xx"), (endpoint, "4xx"), (f"{NAME}/fail", "5xx"))
+    }
+    assert delta == {"2xx": 3.0, "4xx": 2.0, "5xx": 1.0}

@@ -39,6 +39,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from statek_bus.mesh import metrics
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.health import Check, HealthServer
 from statek_bus.mesh.micro import EndpointStats, MicroService
@@ -197,7 +198,12 @@ class _Runner:
                 await self.ctx.nc.publish(msg.reply, body, headers=headers)
             except Exception:  # the connection went away; the caller will time out and retry
                 log.warning("could not reply on %s", ep.subject, exc_info=True)
-        stats.record(time.perf_counter_ns() - started, error)
+        elapsed = time.perf_counter_ns() - started
+        stats.record(elapsed, error)
+        endpoint = f"{self.spec.name}/{ep.name}"
+        code = int(headers.get(ERROR_CODE_HEADER) or 500) if headers else 200
+        metrics.REQUESTS.labels(endpoint=endpoint, code_class=metrics.code_class(code)).inc()
+        metrics.REQUEST_SECONDS.labels(endpoint=endpoint).observe(elapsed / 1e9)
 
     async def stop(self) -> None:
         """Stop taking requests and let in-flight ones finish (bounded by ``drain_timeout``)."""

@@ -19,7 +19,7 @@ from statek_bus.wire.errors import (
     StatekError,
 )
 from statek_bus.wire.messages import Job, JobStatus, State, Usage
-from statek_bus.wire.subjects import SERVICE_VERSION
+from statek_bus.wire.subjects import SERVICE_VERSION as __version__  # noqa: F401 - one version source
 
 __all__ = [
     "Agent",
@@ -43,6 +43,3 @@ __all__ = [
     "exit_job",
     "tool",
 ]
-
-__version__ = SERVICE_VERSION
-"""The package version (one source: :data:`statek_bus.wire.subjects.SERVICE_VERSION`)."""

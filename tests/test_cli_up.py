@@ -16,6 +16,7 @@ import pytest
 
 from statek_bus.mesh.discovery import info
 from statek_bus.ops.launcher import NatsServer
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "statek_bus"]
@@ -36,10 +37,13 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
-def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def _start_up(
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [*CLI, "up", "--port", "0", "--data-dir", str(tmp_path / "data"), *extra],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -210,13 +214,15 @@ def test_a_bad_agents_spec_is_one_line_naming_the_import_error(tmp_path: Path, c
 
 
 def test_up_on_a_shared_server_waits_for_its_own_instances(tmp_path: Path) -> None:
-    first, url = _start_up(tmp_path)
+    first, url = _start_up(tmp_path, env=without_litellm())
     try:
         # a second mesh whose provider cannot start: the first mesh's provider must not stand in
         r = subprocess.run(
             [*CLI, "up", "--nats-url", url],
             cwd=ROOT,
-            env={**os.environ, "STATEK_LLM_PRICE_TABLE": str(tmp_path / "no-such-prices.csv")},
+            env=without_litellm(
+                {**os.environ, "STATEK_LLM_PRICE_TABLE": str(tmp_path / "no-such-prices.csv")}
+            ),
             capture_output=True,
             text=True,
             timeout=120,
@@ -264,6 +270,7 @@ def test_log_level_reaches_the_services_up_starts(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [*CLI, "--log-level", "WARNING", "up", "--port", "0", "--data-dir", str(tmp_path / "d")],
         cwd=ROOT,
+        env=without_litellm(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -282,6 +289,7 @@ def test_remembered_agents_are_shown_as_such_and_their_jobs_wait(tmp_path: Path)
     first = subprocess.Popen(
         [*CLI, "up", "--port", "0", "--data-dir", str(data), "--agents", "tests.cli_agents:SLEEPER"],
         cwd=ROOT,
+        env=without_litellm(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -291,8 +299,10 @@ def test_remembered_agents_are_shown_as_such_and_their_jobs_wait(tmp_path: Path)
     assert first.wait(timeout=60) == 0
     first.stdout.close()
 
-    proc, url = _start_up(tmp_path)  # same data dir; its executor serves only the built-in demo
-    env = {**os.environ, "NATS_URL": url}
+    proc, url = _start_up(
+        tmp_path, env=without_litellm()
+    )  # same data dir; its executor serves only the built-in demo
+    env = without_litellm({**os.environ, "NATS_URL": url})
     try:
         agents = json.loads(
             subprocess.run(

@@ -10,6 +10,8 @@ for things the README leaves to the reader:
 - ``/tmp/s``: a directory of this test's own;
 - the default port 4222 becomes a free port (``STATEK_PORT=0``), as other meshes may hold 4222.
 
+They run as after the README's ``pip install .``: without the ``[litellm]`` extra.
+
 Commands that stay up (``up``, ``serve``, ``watch``) are stopped with a signal once they have shown
 they work. ``pip install ...`` and ``pytest`` are not re-run: this suite is that command. ``nats``
 lines use the ``nats`` CLI when it is installed, else the same requests through nats-py. A block
@@ -36,6 +38,7 @@ import nats
 import pytest
 
 from statek_bus.mesh.discovery import ping
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -80,7 +83,10 @@ def commands(code: str) -> list[str]:
 
 
 def env_for(cwd: Path, url: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "STATEK_PORT": "0"}
+    # as after the README's `pip install .` (no litellm extra: the examples need only the scripted model)
+    env = without_litellm(
+        {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "STATEK_PORT": "0"}
+    )
     env.pop("NATS_URL", None)
     if url:
         env["NATS_URL"] = url

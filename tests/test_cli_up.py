@@ -285,25 +285,20 @@ def test_log_level_reaches_the_services_up_starts(tmp_path: Path) -> None:
 
 # --- issue 19, point 6: agents nobody serves -------------------------------------------------------
 def test_remembered_agents_are_shown_as_such_and_their_jobs_wait(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    first = subprocess.Popen(
-        [*CLI, "up", "--port", "0", "--data-dir", str(data), "--agents", "tests.cli_agents:SLEEPER"],
-        cwd=ROOT,
-        env=without_litellm(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert first.stdout is not None and first.stdout.readline().startswith("NATS_URL=")
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 0
-    first.stdout.close()
-
-    proc, url = _start_up(
-        tmp_path, env=without_litellm()
-    )  # same data dir; its executor serves only the built-in demo
+    proc, url = _start_up(tmp_path, env=without_litellm())  # its executor serves only the built-in demo
     env = without_litellm({**os.environ, "NATS_URL": url})
     try:
+        # an executor that serves cli_sleeper registers it, then goes away: the agent is remembered
+        other = subprocess.Popen(
+            [*CLI, "serve", "executor", "--agents", "tests.cli_agents:SLEEPER"], cwd=ROOT, env=env
+        )
+        deadline = time.monotonic() + 60
+        while "cli_sleeper" not in asyncio.run(_executor_agents(url)):
+            assert other.poll() is None and time.monotonic() < deadline, "the second executor did not start"
+            time.sleep(0.2)
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=30) == 0
+
         agents = json.loads(
             subprocess.run(
                 [*CLI, "jobs", "agents", "--json"], env=env, capture_output=True, text=True, timeout=60
@@ -315,7 +310,7 @@ def test_remembered_agents_are_shown_as_such_and_their_jobs_wait(tmp_path: Path)
             ln.startswith("cli_sleeper") and "no (remembered)" in ln for ln in table.stdout.splitlines()
         )
 
-        deadline = time.monotonic() + 20  # submission settles its view within a few seconds of start
+        deadline = time.monotonic() + 20  # submission settles its view a few seconds after a registration
         while True:
             r = subprocess.run(
                 [*CLI, "submit", "cli_sleeper"], env=env, capture_output=True, text=True, timeout=60

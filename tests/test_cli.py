@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from statek_bus import __version__
 from statek_bus.ops.launcher import free_port
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "statek_bus"]
@@ -27,7 +29,7 @@ def cli(
     *args: str, url: str | None = None, timeout: float = 60, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """Run ``statek-bus ARGS`` (against ``url``) and capture its output."""
-    full_env = {**os.environ, **env}
+    full_env = without_litellm({**os.environ, **env})
     if url:
         full_env["NATS_URL"] = url
     return subprocess.run(
@@ -42,6 +44,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(
         [*CLI, "up", "--port", "0", "--data-dir", str(data), "--agents", "tests.cli_agents:AGENTS"],
         cwd=ROOT,
+        env=without_litellm(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -114,7 +117,7 @@ def test_ctrl_c_during_wait_keeps_the_id_and_exits_130(mesh: str) -> None:
     proc = subprocess.Popen(
         [*CLI, "submit", "cli_sleeper", "--wait"],
         cwd=ROOT,
-        env={**os.environ, "NATS_URL": mesh},
+        env=without_litellm({**os.environ, "NATS_URL": mesh}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -144,38 +147,39 @@ def test_var_that_looks_like_json_must_parse_and_nothing_is_sent(mesh: str) -> N
 
 
 def test_reads_print_tables_by_default_and_json_with_the_flag(mesh: str) -> None:
-    assert cli("submit", "demo", "--var", "numbers=[5]", "--wait", url=mesh).returncode == 0
-    table = cli("jobs", "agents", url=mesh)
-    assert table.returncode == 0
-    assert table.stdout.splitlines()[0].split() == [
-        "AGENT",
-        "KIND",
-        "MODEL",
-        "SERVED",
-        "TOOLS",
-        "DESCRIPTION",
-    ]
-    assert len(table.stdout.splitlines()) == 4  # header + three agents, not hundreds of JSON lines
-    agents = json.loads(cli("jobs", "agents", "--json", url=mesh).stdout)
+    done = cli("submit", "demo", "--var", "numbers=[5]", "--wait", url=mesh)
+    assert done.returncode == 0
+    job_id = _job(done.stdout)["id"]
+    reads = {
+        "agents": ("jobs", "agents"),
+        "agents_json": ("jobs", "agents", "--json"),
+        "list": ("jobs", "list", "--agent", "demo", "--status", "done"),  # any case
+        "list_json": ("jobs", "list", "--agent", "demo", "--status", "Done", "--json"),
+        "get": ("jobs", "get", job_id),
+        "get_json": ("jobs", "get", job_id, "--json"),
+        "history": ("jobs", "history", job_id),
+        "status": ("status",),
+    }
+    with ThreadPoolExecutor(len(reads)) as pool:  # in parallel: interpreter start-up dominates
+        futures = {name: pool.submit(cli, *args, url=mesh) for name, args in reads.items()}
+        out = {name: f.result() for name, f in futures.items()}
+    assert all(r.returncode == 0 for r in out.values()), {n: r.stderr for n, r in out.items()}
+    table = out["agents"].stdout.splitlines()
+    assert table[0].split() == ["AGENT", "KIND", "MODEL", "SERVED", "TOOLS", "DESCRIPTION"]
+    assert len(table) == 4  # header + three agents, not hundreds of JSON lines
+    agents = json.loads(out["agents_json"].stdout)
     assert {a["role"]: a["served"] for a in agents} == {
         "demo": True,
         "cli_failing": True,
         "cli_sleeper": True,
     }
-    listed = cli("jobs", "list", "--agent", "demo", "--status", "done", url=mesh)  # any case
-    assert listed.returncode == 0 and listed.stdout.startswith("ID ") and " DONE " in listed.stdout
-    as_json = json.loads(
-        cli("jobs", "list", "--agent", "demo", "--status", "Done", "--json", url=mesh).stdout
-    )
-    assert as_json and {j["status"] for j in as_json} == {"DONE"}
-    job_id = as_json[0]["id"]
-    got = cli("jobs", "get", job_id, url=mesh)
-    assert got.stdout.splitlines()[0].split() == ["id", job_id]
-    assert json.loads(cli("jobs", "get", job_id, "--json", url=mesh).stdout)["id"] == job_id
-    history = cli("jobs", "history", job_id, url=mesh)
-    assert "[step 0] assistant:" in history.stdout and "  > numbers:" in history.stdout
-    status = cli("status", url=mesh)
-    assert status.returncode == 0 and "statek-executor" in status.stdout
+    assert out["list"].stdout.startswith("ID ") and f"{job_id}  demo   DONE" in out["list"].stdout
+    listed = json.loads(out["list_json"].stdout)
+    assert job_id in {j["id"] for j in listed} and {j["status"] for j in listed} == {"DONE"}
+    assert out["get"].stdout.splitlines()[0].split() == ["id", job_id]
+    assert json.loads(out["get_json"].stdout)["id"] == job_id
+    assert "[step 0] assistant:" in out["history"].stdout and "  > numbers: [5]" in out["history"].stdout
+    assert "statek-executor" in out["status"].stdout and "requests=" in out["status"].stdout
 
 
 def test_a_reader_that_stops_early_ends_the_command_quietly(mesh: str) -> None:
@@ -190,7 +194,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(mesh: str) -> None:
         "                               for i in range(300)))\n"
         "asyncio.run(main())\n"
     )
-    env = {**os.environ, "NATS_URL": mesh}
+    env = without_litellm({**os.environ, "NATS_URL": mesh})
     subprocess.run([sys.executable, "-c", code, task], env=env, check=True, timeout=60)
     r = subprocess.run(
         f"{sys.executable} -m statek_bus states list --task-id {task} --limit 300 --json | head -1",

@@ -16,6 +16,7 @@ import pytest
 
 from statek_bus.mesh.discovery import info
 from statek_bus.ops.launcher import NatsServer
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "statek_bus"]
@@ -36,10 +37,13 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
-def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def _start_up(
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [*CLI, "up", "--port", "0", "--data-dir", str(tmp_path / "data"), *extra],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -210,13 +214,15 @@ def test_a_bad_agents_spec_is_one_line_naming_the_import_error(tmp_path: Path, c
 
 
 def test_up_on_a_shared_server_waits_for_its_own_instances(tmp_path: Path) -> None:
-    first, url = _start_up(tmp_path)
+    first, url = _start_up(tmp_path, env=without_litellm())
     try:
         # a second mesh whose provider cannot start: the first mesh's provider must not stand in
         r = subprocess.run(
             [*CLI, "up", "--nats-url", url],
             cwd=ROOT,
-            env={**os.environ, "STATEK_LLM_PRICE_TABLE": str(tmp_path / "no-such-prices.csv")},
+            env=without_litellm(
+                {**os.environ, "STATEK_LLM_PRICE_TABLE": str(tmp_path / "no-such-prices.csv")}
+            ),
             capture_output=True,
             text=True,
             timeout=120,
@@ -264,6 +270,7 @@ def test_log_level_reaches_the_services_up_starts(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [*CLI, "--log-level", "WARNING", "up", "--port", "0", "--data-dir", str(tmp_path / "d")],
         cwd=ROOT,
+        env=without_litellm(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -278,22 +285,20 @@ def test_log_level_reaches_the_services_up_starts(tmp_path: Path) -> None:
 
 # --- issue 19, point 6: agents nobody serves -------------------------------------------------------
 def test_remembered_agents_are_shown_as_such_and_their_jobs_wait(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    first = subprocess.Popen(
-        [*CLI, "up", "--port", "0", "--data-dir", str(data), "--agents", "tests.cli_agents:SLEEPER"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert first.stdout is not None and first.stdout.readline().startswith("NATS_URL=")
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 0
-    first.stdout.close()
-
-    proc, url = _start_up(tmp_path)  # same data dir; its executor serves only the built-in demo
-    env = {**os.environ, "NATS_URL": url}
+    proc, url = _start_up(tmp_path, env=without_litellm())  # its executor serves only the built-in demo
+    env = without_litellm({**os.environ, "NATS_URL": url})
     try:
+        # an executor that serves cli_sleeper registers it, then goes away: the agent is remembered
+        other = subprocess.Popen(
+            [*CLI, "serve", "executor", "--agents", "tests.cli_agents:SLEEPER"], cwd=ROOT, env=env
+        )
+        deadline = time.monotonic() + 60
+        while "cli_sleeper" not in asyncio.run(_executor_agents(url)):
+            assert other.poll() is None and time.monotonic() < deadline, "the second executor did not start"
+            time.sleep(0.2)
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=30) == 0
+
         agents = json.loads(
             subprocess.run(
                 [*CLI, "jobs", "agents", "--json"], env=env, capture_output=True, text=True, timeout=60
@@ -305,7 +310,7 @@ def test_remembered_agents_are_shown_as_such_and_their_jobs_wait(tmp_path: Path)
             ln.startswith("cli_sleeper") and "no (remembered)" in ln for ln in table.stdout.splitlines()
         )
 
-        deadline = time.monotonic() + 20  # submission settles its view within a few seconds of start
+        deadline = time.monotonic() + 20  # submission settles its view a few seconds after a registration
         while True:
             r = subprocess.run(
                 [*CLI, "submit", "cli_sleeper"], env=env, capture_output=True, text=True, timeout=60

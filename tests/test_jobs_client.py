@@ -261,7 +261,7 @@ def test_cli_submit_wait_get_list_watch_cancel_send(mesh: tuple[Settings, str]) 
         ]
 
     got, listed, missing, unknown = run_all(
-        ("jobs", "get", job_id),
+        ("jobs", "get", job_id, "--json"),  # reads print text unless --json (issue 19)
         ("jobs", "list", "--agent", role, "--status", "DONE"),
         ("jobs", "get", "no-such-job"),
         ("submit", "nobody-here"),

@@ -5,7 +5,6 @@ version has one source."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.errors import BadRequestError
 from statek_bus.wire.messages import CompleteReply
 from statek_bus.wire.subjects import LLM_COMPLETE, SERVICE_VERSION
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -41,24 +41,11 @@ def test_the_version_has_one_source() -> None:
     assert __version__ == SERVICE_VERSION == metadata.version("statek-bus")
 
 
-@pytest.fixture
-def without_litellm(tmp_path: Path) -> dict[str, str]:
-    """An environment in which ``import litellm`` fails as it does when the extra is not installed."""
-    shadow = tmp_path / "shadow" / "litellm"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(
-        'raise ModuleNotFoundError("No module named \'litellm\'", name="litellm")\n'
-    )
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(ROOT)])}
-
-
-async def test_provider_without_litellm_serves_scripted_and_names_the_extra(
-    nats_server: NatsServer, without_litellm: dict[str, str]
-) -> None:
+async def test_provider_without_litellm_serves_scripted_and_names_the_extra(nats_server: NatsServer) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "statek_bus", "serve", "provider", "--nats-url", nats_server.url],
         cwd=ROOT,
-        env=without_litellm,
+        env=without_litellm(),
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -10,6 +10,8 @@ for things the README leaves to the reader:
 - ``/tmp/s``: a directory of this test's own;
 - the default port 4222 becomes a free port (``STATEK_PORT=0``), as other meshes may hold 4222.
 
+They run as after the README's ``pip install .``: without the ``[litellm]`` extra.
+
 Commands that stay up (``up``, ``serve``, ``watch``) are stopped with a signal once they have shown
 they work. ``pip install ...`` and ``pytest`` are not re-run: this suite is that command. ``nats``
 lines use the ``nats`` CLI when it is installed, else the same requests through nats-py. A block
@@ -36,6 +38,7 @@ import nats
 import pytest
 
 from statek_bus.mesh.discovery import ping
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -80,7 +83,10 @@ def commands(code: str) -> list[str]:
 
 
 def env_for(cwd: Path, url: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "STATEK_PORT": "0"}
+    # as after the README's `pip install .` (no litellm extra: the examples need only the scripted model)
+    env = without_litellm(
+        {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "STATEK_PORT": "0"}
+    )
     env.pop("NATS_URL", None)
     if url:
         env["NATS_URL"] = url
@@ -164,37 +170,40 @@ def test_run_the_mesh(app: Path, mesh: str, tmp_path: Path) -> None:
     lines = commands(up_block)
     assert len(lines) == 4 and all(ln.startswith("statek-bus up") for ln in lines)
     lines = [ln.replace("/tmp/s", str(tmp_path / "s")).replace("nats://nats:4222", mesh) for ln in lines]
+    serve, status = (ln.replace("nats://nats:4222", mesh) for ln in commands(serve_block))
 
-    def run(line: str) -> None:
-        proc, ready = stays_up(line, app, None, "NATS_URL=")
+    def run(line: str, cwd: Path) -> None:
+        proc, ready = stays_up(line, cwd, None, "NATS_URL=")
         try:
             if "--agents" in line:  # the README's agents module is served
-                agents = sh("statek-bus jobs agents --json", app, ready.split("=", 1)[1]).stdout
+                agents = sh("statek-bus jobs agents --json", cwd, ready.split("=", 1)[1]).stdout
                 assert {a["role"]: a["served"] for a in json.loads(agents)}.get("triage_agent") is True
         finally:
             stop(proc)
 
-    # the first two share ./.statek, so they run one after the other; the others alongside
-    with ThreadPoolExecutor(2) as pool:
-        later = [pool.submit(run, ln) for ln in lines[2:]]
-        for ln in lines[:2]:
-            run(ln)
-        for f in later:
-            f.result()
+    def serve_one() -> None:
+        proc = subprocess.Popen(
+            ["bash", "-c", serve], cwd=app, env=env_for(app), stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _instances(mesh, "statek-submission") < 2:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    "serve submission did not register"
+                )
+                time.sleep(0.2)
+            assert "statek-submission" in sh(status, app, mesh).stdout
+        finally:
+            stop(proc)  # type: ignore[arg-type]
 
-    serve, status = commands(serve_block)
-    serve = serve.replace("nats://nats:4222", mesh)
-    proc = subprocess.Popen(
-        ["bash", "-c", serve], cwd=app, env=env_for(app), stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while _instances(mesh, "statek-submission") < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "serve submission did not register"
-            time.sleep(0.2)
-        assert "statek-submission" in sh(status, app, mesh).stdout
-    finally:
-        stop(proc)  # type: ignore[arg-type]
+    # all at once; the plain `up` gets a directory of its own, as its ./.statek is the --agents one's
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with ThreadPoolExecutor(len(lines) + 1) as pool:
+        futures = [pool.submit(run, ln, plain if i == 0 else app) for i, ln in enumerate(lines)]
+        futures.append(pool.submit(serve_one))
+        for f in futures:
+            f.result()
 
 
 def _instances(url: str, name: str) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from statek_bus.ops.launcher import free_port
+from tests.support.extras import without_litellm
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "statek_bus"]
@@ -49,7 +50,7 @@ class Run:
         self.proc = subprocess.Popen(
             [*CLI, *args],
             cwd=ROOT,
-            env={**os.environ, **(env or {}), MARK: self.mark},
+            env=without_litellm({**os.environ, **(env or {}), MARK: self.mark}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -306,8 +306,8 @@ def format_event(e: JobEvent) -> str:
     if e.kind == "status":
         tail = "" if e.exit_status is None else f"  exit_status={json.dumps(e.exit_status, default=str)}"
         return f"{at} [status] {e.status.value if e.status else '?'}{tail}"
-    if e.kind == "chat":
-        return f"{at} [{e.role or 'chat'}] {e.text or ''}"
+    if e.kind == "chat":  # a code block's later lines are indented under its first
+        return f"{at} [{e.role or 'chat'}] {(e.text or '').rstrip()}".replace("\n", "\n" + " " * 9)
     if e.kind == "console":
         return f"{at} > {e.text or ''}"
     return f"{at} [{e.kind}] {e.text or ''}"

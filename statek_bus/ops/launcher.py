@@ -31,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import aiofiles
+
 __all__ = [
     "LauncherError",
     "NatsCluster",
@@ -92,6 +94,13 @@ async def terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
             proc.kill()
             await asyncio.to_thread(proc.wait)
     return proc.returncode
+
+
+async def _read(path: Path) -> str:
+    """A file's text, read off the event loop (readiness polls run beside other work)."""
+    async with aiofiles.open(path, encoding="utf-8", errors="replace") as f:
+        text: str = await f.read()
+    return text
 
 
 def _port_in_use(port: int) -> bool:
@@ -206,11 +215,11 @@ class NatsServer:
         while True:
             if self._proc.poll() is not None:
                 raise LauncherError(
-                    f"nats-server exited with code {self._proc.returncode}: {self._last_error()}"
+                    f"nats-server exited with code {self._proc.returncode}: {await self._last_error()}"
                 )
             if not self.url and ports_file.exists():
                 with contextlib.suppress(ValueError):
-                    ports = json.loads(ports_file.read_text())
+                    ports = json.loads(await _read(ports_file))
                     self.url = ports["nats"][0]
                     self.monitor_url = ports["monitoring"][0]
                     self.port = int(self.url.rsplit(":", 1)[1])
@@ -220,7 +229,7 @@ class NatsServer:
                     return
             if time.monotonic() > deadline:
                 raise LauncherError(
-                    f"nats-server did not become ready in {timeout:.0f}s: {self._last_error()}"
+                    f"nats-server did not become ready in {timeout:.0f}s: {await self._last_error()}"
                 )
             await asyncio.sleep(0.02)
 
@@ -296,9 +305,9 @@ class NatsServer:
         except OSError:
             return False
 
-    def _last_error(self) -> str:
+    async def _last_error(self) -> str:
         try:
-            lines = (self.data_dir / "nats-server.log").read_text(errors="replace").splitlines()
+            lines = (await _read(self.data_dir / "nats-server.log")).splitlines()
         except OSError:
             return "no log"
         errs = [ln for ln in lines if "[FTL]" in ln or "[ERR]" in ln]

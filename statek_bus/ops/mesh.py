@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+import aiofiles
 import anyio
 
 from statek_bus.mesh.connection import connect
@@ -163,7 +164,7 @@ class ServiceProcess:
             while True:
                 if self.proc.poll() is not None:
                     raise LauncherError(
-                        f"service {self.kind} exited with code {self.proc.returncode}{self._last_words()}"
+                        f"service {self.kind} exited with code {self.proc.returncode}{await self._last_words()}"
                     )
                 if any(
                     p.get("name") == self.service_name
@@ -189,11 +190,12 @@ class ServiceProcess:
             return None
         return await terminate(proc, grace)
 
-    def _last_words(self) -> str:
+    async def _last_words(self) -> str:
         if self.log_path is None:
             return ""
         try:
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            async with aiofiles.open(self.log_path, encoding="utf-8", errors="replace") as f:
+                lines = [ln for ln in (await f.read()).splitlines() if ln.strip()]
         except OSError:
             return ""
         return f": {lines[-1].strip()} (log: {self.log_path})" if lines else ""

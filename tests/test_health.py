@@ -168,3 +168,27 @@ async def test_metrics_count_a_known_request_workload_exactly_with_4xx_apart_fro
         for ep, cls in ((endpoint, "2xx"), (endpoint, "4xx"), (f"{NAME}/fail", "5xx"))
     }
     assert delta == {"2xx": 3.0, "4xx": 2.0, "5xx": 1.0}
+
+
+async def test_a_service_logs_one_json_object_per_line_when_asked(nats_server: NatsServer) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "STATEK_LOG_FORMAT": "json",
+        "STATEK_HEALTH_PORT": str(port),
+        "STATEK_HEALTH_HOST": "127.0.0.1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statek_bus", "serve", "state", "--nats-url", nats_server.url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await _until(port, 200)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "message", "instance"} <= set(x) for x in lines)
+    assert any("ready" in x["message"] for x in lines)

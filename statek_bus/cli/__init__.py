@@ -15,11 +15,13 @@ import asyncio
 import importlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from statek_bus.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from statek_bus.mesh.logs import configure_logging
 from statek_bus.mesh.provision import ProvisionError
 from statek_bus.mesh.settings import SettingsError
 from statek_bus.ops.launcher import LauncherError
@@ -73,9 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--log-level / STATEK_LOG_LEVEL: unknown level {level!r} (DEBUG, INFO, WARNING, ERROR)")
     # one level for this process and every service process it starts (`up`, `demo`)
     os.environ["STATEK_LOG_LEVEL"] = level
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    fmt = os.environ.get("STATEK_LOG_FORMAT") or "text"
+    if fmt not in ("text", "json"):
+        parser.error(f"STATEK_LOG_FORMAT: unknown format {fmt!r} (text, json)")
+    configure_logging(level, fmt, instance=socket.gethostname())
     command: Command = args.func
     try:
         return command(args)

@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -68,7 +69,7 @@ def configure_logging(level: str, fmt: str = "text", instance: str = "") -> None
     root.setLevel(level.upper())
     handler = next((h for h in root.handlers if getattr(h, "statek", False)), None)
     if handler is None:
-        handler = logging.StreamHandler()
+        handler = logging.StreamHandler(sys.stderr)
         handler.statek = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     handler.setFormatter(JsonFormatter(instance) if fmt == "json" else logging.Formatter(_TEXT_FORMAT))

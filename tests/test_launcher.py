@@ -74,3 +74,18 @@ async def test_three_node_cluster_replicates(tmp_path: Path) -> None:
         info = await js.stream_info("KV_r3")
         assert info.config.num_replicas == 3
         await nc.close()
+
+
+async def test_the_embedded_nats_server_never_holds_a_provider_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-NOTFORNATS123")
+    server = NatsServer(data_dir=tmp_path / "nats")
+    await server.start()
+    try:
+        assert server.pid is not None
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes()
+    finally:
+        await server.stop()
+    assert b"NOTFORNATS123" not in environ and b"OPENAI_API_KEY" not in environ
+    assert b"PATH=" in environ  # the rest of the environment is passed on

@@ -33,6 +33,8 @@ from typing import IO
 
 import aiofiles
 
+from statek_bus.provider.redaction import secret_env_names
+
 __all__ = [
     "LauncherError",
     "NatsCluster",
@@ -199,8 +201,12 @@ class NatsServer:
             if self.routes:
                 args += ["--routes", ",".join(self.routes)]
         self._log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - lives with the process
+        # nats-server needs no key of ours: a provider key in its environment would be readable in
+        # /proc/<its pid>/environ by anything running as the same user
+        env = {k: v for k, v in os.environ.items() if k not in set(secret_env_names(os.environ))}
         self._proc = self._spawned = subprocess.Popen(
             args,
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

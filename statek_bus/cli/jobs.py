@@ -27,6 +27,8 @@ from statek_bus.cli.output import (
     table,
 )
 from statek_bus.client.core import AsyncStatekClient
+from statek_bus.jobs.repair import repair_all
+from statek_bus.jobs.store import JobStore
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.messages import Job, JobEvent, JobHistory, JobStatus
 
@@ -93,6 +95,14 @@ def register(sub: Any) -> None:
     _common(p, _history, reads=True)
     p = jsub.add_parser("agents", help="the agents executors registered, and whether a live one serves each")
     _common(p, _agents, reads=True)
+    p = jsub.add_parser(
+        "repair",
+        help="re-enqueue every runnable job that has no work message (after a lost or purged work "
+        "stream); idempotent, safe while the mesh runs",
+    )
+    p.add_argument("--limit", type=int, default=None, help="most job records to read in this run")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between batches (keeps the load low)")
+    _common(p, _repair, reads=True)
 
 
 Action = Callable[[AsyncStatekClient, argparse.Namespace], Awaitable[int | None]]
@@ -249,6 +259,16 @@ async def _list(client: AsyncStatekClient, args: argparse.Namespace) -> int:
             for j in jobs
         ],
     )
+    return EXIT_OK
+
+
+async def _repair(client: AsyncStatekClient, args: argparse.Namespace) -> int:
+    store = await JobStore.open(await client.jetstream())
+    report = await repair_all(await client.connection(), store, limit=args.limit, pause=args.pause)
+    if args.json:
+        print_json(report)
+    else:
+        print(f"read {report.examined} jobs, {report.runnable} runnable, re-enqueued {report.enqueued}")
     return EXIT_OK
 
 

@@ -58,7 +58,6 @@ MAX_EXAMINED = 10_000
 MULTI_LAST_MAX = 256
 """Keys per ``multi_last`` direct get (the server refuses more than 1,024 results)."""
 _IN_ORDER_BATCH = 512
-_KEY_PREFIX = f"$KV.{JOBS_BUCKET}."
 _KV_OP = "KV-Operation"
 _TIMEOUT = 10.0
 

@@ -37,7 +37,6 @@ __all__ = [
     "ScriptReply",
     "ScriptStore",
     "ScriptToolCall",
-    "approx_tokens",
     "parse_script",
     "reply_index",
     "scripted_reply",
@@ -217,12 +216,6 @@ def reply_index(req: CompleteRequest) -> int:
             raise BadRequestError("call_index must be >= 0", field="$.call_index")
         return req.call_index
     return sum(1 for m in req.messages if m.role == "assistant")
-
-
-def approx_tokens(data: bytes | str) -> int:
-    """STATEK's approximation: UTF-8 bytes / 4 (at least 1 for non-empty input)."""
-    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-    return (size + 3) // 4
 
 
 def _messages_size(messages: list[ChatMessage]) -> int:

@@ -100,7 +100,6 @@ _ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0
 
 
 _States = list[State]
-_Keys = list[str]
 _Msgs = list[Msg]
 _enc = msgspec.json.Encoder()
 _rec_dec = msgspec.json.Decoder(StateRecord)

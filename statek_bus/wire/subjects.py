@@ -36,7 +36,6 @@ __all__ = [
     "OBJECT_STORE_BUCKET",
     "PENDING_PREFIX",
     "SERVICE_EXECUTOR",
-    "SERVICE_NAMES",
     "SERVICE_PROVIDER",
     "SERVICE_STATE",
     "SERVICE_SUBMISSION",
@@ -70,7 +69,6 @@ SERVICE_SUBMISSION = "statek-submission"
 SERVICE_EXECUTOR = "statek-executor"
 SERVICE_STATE = "statek-state"
 SERVICE_PROVIDER = "statek-provider"
-SERVICE_NAMES = (SERVICE_SUBMISSION, SERVICE_EXECUTOR, SERVICE_STATE, SERVICE_PROVIDER)
 
 # --- request/reply subjects ------------------------------------------------------------------------
 JOBS_SUBMIT = "statek.jobs.submit"

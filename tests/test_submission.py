@@ -27,6 +27,7 @@ from statek_bus.jobs import checks as jobchecks
 from statek_bus.jobs import listing as joblist
 from statek_bus.jobs.store import JobStore
 from statek_bus.jobs.submission import MAX_BATCH, Submission
+from statek_bus.mesh.provision import provision
 from statek_bus.mesh.service import ServiceContext, running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
@@ -339,6 +340,22 @@ async def test_message_to_done_job_restarts_it_and_wakes_suspended(
         await client.jobs.send_message(sleeper.id, "   ")
 
 
+async def test_a_job_that_ended_with_an_error_forgets_it_when_a_message_restarts_it(
+    client: AsyncStatekClient, agent: str, service: ServiceContext
+) -> None:
+    job = await client.jobs.submit(agent)
+    store = await JobStore.open(service.js)
+
+    def failed(rec: JobRecord) -> JobRecord:
+        rec.end("Error: boom", "boom")
+        rec.step += 1
+        return rec
+
+    await store.transition(job.id, failed)
+    restarted = await client.jobs.send_message(job.id, "try again")
+    assert (restarted.status, restarted.exit_status, restarted.error) == (JobStatus.STARTED, None, None)
+
+
 async def test_cancelled_job_restarted_by_a_message_gets_a_fresh_work_message(
     client: AsyncStatekClient, agent: str, service: ServiceContext
 ) -> None:
@@ -397,16 +414,22 @@ async def test_agents_list_and_get(client: AsyncStatekClient, agent: str) -> Non
 
 
 async def test_recovery_enqueues_a_ready_job_whose_work_message_is_missing(
-    service: ServiceContext, settings: Settings, agent: str, uid: str
+    nc: Client, settings: Settings, uid: str
 ) -> None:
-    """The service died after the record and before the work publish: only the marker is left."""
-    js = service.js
+    """The service died after the record and before the work publish: only the marker is left.
+
+    No submission service runs here: its own recovery pass (at start, then every interval) would
+    race this test's pass for the marker, and the test must see what *its* pass does.
+    """
+    js = nc.jetstream()
+    await provision(js, settings)
+    await register_agent(js, f"triage_{uid}")
     store = await JobStore.open(js)
     now = datetime(2020, 1, 1, tzinfo=UTC)  # an old marker: its submit is certainly over
     await store.kv.put(f"{PENDING_PREFIX}.{uid}", encode(PendingMarker(job_ids=[f"s-{uid}"], created_at=now)))
-    await store.create(JobRecord(id=f"s-{uid}", agent=agent, created_at=now, updated_at=now))
+    await store.create(JobRecord(id=f"s-{uid}", agent=f"triage_{uid}", created_at=now, updated_at=now))
     assert await work_counts(js, [f"s-{uid}"]) == {f"s-{uid}": 0}
-    sub = await Submission.open(service.nc, js, settings)
+    sub = await Submission.open(nc, js, settings)
     assert await sub.recover() >= 1
     assert await sub.recover() == 0  # marker purged, work present: nothing twice
     assert await work_counts(js, [f"s-{uid}"]) == {f"s-{uid}": 1}

@@ -13,6 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.registry import AgentDirectory
@@ -26,7 +28,13 @@ from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
 from statek_bus.wire.errors import ServiceUnavailableError
-from statek_bus.wire.messages import JobRecord, JobSendMessageRequest, JobSendNotificationRequest, JobStatus
+from statek_bus.wire.messages import (
+    JobRecord,
+    JobSendMessageRequest,
+    JobSendNotificationRequest,
+    JobStatus,
+    SubmitRequest,
+)
 from statek_bus.wire.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
 from tests.test_submission import agent, client, finish, register_agent, service, work_counts
 
@@ -146,31 +154,27 @@ class _EnqueueFailsOnce(JobStore):
 
 
 async def _done_job_whose_restart_lost_its_work_message(
-    service: ServiceContext, settings: Settings, client: AsyncStatekClient, agent: str
-) -> tuple[Submission, str]:
-    js = service.js
-    job = await client.jobs.submit(agent)
-    await js.purge_stream(WORK_STREAM, subject=work_run_subject(job.id))  # an executor ran step 0
-    await finish(js, job.id)
+    nc: Client, js: JetStreamContext, settings: Settings, job_id: str
+) -> Submission:
+    await js.purge_stream(WORK_STREAM, subject=work_run_subject(job_id))  # an executor ran step 0
+    await finish(js, job_id)
     store = await JobStore.open(js)
     sub = Submission(
-        service.nc,
-        _EnqueueFailsOnce(js, store.kv),
-        AgentDirectory(await js.key_value(AGENTS_BUCKET)),
-        settings,
+        nc, _EnqueueFailsOnce(js, store.kv), AgentDirectory(await js.key_value(AGENTS_BUCKET)), settings
     )
     with pytest.raises(ServiceUnavailableError):
-        await sub.send_message(JobSendMessageRequest(job_id=job.id, message="one more thing"))
-    rec, _ = await store.get(job.id)
+        await sub.send_message(JobSendMessageRequest(job_id=job_id, message="one more thing"))
+    rec, _ = await store.get(job_id)
     assert rec.status is JobStatus.STARTED  # the CAS is committed ...
-    assert await work_counts(js, [job.id]) == {job.id: 0}  # ... and nothing will run it
-    return sub, job.id
+    assert await work_counts(js, [job_id]) == {job_id: 0}  # ... and nothing will run it
+    return sub
 
 
 async def test_a_retried_message_enqueues_a_restart_whose_enqueue_was_lost(
     service: ServiceContext, settings: Settings, client: AsyncStatekClient, agent: str
 ) -> None:
-    _, job_id = await _done_job_whose_restart_lost_its_work_message(service, settings, client, agent)
+    job_id = (await client.jobs.submit(agent)).id
+    await _done_job_whose_restart_lost_its_work_message(service.nc, service.js, settings, job_id)
     again = await client.jobs.send_notification(job_id, "one more thing")  # the caller retries
     assert again.status is JobStatus.STARTED
     assert await work_counts(service.js, [job_id]) == {job_id: 1}
@@ -179,16 +183,21 @@ async def test_a_retried_message_enqueues_a_restart_whose_enqueue_was_lost(
 
 
 async def test_recovery_enqueues_a_restart_whose_enqueue_was_lost(
-    service: ServiceContext, settings: Settings, client: AsyncStatekClient, agent: str
+    nc: Client, settings: Settings, uid: str
 ) -> None:
-    sub, job_id = await _done_job_whose_restart_lost_its_work_message(service, settings, client, agent)
+    # No submission service runs: its own recovery pass would race this one for the marker.
+    js = nc.jetstream()
+    await provision(js, settings)
+    await register_agent(js, f"triage_{uid}")
+    job_id = (await (await Submission.open(nc, js, settings)).submit(SubmitRequest(agent=f"triage_{uid}"))).id
+    sub = await _done_job_whose_restart_lost_its_work_message(nc, js, settings, job_id)
     assert await sub.recover() >= 1  # the marker written before the CAS names the job
-    assert await work_counts(service.js, [job_id]) == {job_id: 1}
+    assert await work_counts(js, [job_id]) == {job_id: 1}
     await sub.recover()
-    assert await work_counts(service.js, [job_id]) == {job_id: 1}  # never twice
+    assert await work_counts(js, [job_id]) == {job_id: 1}  # never twice
     woken = await sub.send_notification(JobSendNotificationRequest(job_id=job_id, text="still there?"))
     assert woken.status is JobStatus.STARTED
-    assert await work_counts(service.js, [job_id]) == {job_id: 1}
+    assert await work_counts(js, [job_id]) == {job_id: 1}
 
 
 async def test_a_purged_work_stream_is_repaired_once_for_every_runnable_job(fresh_server: NatsServer) -> None:

@@ -39,7 +39,7 @@ from statek_bus.authoring.console import format_value
 from statek_bus.authoring.tools import Tool, current_job
 from statek_bus.sandbox.replay import REPLAYING, refuse_during_replay
 from statek_bus.sandbox.restricted import register_future_type
-from statek_bus.wire.messages import JobRecord, JobStatus
+from statek_bus.wire.messages import JobRecord, JobStatus, error_exit
 from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
 if TYPE_CHECKING:
@@ -500,7 +500,7 @@ def _task_value(record: JobRecord, fut: JobFuture, env: StepRuntime) -> Any:
     if fut.mode == "task":
         return (record.exit_status, JobHandle(record.id, record.agent))
     if record.error is not None:
-        return record.exit_status if record.exit_status is not None else f"Error: {record.error}"
+        return record.exit_status if record.exit_status is not None else error_exit(record.error)
     jobs = env.jobs
     text = "\n".join(r for r in (jobs.replies(record) if jobs is not None else []) if r)
     return text if text else record.exit_status
@@ -512,7 +512,7 @@ async def poll(item: Any, env: StepRuntime) -> tuple[bool, Any]:
         job_id = item.job_id if isinstance(item, JobFuture) else item.id
         record = await env.job(job_id)
         if record is None:
-            return True, f"Error: job {job_id!r} not found"
+            return True, error_exit(f"job {job_id!r} not found")
         if record.status is not JobStatus.DONE:
             return False, None
         if isinstance(item, JobHandle):

@@ -99,6 +99,7 @@ from statek_bus.wire.messages import (
     PendingMarker,
     SubmitBatchRequest,
     SubmitRequest,
+    cancelled_exit,
     encode,
 )
 from statek_bus.wire.subjects import (
@@ -538,8 +539,7 @@ class Submission:
                     details={"exit_status": rec.exit_status},
                 )
             if rec.status in (JobStatus.READY, JobStatus.SUSPENDED):
-                rec.status = JobStatus.DONE
-                rec.exit_status = f"Cancelled: {reason}"
+                rec.end(cancelled_exit(reason))
                 rec.cancel_reason = reason
                 rec.step += 1  # every queued message (step or wake-up) is now stale
                 return fits(rec)
@@ -580,9 +580,7 @@ class Submission:
             before[:] = [rec.status]
             rec.inbox = [*rec.inbox, event]
             if rec.status is JobStatus.DONE:  # STATEK's DONE → STARTED
-                rec.status = JobStatus.STARTED
-                rec.exit_status = None
-                rec.cancel_reason = None
+                rec.restart()
             if len(encode(rec)) > limit:
                 raise PayloadTooLargeError(
                     f"job {job_id!r} has too many undelivered messages", field=field, details={"limit": limit}

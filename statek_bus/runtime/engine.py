@@ -37,7 +37,14 @@ from statek_bus.runtime.engine_state import EngineState, StepTrace, load_state, 
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.resume import absorb_inbox, bind_env, deliver_subtasks, gate, suspend_wait
 from statek_bus.wire.errors import ServiceUnavailableError, StatekError
-from statek_bus.wire.messages import CompleteReply, CompleteRequest, JobRecord, JobStatus
+from statek_bus.wire.messages import (
+    CompleteReply,
+    CompleteRequest,
+    JobRecord,
+    JobStatus,
+    cancelled_exit,
+    error_exit,
+)
 from statek_bus.wire.values import from_json, to_json
 
 log = logging.getLogger(__name__)
@@ -127,16 +134,15 @@ class StepEngine:
                 statuses.append(status)
 
         def finish(exit_status: Any, error: str | None = None) -> StepOutcome:
-            new.exit_status = exit_status
-            new.error = error
-            set_status(JobStatus.DONE)
+            set_status(JobStatus.DONE)  # first: it records the change in the step's trace
+            new.end(exit_status, error)
             state.turns = state.exceptions = state.consecutive = state.tokens = 0
             state.token_extension = 0
             state.wait, state.memo = None, {}
             return self._done(new, state, trace, consumed)
 
         if record.cancel_reason:
-            return finish(f"Cancelled: {record.cancel_reason}")
+            return finish(cancelled_exit(record.cancel_reason))
         absorb_inbox(state, record, step)
         style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
         if step == 0 and not record.engine:
@@ -184,7 +190,7 @@ class StepEngine:
                     state.difficulty = ctx.difficulty
                     state.token_extension += state.tokens
                 if failed is not None and block is not None:
-                    return finish(f"Error: warmup failed: {failed}", f"warmup failed: {failed}")
+                    return finish(error_exit(f"warmup failed: {failed}"), f"warmup failed: {failed}")
                 if result.exited:
                     if state.notifications or state.pending_subtasks:
                         self._deliver_notifications(state, step)
@@ -229,8 +235,8 @@ class StepEngine:
                 return finish(None)
             return self._done(new, state, trace, consumed)
         except HarnessError as exc:
-            state.log.append(LogItem(kind="system", step=step, text=f"Error: {exc}", executed=True))
-            return finish(f"Error: {exc}", str(exc))
+            state.log.append(LogItem(kind="system", step=step, text=error_exit(str(exc)), executed=True))
+            return finish(error_exit(str(exc)), str(exc))
 
     # --- pieces ------------------------------------------------------------------------------------
     def _pending(

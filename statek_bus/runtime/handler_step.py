@@ -14,7 +14,7 @@ from statek_bus.runtime.chat import LogItem
 from statek_bus.runtime.engine_state import StepTrace, load_state, store_state
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.wire.errors import ServiceUnavailableError
-from statek_bus.wire.messages import JobRecord, JobStatus
+from statek_bus.wire.messages import JobRecord, JobStatus, cancelled_exit, error_exit
 
 __all__ = ["run_handler_step"]
 
@@ -38,7 +38,7 @@ async def run_handler_step(
     outcome_exit: Any = None
     error: str | None = None
     if record.cancel_reason:
-        outcome_exit = f"Cancelled: {record.cancel_reason}"
+        outcome_exit = cancelled_exit(record.cancel_reason)
     else:
         if new.status is not JobStatus.STARTED:
             new.status = JobStatus.STARTED
@@ -71,10 +71,9 @@ async def run_handler_step(
             raise RetryStep(str(exc)) from None
         except Exception as exc:
             error = error_line(exc)
-            outcome_exit = f"Error: {error}"
-            state.log.append(LogItem(kind="system", step=record.step, text=f"Error: {error}", executed=True))
-    new.exit_status, new.error = outcome_exit, error
-    new.status = JobStatus.DONE
+            outcome_exit = error_exit(error)
+            state.log.append(LogItem(kind="system", step=record.step, text=outcome_exit, executed=True))
+    new.end(outcome_exit, error)
     trace.statuses.append(JobStatus.DONE)
     new.step = record.step + 1
     new.updated_at = utcnow()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from statek_bus.runtime.engine_state import load_state, store_state
-from statek_bus.wire.messages import JobRecord, JobStatus, Usage
+from statek_bus.wire.messages import JobRecord, JobStatus, Usage, cancelled_exit
 
 __all__ = ["USAGE_FIELDS", "Rebase", "add_usage", "merge_concurrent", "merge_external", "usage_vector"]
 
@@ -30,14 +30,11 @@ def merge_concurrent(new: JobRecord, fresh: JobRecord, consumed: int) -> JobReco
     state = load_state(merged)
     trace = state.last
     if merged.cancel_reason and merged.status is not JobStatus.DONE:
-        merged.status = JobStatus.DONE
-        merged.exit_status = f"Cancelled: {merged.cancel_reason}"
+        merged.end(cancelled_exit(merged.cancel_reason))
         if trace is not None:
             trace.statuses = [*trace.statuses, JobStatus.DONE]
     elif merged.status is JobStatus.DONE and merged.inbox and not merged.cancel_reason:
-        merged.status = JobStatus.STARTED  # a message arrived while the step ran: keep going
-        merged.exit_status = None
-        merged.error = None
+        merged.restart()  # a message arrived while the step ran: keep going
         if trace is not None:
             trace.statuses = [st for st in trace.statuses if st is not JobStatus.DONE]
             if fresh.status is not JobStatus.STARTED and JobStatus.STARTED not in trace.statuses:

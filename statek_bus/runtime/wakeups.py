@@ -171,12 +171,7 @@ async def deliver_subtask(store: JobStore, child: JobRecord) -> None:
         )
         parent.inbox = [*parent.inbox, event]
         if parent.status is JobStatus.DONE:  # STATEK: a sub-task's completion restarts a DONE parent
-            parent.status, parent.exit_status, parent.error, parent.cancel_reason = (
-                JobStatus.STARTED,
-                None,
-                None,
-                None,
-            )
+            parent.restart()
             enqueue = True
         elif parent.status is JobStatus.SUSPENDED:
             enqueue = True

@@ -62,9 +62,11 @@ __all__ = [
     "ToolDescription",
     "Usage",
     "WorkMessage",
+    "cancelled_exit",
     "check_depth",
     "decode",
     "encode",
+    "error_exit",
 ]
 
 T = TypeVar("T")
@@ -189,6 +191,15 @@ class JobRecord(_Record, kw_only=True):
     """
     engine: dict[str, Any] = {}
     """Engine-private run state (pending code, counters, waits); opaque outside the executor."""
+
+    def end(self, exit_status: Any, error: str | None = None) -> None:
+        """The job is DONE with ``exit_status`` (see :func:`error_exit`, :func:`cancelled_exit`) and ``error``."""
+        self.status, self.exit_status, self.error = JobStatus.DONE, exit_status, error
+
+    def restart(self) -> None:
+        """A DONE job goes on (STATEK's DONE → STARTED on a message): its ending is forgotten."""
+        self.status = JobStatus.STARTED
+        self.exit_status = self.error = self.cancel_reason = None
 
     def public(self, revision: int) -> Job:
         """The client-facing view of this record."""
@@ -726,6 +737,16 @@ _PATH = re.compile(r" - at `([^`]+)`$")
 def encode(obj: Any) -> bytes:
     """Encode a message (or any msgspec-encodable value) as JSON."""
     return _encoder.encode(obj)
+
+
+def error_exit(error: str) -> str:
+    """The exit status of a job that ended with ``error``: ``Error: <error>``, as STATEK writes it."""
+    return f"Error: {error}"
+
+
+def cancelled_exit(reason: str) -> str:
+    """The exit status of a cancelled job: ``Cancelled: <reason>``, as STATEK writes it."""
+    return f"Cancelled: {reason}"
 
 
 def decode(data: bytes, kind: type[T]) -> T:

@@ -163,6 +163,20 @@ def test_the_two_commands_are_as_promised_and_the_demo_runs(app: Path) -> None:
     ]
     r = sh("statek-bus demo", app, None)
     assert "exit status: 'Success: total=31, mean=3.875'" in r.stdout
+    # the demo's output is read by people: nothing before "submitted job" but the mesh starting,
+    # warmup code labelled as warmup (not assistant), a code block and its output under one label
+    out = r.stdout.splitlines()
+    submitted = next(i for i, ln in enumerate(out) if ln.startswith("submitted job"))
+    assert not any("status" in ln for ln in out[:submitted]) and "status → READY" not in r.stdout
+    assert out[out.index("[warmup] code:") + 1].strip() == 'print("numbers:", numbers)'
+    assert "[warmup] > numbers: [3,1,4,1,5,9,2,6]" in out
+    assert not any(ln.startswith("[turn") and "numbers:" in ln for ln in out)
+    assert (
+        out.index("[turn 1] assistant:")
+        < out.index("[turn 1] > total 31 max 9")
+        < out.index("[turn 2] assistant:")
+    )
+    assert "[turn 3] > mean is 3.875" in out
 
 
 def test_run_the_mesh(app: Path, mesh: str, tmp_path: Path) -> None:

@@ -186,3 +186,17 @@ def test_serve_against_an_unreachable_server_still_stops(send: Callable[[Run], N
     assert run.proc.poll() is None
     send(run)
     run.finish()
+
+
+def test_even_a_killed_up_leaves_nothing_running(tmp_path: Path) -> None:
+    run = Run(["up", "--port", "0", "--data-dir", str(tmp_path / "data")])
+    run.wait_for_line("NATS_URL=")
+    run.proc.kill()  # SIGKILL: no handler runs; the children's parent-death signal stops them
+    run.proc.communicate(timeout=30)
+    deadline = time.monotonic() + EXIT_WITHIN
+    while marked(run.mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = marked(run.mark)
+    for p in left:
+        os.kill(int(p.split(":")[0]), signal.SIGKILL)
+    assert not left, f"left running: {left}"

@@ -181,15 +181,19 @@ def _note_unserved(job: Job) -> None:
         )
 
 
-async def _follow(client: AsyncStatekClient, job_id: str, timeout: float | None, *, events: bool) -> int:
+async def _follow(
+    client: AsyncStatekClient, job_id: str, timeout: float | None, *, events: bool, replay: bool = True
+) -> int:
     """Show the job until DONE (every event on stdout, or status changes on stderr); its exit code."""
     try:
         try:
             async with asyncio.timeout(timeout):
-                async for event in client.jobs.watch(job_id, replay=events):
+                # the job's log from its start: a job that finished before the watch opened is
+                # seen at once, not after the grace period a watch gives a lost DONE event
+                async for event in client.jobs.watch(job_id, replay=replay):
                     if events:
                         print(format_event(event), flush=True)
-                    elif event.kind == "status" and event.status is not None:
+                    elif event.kind == "status" and event.status not in (None, JobStatus.READY):
                         progress(f"job {job_id}: {event.status.value}")
         except TimeoutError:
             current = await client.jobs.get(job_id)
@@ -317,7 +321,7 @@ async def _send(client: AsyncStatekClient, args: argparse.Namespace) -> int:
 
 
 async def _watch(client: AsyncStatekClient, args: argparse.Namespace) -> int:
-    return await _follow(client, args.job_id, args.timeout, events=True)
+    return await _follow(client, args.job_id, args.timeout, events=True, replay=not args.new)
 
 
 def format_event(e: JobEvent) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["REFUSED_STATEK_VARIABLES", "Settings", "SettingsError"]
 
 ENV_PREFIX = "STATEK_"
 
@@ -104,7 +105,16 @@ class Settings:
     step_timeout: float = 10.0
     """Wall-clock seconds model code may run in one step before it is stopped."""
     restricted_mode: bool = True
-    """Check model code against the sandbox policy before it runs."""
+    """Check model code against the sandbox policy before it runs (STATEK's ``STATEK_PYTHON_SANDBOX_MODE``
+    ``restricted``/``off`` sets it too)."""
+    python_sandbox_max_source_bytes: int = 200_000
+    """Largest model source accepted, in UTF-8 bytes (STATEK's name and default)."""
+    python_sandbox_max_ast_nodes: int = 20_000
+    """Largest model source accepted, in AST nodes (STATEK's name and default)."""
+    python_sandbox_allowed_imports: str = ""
+    """Comma-separated modules model code may import (empty: STATEK's default list)."""
+    python_sandbox_allowed_tools: str = ""
+    """Comma-separated hidden tools model code may still call (STATEK's name; empty: none)."""
     max_turns: int = 5
     """Harness limit: LLM turns per job run."""
     max_exceptions: int = 3
@@ -138,9 +148,24 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``), then apply ``overrides``."""
+        """Build settings from ``environ`` (default ``os.environ``), then apply ``overrides``.
+
+        Raises:
+            SettingsError: a value is malformed, or a STATEK variable that statek-bus does not
+                honour is set (:data:`REFUSED_STATEK_VARIABLES`): one line naming each and what to
+                use instead, rather than a setting silently doing nothing.
+        """
         env = os.environ if environ is None else environ
+        refused = [f"{n} ({why})" for n, why in REFUSED_STATEK_VARIABLES.items() if env.get(n)]
+        refused += [f"{n} ({_PROVIDER_VARS})" for n in env if _PROVIDER_URL.fullmatch(n) and env.get(n)]
+        if refused:
+            raise SettingsError("STATEK settings statek-bus does not honour: " + "; ".join(refused))
         values: dict[str, Any] = {}
+        mode = env.get("STATEK_PYTHON_SANDBOX_MODE")
+        if mode:
+            if mode.strip().lower() not in ("restricted", "off"):
+                raise SettingsError(f"STATEK_PYTHON_SANDBOX_MODE={mode!r} is not 'restricted' or 'off'")
+            values["restricted_mode"] = mode.strip().lower() == "restricted"
         for f in fields(cls):
             name = "NATS_URL" if f.name == "nats_url" else ENV_PREFIX + f.name.upper()
             raw = env.get(name)
@@ -153,6 +178,34 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+_PROVIDER_URL = re.compile(r"(?!STATEK_)[A-Z][A-Z0-9]*_API_URL")
+_PROVIDER_VARS = "provider endpoints and keys live in the provider service: litellm's own variables"
+REFUSED_STATEK_VARIABLES: dict[str, str] = {
+    "STATEK_PROMPT_FILES_DIR": "prompts are Python values of the agent: load the file in your agents module",
+    "STATEK_LOGS_PATH": "services log to stderr; set STATEK_LOG_FORMAT=json and follow `statek-bus jobs watch`",
+    "STATEK_EXAMPLES_DIR": "not supported yet by statek-bus",
+    "STATEK_DOCUMENTS_DIR": "not supported yet by statek-bus",
+    "STATEK_LIMIT_EXTENSION_PER_COMPLETION": "not supported yet by statek-bus",
+    "STATEK_CHAT_STYLE": "set CHAT_STYLE in the agent's metadata",
+    "STATEK_EXAMPLES_STYLE": "not supported yet by statek-bus",
+    "STATEK_XML_BOX_CONSOLE": "not supported yet by statek-bus",
+    "STATEK_XML_BOX_EXAMPLE": "not supported yet by statek-bus",
+    "FULL_AGENT_TRACE": "every job's events are in its log stream: `statek-bus jobs watch` / `jobs history`",
+    "FULL_AGENT_TRACE_PATH": "see FULL_AGENT_TRACE",
+    "FULL_AGENT_TRACE_MAX_BYTES": "see FULL_AGENT_TRACE",
+    "FULL_AGENT_TRACE_BACKUP_COUNT": "see FULL_AGENT_TRACE",
+    "STATEK_DEFAULT_ACL": "STATEK never applied it; statek-bus has no ACL setting",
+    "STATEK_RPC_HOST": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
+    "STATEK_RPC_PORT": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
+    "STATEK_DEFAULT_DIFFICULTY": "not supported yet by statek-bus",
+    "STATEK_MODEL_INFO_DIR": "the provider's models come from litellm's map or STATEK_LLM_PRICE_TABLE",
+    "STATEK_PROVIDER_CONFIG": _PROVIDER_VARS,
+    "STATEK_WARMUP_DEFS_DIR": "warmup code is a Python value of the agent (warmup=...)",
+    "DEFAULT_LLM_API_PROVIDER": "name the model with its provider prefix (openrouter/..., openai/...)",
+}
+"""STATEK 1.4.2 variables refused at start, each with what to use instead (STATEK's others are honoured)."""
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -1,0 +1,55 @@
+"""STATEK's environment variables: each one honoured, or refused at start in one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from statek_bus.mesh.settings import REFUSED_STATEK_VARIABLES, Settings, SettingsError
+from statek_bus.ops.launcher import NatsServer
+
+
+def test_statek_harness_and_sandbox_variables_are_honoured_under_statek_names() -> None:
+    s = Settings.from_env(
+        {
+            "STATEK_MAX_TURNS": "7",
+            "STATEK_MAX_EXCEPTIONS": "4",
+            "STATEK_MAX_CONSECUTIVE_EXCEPTIONS": "2",
+            "STATEK_MAX_TOKEN_USAGE": "123",
+            "STATEK_LOG_LEVEL": "DEBUG",
+            "STATEK_PYTHON_SANDBOX_MODE": "off",
+            "STATEK_PYTHON_SANDBOX_MAX_SOURCE_BYTES": "1000",
+            "STATEK_PYTHON_SANDBOX_MAX_AST_NODES": "50",
+            "STATEK_PYTHON_SANDBOX_ALLOWED_IMPORTS": "math,json",
+            "STATEK_PYTHON_SANDBOX_ALLOWED_TOOLS": "secret_tool",
+        }
+    )
+    assert (s.max_turns, s.max_exceptions, s.max_consecutive_exceptions, s.max_token_usage) == (7, 4, 2, 123)
+    assert (s.log_level, s.restricted_mode) == ("DEBUG", False)
+    assert (s.python_sandbox_max_source_bytes, s.python_sandbox_max_ast_nodes) == (1000, 50)
+    assert (s.python_sandbox_allowed_imports, s.python_sandbox_allowed_tools) == ("math,json", "secret_tool")
+    with pytest.raises(SettingsError, match="STATEK_PYTHON_SANDBOX_MODE='sandboxed'"):
+        Settings.from_env({"STATEK_PYTHON_SANDBOX_MODE": "sandboxed"})
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_STATEK_VARIABLES))
+def test_each_statek_variable_statek_bus_does_not_honour_is_refused_by_name(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: "1"})
+
+
+def test_a_service_started_with_a_refused_variable_stops_in_one_line(nats_server: NatsServer) -> None:
+    env = {**os.environ, "STATEK_LOGS_PATH": "/var/log/statek", "FULL_AGENT_TRACE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "statek_bus", "serve", "state", "--nats-url", nats_server.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "STATEK_LOGS_PATH" in lines[0] and "FULL_AGENT_TRACE" in lines[0]

@@ -39,7 +39,52 @@ THREE_TURN = SupervisedAgent(
     "",
     metadata={"MODEL": "scripted/bench", "SCRIPT": ["a = n + 1", "b = a * 2", "exit(str(a + b))"]},
 )
-AGENTS = [ONE_TURN, THREE_TURN]
+
+
+def lookup_order(order_id: str, include_lines: bool = False) -> dict[str, Any]:
+    """Fetch an order by id.
+
+    Args:
+        order_id: the order's id, as the customer gives it.
+        include_lines: whether to include the order lines.
+    """
+    return {"id": order_id, "lines": [] if include_lines else None}
+
+
+def refund(order_id: str, amount: float, reason: str = "") -> str:
+    """Refund part of an order.
+
+    Args:
+        order_id: the order's id.
+        amount: how much to refund, in the order's currency.
+        reason: shown to the customer.
+    """
+    return f"refunded {amount} on {order_id}"
+
+
+PROMPT = """You are a support agent. You write Python; the variables in your workspace persist.
+
+--- Tools ---
+{tools}
+
+--- L: Simple requests ---
+Answer directly when the request is simple.
+
+--- MH: Hard requests ---
+Look the order up first, then decide. Explain each refund in one sentence.
+
+--- Finishing ---
+Call exit(result) with the answer when you are done.
+"""
+
+PROMPTED = SupervisedAgent(
+    "bench_prompted",
+    PROMPT,
+    tools=[lookup_order, refund],
+    metadata={"MODEL": "scripted/bench", "SCRIPT": ["result = n * 2\nexit(str(result))"]},
+)
+"""A single-turn agent with what real agents have: a sectioned prompt, ``{tools}``, two tools."""
+AGENTS = [ONE_TURN, THREE_TURN, PROMPTED]
 """The agents the benchmark's executors serve."""
 
 _SPEC = "bench.executor:AGENTS"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, print_table
+from bench.common import percentile, print_table, settle
 from statek_bus.authoring.agents import SupervisedAgent
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
@@ -178,6 +178,8 @@ async def _one_config(replicas: int, quick: bool, tmp: Path) -> list[dict[str, A
         try:
             n = 600 if quick else 3000
             await _throughput(client, ONE_TURN.role, 200)  # warm up
+            pids = [p.proc.pid for p in [*mesh.services.values(), *executors] if p.proc is not None]
+            await settle(dict(enumerate(pids)))  # the provider's litellm import ends first
             rate1, _ = await _throughput(client, ONE_TURN.role, n)
             rate3, _ = await _throughput(client, THREE_TURN.role, n // 2)
             lat = await _latency(client, ONE_TURN.role, 30 if quick else 200)

@@ -6,7 +6,7 @@ single-turn jobs of the prompted agent (a system prompt with sections and a ``{t
 placeholder, two tools: what a real agent has) and prints where the executor's samples fall:
 self and inclusive shares of the functions from ``statek_bus`` and of everything else.
 
-``python -m bench.profile [--quick] [--idle] [--agent ROLE] [--keep PATH]``: ``--idle`` also samples
+``python -m bench.profile [--quick] [--idle] [--service NAME] [--keep PATH]``: ``--idle`` also samples
 idle threads (the code-runner pool waiting for work, the loop waiting in ``select``), so the
 shares are of wall time per thread rather than of busy CPU. Needs ``py-spy`` (``pip install
 py-spy``) and the right to attach (root, or ``ptrace_scope`` 0). ``--keep`` saves the raw
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table
+from bench.common import print_table, settle
 from bench.executor import PROMPTED, _throughput
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
@@ -78,8 +78,10 @@ def summarise(raw: str, top: int = 18) -> tuple[int, list[dict[str, Any]]]:
     return total, rows
 
 
-async def run(quick: bool, *, idle: bool = False, keep: str | None = None) -> list[dict[str, Any]]:
-    """Profile the executor during ``2,000`` single-turn jobs (600 with ``quick``)."""
+async def run(
+    quick: bool, *, idle: bool = False, keep: str | None = None, service: str = "executor"
+) -> list[dict[str, Any]]:
+    """Profile ``service`` (the executor, or a service of the mesh) during 2,000 single-turn jobs (600 with ``quick``)."""
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -102,7 +104,10 @@ async def run(quick: bool, *, idle: bool = False, keep: str | None = None) -> li
         try:
             await _throughput(client, PROMPTED.role, 300)
             assert ex.proc is not None
-            cmd = [spy, "record", "--pid", str(ex.proc.pid), "--format", "raw", "--rate", "250"]
+            pids = [p.proc.pid for p in [*mesh.services.values(), ex] if p.proc is not None]
+            await settle(dict(enumerate(pids)))  # the provider's litellm import ends first
+            target = ex.proc.pid if service == "executor" else mesh.services[service].proc.pid  # type: ignore[union-attr]
+            cmd = [spy, "record", "--pid", str(target), "--format", "raw", "--rate", "250"]
             cmd += ["--nonblocking", "--output", str(out)] + (["--idle"] if idle else [])
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)
@@ -127,5 +132,6 @@ async def run(quick: bool, *, idle: bool = False, keep: str | None = None) -> li
 if __name__ == "__main__":
     argv = sys.argv[1:]
     keep = argv[argv.index("--keep") + 1] if "--keep" in argv else None
-    rows = asyncio.run(run("--quick" in argv, idle="--idle" in argv, keep=keep))
-    print_table(f"executor profile{' (idle threads included)' if '--idle' in argv else ''}", rows)
+    service = argv[argv.index("--service") + 1] if "--service" in argv else "executor"
+    rows = asyncio.run(run("--quick" in argv, idle="--idle" in argv, keep=keep, service=service))
+    print_table(f"{service} profile{' (idle threads included)' if '--idle' in argv else ''}", rows)

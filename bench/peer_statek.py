@@ -87,6 +87,14 @@ def _script(calls: int) -> list[str]:
     return [*lines, "result = n * 2\nexit(str(result))"]
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _pending() -> int:
     return len(db0.find(Job, [JobStatus.READY, JobStatus.WARMING_UP, JobStatus.STARTED, JobStatus.SUSPENDED]))
 
@@ -119,6 +127,7 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
     submit_new_jobs_batch(agent, [{"n": i} for i in range(min(100, jobs))])
     await _until_done(120)
 
+    rss_before = _rss_mib()
     cpu0, started = time.process_time(), time.perf_counter()
     for k in range(0, jobs, 250):
         submit_new_jobs_batch(agent, [{"n": i} for i in range(k, min(jobs, k + 250))])
@@ -143,6 +152,7 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
         "ok": ok,
         "cpu_ms_per_job": 1000 * cpu / jobs,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mib": rss_before,
         "latencies": latencies,
         "version": statek.__version__,
     }

@@ -81,7 +81,7 @@ def summarise(raw: str, top: int = 18) -> tuple[int, list[dict[str, Any]]]:
 async def run(
     quick: bool, *, idle: bool = False, keep: str | None = None, service: str = "executor"
 ) -> list[dict[str, Any]]:
-    """Profile ``service`` (the executor, or a service of the mesh) during 2,000 single-turn jobs (600 with ``quick``)."""
+    """Profile ``service`` (the executor, or a service of the mesh) during 6,000 single-turn jobs (1,000 with ``quick``)."""
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -112,7 +112,7 @@ async def run(
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)
             started = time.perf_counter()
-            rate, _ = await _throughput(client, PROMPTED.role, 600 if quick else 2000)
+            rate, _ = await _throughput(client, PROMPTED.role, 1000 if quick else 6000)
             seconds = time.perf_counter() - started
             proc.send_signal(signal.SIGINT)
             await asyncio.to_thread(proc.wait, 30)

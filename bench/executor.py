@@ -79,6 +79,7 @@ Look the order up first, then decide. Explain each refund in one sentence.
 --- Finishing ---
 Call exit(result) with the answer when you are done.
 """
+"""A realistic system prompt: sections (two by difficulty) and the ``{tools}`` placeholder."""
 
 PROMPTED = SupervisedAgent(
     "bench_prompted",

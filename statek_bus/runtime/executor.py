@@ -145,6 +145,11 @@ class _ModelWaits:
         return await self.model.complete(request)
 
 
+# ==================================================================================================
+# The executor
+# ==================================================================================================
+
+
 @dataclasses.dataclass
 class _InFlight:
     msg: Msg

@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
+from typing import Any
 
-from bench.common import print_table
+from bench.common import print_tables, progress
 
-ALL = ["floor", "states", "submission", "provider", "executor", "waits", "sandbox"]
+ALL = ["floor", "states", "submission", "provider", "executor", "waits", "sandbox", "peer", "llm"]
+
+
+def _run(coro: Any) -> Any:
+    """Run a bench on uvloop where available, as the services run (the client competes for CPU)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: list[str]) -> int:
@@ -22,8 +32,9 @@ def main(argv: list[str]) -> int:
                 print(f"(bench {name} not present)")
                 continue
             raise
-        rows = asyncio.run(module.run(quick))
-        print_table(f"{name}{' (quick)' if quick else ''}", rows)
+        progress(f"bench {name}{' (quick)' if quick else ''}: running")
+        rows = _run(module.run(quick))
+        print_tables(f"{name}{' (quick)' if quick else ''}", rows)
     return 0
 
 

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Result", "closed_loop", "percentile", "print_table"]
+__all__ = [
+    "Result",
+    "closed_loop",
+    "cpu_seconds",
+    "percentile",
+    "print_table",
+    "print_tables",
+    "progress",
+    "settle",
+]
 
 
 @dataclass
@@ -79,3 +91,41 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |")
+
+
+def print_tables(title: str, result: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]) -> None:
+    """Print a bench's result: one table (rows) or several (title → rows)."""
+    if isinstance(result, dict):
+        for name, rows in result.items():
+            print_table(name, rows)
+    else:
+        print_table(title, result)
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr (kept out of the tables on stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+async def settle(pids: dict[str, int], *, idle_share: float = 0.05, timeout: float = 90.0) -> float:
+    """Wait until the processes together use under ``idle_share`` of a core; returns the seconds waited.
+
+    A freshly started provider imports litellm in a background thread (seconds of CPU): measured
+    before it finishes, that import competes with the executor and counts in the provider's cost.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = sum(cpu_seconds(p) for p in pids.values())
+        await asyncio.sleep(0.5)
+        if sum(cpu_seconds(p) for p in pids.values()) - before < idle_share * 0.5:
+            break
+    return time.monotonic() - started

@@ -4,7 +4,9 @@ Every service is its own process (as deployed): an embedded nats-server, submiss
 provider and 1 or 2 executor replicas with ``max_concurrency`` 100. Jobs are submitted in
 batches through ``statek.jobs.submit_batch``; completion is read from the DONE status events.
 Rows: single-turn jobs/s (2 steps, 1 LLM call), 3-turn jobs/s (4 steps, 3 LLM calls) with LLM
-steps/s, and submit→DONE latency of one job at a time on an otherwise idle mesh.
+steps/s, and submit→DONE latency of one job at a time on an otherwise idle mesh. The floor is raw
+nats-py request/reply measured on the same server at the end of each run: a job's cost in raw
+request/replies (100 in flight) and its idle latency in raw round trips (1 in flight).
 
 ``python -m bench.executor [--quick]``.
 """
@@ -19,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, print_table
+from bench.common import percentile, print_table, settle
+from bench.floor import measure
 from statek_bus.authoring.agents import SupervisedAgent
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
@@ -39,13 +42,74 @@ THREE_TURN = SupervisedAgent(
     "",
     metadata={"MODEL": "scripted/bench", "SCRIPT": ["a = n + 1", "b = a * 2", "exit(str(a + b))"]},
 )
-AGENTS = [ONE_TURN, THREE_TURN]
+
+
+def lookup_order(order_id: str, include_lines: bool = False) -> dict[str, Any]:
+    """Fetch an order by id.
+
+    Args:
+        order_id: the order's id, as the customer gives it.
+        include_lines: whether to include the order lines.
+    """
+    return {"id": order_id, "lines": [] if include_lines else None}
+
+
+def refund(order_id: str, amount: float, reason: str = "") -> str:
+    """Refund part of an order.
+
+    Args:
+        order_id: the order's id.
+        amount: how much to refund, in the order's currency.
+        reason: shown to the customer.
+    """
+    return f"refunded {amount} on {order_id}"
+
+
+PROMPT = """You are a support agent. You write Python; the variables in your workspace persist.
+
+--- Tools ---
+{tools}
+
+--- L: Simple requests ---
+Answer directly when the request is simple.
+
+--- MH: Hard requests ---
+Look the order up first, then decide. Explain each refund in one sentence.
+
+--- Finishing ---
+Call exit(result) with the answer when you are done.
+"""
+"""A realistic system prompt: sections (two by difficulty) and the ``{tools}`` placeholder."""
+
+PROMPTED = SupervisedAgent(
+    "bench_prompted",
+    PROMPT,
+    tools=[lookup_order, refund],
+    metadata={"MODEL": "scripted/bench", "SCRIPT": ["result = n * 2\nexit(str(result))"]},
+)
+"""A single-turn agent with what real agents have: a sectioned prompt, ``{tools}``, two tools."""
+LLM_LATENCY = 0.5
+"""Seconds each model call of :data:`LLM_BOUND` takes (``SCRIPT_LATENCY``)."""
+LLM_BOUND = SupervisedAgent(
+    "bench_llm_bound",
+    PROMPT,
+    tools=[lookup_order, refund],
+    metadata={
+        "MODEL": "scripted/bench",
+        "SCRIPT": ["a = n + 1", "result = n * 2\nexit(str(result))"],
+        "SCRIPT_LATENCY": LLM_LATENCY,
+    },
+)
+"""The prompted agent with two model calls of :data:`LLM_LATENCY` seconds each (three steps)."""
+AGENTS = [ONE_TURN, THREE_TURN, PROMPTED, LLM_BOUND]
 """The agents the benchmark's executors serve."""
 
 _SPEC = "bench.executor:AGENTS"
 
 
-async def _throughput(client: AsyncStatekClient, agent: str, jobs: int) -> tuple[float, int]:
+async def _throughput(
+    client: AsyncStatekClient, agent: str, jobs: int, timeout: float = 120.0
+) -> tuple[float, int]:
     """Jobs/s for ``jobs`` jobs submitted in batches; returns (rate, completed)."""
     nc = await client.connection()
     done = 0
@@ -77,7 +141,7 @@ async def _throughput(client: AsyncStatekClient, agent: str, jobs: int) -> tuple
     if done >= jobs:
         finished.set()
     try:
-        await asyncio.wait_for(finished.wait(), timeout=120)
+        await asyncio.wait_for(finished.wait(), timeout=timeout)
     finally:
         await sub.unsubscribe()
     return jobs / (time.perf_counter() - started), done
@@ -133,18 +197,26 @@ async def _one_config(replicas: int, quick: bool, tmp: Path) -> list[dict[str, A
         try:
             n = 600 if quick else 3000
             await _throughput(client, ONE_TURN.role, 200)  # warm up
+            pids = [p.proc.pid for p in [*mesh.services.values(), *executors] if p.proc is not None]
+            await settle(dict(enumerate(pids)))  # the provider's litellm import ends first
             rate1, _ = await _throughput(client, ONE_TURN.role, n)
             rate3, _ = await _throughput(client, THREE_TURN.role, n // 2)
             lat = await _latency(client, ONE_TURN.role, 30 if quick else 200)
+            floor = {(r["operation"], r["in flight"]): r for r in await measure(mesh.nats_url, seconds=0.5)}
+            rr_rate = float(floor[("request/reply (raw nats-py)", 100)]["ops/s"])  # type: ignore[arg-type]
+            rr_p50 = float(floor[("request/reply (raw nats-py)", 1)]["p50 ms"])  # type: ignore[arg-type]
+            p50 = percentile(lat, 50) * 1000
             rows.append(
                 {
                     "executors": replicas,
                     "single-turn jobs/s": rate1,
+                    "raw request/replies per job (floor, lower = cheaper)": rr_rate / rate1,
                     "3-turn jobs/s": rate3,
                     "LLM steps/s (3-turn)": rate3 * 3,
                     "steps/s (3-turn)": rate3 * 4,
-                    "submit→DONE p50 ms": percentile(lat, 50) * 1000,
+                    "submit→DONE p50 ms": p50,
                     "p99 ms": percentile(lat, 99) * 1000,
+                    "p50 in raw round trips (floor)": p50 / rr_p50,
                 }
             )
         finally:

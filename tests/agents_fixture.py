@@ -204,6 +204,8 @@ PANIC = scripted("t_panic", ["panic()", "panic()", 'exit("escalated")'])
 
 QUICK = scripted("t_quick", ['exit("done " + str(n))'])
 
+SLOW_MODEL = scripted("t_slow_model", ['exit("answered")'], metadata={"SCRIPT_LATENCY": 3})
+
 WARMUP_TOOL = SupervisedAgent(
     "t_warmup_tool",
     "",
@@ -379,6 +381,7 @@ AGENTS: list[Agent | HandlerAgent] = [
     RESTART,
     SLOW,
     QUICK,
+    SLOW_MODEL,
     NOTE,
     HANDLERS,
     SHORT,

@@ -122,3 +122,52 @@ def test_prompt_sections_follow_the_difficulty() -> None:
     assert parse_difficulty("high") == "H"
     with pytest.raises(ValueError):
         parse_difficulty("extreme")
+
+
+@tool
+def fetch_order(order_id: str) -> str:
+    """Fetch an order.
+
+    Args:
+        order_id: the order's id.
+    """
+    return order_id
+
+
+@tool
+def cancel_order(order_id: str) -> str:
+    """Cancel an order.
+
+    Args:
+        order_id: the order's id.
+    """
+    return order_id
+
+
+def test_a_prompt_follows_each_job_and_every_change_to_the_agent() -> None:
+    agent = SupervisedAgent(
+        "cached",
+        "Source: {source}. Vars: {shared_var_names}. {unknown} {}\n{tools}\n--- H: Hard ---\nthink",
+        [fetch_order],
+        {"MODEL": "scripted/x"},
+    )
+    first = agent.system_prompt(params={"source": "mail"}, shared_var_names=["a"], difficulty="M")
+    again = agent.system_prompt(params={"source": "web"}, shared_var_names=["b", "c"], difficulty="M")
+    assert first.startswith("Source: mail. Vars: a. {unknown} {}\nfetch_order(order_id)")
+    assert again.startswith("Source: web. Vars: b, c. {unknown} {}\nfetch_order(order_id)")
+    assert "think" not in again and agent.system_prompt(difficulty="H").endswith("--- Hard ---\nthink")
+
+    agent.tools[0] = cancel_order  # swapped in place: the next prompt describes the new tool
+    swapped = agent.system_prompt(params={"source": "web"})
+    assert "cancel_order(order_id)" in swapped and "fetch_order" not in swapped
+    assert agent.all_tools()[0].name == "cancel_order"
+    agent.add_tool(fetch_order)
+    assert "fetch_order(order_id)" in agent.system_prompt()
+    agent.prompt = "Only {detailed_tools}"
+    assert agent.system_prompt().startswith("Only def cancel_order(order_id")
+
+
+def test_a_prompt_without_placeholders_ignores_params() -> None:
+    agent = SupervisedAgent("plain", "No {placeholders} here: {x", [fetch_order], {"MODEL": "m"})
+    assert agent.system_prompt(params={"other": object()}) == "No {placeholders} here: {x"
+    assert agent.system_prompt(params={"placeholders": 3}) == "No 3 here: {x"

@@ -265,3 +265,17 @@ async def test_steps_in_flight_are_bounded_and_code_never_blocks_the_loop(
             await asyncio.sleep(0.05)
     assert peak == 2
     assert all(r.exit_status == "survived" for r in records)
+
+
+async def test_a_step_waiting_on_the_model_leaves_its_slot_to_other_jobs(
+    settings: Settings, nc: Client
+) -> None:
+    async with services(settings.replace(max_concurrency=1), "provider", "executor"):
+        js = nc.jetstream()
+        slow = await submit(js, "t_slow_model")  # its model takes 3 s to answer
+        await asyncio.sleep(0.3)
+        quick = await submit(js, "t_quick", {"n": 1})
+        assert (await wait_done(js, quick)).exit_status == "done 1"
+        store = await JobStore.open(js)
+        assert (await store.get(slow))[0].status is not JobStatus.DONE  # still waiting on its model
+        assert (await wait_done(js, slow)).exit_status == "answered"

@@ -142,6 +142,18 @@ def test_script_metadata_needs_a_scripted_model_and_vice_versa() -> None:
         route(req("scripted/x", metadata={"SCRIPT": [], "SCRIPT_FILE": "a.json"}))
 
 
+def test_script_latency_is_seconds_for_the_scripted_model_only() -> None:
+    assert (
+        route(req("scripted/x", metadata={"SCRIPT": ["x"], "SCRIPT_LATENCY": "0.25"})).script_latency == 0.25
+    )
+    for bad in (-1, "soon", True, 601):
+        with pytest.raises(BadRequestError) as err:
+            route(req("scripted/x", metadata={"SCRIPT": ["x"], "SCRIPT_LATENCY": bad}))
+        assert err.value.field == "$.metadata.SCRIPT_LATENCY"
+    with pytest.raises(BadRequestError, match="needs a scripted/<name> model"):
+        route(req("openai/gpt-4o-mini", metadata={"SCRIPT_LATENCY": 0.5}))
+
+
 # --- scripted model ------------------------------------------------------------------------------
 
 

@@ -43,6 +43,20 @@ _SPLIT = re.compile(r"^\s*#\s*-{10,}\s*$")
 _META = re.compile(r"^\s*#\s*STATEK\s*:(.*)$")
 _AS_TOOL = re.compile(r"#\s*STATEK\s*:\s*as\s+tool\s*$")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_MAX_PLANS = 64
+"""Prepared prompts kept per agent (one per chat style and difficulty in use)."""
+
+
+@dataclass(frozen=True)
+class _PromptPlan:
+    """A prompt prepared for one chat style and difficulty: what no job changes."""
+
+    text: str
+    """The prompt with the sections of other difficulties left out, placeholders unfilled."""
+    names: frozenset[str]
+    """The ``{placeholders}`` it holds."""
+    fixed: dict[str, str]
+    """Values of the placeholders that depend only on the agent (its tool texts)."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,8 @@ class Agent:
         self.send_message = send_message
         self.tools: list[Tool] = []
         self.internal_tools: list[Tool] = []
+        self._all_tools: tuple[tuple[Any, ...], tuple[Tool, ...]] | None = None
+        self._plans: dict[tuple[Any, ...], _PromptPlan] = {}
         for t in tools:
             self.add_tool(t)
 
@@ -189,13 +205,22 @@ class Agent:
         (self.internal_tools if t.name.startswith("_") else self.tools).append(t)
         return t
 
+    def _tools_key(self) -> tuple[Any, ...]:
+        # Tools are read-only once built, so identity says everything about them; holding the
+        # objects (not their ids) in the key means a freed tool's id cannot alias a new one.
+        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, WAIT_TOOLS)
+
     def all_tools(self) -> list[Tool]:
         """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
         tools, then the waiting tools of :mod:`statek_bus.authoring.waiting`."""
-        seen: dict[str, Tool] = {}
-        for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *WAIT_TOOLS]:
-            seen.setdefault(t.name, t)
-        return list(seen.values())
+        key = self._tools_key()
+        cached = self._all_tools
+        if cached is None or cached[0] != key:
+            seen: dict[str, Tool] = {}
+            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *WAIT_TOOLS]:
+                seen.setdefault(t.name, t)
+            cached = self._all_tools = (key, tuple(seen.values()))
+        return list(cached[1])
 
     def visible_tools(self, chat_style: str | None = None) -> list[Tool]:
         """Tools described to the model (not hidden, not internal, matching the chat style)."""
@@ -217,23 +242,46 @@ class Agent:
         """The prompt for ``difficulty`` (see :mod:`statek_bus.authoring.prompts`) with its placeholders filled.
 
         Unknown ``{keys}`` and literal braces are left as they are (STATEK raised ``KeyError``).
+        What depends only on the agent (the sections kept at ``difficulty``, the tool texts for
+        ``chat_style``) is computed once and reused while the prompt and the tools stay the same;
+        only ``{shared_var_names}`` and ``{<param>}`` are filled per call.
         """
         if not self.prompt:
             return ""
-        tools = self.visible_tools(chat_style)
-        values: dict[str, str] = {
-            "tools": "\n".join(t.brief_text() for t in tools),
-            "brief_tools": "\n".join(t.brief_text() for t in tools),
-            "detailed_tools": "\n\n".join(t.detailed_text() for t in tools),
-            "shared_var_names": ", ".join(shared_var_names),
-        }
-        for k, v in (params or {}).items():
-            values.setdefault(k, str(v))
+        style = (chat_style or self.chat_style).upper()
+        key = (self.prompt, style, difficulty, self._tools_key())
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:  # prompts or tools replaced many times: start again
+                self._plans.clear()
+            plan = self._plans[key] = self._plan(style, difficulty)
+        if not plan.names:
+            return plan.text
+        values = dict(plan.fixed)
+        if "shared_var_names" in plan.names:
+            values["shared_var_names"] = ", ".join(shared_var_names)
+        if params:
+            for name in plan.names:
+                if name not in values and name in params:
+                    values[name] = str(params[name])
 
         def fill(m: re.Match[str]) -> str:
             return values.get(m.group(1), m.group(0))
 
-        return _PLACEHOLDER.sub(fill, render_prompt(self.prompt, difficulty))
+        return _PLACEHOLDER.sub(fill, plan.text)
+
+    def _plan(self, style: str, difficulty: str) -> _PromptPlan:
+        """The prompt at ``difficulty`` and the agent-only placeholder values it uses."""
+        text = render_prompt(self.prompt, difficulty)
+        names = frozenset(_PLACEHOLDER.findall(text))
+        fixed: dict[str, str] = {}
+        if names & {"tools", "brief_tools", "detailed_tools"}:
+            tools = self.visible_tools(style)
+            if names & {"tools", "brief_tools"}:
+                fixed["tools"] = fixed["brief_tools"] = "\n".join(t.brief_text() for t in tools)
+            if "detailed_tools" in names:
+                fixed["detailed_tools"] = "\n\n".join(t.detailed_text() for t in tools)
+        return _PromptPlan(text=text, names=names, fixed=fixed)
 
     def warmup_blocks(self) -> list[WarmupBlock]:
         """Warmup blocks run before the first LLM call (none for a plain agent)."""

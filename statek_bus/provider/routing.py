@@ -45,6 +45,7 @@ PROVIDER_KEYS: dict[str, str] = {
     "DEFAULT_DIFFICULTY": "difficulty used when DIFFICULTY is absent (default M)",
     "SCRIPT": "scripted model: the list of replies",
     "SCRIPT_FILE": "scripted model: a .json file in the provider's STATEK_SCRIPT_DIR holding the replies",
+    "SCRIPT_LATENCY": "scripted model: seconds each reply takes (0-600), waited without holding a thread",
     "MOCK_RESPONSE": "litellm's offline mock_response: this text is answered without a network call",
     "MAX_TOKENS": "upper bound on output tokens (a positive integer)",
     "REASONING_EFFORT": "litellm reasoning_effort for reasoning models (e.g. low, medium, high)",
@@ -102,6 +103,8 @@ class Route:
     """Raw ``SCRIPT`` metadata (validated by :mod:`.scripted`)."""
     script_file: str | None = None
     """``SCRIPT_FILE`` metadata."""
+    script_latency: float = 0.0
+    """``SCRIPT_LATENCY``: seconds the scripted model takes per reply, like a real model."""
     mock_response: str | None = None
     """``MOCK_RESPONSE``: litellm answers this text offline."""
     max_tokens: int | None = None
@@ -205,6 +208,22 @@ def _string(meta: dict[str, Any], key: str) -> str | None:
     return value.strip()
 
 
+def _seconds(meta: dict[str, Any], key: str, limit: float) -> float:
+    value = meta.get(key)
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadRequestError(
+                f"metadata {key} must be a number of seconds", field=f"$.metadata.{key}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= limit:
+        raise BadRequestError(f"metadata {key} must be seconds in [0, {limit:g}]", field=f"$.metadata.{key}")
+    return float(value)
+
+
 def _positive_int(meta: dict[str, Any], key: str) -> int | None:
     value = meta.get(key)
     if value is None:
@@ -259,6 +278,7 @@ def route(req: CompleteRequest) -> Route:
         difficulty=difficulty,
         script=meta.get("SCRIPT"),
         script_file=_string(meta, "SCRIPT_FILE"),
+        script_latency=_seconds(meta, "SCRIPT_LATENCY", 600.0),
         mock_response=meta.get("MOCK_RESPONSE"),
         max_tokens=_positive_int(meta, "MAX_TOKENS"),
         reasoning_effort=_string(meta, "REASONING_EFFORT"),
@@ -284,7 +304,11 @@ def _check_consistency(r: Route) -> None:
                 field="$.metadata.MOCK_RESPONSE",
             )
         return
-    for key, value in (("SCRIPT", r.script), ("SCRIPT_FILE", r.script_file)):
+    for key, value in (
+        ("SCRIPT", r.script),
+        ("SCRIPT_FILE", r.script_file),
+        ("SCRIPT_LATENCY", r.script_latency or None),
+    ):
         if value is not None:
             raise BadRequestError(
                 f"metadata {key} needs a scripted/<name> model, but the model is {r.model!r}",

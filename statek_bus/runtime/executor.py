@@ -3,7 +3,9 @@
 One durable pull consumer (``statek_executors``) is shared by every replica. This module keeps
 one pull request outstanding per free slot and dispatches messages as they arrive (a blocking
 ``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per step), so up to
-``max_concurrency`` steps run at once. A step:
+``max_concurrency`` steps run code at once; a step waiting on the model no longer counts (up to
+``_MODEL_WAITS_PER_SLOT`` such steps per slot), so a slow model does not keep other jobs' code
+from running. A step:
 
 1. load the job record (and its workspace);
 2. if the message is stale (the record has moved past its step, or the job is DONE) acknowledge
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -32,7 +35,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -57,6 +60,8 @@ from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.resume import StoreJobs
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.messages import (
+    CompleteReply,
+    CompleteRequest,
     Empty,
     ExecutorStatus,
     JobEvent,
@@ -85,6 +90,56 @@ _PULL_EXPIRES = 5.0
 """Seconds a pull request waits on the server; its unused credit is then released."""
 _RECENT_AGE = 0.05
 """Seconds a committed record stands in for a KV read of the job's next step (see ``_remember``)."""
+_MODEL_WAITS_PER_SLOT = 4
+"""Steps that may wait on the model per ``max_concurrency`` slot (see :class:`_Slots`)."""
+
+
+class _Slots:
+    """The ``max_concurrency`` slots: held by steps that run code, not by steps waiting on the model.
+
+    A step runs its pending code first and calls the model last (:mod:`statek_bus.runtime.engine`);
+    once it waits on the provider it holds no code-runner thread and runs no more code, so it gives
+    its slot back (:class:`_ModelWaits`) and the pull loop may take another step in its place. The
+    rest of that step (the reply parsed, the commit, the publishes) needs no slot. ``held``
+    plus the outstanding pull credit never exceeds the size, so at most ``max_concurrency`` steps
+    run code at once, and steps in flight stay bounded by ``_MODEL_WAITS_PER_SLOT`` more per slot:
+    with a slow model, in-flight model calls set the throughput, not slots.
+    """
+
+    def __init__(self, size: int, outstanding: Callable[[], int], wake: asyncio.Event) -> None:
+        self.size = size
+        self.held = 0
+        self._outstanding = outstanding
+        self._wake = wake
+
+    def free(self) -> int:
+        """Slots the pull loop may ask messages for."""
+        return self.size - self.held - self._outstanding()
+
+    def take(self) -> None:
+        """A delivered message takes the slot its pull credit reserved."""
+        self.held += 1
+
+    def release(self) -> None:
+        """Give a slot back (the step ended, or waits on the model now)."""
+        self.held -= 1
+        self._wake.set()
+
+
+class _ModelWaits:
+    """The LLM seam as the engine sees it: the step's slot is given back while the model answers."""
+
+    def __init__(self, model: ProviderModel, slots: _Slots) -> None:
+        self.model = model
+        self.slots = slots
+
+    async def complete(self, request: CompleteRequest) -> CompleteReply:
+        """The provider's reply to ``request``; the step holds no slot from here on."""
+        flight = _flight.get()
+        if flight is not None and flight.holds_slot:
+            flight.holds_slot = False
+            self.slots.release()
+        return await self.model.complete(request)
 
 
 # ==================================================================================================
@@ -99,6 +154,11 @@ class _InFlight:
     step: int = -1
     started: float = dataclasses.field(default_factory=time.monotonic)
     started_at: Any = dataclasses.field(default_factory=utcnow)
+    holds_slot: bool = True  # False once the step waits on the model (see _Slots)
+
+
+_flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar("statek_flight", default=None)
+"""The in-flight entry of the step the current task runs."""
 
 
 class Executor:
@@ -134,12 +194,15 @@ class Executor:
         from statek_bus.client.core import AsyncStatekClient
 
         self.client = AsyncStatekClient(settings=settings, nc=nc)
-        self.engine = StepEngine(settings, self.runner, self.model, self._session, self._save_workspace)
         self.in_flight: dict[int, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._pulls: deque[list[float]] = deque()  # [issued_at, remaining] per pull request
         self._wake = asyncio.Event()
+        self._slots = _Slots(settings.max_concurrency, self._outstanding, self._wake)
+        self.engine = StepEngine(
+            settings, self.runner, _ModelWaits(self.model, self._slots), self._session, self._save_workspace
+        )
         self._deliver = ""
         self._sub: Any = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -208,13 +271,17 @@ class Executor:
             await kv.put(token(agent.role), encode(desc))
 
     def status(self) -> ExecutorStatus:
-        """This replica's running steps, concurrency and agents."""
+        """This replica's running steps, concurrency and agents.
+
+        A step past its code, waiting on the model or committing its reply, holds no slot and is
+        not listed.
+        """
         return ExecutorStatus(
             instance_id=self.instance_id,
             running=[
                 RunningStep(job_id=f.job_id, step=f.step, started_at=f.started_at)
                 for f in self.in_flight.values()
-                if f.job_id
+                if f.job_id and f.holds_slot
             ],
             max_concurrency=self.settings.max_concurrency,
             agents=sorted(self.agents),
@@ -231,12 +298,13 @@ class Executor:
     async def _pull_loop(self) -> None:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{WORK_CONSUMER}"
         window = self.settings.max_concurrency
+        ceiling = window * (1 + _MODEL_WAITS_PER_SLOT)
         batch = max(1, self.settings.fetch_batch)
         while not self._stopped():
             now = time.monotonic()
             while self._pulls and now - self._pulls[0][0] > _PULL_EXPIRES + 1.0:
                 self._pulls.popleft()  # expired without a status we saw: release its credit
-            free = window - len(self._tasks) - self._outstanding()
+            free = min(self._slots.free(), ceiling - len(self._tasks) - self._outstanding())
             if free >= min(batch, max(1, window // 2)) or (free > 0 and not self._pulls):
                 n = min(free, batch)
                 req = {"batch": n, "expires": int(_PULL_EXPIRES * 1e9)}
@@ -266,6 +334,7 @@ class Executor:
             return
         self._ids += 1
         key = self._ids
+        self._slots.take()
         self.in_flight[key] = _InFlight(msg)
         task = asyncio.create_task(self._handle(key, msg))
         self._tasks.add(task)
@@ -281,7 +350,9 @@ class Executor:
 
     def _done(self, task: asyncio.Task[None], *, key: int) -> None:
         self._tasks.discard(task)
-        self.in_flight.pop(key, None)
+        flight = self.in_flight.pop(key, None)
+        if flight is not None and flight.holds_slot:
+            self._slots.release()
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("step task failed", exc_info=task.exception())
@@ -308,6 +379,7 @@ class Executor:
         flight = self.in_flight.get(key)
         if flight is not None:
             flight.job_id, flight.step = work.job_id, work.step
+            _flight.set(flight)
         try:
             await self._run(work, msg)
         except RetryStep as exc:

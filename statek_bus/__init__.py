@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
 from statek_bus.authoring.futures import temporal
+from statek_bus.authoring.postprocess import FinalCheck, LLMStep, PostProcessor, post_processor
 from statek_bus.authoring.tools import current_job, exit_job, tool
 from statek_bus.authoring.waiting import subtask
 from statek_bus.client.core import AsyncStatekClient, StatekClient
@@ -29,12 +30,15 @@ __all__ = [
     "AsyncStatekClient",
     "BadRequestError",
     "ConflictError",
+    "FinalCheck",
     "HandlerAgent",
     "InternalError",
     "Job",
     "JobStatus",
+    "LLMStep",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PostProcessor",
     "ServiceUnavailableError",
     "Settings",
     "State",
@@ -45,6 +49,7 @@ __all__ = [
     "Usage",
     "current_job",
     "exit_job",
+    "post_processor",
     "subtask",
     "temporal",
     "tool",

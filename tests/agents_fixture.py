@@ -338,12 +338,20 @@ F_REPLAY = scripted(
 F_HOLD = scripted("t_f_hold", ['sleep(1.0)\nmark("resumed after cancel")', 'exit("held")'], tools=[mark])
 F_WARM = scripted("t_f_warm", ['exit("never")'], warmup='mark("warmup ran")', tools=[mark])
 FAULT_AGENTS = [F_POISON, F_REPLAY, F_HOLD, F_WARM]
+PP_FINAL = scripted(
+    "t_pp_final",
+    ["The answer is 4.", "The answer is 4, checked."],
+    metadata={"CHAT_STYLE": "MD_DIALOG", "POST_PROCESSORS": "FinalCheck(max_llm_actions=2)"},
+)
+PP_NONE = scripted("t_pp_none", ["The answer is 4."], metadata={"CHAT_STYLE": "MD_DIALOG"})
 W_RESUME_PRINT = scripted(
     "t_w_resume_print",
     ["n = 0\nn = n + 1\nprint('before', n)\nsleep(1.0)\nprint('after', n)", "exit(str(n))"],
 )
 
 WAIT_AGENTS = [
+    PP_FINAL,
+    PP_NONE,
     W_RESUME_PRINT,
     W_CHILD,
     W_SLOW_CHILD,

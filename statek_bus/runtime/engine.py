@@ -27,11 +27,18 @@ import msgspec
 
 from statek_bus.authoring.agents import Agent, WarmupBlock
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.postprocess import (
+    LLMStep,
+    ProcessedStep,
+    StepContext,
+    agent_post_processors,
+    apply_post_processors,
+)
 from statek_bus.authoring.prompts import parse_difficulty
 from statek_bus.authoring.tools import JobContext, select_tools
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings
-from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, build_messages, parse_reply
+from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, ParsedReply, build_messages, parse_reply
 from statek_bus.runtime.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit
 from statek_bus.runtime.engine_state import EngineState, StepTrace, load_state, store_state
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
@@ -213,6 +220,13 @@ class StepEngine:
                     f"LLM reply too large: {len(reply.text)} characters (limit {_MAX_REPLY_CHARS})"
                 )
             parsed = parse_reply(reply.text, bool(reply.tool_calls), style)
+            processed = self._post_process(agent, record, state, step, reply, parsed)
+            if processed is not None and processed.step is None:  # held back: asked again next step
+                return self._done(new, state, trace, consumed)
+            text = reply.text
+            if processed is not None and processed.step is not None and processed.acted:
+                text = processed.step.text
+                parsed = ParsedReply(code=processed.step.code, dialog=processed.step.dialog, final=False)
             calls = [
                 LoggedCall(id=c.id or f"call-{step}-{i}", name=c.name, arguments=dict(c.arguments))
                 for i, c in enumerate(reply.tool_calls)
@@ -220,8 +234,8 @@ class StepEngine:
             llm_item = LogItem(
                 kind="llm",
                 step=step,
-                text=reply.text,
-                code=None if parsed.code == reply.text else parsed.code,
+                text=text,
+                code=None if parsed.code == text else parsed.code,
                 calls=calls,
                 dialog=parsed.dialog,
                 reasoning=reply.reasoning,
@@ -230,7 +244,8 @@ class StepEngine:
             budget = self.settings.max_token_usage + state.token_extension
             if state.tokens > budget:
                 raise HarnessError(f"Maximum token usage exceeded: {state.tokens}/{budget}")
-            if parsed.final and not state.notifications and not state.pending_subtasks:
+            acted = processed is not None and processed.acted
+            if parsed.final and not acted and not state.notifications and not state.pending_subtasks:
                 llm_item.executed, llm_item.ran_at = True, step
                 return finish(None)
             return self._done(new, state, trace, consumed)
@@ -239,6 +254,35 @@ class StepEngine:
             return finish(error_exit(str(exc)), str(exc))
 
     # --- pieces ------------------------------------------------------------------------------------
+    def _post_process(
+        self,
+        agent: Agent,
+        record: JobRecord,
+        state: EngineState,
+        step: int,
+        reply: CompleteReply,
+        parsed: ParsedReply,
+    ) -> ProcessedStep | None:
+        """Run the agent's post-processors over the reply (None: it has none); their messages join the chat."""
+        processors = agent_post_processors(agent)
+        if not processors:
+            return None
+        draft = LLMStep(
+            text=reply.text,
+            dialog=parsed.dialog,
+            code=parsed.code,
+            tool_calls=tuple(c.name for c in reply.tool_calls),
+            final=parsed.final,
+        )
+        view = StepContext(
+            job_id=record.id, agent=agent.role, llm_calls=state.turns, fired=frozenset(state.post_fired)
+        )
+        processed = apply_post_processors(processors, draft, view)
+        state.post_fired = [*state.post_fired, *(k for k in processed.fired if k not in state.post_fired)]
+        for message in processed.messages:
+            state.log.append(LogItem(kind="system", step=step, text=message, executed=True))
+        return processed
+
     def _pending(
         self, state: EngineState, blocks: list[WarmupBlock], style: ChatStyle, step: int
     ) -> tuple[LogItem | None, list[ExecUnit], WarmupBlock | None]:

@@ -95,6 +95,8 @@ class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Values fixed when a suspended statement first ran (timers' due times), by call site."""
     held: list[str] = []
     """User messages that arrived while SUSPENDED; they join the chat when the code resumes."""
+    post_fired: list[str] = []
+    """Post-processors (by key) that already acted in this job (:mod:`statek_bus.authoring.postprocess`)."""
     subtasks: dict[str, SubTask] = {}
     """Sub-tasks this job started, by handler id (completion written by the child)."""
     pending_subtasks: list[str] = []

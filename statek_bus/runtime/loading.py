@@ -7,6 +7,7 @@ import types
 from typing import Any
 
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
+from statek_bus.authoring.postprocess import agent_post_processors
 from statek_bus.wire.values import TypeRegistry
 
 __all__ = ["load_agents"]
@@ -36,6 +37,7 @@ def load_agents(spec: str) -> tuple[list[AnyAgent], dict[str, TypeRegistry]]:
     for a in agents:
         if not isinstance(a, Agent | HandlerAgent):
             raise TypeError(f"{spec}: {a!r} is not an Agent")
+        agent_post_processors(a)  # a bad POST_PROCESSORS value stops the executor here, naming it
     registries: dict[str, TypeRegistry] = {}
     for a in agents:
         reg = TypeRegistry.from_module(importlib.import_module(type(a).__module__))

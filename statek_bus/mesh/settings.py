@@ -95,7 +95,9 @@ class Settings:
     agents: str = ""
     """``module:attr`` of the agents the executor serves (empty: the built-in ``demo`` agent)."""
     max_concurrency: int = 100
-    """Steps one executor replica runs at once."""
+    """Steps one executor replica runs code for at once."""
+    model_waits_per_slot: int = 4
+    """Steps per concurrency slot that may wait on the model meanwhile (a waiting step gives its slot back)."""
     fetch_batch: int = 50
     """Work messages pulled per fetch (never 1: see docs/architecture.md)."""
     ack_wait: float = 30.0

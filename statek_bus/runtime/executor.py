@@ -4,7 +4,7 @@ One durable pull consumer (``statek_executors``) is shared by every replica. Thi
 one pull request outstanding per free slot and dispatches messages as they arrive (a blocking
 ``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per step), so up to
 ``max_concurrency`` steps run code at once; a step waiting on the model no longer counts (up to
-``_MODEL_WAITS_PER_SLOT`` such steps per slot), so a slow model does not keep other jobs' code
+``model_waits_per_slot`` such steps per slot, a setting), so a slow model does not keep other jobs' code
 from running. A step:
 
 1. load the job record (and its workspace);
@@ -90,8 +90,6 @@ _PULL_EXPIRES = 5.0
 """Seconds a pull request waits on the server; its unused credit is then released."""
 _RECENT_AGE = 0.05
 """Seconds a committed record stands in for a KV read of the job's next step (see ``_remember``)."""
-_MODEL_WAITS_PER_SLOT = 4
-"""Steps that may wait on the model per ``max_concurrency`` slot (see :class:`_Slots`)."""
 
 
 class _Slots:
@@ -102,7 +100,7 @@ class _Slots:
     its slot back (:class:`_ModelWaits`) and the pull loop may take another step in its place. The
     rest of that step (the reply parsed, the commit, the publishes) needs no slot. ``held``
     plus the outstanding pull credit never exceeds the size, so at most ``max_concurrency`` steps
-    run code at once, and steps in flight stay bounded by ``_MODEL_WAITS_PER_SLOT`` more per slot:
+    run code at once, and steps in flight stay bounded by ``settings.model_waits_per_slot`` more per slot:
     with a slow model, in-flight model calls set the throughput, not slots.
     """
 
@@ -298,7 +296,7 @@ class Executor:
     async def _pull_loop(self) -> None:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{WORK_CONSUMER}"
         window = self.settings.max_concurrency
-        ceiling = window * (1 + _MODEL_WAITS_PER_SLOT)
+        ceiling = window * (1 + self.settings.model_waits_per_slot)
         batch = max(1, self.settings.fetch_batch)
         while not self._stopped():
             now = time.monotonic()

@@ -4,7 +4,7 @@
 the second call follows ``a = n + 1``, the third step runs ``exit``), through one executor with
 ``max_concurrency`` 40. The scripted model waits ``SCRIPT_LATENCY`` on a timer in the provider
 (no thread held). A step waiting on the model gives its slot back, so the executor keeps up to
-``5 x max_concurrency`` steps in flight (``_MODEL_WAITS_PER_SLOT``); those are its in-flight model
+``5 x max_concurrency`` steps in flight (``Settings.model_waits_per_slot``); those are its in-flight model
 calls. The ideal wall time is ``jobs x calls x latency / in-flight calls allowed``; the table
 shows the measured time against it, and the executor's RSS growth per in-flight step (peak RSS
 minus the idle RSS, over the peak of unacknowledged work messages, sampled every 0.5 s).
@@ -39,7 +39,7 @@ from statek_bus.wire.subjects import WORK_CONSUMER, WORK_STREAM
 __all__ = ["run"]
 
 _CONCURRENCY = 40
-_WAITS_PER_SLOT = 4  # statek_bus.runtime.executor._MODEL_WAITS_PER_SLOT
+_WAITS_PER_SLOT = Settings().model_waits_per_slot
 _CALLS = 2
 _STATEK_CONCURRENCY = 100
 

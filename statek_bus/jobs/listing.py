@@ -28,15 +28,14 @@ per batch, written at submit time) is read in creation order and only as far as 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from statek_bus.mesh.availability import retry_transient
+from statek_bus.mesh.direct import direct_get
 from statek_bus.mesh.settings import Settings
-from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError, ServiceUnavailableError
+from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
 from statek_bus.wire.messages import IndexEntry, Job, JobListRequest, JobRecord
 from statek_bus.wire.subjects import INDEX_PREFIX, JOBS_BUCKET, job_key, token
 
@@ -67,29 +66,6 @@ _index_dec = msgspec.json.Decoder(IndexEntry)
 _record_dec = msgspec.json.Decoder(JobRecord)
 
 
-async def _direct(nc: Client, stream: str, request: dict[str, Any], pending_bytes: int) -> list[Msg]:
-    """One direct-get request; every data message up to the end-of-batch status (204/404)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, pending_bytes_limit=pending_bytes)
-    try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request), reply=inbox)
-        out: list[Msg] = []
-        while True:
-            msg: Msg = await sub.next_msg(timeout=_TIMEOUT)
-            hdrs = msg.headers or {}
-            status = hdrs.get("Status")
-            if status is None:
-                out.append(msg)
-                continue
-            if status in ("204", "404"):
-                if status == "204":
-                    out.append(msg)  # the end-of-batch marker: callers read Nats-Num-Pending
-                return out
-            raise ServiceUnavailableError(f"direct get on {stream}: {status} {hdrs.get('Description', '')}")
-    finally:
-        await sub.unsubscribe()
-
-
 async def read_in_order(
     nc: Client, subject_filter: str, *, stream: str = JOBS_STREAM, batch: int = _IN_ORDER_BATCH
 ) -> AsyncIterator[KeyValues]:
@@ -103,15 +79,13 @@ async def read_in_order(
     subject = prefix + subject_filter
     while True:
         req = {"seq": seq, "next_by_subj": subject, "batch": batch}
-        msgs = await retry_transient(lambda req=req: _direct(nc, stream, req, 64 * 1024 * 1024))  # type: ignore[misc]
+        got = await retry_transient(lambda req=req: direct_get(nc, stream, req, timeout=_TIMEOUT))  # type: ignore[misc]
+        msgs, pending = got.messages, got.pending
+        if got.last_sequence is not None:
+            seq = got.last_sequence + 1
         out: KeyValues = []
-        pending = 0
         for m in msgs:
             hdrs = m.headers or {}
-            if hdrs.get("Status"):
-                pending = int(hdrs.get("Nats-Num-Pending", "0"))
-                seq = int(hdrs.get("Nats-Last-Sequence", str(seq))) + 1
-                continue
             if m.data and _KV_OP not in hdrs:
                 key = hdrs.get("Nats-Subject", "").removeprefix(prefix)
                 out.append((key, m.data, int(hdrs.get("Nats-Sequence", "0"))))
@@ -131,10 +105,12 @@ async def read_last(
         subjects = [prefix + k for k in keys[i : i + MULTI_LAST_MAX]]
         req = {"multi_last": subjects}
         limit = max(64 * 1024 * 1024, 2 * len(subjects) * max_value)
-        msgs = await retry_transient(lambda req=req, limit=limit: _direct(nc, stream, req, limit))  # type: ignore[misc]
-        for m in msgs:
+        got = await retry_transient(
+            lambda req=req, limit=limit: direct_get(nc, stream, req, timeout=_TIMEOUT, pending_bytes=limit)  # type: ignore[misc]
+        )
+        for m in got.messages:
             hdrs = m.headers or {}
-            if m.data and not hdrs.get("Status") and _KV_OP not in hdrs:
+            if m.data and _KV_OP not in hdrs:
                 found[hdrs["Nats-Subject"].removeprefix(prefix)] = (
                     m.data,
                     int(hdrs.get("Nats-Sequence", "0")),

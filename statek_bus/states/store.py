@@ -50,13 +50,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from statek_bus.mesh.availability import retry_transient
+from statek_bus.mesh.direct import TooManyResults, direct_get
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
     PayloadTooLargeError,
-    ServiceUnavailableError,
 )
 from statek_bus.wire.messages import State, StateChange, StateRecord, StateRef
 from statek_bus.wire.subjects import STATES_BUCKET, token
@@ -475,7 +475,7 @@ class StateStore:
         """Latest value of every key matching ``filter_key``: one multi-last get, else paged gets."""
         try:
             msgs, _ = await retry_transient(lambda: self._direct({"multi_last": [_PRE + filter_key]}))
-        except _TooMany:
+        except TooManyResults:
             msgs = await self._subject_msgs(_PRE + filter_key)
         latest: dict[str, bytes | None] = {}  # by subject; a later message replaces an earlier one
         for msg in msgs:
@@ -499,32 +499,8 @@ class StateStore:
 
     async def _direct(self, request: dict[str, Any]) -> tuple[_Msgs, int]:
         """One batched direct get: its messages, and how many more match (``Nats-Num-Pending``)."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", _enc.encode(request), reply=inbox)
-            out: _Msgs = []
-            while True:
-                msg: Msg = await sub.next_msg(timeout=self.js._timeout)
-                hdrs = msg.headers or {}
-                status = hdrs.get("Status")
-                if status == "204":  # end of batch
-                    return out, int(hdrs.get("Nats-Num-Pending") or 0)
-                if status == "404":
-                    return out, 0
-                if status == "413":
-                    raise _TooMany
-                if status:
-                    raise ServiceUnavailableError(
-                        f"direct get from {STREAM}: {status} {hdrs.get('Description')}"
-                    )
-                out.append(msg)
-        finally:
-            await sub.unsubscribe()
-
-
-class _TooMany(Exception):
-    """More keys match than one multi-last direct get may return."""
+        got = await direct_get(self.nc, STREAM, request, timeout=self.settings.request_timeout)
+        return got.messages, got.pending
 
 
 class _Lost(Exception):

@@ -54,7 +54,8 @@ async def direct_get(
 
     Raises:
         TooManyResults: a ``multi_last`` over the server's limit.
-        ServiceUnavailableError: any other error status, or no reply in time.
+        ServiceUnavailableError: any other error status.
+        nats.errors.TimeoutError: no reply in time (transient: callers wrap this in ``retry_transient``).
     """
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, pending_bytes_limit=pending_bytes)
@@ -62,10 +63,7 @@ async def direct_get(
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _enc.encode(request), reply=inbox)
         out: list[Msg] = []
         while True:
-            try:
-                msg: Msg = await sub.next_msg(timeout=timeout)
-            except TimeoutError:
-                raise ServiceUnavailableError(f"direct get on {stream}: no reply within {timeout:g}s") from None
+            msg: Msg = await sub.next_msg(timeout=timeout)  # a timeout propagates: callers retry it
             hdrs = msg.headers or {}
             status = hdrs.get("Status")
             if status is None:

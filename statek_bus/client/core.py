@@ -16,17 +16,15 @@ import functools
 from types import TracebackType
 from typing import Any, TypeVar
 
-import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from statek_bus.client.blocking import BlockingJobs, BlockingStates, LoopThread
 from statek_bus.client.jobs import AsyncJobs
 from statek_bus.client.states import AsyncStates
+from statek_bus.client.transport import request_reply
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.settings import Settings
-from statek_bus.wire.errors import ServiceUnavailableError, error_from_reply
-from statek_bus.wire.messages import decode, encode
 
 __all__ = ["AsyncStatekClient", "StatekClient"]
 
@@ -90,18 +88,7 @@ class AsyncStatekClient:
         """
         nc = await self.connection()
         wait = timeout if timeout is not None else self.settings.request_timeout
-        try:
-            msg = await nc.request(subject, encode(payload), timeout=wait)
-        except nats.errors.NoRespondersError:
-            raise ServiceUnavailableError(f"no service is answering on {subject}; is the mesh up?") from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise ServiceUnavailableError(f"no reply on {subject} within {wait:g}s") from None
-        except nats.errors.ConnectionClosedError:
-            raise ServiceUnavailableError(f"connection to NATS closed while requesting {subject}") from None
-        err = error_from_reply(msg.headers, msg.data)
-        if err is not None:
-            raise err
-        return decode(msg.data, reply_type)
+        return await request_reply(nc, subject, payload, reply_type, timeout=wait)
 
     @functools.cached_property
     def states(self) -> AsyncStates:

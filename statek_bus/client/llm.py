@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 
+from statek_bus.client.transport import request_reply
 from statek_bus.mesh.settings import Settings
-from statek_bus.wire.errors import ServiceUnavailableError, error_from_reply
-from statek_bus.wire.messages import CompleteReply, CompleteRequest, decode, encode
+from statek_bus.wire.messages import CompleteReply, CompleteRequest, encode
 from statek_bus.wire.subjects import LLM_COMPLETE
 
 __all__ = ["ProviderModel", "call_identity"]
@@ -46,13 +45,4 @@ class ProviderModel:
         request = msgspec.structs.replace(
             request, deadline_s=self.timeout, call_id=request.call_id or call_identity(request)
         )
-        try:
-            msg = await self.nc.request(LLM_COMPLETE, encode(request), timeout=self.timeout)
-        except nats.errors.NoRespondersError:
-            raise ServiceUnavailableError("no provider service is answering") from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise ServiceUnavailableError(f"the provider did not answer within {self.timeout:g}s") from None
-        err = error_from_reply(msg.headers, msg.data)
-        if err is not None:
-            raise err
-        return decode(msg.data, CompleteReply)
+        return await request_reply(self.nc, LLM_COMPLETE, request, CompleteReply, timeout=self.timeout)

@@ -13,12 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DIFFICULTIES", "PromptSection", "parse_difficulty", "parse_sections", "render_prompt"]
+from statek_bus.wire.difficulty import DIFFICULTIES, difficulty_named
 
-DIFFICULTIES = ("L", "M", "H")
-"""Task difficulties, lowest first."""
+__all__ = ["PromptSection", "parse_difficulty", "parse_sections", "render_prompt"]
 
-_NAMES = {"L": "L", "LOW": "L", "M": "M", "MEDIUM": "M", "H": "H", "HIGH": "H"}
 _TITLE = re.compile(r"^(?P<lead>-{3}\s+|\*{3}\s+|#{2,6}\s+)(?P<title>.*?)(?P<trail>\s+-{3}|\s+\*{3})?\s*$")
 _PREFIX = re.compile(r"^(?P<levels>[LMH]{1,3})\s*:\s*(?P<rest>.*)$")
 
@@ -27,10 +25,10 @@ def parse_difficulty(value: object, default: str = "M") -> str:
     """``L``, ``M`` or ``H`` from ``L/M/H`` or ``low/medium/high`` (any case); ``ValueError`` otherwise."""
     if value is None or value == "":
         return default
-    found = _NAMES.get(str(value).strip().upper())
+    found = difficulty_named(str(value))
     if found is None:
         raise ValueError(f"unknown difficulty {value!r}; expected L, M, H, low, medium or high")
-    return found
+    return str(found)
 
 
 @dataclass(frozen=True)

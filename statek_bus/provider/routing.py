@@ -14,12 +14,12 @@ grouped, ``LM:a,H:b``; every difficulty must be covered exactly once) resolved w
 from __future__ import annotations
 
 import difflib
-import enum
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from statek_bus.wire.difficulty import Difficulty, difficulty_named
 from statek_bus.wire.errors import BadRequestError
 from statek_bus.wire.messages import CompleteRequest
 
@@ -71,24 +71,6 @@ _MAPPING_START = re.compile(r"^\s*[LMHlmh]+\s*:")
 _MAPPING_ENTRY = re.compile(r"^\s*([LMHlmh]+)\s*:(.*)$")
 
 
-class Difficulty(enum.StrEnum):
-    """STATEK's task difficulty."""
-
-    LOW = "L"
-    MEDIUM = "M"
-    HIGH = "H"
-
-
-_DIFFICULTY_NAMES = {
-    "L": Difficulty.LOW,
-    "LOW": Difficulty.LOW,
-    "M": Difficulty.MEDIUM,
-    "MEDIUM": Difficulty.MEDIUM,
-    "H": Difficulty.HIGH,
-    "HIGH": Difficulty.HIGH,
-}
-
-
 @dataclass(frozen=True, kw_only=True)
 class Route:
     """Where one request goes and with which options (all validated)."""
@@ -120,7 +102,7 @@ class Route:
 
 def parse_difficulty(value: Any, field: str) -> Difficulty:
     """Parse ``L/M/H`` or ``low/medium/high`` (any case); anything else is a 400 on ``field``."""
-    found = _DIFFICULTY_NAMES.get(str(value).strip().upper()) if isinstance(value, str) else None
+    found = difficulty_named(value)
     if found is None:
         raise BadRequestError(
             f"{field} must be one of L, M, H (or low, medium, high), not {value!r}", field=field

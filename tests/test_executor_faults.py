@@ -30,7 +30,7 @@ from statek_bus.runtime.coderunner import (
     ExitSignal,
     SandboxSession,
     ThreadCodeRunner,
-    _execute,
+    execute as _execute,
 )
 from statek_bus.runtime.engine import StepOutcome
 from statek_bus.runtime.engine_state import EngineState, Wait, store_state

@@ -34,6 +34,7 @@ __all__ = [
     "Tool",
     "brief",
     "current_job",
+    "describe",
     "docstr",
     "exit_job",
     "get_pending_notifications",
@@ -57,8 +58,9 @@ class JobContext:
     """The agent role."""
     params: dict[str, Any]
     """The job's parameters."""
-    namespace: dict[str, Any]
-    """The job's workspace namespace (for binding arguments by name)."""
+    namespace: Mapping[str, Any]
+    """The job's workspace namespace (for binding arguments by name); in a worker process's step,
+    a read-only view that asks the worker for each name."""
     notifications: list[str] = dataclasses.field(default_factory=list)
     """Notifications waiting for the job (not consumed by reading them)."""
     difficulty: str = "M"
@@ -412,33 +414,109 @@ def _resolve(what: Any) -> Any:
     return what
 
 
-def _describe(what: Any, method_name: str | None, detailed: bool) -> str:
+def _signature_text(fn: Any, name: str, detailed: bool) -> str:
+    """``name(sig)`` of a callable that is not a Tool, without evaluating anything it carries.
+
+    Annotations stay the text (or object) they were written as: :func:`typing.get_type_hints` would
+    evaluate string annotations of model code, unchecked and uninstrumented, in this process.
+    """
+    try:
+        sig = inspect.signature(fn, follow_wrapped=False, eval_str=False)
+    except (TypeError, ValueError):
+        return f"{name}(...)"
+    params: list[str] = []
+    star = False
+    for p in sig.parameters.values():
+        if not detailed and (p.name.startswith("_") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+            continue
+        text = p.name
+        if p.kind is p.VAR_POSITIONAL:
+            text, star = "*" + text, True
+        elif p.kind is p.VAR_KEYWORD:
+            text = "**" + text
+        elif p.kind is p.KEYWORD_ONLY and not star and detailed:
+            params.append("*")
+            star = True
+        if detailed and p.annotation is not inspect.Parameter.empty:
+            text += ": " + _annotation_text(p.annotation)
+        if p.default is not inspect.Parameter.empty:
+            text += "=" + _safe_repr(p.default)
+        params.append(text)
+    ret = ""
+    if detailed and sig.return_annotation is not inspect.Signature.empty:
+        ret = " -> " + _annotation_text(sig.return_annotation)
+    return f"{name}({', '.join(params)}){ret}"
+
+
+def _annotation_text(annotation: Any) -> str:
+    if isinstance(annotation, str):
+        return str.__str__(annotation)  # shown as written, never evaluated
+    if isinstance(annotation, type):
+        qualname = type.__dict__["__qualname__"].__get__(annotation)
+        return str(qualname)
+    text = object.__repr__(annotation) if type(annotation).__module__ == "statek_model" else repr(annotation)
+    return text.replace("typing.", "")
+
+
+def _safe_repr(value: Any) -> str:
+    if value is None or type(value) in (bool, int, float, str):
+        return repr(value)
+    return f"<{type(value).__name__}>"  # never run a model-defined __repr__ from a describer
+
+
+def _doc_of(obj: Any) -> str | None:
+    doc = getattr(obj, "__doc__", None)
+    return doc if type(doc) is str else None  # a property or descriptor could compute anything
+
+
+def _callable_text(fn: Any, name: str, detailed: bool) -> str:
+    summary, _, doc = _parse_doc(_doc_of(fn))
+    if detailed:
+        head = "def " + _signature_text(fn, name, True)
+        if not doc:
+            return head + ": ..."
+        body = "\n".join("    " + line if line else "" for line in doc.splitlines())
+        return f'{head}:\n    """\n{body}\n    """'
+    head = _signature_text(fn, name, False)
+    return f"{head}\n    {summary}" if summary else head
+
+
+def describe(what: Any, method_name: str | None = None, *, detailed: bool) -> str:
+    """The text ``docstr`` (``detailed``) or ``brief`` prints for ``what``.
+
+    Model objects are described from their signature and docstring only: no annotation is
+    evaluated and no model-defined ``__repr__``, descriptor or metaclass hook runs.
+    """
     obj = _resolve(what)
     if isinstance(obj, Tool):
         return obj.detailed_text() if detailed else obj.brief_text()
     if not isinstance(obj, type) and not callable(obj):
         obj = type(obj)
+    name = str(getattr(obj, "__name__", "")) if isinstance(getattr(obj, "__name__", None), str) else ""
     if method_name is not None:
-        member = getattr(obj, method_name, None)
+        method_name = str.__str__(method_name) if isinstance(method_name, str) else str(method_name)
+        member = inspect.getattr_static(obj, method_name, None)
         if member is None or method_name.startswith("_"):
-            raise AttributeError(f"{getattr(obj, '__name__', obj)!s} has no method {method_name!r}")
-        obj = member
+            raise AttributeError(f"{name or type(obj).__name__} has no method {method_name!r}")
+        if isinstance(member, staticmethod | classmethod):
+            member = member.__func__
+        obj, name = member, method_name
     if isinstance(obj, type):
-        lines = [f"class {obj.__name__}:"]
-        summary, _, doc = _parse_doc(obj.__doc__)
+        lines = [f"class {name}:"]
+        summary, _, doc = _parse_doc(_doc_of(obj))
         if detailed and doc:
             lines += ['    """', *("    " + ln for ln in doc.splitlines()), '    """']
         elif summary:
             lines.append(f"    {summary}")
         for mname, member in vars(obj).items():
+            if isinstance(member, staticmethod | classmethod):
+                member = member.__func__
             if mname.startswith("_") or not callable(member):
                 continue
-            t = Tool(member, name=mname)
-            text = t.detailed_text() if detailed else t.brief_text()
+            text = _callable_text(member, mname, detailed)
             lines.append("\n".join("    " + ln for ln in text.splitlines()))
         return "\n".join(lines)
-    t = Tool(obj)
-    return t.detailed_text() if detailed else t.brief_text()
+    return _callable_text(obj, name or type(obj).__name__, detailed)
 
 
 @tool(system=True)
@@ -449,7 +527,7 @@ def docstr(what: Any, method_name: str | None = None) -> None:
         what: the function, class or object (or the name of a variable holding it).
         method_name: a method of ``what`` to document instead.
     """
-    print(_describe(what, method_name, detailed=True))
+    print(describe(what, method_name, detailed=True))
 
 
 @tool(system=True)
@@ -460,7 +538,7 @@ def brief(what: Any, method_name: str | None = None) -> None:
         what: the function, class or object (or the name of a variable holding it).
         method_name: a method of ``what`` to describe instead.
     """
-    print(_describe(what, method_name, detailed=False))
+    print(describe(what, method_name, detailed=False))
 
 
 @tool(system=True)

@@ -1,14 +1,23 @@
 """The code-runner seam: where model-written Python runs, and how its console is captured.
 
-A step hands the runner an :class:`ExecRequest`: the job's workspace (restored into a fresh
-sandbox namespace), the tools in scope, and a list of :class:`ExecUnit` (formal tool calls and
-code blocks, in order). The runner executes them off the event loop and returns an
-:class:`ExecResult`: each unit's console output, the first error, the exit value and the new
-workspace snapshot.
+A step hands the runner an :class:`ExecRequest`: a session (:class:`SessionInputs`: the policy,
+the tools in scope, the job context and the stored workspace) and a list of :class:`ExecUnit`
+(formal tool calls and code blocks, in order). The runner executes them off the event loop and
+returns an :class:`ExecResult`: each unit's console output, the first error, the exit value and
+the new workspace snapshot.
 
-:class:`ThreadCodeRunner` runs a request in a worker thread of this process, under the sandbox
-policy and the step's wall-clock deadline. A later runner moves the same request into a separate
-process with CPU and memory limits; nothing outside this module needs to change for that.
+Two runners share that seam:
+
+* :class:`~statek_bus.runtime.procrunner.ProcessCodeRunner` (the default) reads only the session's
+  *inputs* and runs the units in a separate, locked-down worker process
+  (:mod:`statek_bus.runtime.worker`); tools and futures stay here and are reached by calls over a
+  socket, so model code never shares a process with a host object.
+* :class:`ThreadCodeRunner` (``code_runner = "in-process"``, trusted development only) calls the
+  live session (:class:`CodeSession`) in a worker thread of this process, under the sandbox policy
+  and the step's wall-clock deadline; it has no memory or CPU limit and a single C call can hold
+  the GIL past the deadline.
+
+:class:`SandboxSession` implements both protocols; the worker process uses it too, with tool stubs.
 
 Console formatting (STATEK's) lives in :mod:`statek_bus.authoring.console`.
 """
@@ -31,8 +40,22 @@ from statek_bus.authoring.console import MAX_ITEMS, error_line, format_value
 from statek_bus.sandbox.replay import replaying
 
 __all__ = [
-    "MAX_ITEMS", "CodeRunner", "Console", "ExecRequest", "ExecResult", "ExecUnit", "ExitSignal",
-    "ThreadCodeRunner", "UnitResult", "error_line", "format_value", "install_stdout_capture",
+    "MAX_ITEMS",
+    "CodeRunner",
+    "CodeSession",
+    "Console",
+    "ExecRequest",
+    "ExecResult",
+    "ExecUnit",
+    "ExitSignal",
+    "SessionInputs",
+    "StepSession",
+    "ThreadCodeRunner",
+    "UnitResult",
+    "error_line",
+    "execute",
+    "format_value",
+    "install_stdout_capture",
 ]  # fmt: skip
 
 
@@ -114,6 +137,56 @@ def install_stdout_capture() -> None:
 # ==================================================================================================
 
 
+class CodeSession(Protocol):
+    """A step's live namespace, as :class:`ThreadCodeRunner` (and the worker process) drive it."""
+
+    exited: bool
+    """``exit(value)`` ran."""
+    exit_value: Any
+    """The value passed to ``exit``."""
+    restore_errors: list[str]
+    """What restoring the workspace could not bring back."""
+
+    def begin(self, deadline: float) -> None:
+        """Build the namespace and restore the workspace; ``deadline`` is a monotonic time."""
+        ...
+
+    def run_code(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Run a code unit statement by statement."""
+        ...
+
+    def run_tool(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Run a formal tool call."""
+        ...
+
+    def snapshot(self) -> tuple[Any, list[str]]:
+        """The workspace as storable data, and the names dropped."""
+        ...
+
+
+class SessionInputs(Protocol):
+    """What a step's code needs, as a process runner reads it (it never calls the session)."""
+
+    policy: Any
+    """The :class:`~statek_bus.sandbox.policy.SandboxPolicy` for model code."""
+    trusted_policy: Any
+    """The policy for hidden warmup blocks."""
+    tools: dict[str, Any]
+    """Tools by name."""
+    job: Any
+    """The :class:`~statek_bus.authoring.tools.JobContext` tools see."""
+    workspace_data: Any
+    """The stored workspace, or None."""
+    shared_vars: dict[str, Any]
+    """Initial variables (no workspace yet)."""
+    registry: Any
+    """Classes workspace values may hold."""
+
+
+class StepSession(CodeSession, SessionInputs, Protocol):
+    """Both views of a session: what every runner accepts (:class:`SandboxSession` is one)."""
+
+
 class ExitSignal(BaseException):
     """Raised by ``exit(value)`` to stop the block; a BaseException so ``except Exception`` passes it."""
 
@@ -167,9 +240,9 @@ class UnitResult:
 class ExecRequest:
     """Everything a runner needs for one step's code."""
 
-    session: Any
-    """The engine's session object (see :class:`statek_bus.runtime.engine.Session`): builds the namespace,
-    compiles and runs statements, snapshots the workspace. Runners call it in their own context."""
+    session: StepSession
+    """The step's session: a thread runner calls it (:class:`CodeSession`); a process runner reads
+    its inputs (:class:`SessionInputs`) and runs an equivalent session in the worker."""
     units: list[ExecUnit]
     """What to run, in order."""
     deadline_seconds: float
@@ -245,7 +318,7 @@ class ThreadCodeRunner:
             if fut.cancelled():
                 continue
             try:
-                result, exc = ctx.run(_execute, request), None
+                result, exc = ctx.run(execute, request), None
             except BaseException as error:  # delivered to the awaiting step, as run_in_executor does
                 result, exc = None, error
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
@@ -269,8 +342,9 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
     fut.set_exception(exc)
 
 
-def _execute(request: ExecRequest) -> ExecResult:
-    """Run every unit of ``request`` in the current thread, in a decimal context of its own.
+def execute(request: ExecRequest) -> ExecResult:
+    """Run every unit of ``request`` in the current thread, in a decimal context of its own (the
+    thread runner and the worker process both call this).
 
     ``decimal.getcontext()`` is a mutable object reached through a context variable: a copied
     ``contextvars.Context`` still shares it, so ``getcontext().prec = 3`` would change arithmetic
@@ -312,7 +386,7 @@ def _execute_units(request: ExecRequest) -> ExecResult:
     )
 
 
-def _run_unit(session: Any, unit: ExecUnit, console: Console) -> UnitResult:
+def _run_unit(session: CodeSession, unit: ExecUnit, console: Console) -> UnitResult:
     if unit.skip:
         return UnitResult(console=[])
     run: Callable[..., UnitResult] = session.run_tool if unit.kind == "tool" else session.run_code

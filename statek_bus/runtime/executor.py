@@ -46,7 +46,7 @@ from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import wakeups as waits
-from statek_bus.runtime.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
+from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
 from statek_bus.runtime.engine import (
     RetryStep,
     StepEngine,
@@ -58,6 +58,7 @@ from statek_bus.runtime.engine import (
 from statek_bus.runtime.engine_state import EngineState
 from statek_bus.runtime.loading import load_agents
 from statek_bus.runtime.merge import merge_concurrent
+from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.messages import (
     Empty,
@@ -132,7 +133,7 @@ class Executor:
         self.agents: dict[str, AnyAgent] = {a.role: a for a in agent_list}
         self.instance_id = ""
         self.store: JobStore | None = None
-        self.runner = ThreadCodeRunner(threads=max(4, min(32, settings.max_concurrency // 4)))
+        self.runner = make_code_runner(settings)
         self.model = ProviderModel(nc, settings)
         from statek_bus.client.core import AsyncStatekClient
 
@@ -221,6 +222,7 @@ class Executor:
             ],
             max_concurrency=self.settings.max_concurrency,
             agents=sorted(self.agents),
+            sandbox=runner_layers(self.runner),
         )
 
     async def status_handler(self, _: Empty) -> ExecutorStatus:

@@ -32,6 +32,7 @@ __all__ = [
     "SYSTEM_TOOLS",
     "JobContext",
     "Tool",
+    "ToolHandle",
     "brief",
     "current_job",
     "describe",
@@ -42,6 +43,7 @@ __all__ = [
     "python_cli",
     "select_tools",
     "tool",
+    "unwrap_tool",
 ]
 
 DIFFICULTIES = ("L", "M", "H")
@@ -338,6 +340,56 @@ class Tool:
         )
 
 
+class ToolHandle:
+    """What model code holds for a tool in an in-process namespace: callable, nothing else.
+
+    A :class:`Tool` carries its function (``fn``, ``__wrapped__``) and through it the tool module's
+    globals; the handle exposes only the name, the summary and the call, so no attribute walk from
+    model code reaches a host function.
+    """
+
+    __slots__ = ("_tool",)
+    _tool: Tool
+
+    def __init__(self, tool: Tool) -> None:
+        object.__setattr__(self, "_tool", tool)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the tool."""
+        return self._tool(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a tool is read-only")
+
+    def __repr__(self) -> str:
+        return f"<tool {self._tool.name}>"
+
+    @property
+    def name(self) -> str:
+        """The tool's name."""
+        return self._tool.name
+
+    @property
+    def summary(self) -> str:
+        """Its one-line description."""
+        return self._tool.summary
+
+    @property
+    def hidden(self) -> bool:
+        """Callable from trusted code only."""
+        return self._tool.hidden
+
+    @property
+    def takes_futures(self) -> bool:
+        """Receives futures unresolved."""
+        return self._tool.takes_futures
+
+
+def unwrap_tool(obj: Any) -> Any:
+    """The :class:`Tool` behind a :class:`ToolHandle` (anything else unchanged)."""
+    return obj._tool if type(obj) is ToolHandle else obj
+
+
 def _await(awaitable: Any) -> Any:
     ctx = _current.get()
     loop = ctx.loop if ctx else None
@@ -487,7 +539,7 @@ def describe(what: Any, method_name: str | None = None, *, detailed: bool) -> st
     Model objects are described from their signature and docstring only: no annotation is
     evaluated and no model-defined ``__repr__``, descriptor or metaclass hook runs.
     """
-    obj = _resolve(what)
+    obj = unwrap_tool(_resolve(what))
     if isinstance(obj, Tool):
         return obj.detailed_text() if detailed else obj.brief_text()
     if not isinstance(obj, type) and not callable(obj):

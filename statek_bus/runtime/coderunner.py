@@ -455,14 +455,14 @@ class SandboxSession:
     # --- lifecycle ---------------------------------------------------------------------------------
     def begin(self, deadline: float) -> None:
         """Build the namespace and restore the workspace (in the runner's thread)."""
-        from statek_bus.authoring.tools import bind_job
+        from statek_bus.authoring.tools import Tool, ToolHandle, bind_job
         from statek_bus.runtime import workspace
         from statek_bus.sandbox import restricted as sandbox
 
         self.deadline = deadline
         bind_job(self.job)
         ns = sandbox.sandbox_globals(self.policy, deadline=lambda: self.deadline)
-        ns.update(self.tools)
+        ns.update({n: ToolHandle(t) if isinstance(t, Tool) else t for n, t in self.tools.items()})
         ns["print"] = _console_print
         ns["exit"] = self._exit
         self.job.extras["exit"] = self._exit
@@ -472,7 +472,11 @@ class SandboxSession:
             try:  # definitions replay with tools, exit and futures refusing: no side effects
                 with replaying(ns, [*self.tools, "exit"]):
                     self._workspace.restore(
-                        self.workspace_data, ns, policy=self.trusted_policy, registry=self.registry
+                        self.workspace_data,
+                        ns,
+                        policy=self.policy,
+                        trusted_policy=self.trusted_policy,
+                        registry=self.registry,
                     )
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -529,7 +533,7 @@ class SandboxSession:
             except Suspend as signal:
                 return UnitResult(console=console.entries, suspended=signal.future, statement=i)
             except ExitSignal:
-                self._record(stmt)
+                self._record(stmt, unit.trusted)
                 break
             except sandbox.StepTimeout as exc:
                 console.append(error_line(exc))
@@ -543,7 +547,7 @@ class SandboxSession:
                 return UnitResult(console=console.entries, error=error_line(exc))
             if env is not None and env.suspended is not None:  # a bare ``except:`` swallowed it
                 return UnitResult(console=console.entries, suspended=env.suspended, statement=i)
-            self._record(stmt)
+            self._record(stmt, unit.trusted)
             if text is not None:
                 console.append(text)
             if self.exited:
@@ -556,9 +560,9 @@ class SandboxSession:
         exec(stmt.code, self.ns)
         return None
 
-    def _record(self, stmt: Any) -> None:
+    def _record(self, stmt: Any, trusted: bool) -> None:
         if getattr(stmt, "is_definition", False):
-            self._workspace.record(stmt)
+            self._workspace.record(stmt, trusted=trusted)
 
     def run_tool(self, unit: ExecUnit, console: Console) -> UnitResult:
         """Run a formal tool call; its output and return value (or error) become the result."""

@@ -72,6 +72,9 @@ class DefinitionSource(msgspec.Struct, kw_only=True, frozen=True):
     """Names it binds."""
     source: str
     """Its source text, replayed through the sandbox on restore."""
+    trusted: bool = False
+    """Made by a hidden warmup block: replayed under the trusted policy (hidden tools allowed);
+    everything else replays under the job's own policy, as it ran."""
 
 
 class WorkspaceData(msgspec.Struct, kw_only=True):
@@ -102,6 +105,8 @@ class Definition:
     """Names it binds."""
     source: str
     """Its source text."""
+    trusted: bool = False
+    """Made by trusted (hidden warmup) code."""
 
 
 _CODE_KINDS = (type, types.ModuleType, staticmethod, classmethod, property)
@@ -185,7 +190,13 @@ class _Codec:
 
 class _Restore(Protocol):
     def __call__(
-        self, data: WorkspaceData, namespace: dict[str, Any], *, policy: SandboxPolicy, registry: TypeRegistry
+        self,
+        data: WorkspaceData,
+        namespace: dict[str, Any],
+        *,
+        policy: SandboxPolicy,
+        registry: TypeRegistry,
+        trusted_policy: SandboxPolicy | None = None,
     ) -> Workspace: ...
 
 
@@ -205,10 +216,10 @@ class Workspace:
         self.restore_errors: list[str] = []
         """``"<names>: <Type>: <message>"`` for each definition or value :meth:`restore` could not bring back."""
 
-    def record(self, statement: CompiledStatement) -> None:
-        """Remember a definition statement that ran; other statements are ignored."""
+    def record(self, statement: CompiledStatement, *, trusted: bool = False) -> None:
+        """Remember a definition statement that ran (``trusted``: in a hidden warmup block)."""
         if statement.is_definition:
-            self._add(Definition(statement.binds, statement.source))
+            self._add(Definition(statement.binds, statement.source, trusted))
 
     def _add(self, definition: Definition) -> None:
         names = set(definition.names)
@@ -264,7 +275,7 @@ class Workspace:
                 except Exception:
                     dropped.append(name)
         definitions = [
-            DefinitionSource(names=list(d.names), source=d.source)
+            DefinitionSource(names=list(d.names), source=d.source, trusted=d.trusted)
             for d in self.definitions
             if not d.names or any(n in namespace for n in d.names)
         ]
@@ -277,8 +288,12 @@ class Workspace:
         *,
         policy: SandboxPolicy,
         registry: TypeRegistry,
+        trusted_policy: SandboxPolicy | None = None,
     ) -> Workspace:
         """Bring ``data`` back into ``namespace`` (normally fresh sandbox globals plus the tools).
+
+        Each definition replays under the policy it first ran under: ``trusted_policy`` for those
+        a hidden warmup block made, ``policy`` (the job's) for everything else.
 
         ``Workspace.restore(...)`` returns a new workspace; ``workspace.restore(...)`` on an instance
         fills (replaces the definitions of) that instance and returns it.
@@ -290,9 +305,12 @@ class Workspace:
         Raises:
             SandboxViolation: a stored definition breaks ``policy``.
         """
-        blocks = [compile_block(d.source, policy).statements for d in data.definitions]
+        blocks = [
+            compile_block(d.source, trusted_policy if d.trusted and trusted_policy else policy).statements
+            for d in data.definitions
+        ]
         workspace = self
-        workspace.definitions = [Definition(tuple(d.names), d.source) for d in data.definitions]
+        workspace.definitions = [Definition(tuple(d.names), d.source, d.trusted) for d in data.definitions]
         workspace.restore_errors = []
         early: dict[str, Any] = {}
         late: dict[str, Any] = {}
@@ -333,7 +351,8 @@ class Workspace:
         return workspace
 
     restore = _RestoreDescriptor()
-    """``restore(data, namespace, *, policy, registry) -> Workspace``: see :meth:`_restore`."""
+    """``restore(data, namespace, *, policy, registry, trusted_policy=None) -> Workspace``: see
+    :meth:`_restore`."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -384,6 +384,16 @@ class ToolHandle:
         """Receives futures unresolved."""
         return self._tool.takes_futures
 
+    @property
+    def arg_docs(self) -> Mapping[str, str]:
+        """Argument descriptions (read-only)."""
+        return self._tool.arg_docs
+
+    @property
+    def hints(self) -> Mapping[str, Any]:
+        """Argument types (read-only)."""
+        return self._tool.hints
+
 
 def unwrap_tool(obj: Any) -> Any:
     """The :class:`Tool` behind a :class:`ToolHandle` (anything else unchanged)."""

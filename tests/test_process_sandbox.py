@@ -148,3 +148,57 @@ async def test_the_executor_reports_its_isolation_layers(mesh: Settings, nc: Cli
         await asyncio.sleep(0.05)
     assert reply.sandbox["process"] == "on"
     assert reply.sandbox["rlimits"] == "on" and reply.sandbox["no_new_privs"] == "on"
+
+
+def _request(code: str, deadline: float = 5.0) -> Any:
+    from statek_bus.authoring.futures import REGISTRY, WaitEnv
+    from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext
+    from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession
+    from statek_bus.sandbox.restricted import SandboxPolicy
+
+    env = WaitEnv("job1", None, None, None)
+    ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
+    session = SandboxSession(
+        policy=SandboxPolicy(restricted=False),
+        trusted_policy=SandboxPolicy(restricted=False),
+        tools={t.name: t for t in SYSTEM_TOOLS},
+        job=ctx,
+        workspace=None,
+        shared_vars={},
+        registry=REGISTRY,
+    )
+    unit = ExecUnit(kind="code", code=code, site="0.0")
+    return ExecRequest(session=session, units=[unit], deadline_seconds=deadline)
+
+
+async def test_a_worker_killed_from_outside_is_its_steps_error_and_the_runner_goes_on() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=2)
+    try:
+        code = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
+        result = await runner.run(_request(code))
+        assert result.units[0].error.startswith("WorkerCrash: your code crashed the interpreter (SIGKILL)")
+        assert result.workspace is None  # the job keeps the workspace it had before the step
+        after = await runner.run(_request("print('alive')"))
+        assert after.units[0].console == ["alive"]
+    finally:
+        await runner.aclose()
+
+
+async def test_a_dead_fork_server_is_restarted_for_the_next_step() -> None:
+    import signal
+
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        await asyncio.to_thread(runner.wait_started)
+        server = runner._server._proc
+        assert server is not None
+        os.kill(server.pid, signal.SIGKILL)
+        await asyncio.to_thread(server.wait)
+        result = await runner.run(_request("print('after restart')"))
+        assert result.units[0].console == ["after restart"], result.units
+    finally:
+        await runner.aclose()

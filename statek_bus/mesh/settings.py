@@ -86,7 +86,7 @@ class Settings:
     """Where model code runs: ``process`` (a locked-down worker process per step, the default) or
     ``in-process`` (threads of the executor: no memory or CPU limit, for trusted development only;
     the executor warns loudly at start)."""
-    sandbox_workers: int = 8
+    sandbox_workers: int = 32
     """Steps whose model code runs at once in worker processes (one process each)."""
     sandbox_memory_mb: int = 512
     """Memory one step's worker may allocate beyond its size at start (MiB; 0: no limit)."""

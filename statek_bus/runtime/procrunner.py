@@ -102,6 +102,18 @@ class ToolRef:
 
 ToolRef.__module__, ToolRef.__qualname__ = TOOL_REF.split(":")
 
+_BOOT = (
+    "import importlib.util, sys, types\n"
+    "spec = importlib.util.find_spec('statek_bus')\n"
+    "pkg = types.ModuleType('statek_bus')\n"
+    "pkg.__path__ = list(spec.submodule_search_locations)\n"
+    "sys.modules['statek_bus'] = pkg\n"
+    "from statek_bus.runtime.worker import main\n"
+    "main(sys.argv)\n"
+)
+"""The fork server's start: skip the package front door, which imports the client and NATS. A
+smaller fork server forks faster (26 MB instead of 40 MB: ~2.7 ms instead of ~4 ms a fork here)."""
+
 _REMOTE_DUNDERS = frozenset({"__str__", "__format__", "__bool__", "__len__", "__getitem__"})
 
 
@@ -131,7 +143,7 @@ class _ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         limits = msgspec.json.encode(self.limits).decode()
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "statek_bus.runtime.worker", str(theirs.fileno()), limits],
+            [sys.executable, "-I", "-c", _BOOT, str(theirs.fileno()), limits],
             env={"LANG": "C.UTF-8", "PYTHONHASHSEED": "random"},
             cwd=self._dir,
             pass_fds=(theirs.fileno(),),
@@ -143,6 +155,8 @@ class _ForkServer:
         theirs.close()
         self._ctl = ours
         self._ready.clear()
+        while not self._spawned.empty():  # a dead server's wake-up
+            self._spawned.get_nowait()
         self.generation += 1
         threading.Thread(target=self._read, args=(ours,), name="statek-forkserver", daemon=True).start()
         if not self._ready.wait(60):
@@ -173,26 +187,33 @@ class _ForkServer:
                     self._exit_cond.notify_all()
 
     def spawn(self) -> tuple[socket.socket, int, int]:
-        """A fresh worker: (socket, pid, fork-server generation)."""
+        """A fresh worker: (socket, pid, fork-server generation); a dead fork server is restarted."""
         with self._lock:
-            if not self._ready.is_set():
-                self.close()
-                self.start()
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                assert self._ctl is not None
-                socket.send_fds(self._ctl, [b"f"], [theirs.fileno()])
-            except OSError:
+            for _ in range(2):
+                if not self._ready.is_set():
+                    self.close()
+                    self.start()
+                found = self._fork()
+                if found is not None:
+                    return found
                 self._ready.clear()
-                ours.close()
-                raise RuntimeError("the sandbox fork server is gone") from None
-            finally:
-                theirs.close()
-            pid = self._spawned.get(timeout=30)
-            if pid < 0:
-                ours.close()
-                raise RuntimeError("the sandbox fork server is gone")
-            return ours, pid, self.generation
+            raise RuntimeError("the sandbox fork server keeps dying")
+
+    def _fork(self) -> tuple[socket.socket, int, int] | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            assert self._ctl is not None
+            socket.send_fds(self._ctl, [b"f"], [theirs.fileno()])
+        except OSError:
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        pid = self._spawned.get(timeout=30)
+        if pid < 0:
+            ours.close()
+            return None
+        return ours, pid, self.generation
 
     def exit_status(self, pid: int, timeout: float) -> int | None:
         """The worker's wait status, once the fork server reaped it."""
@@ -236,7 +257,7 @@ class ProcessCodeRunner:
         spare: workers kept forked ahead of demand.
     """
 
-    def __init__(self, workers: int = 8, limits: Limits | None = None, spare: int = 4) -> None:
+    def __init__(self, workers: int = 8, limits: Limits | None = None, spare: int = 8) -> None:
         self.limits = limits or Limits()
         self.protected = protect_executor()
         self._server = _ForkServer(self.limits)
@@ -311,13 +332,13 @@ class ProcessCodeRunner:
             self._queue.put(None)
         self._threads = []
         self._want.release()
+        await asyncio.to_thread(functools.partial(self._server.close, final=True))
         while True:
             try:
                 sock, _, _ = self._spare.get_nowait()
             except queue.Empty:
                 break
             sock.close()
-        await asyncio.to_thread(functools.partial(self._server.close, final=True))
 
     # --- one step ----------------------------------------------------------------------------------
     def _take(self) -> tuple[socket.socket, int]:
@@ -344,7 +365,11 @@ class ProcessCodeRunner:
             if not self._threads:
                 return
             try:
-                self._spare.put(self._server.spawn())
+                spare = self._server.spawn()
+                if not self._threads:  # closed meanwhile
+                    spare[0].close()
+                    return
+                self._spare.put(spare)
             except (RuntimeError, queue.Empty):
                 time.sleep(0.5)  # the fork server is restarting: the next spawn starts it again
                 self._want.release()
@@ -375,12 +400,14 @@ class ProcessCodeRunner:
                 if isinstance(msg, StepDone):
                     self._server.forget(pid)
                     return step.result(msg, time.monotonic() - started)
+                called = time.monotonic()
                 if isinstance(msg, ToolCall):
                     reply = step.call(msg)
                 elif isinstance(msg, RemoteOp):
                     reply = step.remote(msg)
                 else:
                     raise FrameError(f"unexpected {type(msg).__name__} from a worker")
+                deadline += time.monotonic() - called  # time in a tool is not the model code's
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
                 write_frame(sock, reply)
         except TimeoutError:

@@ -31,11 +31,9 @@ import contextlib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 
 from statek_bus.sandbox.restricted import (
     MODEL_MODULE,
@@ -46,6 +44,9 @@ from statek_bus.sandbox.restricted import (
 )
 from statek_bus.wire.subjects import OBJECT_STORE_BUCKET, token
 from statek_bus.wire.values import TAG, TypeRegistry, from_json, to_json
+
+if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS client
+    from nats.js import JetStreamContext
 
 __all__ = [
     "Definition",
@@ -65,7 +66,7 @@ MOBJ = "mobj"
 """Tag of an instance of a model-defined class."""
 
 
-class DefinitionSource(msgspec.Struct, kw_only=True, frozen=True):
+class DefinitionSource(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One persisted definition."""
 
     names: list[str]
@@ -409,6 +410,8 @@ async def delete_workspace(js: JetStreamContext, ref: WorkspaceRef) -> None:
     """Delete ``ref``'s blob, if it has one (superseded workspaces); a missing blob is not an error."""
     if ref.blob is None:
         return
+    from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
+
     store = await js.object_store(OBJECT_STORE_BUCKET)
     with contextlib.suppress(NotFoundError, ObjectNotFoundError, ObjectDeletedError):
         await store.delete(ref.blob)

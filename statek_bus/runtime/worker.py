@@ -470,6 +470,8 @@ def main(argv: list[str]) -> None:
             msg, fds, _, _ = socket.recv_fds(ctl, 64, 1)
         except InterruptedError:
             continue
+        except OSError:  # the executor is gone
+            return
         if not msg:  # the executor is gone
             return
         if not fds:

@@ -202,3 +202,15 @@ async def test_a_dead_fork_server_is_restarted_for_the_next_step() -> None:
         assert result.units[0].console == ["after restart"], result.units
     finally:
         await runner.aclose()
+
+
+async def test_an_oversized_workspace_is_not_saved_and_the_job_is_told() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request("big = 'x' * (40 * 2**20)\nprint('made')"))
+        assert result.units[0].console == ["made"] and result.workspace is None
+        assert any(n.startswith("Warning: the workspace is ") for n in result.notes), result.notes
+    finally:
+        await runner.aclose()

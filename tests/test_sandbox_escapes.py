@@ -166,3 +166,16 @@ def test_tools_in_an_in_process_namespace_expose_no_function() -> None:
     out = _console(_run("print(docstr.name)\ndocstr.fn"))
     assert out[0] == "docstr"
     assert out[-1].startswith("AttributeError"), out
+
+
+def test_console_output_is_cut_with_a_note_and_the_error_still_shows() -> None:
+    out = _console(_run("for i in range(30000):\n    print('line', i)\n1 / 0"))
+    assert sum(len(line) for line in out) < 110_000
+    assert "Warning: console output cut at 100000 characters" in out
+    assert out[-2].startswith("ZeroDivisionError"), out[-3:]
+
+
+def test_an_oversized_exit_status_is_the_steps_error() -> None:
+    result = _run("exit('x' * 100_000)")
+    assert not result.exited
+    assert result.units[0].error == "ValueError: the exit status is 100002 bytes; the limit is 65536"

@@ -40,6 +40,8 @@ from statek_bus.authoring.console import MAX_ITEMS, error_line, format_value
 from statek_bus.sandbox.replay import replaying
 
 __all__ = [
+    "MAX_CONSOLE_CHARS",
+    "MAX_EXIT_CHARS",
     "MAX_ITEMS",
     "CodeRunner",
     "CodeSession",
@@ -52,6 +54,7 @@ __all__ = [
     "StepSession",
     "ThreadCodeRunner",
     "UnitResult",
+    "check_exit_size",
     "error_line",
     "execute",
     "format_value",
@@ -64,12 +67,25 @@ __all__ = [
 # ==================================================================================================
 
 
+MAX_CONSOLE_CHARS = 100_000
+"""Console text one unit keeps; the rest is cut with a note (the chat log lives in the job record)."""
+MAX_EXIT_CHARS = 64 * 1024
+"""Largest exit status, encoded (it is stored in the job record and read by parent jobs)."""
+
+
 class Console:
-    """The console of one unit: one entry per ``print`` call, echoed value or error line."""
+    """The console of one unit: one entry per ``print`` call, echoed value or error line.
+
+    At most :data:`MAX_CONSOLE_CHARS` are kept; output past it is counted and replaced by one
+    note, and a few short lines after it (an error line) still get through.
+    """
 
     def __init__(self) -> None:
         self.entries: list[str] = []
         self._partial: list[str] = []
+        self._chars = 0
+        self._cut = 0
+        self._late = 0
 
     def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
         """The job's ``print``: values formatted as the model sees them."""
@@ -78,8 +94,12 @@ class Console:
 
     def write(self, text: str) -> int:
         """Append raw text; a trailing newline closes the entry."""
+        if self._cut:
+            self._cut += len(text)
+            return len(text)
         self._partial.append(text)
-        if text.endswith("\n"):
+        self._chars += len(text)
+        if self._chars > MAX_CONSOLE_CHARS or text.endswith("\n"):
             self.flush()
         return len(text)
 
@@ -88,12 +108,31 @@ class Console:
         if self._partial:
             joined = "".join(self._partial)
             self._partial.clear()
-            self.entries.append(joined[:-1] if joined.endswith("\n") else joined)
+            self._add(joined[:-1] if joined.endswith("\n") else joined)
 
     def append(self, line: str) -> None:
         """Add a whole entry."""
         self.flush()
-        self.entries.append(line)
+        self._chars += len(line)
+        self._add(line)
+
+    def _add(self, line: str) -> None:
+        if self._cut:
+            if len(line) < 1000 and self._late < 20:
+                self._late += 1
+                self.entries.insert(len(self.entries) - 1, line)  # before the note
+            else:
+                self._cut += len(line)
+            return
+        over = self._chars - MAX_CONSOLE_CHARS
+        if over <= 0:
+            self.entries.append(line)
+            return
+        keep = max(0, len(line) - over)
+        if keep:
+            self.entries.append(line[:keep])
+        self._cut = len(line) - keep
+        self.entries.append(f"Warning: console output cut at {MAX_CONSOLE_CHARS} characters")
 
 
 _current_console: contextvars.ContextVar[Console | None] = contextvars.ContextVar(
@@ -351,7 +390,29 @@ def execute(request: ExecRequest) -> ExecResult:
     for later jobs and the host. Each request gets a fresh default context instead.
     """
     with decimal.localcontext(decimal.Context()):
-        return _execute_units(request)
+        result = _execute_units(request)
+    if result.exited:
+        check_exit_size(result)
+    return result
+
+
+def check_exit_size(result: ExecResult) -> None:
+    """An exit status too large for the job record is the step's error, not an internal one."""
+    import msgspec
+
+    from statek_bus.wire.values import to_json
+
+    try:
+        size = len(msgspec.json.encode(to_json(result.exit_value)))
+    except Exception:
+        size = len(format_value(result.exit_value))
+    if size <= MAX_EXIT_CHARS:
+        return
+    line = f"ValueError: the exit status is {size} bytes; the limit is {MAX_EXIT_CHARS}"
+    result.exited, result.exit_value = False, None
+    if result.units:
+        result.units[-1].console.append(line)
+        result.units[-1].error = result.units[-1].error or line
 
 
 def _execute_units(request: ExecRequest) -> ExecResult:

@@ -51,6 +51,7 @@ from statek_bus.runtime.coderunner import (
     UnitResult,
     _current_console,
     _settle,
+    check_exit_size,
     install_stdout_capture,
 )
 from statek_bus.runtime.workspace import WorkspaceData
@@ -686,7 +687,7 @@ class _Step:
         exit_value = self.exit_value if self.exited and not done.exited else from_json(done.exit_value, self.registry)
         workspace = msgspec.convert(done.workspace, WorkspaceData) if done.workspace is not None else None
         last = units[-1] if units else None
-        return ExecResult(
+        result = ExecResult(
             units=units,
             exit_value=exit_value,
             exited=exited,
@@ -697,6 +698,9 @@ class _Step:
             suspended=last.suspended if last is not None else None,
             suspended_at=tuple(done.suspended_at) if last is not None and last.suspended is not None else (0, 0),  # type: ignore[arg-type]
         )
+        if result.exited and self.exited:  # a tool's exit_job: the worker did not see its value
+            check_exit_size(result)
+        return result
 
     def _memory(self, line: str | None) -> str | None:
         if line is None or not line.startswith("MemoryError"):

@@ -68,7 +68,10 @@ from statek_bus.sandbox.replay import refuse_during_replay
 from statek_bus.sandbox.runtime import Clock, Importer
 from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
-__all__ = ["ToolStub", "main"]
+__all__ = ["MAX_WORKSPACE_BYTES", "ToolStub", "main"]
+
+MAX_WORKSPACE_BYTES = 32 * 1024 * 1024
+"""Largest workspace a step may save (encoded); past it the step's variables are not saved."""
 
 _ENCODER = msgspec.json.Encoder()
 _CTL_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
@@ -350,6 +353,13 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
         except Exception:
             exit_value = format_value(result.exit_value)
     ws = msgspec.to_builtins(result.workspace) if result.workspace is not None else None
+    notes = list(result.notes)
+    if ws is not None and (size := len(_ENCODER.encode(ws))) > MAX_WORKSPACE_BYTES:
+        ws = None  # the job keeps the workspace it had before this step
+        notes.append(
+            f"Warning: the workspace is {size} bytes; the limit is {MAX_WORKSPACE_BYTES}: "
+            "this step's variables were not saved"
+        )
     return StepDone(
         units=[
             UnitOut(
@@ -366,7 +376,7 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
         exit_value=exit_value,
         workspace=ws,
         dropped=result.dropped,
-        notes=result.notes,
+        notes=notes,
         suspended_at=result.suspended_at,
         seconds=result.seconds,
     )

@@ -150,7 +150,7 @@ async def test_the_executor_reports_its_isolation_layers(mesh: Settings, nc: Cli
     assert reply.sandbox["rlimits"] == "on" and reply.sandbox["no_new_privs"] == "on"
 
 
-def _request(code: str, deadline: float = 5.0) -> Any:
+def _request(code: str, deadline: float = 5.0, *tools: Any) -> Any:
     from statek_bus.authoring.futures import REGISTRY, WaitEnv
     from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext
     from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession
@@ -161,7 +161,7 @@ def _request(code: str, deadline: float = 5.0) -> Any:
     session = SandboxSession(
         policy=SandboxPolicy(restricted=False),
         trusted_policy=SandboxPolicy(restricted=False),
-        tools={t.name: t for t in SYSTEM_TOOLS},
+        tools={t.name: t for t in (*SYSTEM_TOOLS, *tools)},
         job=ctx,
         workspace=None,
         shared_vars={},
@@ -212,5 +212,22 @@ async def test_an_oversized_workspace_is_not_saved_and_the_job_is_told() -> None
         result = await runner.run(_request("big = 'x' * (40 * 2**20)\nprint('made')"))
         assert result.units[0].console == ["made"] and result.workspace is None
         assert any(n.startswith("Warning: the workspace is ") for n in result.notes), result.notes
+    finally:
+        await runner.aclose()
+
+
+async def test_a_compromised_worker_cannot_call_a_hidden_tool() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+    from tests.sandbox_agents import secret_tool
+
+    # Restricted mode off stands for a full escape: the code speaks the protocol itself.
+    code = (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox.protocol import ToolCall\n"
+        "print(worker._channel().request(ToolCall(tool='secret_tool')))"
+    )
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request(code, 5.0, secret_tool))
+        assert result.units[0].console == ["NameError: tool 'secret_tool' is not exposed to this job"]
     finally:
         await runner.aclose()

@@ -32,6 +32,11 @@ Approaches tried, and why each was kept or dropped (measured on a 2-core Firecra
   and a lock-down ~1.3 ms; the per-step boundary is ~5 ms against ~0.2 ms in-process
   (``python -m bench sandbox``). Workers are forked ahead so the cost is mostly off the step's
   path; the fork server's rate (one core) bounds steps with code to a few hundred per second.
+* *Two fork servers* (forks on both cores): no gain measured (a thousand parent/child jobs took
+  33 s either way; 8 steps in flight 4.0 against 4.3 ms a step): the steps are bound by the CPU
+  of the whole mesh on two cores, not by the fork rate. Dropped.
+* *A smaller fork server*: started without the package front door (which imports the client and
+  NATS), 26 MB instead of 40 MB, a fork ~2.7 ms instead of ~4 ms. Kept.
 * *A network namespace per worker*: +2.7 ms per step (creation and teardown). Replaced by one
   namespace for the fork server, which every worker is born in.
 * *seccomp through libseccomp per worker*: ~1-2 ms to build the filter each time. Replaced by

@@ -1,10 +1,15 @@
-"""Cost of restricted mode: the tick, instrumented loops, compiling, and workspace snapshot/restore.
+"""Cost of restricted mode and of the process boundary.
+
+The process rows run the same step through :class:`ProcessCodeRunner` (a fresh locked-down worker
+per step) and :class:`ThreadCodeRunner` (in-process) in the same run: a trivial step, a step making
+10 tool calls (per call), both one at a time and 8 in flight, with the ratio (process ÷ in-process, x
+slower). Then the pieces: a fork from the fork server, and the lock-down of a worker.
 
 Rows compare the same code compiled plainly (``compile``) and through :func:`compile_block` with a
 deadline set, per iteration or per call; plus ``compile_block`` uncached and cached, and a
 workspace of 20 definitions and 200 values through snapshot → bytes → restore.
 
-``python -m bench.sandbox [--quick]``.
+``python -m bench sandbox [--quick]`` (or ``python -m bench.sandbox``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import print_table
+from statek_bus.authoring.tools import tool
+from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
+from statek_bus.runtime.procrunner import ProcessCodeRunner
 from statek_bus.runtime.workspace import Workspace, decode_workspace, encode_workspace
 from statek_bus.sandbox.restricted import SandboxPolicy, compile_block, sandbox_globals
 from statek_bus.wire.values import TypeRegistry
@@ -105,10 +113,101 @@ def _workspace_rows(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
+@tool
+def _add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def _session() -> Any:
+    from statek_bus.authoring.futures import REGISTRY, WaitEnv
+    from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext
+
+    env = WaitEnv("bench", None, None, None)
+    ctx = JobContext(job_id="bench", agent="a", params={}, namespace={}, extras={"env": env})
+    tools = {t.name: t for t in (*SYSTEM_TOOLS, _add)}
+    return SandboxSession(
+        policy=POLICY, trusted_policy=POLICY, tools=tools, job=ctx, workspace=None,
+        shared_vars={"n": 1}, registry=REGISTRY,
+    )  # fmt: skip
+
+
+async def _steps(runner: Any, code: str, steps: int, in_flight: int) -> float:
+    """Seconds per step, ``steps`` steps with ``in_flight`` at once."""
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with sem:
+            unit = ExecUnit(kind="code", code=code, site="0.0")
+            await runner.run(ExecRequest(session=_session(), units=[unit], deadline_seconds=10))
+
+    await one()  # warm
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(steps)))
+    return (time.perf_counter() - t0) / steps
+
+
+async def _process_rows(steps: int) -> list[dict[str, Any]]:
+    process = ProcessCodeRunner(workers=8)
+    thread = ThreadCodeRunner(threads=8)
+    await asyncio.to_thread(process.wait_started)
+    rows: list[dict[str, Any]] = []
+    tools = "x = 0\nfor i in range(10):\n    x = _add(x, i)"
+    try:
+        for case, code, per in (("trivial step", "y = n + 1", 1), ("10 tool calls, per call", tools, 10)):
+            for in_flight in (1, 8):
+                a = await _steps(thread, code, steps, in_flight) / per
+                b = await _steps(process, code, steps, in_flight) / per
+                rows.append({
+                    "case": f"{case}, {in_flight} in flight", "in-process µs": a * 1e6,
+                    "process µs": b * 1e6, "ratio (x slower)": b / a,
+                })  # fmt: skip
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            sock, _, _ = process._server.spawn()
+            sock.close()
+        rows.append({"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6})
+    finally:
+        await process.aclose()
+        await thread.aclose()
+    rows.append({"case": "lock-down of one worker (in a fork)", "process µs": _lockdown_cost(steps) * 1e6})
+    return rows
+
+
+def _lockdown_cost(n: int) -> float:
+    import os
+
+    from statek_bus.sandbox.isolation import Limits, lock_down, prepare
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # measure in a child: prepare() enters a network namespace
+        prepared = prepare()
+        total = 0.0
+        r2, w2 = os.pipe()
+        for _ in range(n):
+            child = os.fork()
+            if child == 0:
+                t0 = time.perf_counter()
+                lock_down(Limits(), prepared)
+                os.write(w2, str(time.perf_counter() - t0).encode().ljust(32))
+                os._exit(0)
+            total += float(os.read(r2, 32))
+            os.waitpid(child, 0)
+        os.write(w, str(total / n).encode().ljust(32))
+        os._exit(0)
+    result = float(os.read(r, 32))
+    os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    return result
+
+
 async def run(quick: bool) -> list[dict[str, Any]]:
-    """Rows: per-iteration loop costs, then compile and workspace costs."""
+    """Rows: the process boundary against in-process, loop costs, then compile and workspace costs."""
     n, repeat = (20_000, 3) if quick else (200_000, 7)
-    return await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
+    rows = await _process_rows(50 if quick else 300)
+    return rows + await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
 
 
 if __name__ == "__main__":

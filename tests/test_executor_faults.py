@@ -30,7 +30,7 @@ from statek_bus.runtime.coderunner import (
     ExitSignal,
     SandboxSession,
     ThreadCodeRunner,
-    _execute,
+    execute,
 )
 from statek_bus.runtime.engine_state import EngineState, Wait, store_state
 from statek_bus.runtime.executor import Executor
@@ -283,7 +283,7 @@ def _session(ws: Any = None, *tools: Any) -> tuple[SandboxSession, StepRuntime]:
 
 def _run(code: str, ws: Any = None, *tools: Any) -> Any:
     session, _ = _session(ws, *tools)
-    return _execute(
+    return execute(
         ExecRequest(session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5)
     )
 
@@ -379,7 +379,7 @@ def test_a_job_handle_in_a_replayed_class_body_sends_nothing() -> None:
     def run(code: str, ws: Any) -> Any:
         session, env = _session(ws)
         env.client = Jobs_client()
-        return _execute(
+        return execute(
             ExecRequest(
                 session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5
             )

@@ -32,8 +32,10 @@ __all__ = [
     "SYSTEM_TOOLS",
     "JobContext",
     "Tool",
+    "ToolHandle",
     "brief",
     "current_job",
+    "describe",
     "docstr",
     "exit_job",
     "get_pending_notifications",
@@ -41,6 +43,7 @@ __all__ = [
     "python_cli",
     "select_tools",
     "tool",
+    "unwrap_tool",
 ]
 
 DIFFICULTIES = ("L", "M", "H")
@@ -57,8 +60,9 @@ class JobContext:
     """The agent role."""
     params: dict[str, Any]
     """The job's parameters."""
-    namespace: dict[str, Any]
-    """The job's workspace namespace (for binding arguments by name)."""
+    namespace: Mapping[str, Any]
+    """The job's workspace namespace (for binding arguments by name); in a worker process's step,
+    a read-only view that asks the worker for each name."""
     notifications: list[str] = dataclasses.field(default_factory=list)
     """Notifications waiting for the job (not consumed by reading them)."""
     difficulty: str = "M"
@@ -336,6 +340,66 @@ class Tool:
         )
 
 
+class ToolHandle:
+    """What model code holds for a tool in an in-process namespace: callable, nothing else.
+
+    A :class:`Tool` carries its function (``fn``, ``__wrapped__``) and through it the tool module's
+    globals; the handle exposes only the name, the summary and the call, so no attribute walk from
+    model code reaches a host function.
+    """
+
+    __slots__ = ("_tool",)
+    _tool: Tool
+
+    def __init__(self, tool: Tool) -> None:
+        object.__setattr__(self, "_tool", tool)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the tool."""
+        return self._tool(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a tool is read-only")
+
+    def __repr__(self) -> str:
+        return f"<tool {self._tool.name}>"
+
+    @property
+    def name(self) -> str:
+        """The tool's name."""
+        return self._tool.name
+
+    @property
+    def summary(self) -> str:
+        """Its one-line description."""
+        return self._tool.summary
+
+    @property
+    def hidden(self) -> bool:
+        """Callable from trusted code only."""
+        return self._tool.hidden
+
+    @property
+    def takes_futures(self) -> bool:
+        """Receives futures unresolved."""
+        return self._tool.takes_futures
+
+    @property
+    def arg_docs(self) -> Mapping[str, str]:
+        """Argument descriptions (read-only)."""
+        return self._tool.arg_docs
+
+    @property
+    def hints(self) -> Mapping[str, Any]:
+        """Argument types (read-only)."""
+        return self._tool.hints
+
+
+def unwrap_tool(obj: Any) -> Any:
+    """The :class:`Tool` behind a :class:`ToolHandle` (anything else unchanged)."""
+    return obj._tool if type(obj) is ToolHandle else obj
+
+
 def _await(awaitable: Any) -> Any:
     ctx = _current.get()
     loop = ctx.loop if ctx else None
@@ -412,33 +476,109 @@ def _resolve(what: Any) -> Any:
     return what
 
 
-def _describe(what: Any, method_name: str | None, detailed: bool) -> str:
-    obj = _resolve(what)
+def _signature_text(fn: Any, name: str, detailed: bool) -> str:
+    """``name(sig)`` of a callable that is not a Tool, without evaluating anything it carries.
+
+    Annotations stay the text (or object) they were written as: :func:`typing.get_type_hints` would
+    evaluate string annotations of model code, unchecked and uninstrumented, in this process.
+    """
+    try:
+        sig = inspect.signature(fn, follow_wrapped=False, eval_str=False)
+    except (TypeError, ValueError):
+        return f"{name}(...)"
+    params: list[str] = []
+    star = False
+    for p in sig.parameters.values():
+        if not detailed and (p.name.startswith("_") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+            continue
+        text = p.name
+        if p.kind is p.VAR_POSITIONAL:
+            text, star = "*" + text, True
+        elif p.kind is p.VAR_KEYWORD:
+            text = "**" + text
+        elif p.kind is p.KEYWORD_ONLY and not star and detailed:
+            params.append("*")
+            star = True
+        if detailed and p.annotation is not inspect.Parameter.empty:
+            text += ": " + _annotation_text(p.annotation)
+        if p.default is not inspect.Parameter.empty:
+            text += "=" + _safe_repr(p.default)
+        params.append(text)
+    ret = ""
+    if detailed and sig.return_annotation is not inspect.Signature.empty:
+        ret = " -> " + _annotation_text(sig.return_annotation)
+    return f"{name}({', '.join(params)}){ret}"
+
+
+def _annotation_text(annotation: Any) -> str:
+    if isinstance(annotation, str):
+        return str.__str__(annotation)  # shown as written, never evaluated
+    if isinstance(annotation, type):
+        qualname = type.__dict__["__qualname__"].__get__(annotation)
+        return str(qualname)
+    text = object.__repr__(annotation) if type(annotation).__module__ == "statek_model" else repr(annotation)
+    return text.replace("typing.", "")
+
+
+def _safe_repr(value: Any) -> str:
+    if value is None or type(value) in (bool, int, float, str):
+        return repr(value)
+    return f"<{type(value).__name__}>"  # never run a model-defined __repr__ from a describer
+
+
+def _doc_of(obj: Any) -> str | None:
+    doc = getattr(obj, "__doc__", None)
+    return doc if type(doc) is str else None  # a property or descriptor could compute anything
+
+
+def _callable_text(fn: Any, name: str, detailed: bool) -> str:
+    summary, _, doc = _parse_doc(_doc_of(fn))
+    if detailed:
+        head = "def " + _signature_text(fn, name, True)
+        if not doc:
+            return head + ": ..."
+        body = "\n".join("    " + line if line else "" for line in doc.splitlines())
+        return f'{head}:\n    """\n{body}\n    """'
+    head = _signature_text(fn, name, False)
+    return f"{head}\n    {summary}" if summary else head
+
+
+def describe(what: Any, method_name: str | None = None, *, detailed: bool) -> str:
+    """The text ``docstr`` (``detailed``) or ``brief`` prints for ``what``.
+
+    Model objects are described from their signature and docstring only: no annotation is
+    evaluated and no model-defined ``__repr__``, descriptor or metaclass hook runs.
+    """
+    obj = unwrap_tool(_resolve(what))
     if isinstance(obj, Tool):
         return obj.detailed_text() if detailed else obj.brief_text()
     if not isinstance(obj, type) and not callable(obj):
         obj = type(obj)
+    name = str(getattr(obj, "__name__", "")) if isinstance(getattr(obj, "__name__", None), str) else ""
     if method_name is not None:
-        member = getattr(obj, method_name, None)
+        method_name = str.__str__(method_name) if isinstance(method_name, str) else str(method_name)
+        member = inspect.getattr_static(obj, method_name, None)
         if member is None or method_name.startswith("_"):
-            raise AttributeError(f"{getattr(obj, '__name__', obj)!s} has no method {method_name!r}")
-        obj = member
+            raise AttributeError(f"{name or type(obj).__name__} has no method {method_name!r}")
+        if isinstance(member, staticmethod | classmethod):
+            member = member.__func__
+        obj, name = member, method_name
     if isinstance(obj, type):
-        lines = [f"class {obj.__name__}:"]
-        summary, _, doc = _parse_doc(obj.__doc__)
+        lines = [f"class {name}:"]
+        summary, _, doc = _parse_doc(_doc_of(obj))
         if detailed and doc:
             lines += ['    """', *("    " + ln for ln in doc.splitlines()), '    """']
         elif summary:
             lines.append(f"    {summary}")
         for mname, member in vars(obj).items():
+            if isinstance(member, staticmethod | classmethod):
+                member = member.__func__
             if mname.startswith("_") or not callable(member):
                 continue
-            t = Tool(member, name=mname)
-            text = t.detailed_text() if detailed else t.brief_text()
+            text = _callable_text(member, mname, detailed)
             lines.append("\n".join("    " + ln for ln in text.splitlines()))
         return "\n".join(lines)
-    t = Tool(obj)
-    return t.detailed_text() if detailed else t.brief_text()
+    return _callable_text(obj, name or type(obj).__name__, detailed)
 
 
 @tool(system=True)
@@ -449,7 +589,7 @@ def docstr(what: Any, method_name: str | None = None) -> None:
         what: the function, class or object (or the name of a variable holding it).
         method_name: a method of ``what`` to document instead.
     """
-    print(_describe(what, method_name, detailed=True))
+    print(describe(what, method_name, detailed=True))
 
 
 @tool(system=True)
@@ -460,7 +600,7 @@ def brief(what: Any, method_name: str | None = None) -> None:
         what: the function, class or object (or the name of a variable holding it).
         method_name: a method of ``what`` to describe instead.
     """
-    print(_describe(what, method_name, detailed=False))
+    print(describe(what, method_name, detailed=False))
 
 
 @tool(system=True)

@@ -117,6 +117,16 @@ class Settings:
     """Comma-separated modules model code may import (empty: STATEK's default list)."""
     python_sandbox_allowed_tools: str = ""
     """Comma-separated hidden tools model code may still call (STATEK's name; empty: none)."""
+    code_runner: str = "process"
+    """Where model code runs: ``process`` (a locked-down worker process per step, the default) or
+    ``in-process`` (threads of the executor: no memory or CPU limit, for trusted development only;
+    the executor warns loudly at start)."""
+    sandbox_workers: int = 32
+    """Steps whose model code runs at once in worker processes (one process each)."""
+    sandbox_memory_mb: int = 512
+    """Memory one step's worker may allocate beyond its size at start (MiB; 0: no limit)."""
+    sandbox_cpu_seconds: int = 0
+    """CPU seconds one step's worker may use (0: ``step_timeout`` rounded up, plus one)."""
     max_turns: int = 5
     """Harness limit: LLM turns per job run."""
     max_exceptions: int = 3

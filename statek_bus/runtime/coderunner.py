@@ -1,14 +1,23 @@
 """The code-runner seam: where model-written Python runs, and how its console is captured.
 
-A step hands the runner an :class:`ExecRequest`: the job's workspace (restored into a fresh
-sandbox namespace), the tools in scope, and a list of :class:`ExecUnit` (formal tool calls and
-code blocks, in order). The runner executes them off the event loop and returns an
-:class:`ExecResult`: each unit's console output, the first error, the exit value and the new
-workspace snapshot.
+A step hands the runner an :class:`ExecRequest`: a session (:class:`SessionInputs`: the policy,
+the tools in scope, the job context and the stored workspace) and a list of :class:`ExecUnit`
+(formal tool calls and code blocks, in order). The runner executes them off the event loop and
+returns an :class:`ExecResult`: each unit's console output, the first error, the exit value and
+the new workspace snapshot.
 
-:class:`ThreadCodeRunner` runs a request in a worker thread of this process, under the sandbox
-policy and the step's wall-clock deadline. A later runner moves the same request into a separate
-process with CPU and memory limits; nothing outside this module needs to change for that.
+Two runners share that seam:
+
+* :class:`~statek_bus.runtime.procrunner.ProcessCodeRunner` (the default) reads only the session's
+  *inputs* and runs the units in a separate, locked-down worker process
+  (:mod:`statek_bus.runtime.worker`); tools and futures stay here and are reached by calls over a
+  socket, so model code never shares a process with a host object.
+* :class:`ThreadCodeRunner` (``code_runner = "in-process"``, trusted development only) calls the
+  live session (:class:`CodeSession`) in a worker thread of this process, under the sandbox policy
+  and the step's wall-clock deadline; it has no memory or CPU limit and a single C call can hold
+  the GIL past the deadline.
+
+:class:`SandboxSession` implements both protocols; the worker process uses it too, with tool stubs.
 
 Console formatting (STATEK's) lives in :mod:`statek_bus.authoring.console`.
 """
@@ -31,8 +40,25 @@ from statek_bus.authoring.console import MAX_ITEMS, error_line, format_value
 from statek_bus.sandbox.replay import replaying
 
 __all__ = [
-    "MAX_ITEMS", "CodeRunner", "Console", "ExecRequest", "ExecResult", "ExecUnit", "ExitSignal",
-    "ThreadCodeRunner", "UnitResult", "error_line", "format_value", "install_stdout_capture",
+    "MAX_CONSOLE_CHARS",
+    "MAX_EXIT_CHARS",
+    "MAX_ITEMS",
+    "CodeRunner",
+    "CodeSession",
+    "Console",
+    "ExecRequest",
+    "ExecResult",
+    "ExecUnit",
+    "ExitSignal",
+    "SessionInputs",
+    "StepSession",
+    "ThreadCodeRunner",
+    "UnitResult",
+    "check_exit_size",
+    "error_line",
+    "execute",
+    "format_value",
+    "install_stdout_capture",
 ]  # fmt: skip
 
 
@@ -41,12 +67,25 @@ __all__ = [
 # ==================================================================================================
 
 
+MAX_CONSOLE_CHARS = 100_000
+"""Console text one unit keeps; the rest is cut with a note (the chat log lives in the job record)."""
+MAX_EXIT_CHARS = 64 * 1024
+"""Largest exit status, encoded (it is stored in the job record and read by parent jobs)."""
+
+
 class Console:
-    """The console of one unit: one entry per ``print`` call, echoed value or error line."""
+    """The console of one unit: one entry per ``print`` call, echoed value or error line.
+
+    At most :data:`MAX_CONSOLE_CHARS` are kept; output past it is counted and replaced by one
+    note, and a few short lines after it (an error line) still get through.
+    """
 
     def __init__(self) -> None:
         self.entries: list[str] = []
         self._partial: list[str] = []
+        self._chars = 0
+        self._cut = 0
+        self._late = 0
 
     def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
         """The job's ``print``: values formatted as the model sees them."""
@@ -55,8 +94,12 @@ class Console:
 
     def write(self, text: str) -> int:
         """Append raw text; a trailing newline closes the entry."""
+        if self._cut:
+            self._cut += len(text)
+            return len(text)
         self._partial.append(text)
-        if text.endswith("\n"):
+        self._chars += len(text)
+        if self._chars > MAX_CONSOLE_CHARS or text.endswith("\n"):
             self.flush()
         return len(text)
 
@@ -65,12 +108,31 @@ class Console:
         if self._partial:
             joined = "".join(self._partial)
             self._partial.clear()
-            self.entries.append(joined[:-1] if joined.endswith("\n") else joined)
+            self._add(joined[:-1] if joined.endswith("\n") else joined)
 
     def append(self, line: str) -> None:
         """Add a whole entry."""
         self.flush()
-        self.entries.append(line)
+        self._chars += len(line)
+        self._add(line)
+
+    def _add(self, line: str) -> None:
+        if self._cut:
+            if len(line) < 1000 and self._late < 20:
+                self._late += 1
+                self.entries.insert(len(self.entries) - 1, line)  # before the note
+            else:
+                self._cut += len(line)
+            return
+        over = self._chars - MAX_CONSOLE_CHARS
+        if over <= 0:
+            self.entries.append(line)
+            return
+        keep = max(0, len(line) - over)
+        if keep:
+            self.entries.append(line[:keep])
+        self._cut = len(line) - keep
+        self.entries.append(f"Warning: console output cut at {MAX_CONSOLE_CHARS} characters")
 
 
 _current_console: contextvars.ContextVar[Console | None] = contextvars.ContextVar(
@@ -112,6 +174,56 @@ def install_stdout_capture() -> None:
 # ==================================================================================================
 # Requests and results
 # ==================================================================================================
+
+
+class CodeSession(Protocol):
+    """A step's live namespace, as :class:`ThreadCodeRunner` (and the worker process) drive it."""
+
+    exited: bool
+    """``exit(value)`` ran."""
+    exit_value: Any
+    """The value passed to ``exit``."""
+    restore_errors: list[str]
+    """What restoring the workspace could not bring back."""
+
+    def begin(self, deadline: float) -> None:
+        """Build the namespace and restore the workspace; ``deadline`` is a monotonic time."""
+        ...
+
+    def run_code(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Run a code unit statement by statement."""
+        ...
+
+    def run_tool(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Run a formal tool call."""
+        ...
+
+    def snapshot(self) -> tuple[Any, list[str]]:
+        """The workspace as storable data, and the names dropped."""
+        ...
+
+
+class SessionInputs(Protocol):
+    """What a step's code needs, as a process runner reads it (it never calls the session)."""
+
+    policy: Any
+    """The :class:`~statek_bus.sandbox.policy.SandboxPolicy` for model code."""
+    trusted_policy: Any
+    """The policy for hidden warmup blocks."""
+    tools: dict[str, Any]
+    """Tools by name."""
+    job: Any
+    """The :class:`~statek_bus.authoring.tools.JobContext` tools see."""
+    workspace_data: Any
+    """The stored workspace, or None."""
+    shared_vars: dict[str, Any]
+    """Initial variables (no workspace yet)."""
+    registry: Any
+    """Classes workspace values may hold."""
+
+
+class StepSession(CodeSession, SessionInputs, Protocol):
+    """Both views of a session: what every runner accepts (:class:`SandboxSession` is one)."""
 
 
 class ExitSignal(BaseException):
@@ -167,9 +279,9 @@ class UnitResult:
 class ExecRequest:
     """Everything a runner needs for one step's code."""
 
-    session: Any
-    """The engine's session object (see :class:`statek_bus.runtime.engine.Session`): builds the namespace,
-    compiles and runs statements, snapshots the workspace. Runners call it in their own context."""
+    session: StepSession
+    """The step's session: a thread runner calls it (:class:`CodeSession`); a process runner reads
+    its inputs (:class:`SessionInputs`) and runs an equivalent session in the worker."""
     units: list[ExecUnit]
     """What to run, in order."""
     deadline_seconds: float
@@ -245,7 +357,7 @@ class ThreadCodeRunner:
             if fut.cancelled():
                 continue
             try:
-                result, exc = ctx.run(_execute, request), None
+                result, exc = ctx.run(execute, request), None
             except BaseException as error:  # delivered to the awaiting step, as run_in_executor does
                 result, exc = None, error
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
@@ -269,15 +381,38 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
     fut.set_exception(exc)
 
 
-def _execute(request: ExecRequest) -> ExecResult:
-    """Run every unit of ``request`` in the current thread, in a decimal context of its own.
+def execute(request: ExecRequest) -> ExecResult:
+    """Run every unit of ``request`` in the current thread, in a decimal context of its own (the
+    thread runner and the worker process both call this).
 
     ``decimal.getcontext()`` is a mutable object reached through a context variable: a copied
     ``contextvars.Context`` still shares it, so ``getcontext().prec = 3`` would change arithmetic
     for later jobs and the host. Each request gets a fresh default context instead.
     """
     with decimal.localcontext(decimal.Context()):
-        return _execute_units(request)
+        result = _execute_units(request)
+    if result.exited:
+        check_exit_size(result)
+    return result
+
+
+def check_exit_size(result: ExecResult) -> None:
+    """An exit status too large for the job record is the step's error, not an internal one."""
+    import msgspec
+
+    from statek_bus.wire.values import to_json
+
+    try:
+        size = len(msgspec.json.encode(to_json(result.exit_value)))
+    except Exception:
+        size = len(format_value(result.exit_value))
+    if size <= MAX_EXIT_CHARS:
+        return
+    line = f"ValueError: the exit status is {size} bytes; the limit is {MAX_EXIT_CHARS}"
+    result.exited, result.exit_value = False, None
+    if result.units:
+        result.units[-1].console.append(line)
+        result.units[-1].error = result.units[-1].error or line
 
 
 def _execute_units(request: ExecRequest) -> ExecResult:
@@ -312,7 +447,7 @@ def _execute_units(request: ExecRequest) -> ExecResult:
     )
 
 
-def _run_unit(session: Any, unit: ExecUnit, console: Console) -> UnitResult:
+def _run_unit(session: CodeSession, unit: ExecUnit, console: Console) -> UnitResult:
     if unit.skip:
         return UnitResult(console=[])
     run: Callable[..., UnitResult] = session.run_tool if unit.kind == "tool" else session.run_code
@@ -381,14 +516,14 @@ class SandboxSession:
     # --- lifecycle ---------------------------------------------------------------------------------
     def begin(self, deadline: float) -> None:
         """Build the namespace and restore the workspace (in the runner's thread)."""
-        from statek_bus.authoring.tools import bind_job
+        from statek_bus.authoring.tools import Tool, ToolHandle, bind_job
         from statek_bus.runtime import workspace
         from statek_bus.sandbox import restricted as sandbox
 
         self.deadline = deadline
         bind_job(self.job)
         ns = sandbox.sandbox_globals(self.policy, deadline=lambda: self.deadline)
-        ns.update(self.tools)
+        ns.update({n: ToolHandle(t) if isinstance(t, Tool) else t for n, t in self.tools.items()})
         ns["print"] = _console_print
         ns["exit"] = self._exit
         self.job.extras["exit"] = self._exit
@@ -398,7 +533,11 @@ class SandboxSession:
             try:  # definitions replay with tools, exit and futures refusing: no side effects
                 with replaying(ns, [*self.tools, "exit"]):
                     self._workspace.restore(
-                        self.workspace_data, ns, policy=self.trusted_policy, registry=self.registry
+                        self.workspace_data,
+                        ns,
+                        policy=self.policy,
+                        trusted_policy=self.trusted_policy,
+                        registry=self.registry,
                     )
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -455,7 +594,7 @@ class SandboxSession:
             except Suspend as signal:
                 return UnitResult(console=console.entries, suspended=signal.future, statement=i)
             except ExitSignal:
-                self._record(stmt)
+                self._record(stmt, unit.trusted)
                 break
             except sandbox.StepTimeout as exc:
                 console.append(error_line(exc))
@@ -469,7 +608,7 @@ class SandboxSession:
                 return UnitResult(console=console.entries, error=error_line(exc))
             if env is not None and env.suspended is not None:  # a bare ``except:`` swallowed it
                 return UnitResult(console=console.entries, suspended=env.suspended, statement=i)
-            self._record(stmt)
+            self._record(stmt, unit.trusted)
             if text is not None:
                 console.append(text)
             if self.exited:
@@ -482,9 +621,9 @@ class SandboxSession:
         exec(stmt.code, self.ns)
         return None
 
-    def _record(self, stmt: Any) -> None:
+    def _record(self, stmt: Any, trusted: bool) -> None:
         if getattr(stmt, "is_definition", False):
-            self._workspace.record(stmt)
+            self._workspace.record(stmt, trusted=trusted)
 
     def run_tool(self, unit: ExecUnit, console: Console) -> UnitResult:
         """Run a formal tool call; its output and return value (or error) become the result."""

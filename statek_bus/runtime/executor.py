@@ -50,13 +50,14 @@ from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import wakeups as waits
-from statek_bus.runtime.coderunner import SandboxSession, ThreadCodeRunner, install_stdout_capture
+from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
 from statek_bus.runtime.engine import StepEngine
 from statek_bus.runtime.engine_state import EngineState, load_state, step_events
 from statek_bus.runtime.handler_step import run_handler_step
 from statek_bus.runtime.loading import load_agents
 from statek_bus.runtime.merge import Rebase
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
+from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.runtime.resume import StoreJobs
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.messages import (
@@ -187,7 +188,7 @@ class Executor:
         self.agents: dict[str, AnyAgent] = {a.role: a for a in agent_list}
         self.instance_id = ""
         self.store: JobStore | None = None
-        self.runner = ThreadCodeRunner(threads=max(4, min(32, settings.max_concurrency // 4)))
+        self.runner = make_code_runner(settings)
         self.model = ProviderModel(nc, settings)
         from statek_bus.client.core import AsyncStatekClient
 
@@ -283,6 +284,7 @@ class Executor:
             ],
             max_concurrency=self.settings.max_concurrency,
             agents=sorted(self.agents),
+            sandbox=runner_layers(self.runner),
         )
 
     async def status_handler(self, _: Empty) -> ExecutorStatus:

@@ -31,11 +31,9 @@ import contextlib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 
 from statek_bus.sandbox.restricted import (
     MODEL_MODULE,
@@ -46,6 +44,9 @@ from statek_bus.sandbox.restricted import (
 )
 from statek_bus.wire.subjects import OBJECT_STORE_BUCKET, token
 from statek_bus.wire.values import TAG, TypeRegistry, from_json, to_json
+
+if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS client
+    from nats.js import JetStreamContext
 
 __all__ = [
     "Definition",
@@ -65,13 +66,16 @@ MOBJ = "mobj"
 """Tag of an instance of a model-defined class."""
 
 
-class DefinitionSource(msgspec.Struct, kw_only=True, frozen=True):
+class DefinitionSource(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One persisted definition."""
 
     names: list[str]
     """Names it binds."""
     source: str
     """Its source text, replayed through the sandbox on restore."""
+    trusted: bool = False
+    """Made by a hidden warmup block: replayed under the trusted policy (hidden tools allowed);
+    everything else replays under the job's own policy, as it ran."""
 
 
 class WorkspaceData(msgspec.Struct, kw_only=True):
@@ -102,6 +106,8 @@ class Definition:
     """Names it binds."""
     source: str
     """Its source text."""
+    trusted: bool = False
+    """Made by trusted (hidden warmup) code."""
 
 
 _CODE_KINDS = (type, types.ModuleType, staticmethod, classmethod, property)
@@ -185,7 +191,13 @@ class _Codec:
 
 class _Restore(Protocol):
     def __call__(
-        self, data: WorkspaceData, namespace: dict[str, Any], *, policy: SandboxPolicy, registry: TypeRegistry
+        self,
+        data: WorkspaceData,
+        namespace: dict[str, Any],
+        *,
+        policy: SandboxPolicy,
+        registry: TypeRegistry,
+        trusted_policy: SandboxPolicy | None = None,
     ) -> Workspace: ...
 
 
@@ -205,10 +217,10 @@ class Workspace:
         self.restore_errors: list[str] = []
         """``"<names>: <Type>: <message>"`` for each definition or value :meth:`restore` could not bring back."""
 
-    def record(self, statement: CompiledStatement) -> None:
-        """Remember a definition statement that ran; other statements are ignored."""
+    def record(self, statement: CompiledStatement, *, trusted: bool = False) -> None:
+        """Remember a definition statement that ran (``trusted``: in a hidden warmup block)."""
         if statement.is_definition:
-            self._add(Definition(statement.binds, statement.source))
+            self._add(Definition(statement.binds, statement.source, trusted))
 
     def _add(self, definition: Definition) -> None:
         names = set(definition.names)
@@ -264,7 +276,7 @@ class Workspace:
                 except Exception:
                     dropped.append(name)
         definitions = [
-            DefinitionSource(names=list(d.names), source=d.source)
+            DefinitionSource(names=list(d.names), source=d.source, trusted=d.trusted)
             for d in self.definitions
             if not d.names or any(n in namespace for n in d.names)
         ]
@@ -277,8 +289,12 @@ class Workspace:
         *,
         policy: SandboxPolicy,
         registry: TypeRegistry,
+        trusted_policy: SandboxPolicy | None = None,
     ) -> Workspace:
         """Bring ``data`` back into ``namespace`` (normally fresh sandbox globals plus the tools).
+
+        Each definition replays under the policy it first ran under: ``trusted_policy`` for those
+        a hidden warmup block made, ``policy`` (the job's) for everything else.
 
         ``Workspace.restore(...)`` returns a new workspace; ``workspace.restore(...)`` on an instance
         fills (replaces the definitions of) that instance and returns it.
@@ -290,9 +306,12 @@ class Workspace:
         Raises:
             SandboxViolation: a stored definition breaks ``policy``.
         """
-        blocks = [compile_block(d.source, policy).statements for d in data.definitions]
+        blocks = [
+            compile_block(d.source, trusted_policy if d.trusted and trusted_policy else policy).statements
+            for d in data.definitions
+        ]
         workspace = self
-        workspace.definitions = [Definition(tuple(d.names), d.source) for d in data.definitions]
+        workspace.definitions = [Definition(tuple(d.names), d.source, d.trusted) for d in data.definitions]
         workspace.restore_errors = []
         early: dict[str, Any] = {}
         late: dict[str, Any] = {}
@@ -333,7 +352,8 @@ class Workspace:
         return workspace
 
     restore = _RestoreDescriptor()
-    """``restore(data, namespace, *, policy, registry) -> Workspace``: see :meth:`_restore`."""
+    """``restore(data, namespace, *, policy, registry, trusted_policy=None) -> Workspace``: see
+    :meth:`_restore`."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,6 +410,8 @@ async def delete_workspace(js: JetStreamContext, ref: WorkspaceRef) -> None:
     """Delete ``ref``'s blob, if it has one (superseded workspaces); a missing blob is not an error."""
     if ref.blob is None:
         return
+    from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
+
     store = await js.object_store(OBJECT_STORE_BUCKET)
     with contextlib.suppress(NotFoundError, ObjectNotFoundError, ObjectDeletedError):
         await store.delete(ref.blob)

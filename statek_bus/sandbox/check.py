@@ -11,7 +11,7 @@ import ast
 from statek_bus.sandbox.policy import (
     DENIED_ATTRIBUTES,
     DENIED_NAMES,
-    FORMAT_METHODS,
+    GUARDED_ATTRIBUTES,
     SAFE_DUNDER_METHODS,
     SandboxPolicy,
     SandboxViolation,
@@ -157,6 +157,6 @@ class _Checker(ast.NodeVisitor):
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         for attr in node.kwd_attrs:
             self.attribute(node, attr)
-            if attr in FORMAT_METHODS:  # a bound str.format would bypass the format guard
+            if attr in GUARDED_ATTRIBUTES:  # a bound str.format/ABC.register would bypass its guard
                 raise SandboxViolation(f"matching attribute {attr!r} is not allowed (line {node.lineno})")
         self.generic_visit(node)

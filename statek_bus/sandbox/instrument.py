@@ -4,7 +4,7 @@ Layer 3 of restricted mode, applied in both modes (:mod:`statek_bus.sandbox.rest
 function and ``except`` bodies start with ``__statek_tick__()``, lambdas call it, and comprehension
 iterables go through ``__statek_iter__``; variable reads become ``__statek_read__(name)`` and calls
 with bare-name arguments ``__statek_call__(f, a, ...)``. In restricted mode ``.format``/
-``.format_map`` reads go through ``__statek_fmt__`` and attribute stores and deletes through
+``.format_map`` and ``.register`` reads go through ``__statek_fmt__`` and attribute stores and deletes through
 ``__statek_w__``. :func:`~statek_bus.sandbox.restricted.sandbox_globals` binds all of these names.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 
-from statek_bus.sandbox.policy import CALL, FMT, FORMAT_METHODS, ITER, READ, TICK, WRITE
+from statek_bus.sandbox.policy import CALL, FMT, GUARDED_ATTRIBUTES, ITER, READ, TICK, WRITE
 
 __all__ = ["instrument"]
 
@@ -103,7 +103,7 @@ class _Instrumenter(ast.NodeTransformer):
         self.generic_visit(node)
         if not self.restricted:
             return node
-        if isinstance(node.ctx, ast.Load) and node.attr in FORMAT_METHODS:
+        if isinstance(node.ctx, ast.Load) and node.attr in GUARDED_ATTRIBUTES:
             return ast.copy_location(_call(FMT, node.value, ast.Constant(node.attr)), node)
         if isinstance(node.ctx, ast.Store | ast.Del):
             node.value = ast.copy_location(_call(WRITE, node.value), node.value)

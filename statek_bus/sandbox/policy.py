@@ -16,6 +16,7 @@ __all__ = [
     "DENIED_NAMES",
     "FMT",
     "FORMAT_METHODS",
+    "GUARDED_ATTRIBUTES",
     "ITER",
     "MODEL_MODULE",
     "READ",
@@ -101,6 +102,9 @@ TICK, ITER, FMT, WRITE, CLOCK, READ, CALL = (
 )
 FORMAT_METHODS = frozenset({"format", "format_map"})
 """``str`` methods that read attributes named inside their template; every read of one is guarded."""
+GUARDED_ATTRIBUTES = FORMAT_METHODS | {"register"}
+"""Attribute reads routed through the run-time guard: the format methods, and ``register`` (an
+abstract base class's ``register`` changes ``isinstance`` for every later job of the process)."""
 
 
 @dataclass(frozen=True)

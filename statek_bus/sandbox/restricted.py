@@ -57,6 +57,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import io
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,6 +184,24 @@ def _segment(source: str, lines: list[str], stmt: ast.stmt) -> str:
     return text[: len(text) - len(lines[end - 1])] + tail
 
 
+def _lines(source: str) -> list[str]:
+    """``source`` split the way the tokenizer counts lines (``\\n``, ``\\r\\n``, ``\\r`` only).
+
+    ``str.splitlines`` also splits at form feeds, ``\\x1c``-``\\x1e``, ``\\x85``, U+2028/U+2029:
+    a comment holding one would shift every later line against the AST's line numbers.
+    """
+    return io.StringIO(source, newline="").readlines()
+
+
+def _same_statement(text: str, stmt: ast.stmt) -> bool:
+    """Whether ``text`` parses to exactly ``stmt`` (what a stored definition will replay)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return len(tree.body) == 1 and ast.dump(tree.body[0]) == ast.dump(stmt)
+
+
 def _is_print(stmt: ast.stmt) -> bool:
     return (
         isinstance(stmt, ast.Expr)
@@ -212,7 +231,7 @@ def _compile_checked(source: str, policy: SandboxPolicy, filename: str) -> tuple
         raise SandboxViolation(f"invalid Python syntax: {exc}") from None
     if policy.restricted:
         check_tree(tree, policy)
-    lines = source.splitlines(keepends=True)
+    lines = _lines(source)
     meta = [
         (
             _segment(source, lines, s),
@@ -222,6 +241,10 @@ def _compile_checked(source: str, policy: SandboxPolicy, filename: str) -> tuple
         )
         for s in tree.body
     ]
+    for stmt, (text, *_rest) in zip(tree.body, meta, strict=True):
+        if _rest[1] is not None and not _same_statement(text, stmt):
+            # The stored source of a definition must replay as the very statement that ran.
+            raise SandboxViolation(f"definition at line {stmt.lineno} cannot be isolated from its block")
     tree = instrument(tree, restricted=policy.restricted)
     out: list[CompiledStatement] = []
     for stmt, (text, lineno, binds, echo) in zip(tree.body, meta, strict=True):

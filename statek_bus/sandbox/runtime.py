@@ -9,6 +9,7 @@ call. :func:`~statek_bus.sandbox.restricted.sandbox_globals` assembles them into
 
 from __future__ import annotations
 
+import abc
 import copy
 import enum
 import functools
@@ -23,6 +24,7 @@ from typing import Any
 from statek_bus.sandbox.policy import (
     DENIED_ATTRIBUTES,
     FORMAT_METHODS,
+    GUARDED_ATTRIBUTES,
     MODEL_MODULE,
     SandboxPolicy,
     SandboxViolation,
@@ -95,8 +97,9 @@ class Clock:
         return self.iterate(itertools.cycle(iterable))
 
     def repeat(self, obj: Any, times: int | None = None) -> Iterator[Any]:
-        """``itertools.repeat``; the endless form is bounded by the deadline."""
-        return itertools.repeat(obj, times) if times is not None else self.iterate(itertools.repeat(obj))
+        """``itertools.repeat``, bounded by the deadline (a counted one too: ``repeat(1, 10**10)``
+        drained by a C consumer such as ``deque(..., maxlen=0)`` would never reach a tick)."""
+        return self.iterate(itertools.repeat(obj) if times is None else itertools.repeat(obj, times))
 
     def iter(self, obj: Any, *sentinel: Any) -> Iterator[Any]:
         """``iter``; the two-argument (callable, sentinel) form is bounded by the deadline."""
@@ -106,7 +109,13 @@ class Clock:
 _FORMATTER = string.Formatter()
 
 
+def _exact(text: str) -> str:
+    """``text`` as a plain ``str``: a model subclass may lie in ``split``/``__hash__``/``__eq__``."""
+    return text if type(text) is str else str.__str__(text)
+
+
 def _check_template(template: str) -> None:
+    template = _exact(template)  # a subclass with a constant hash/eq would hit a cached safe template
     if len(template) <= 256:  # literal templates repeat: parse each once
         _check_short_template(template)
     else:
@@ -130,9 +139,36 @@ def _parse_template(template: str) -> None:
             _parse_template(spec)
 
 
+def _host_abc(cls: Any) -> bool:
+    """Whether ``cls`` is, or derives from, an abstract base class the model did not define."""
+    return isinstance(cls, abc.ABCMeta) and any(
+        isinstance(c, abc.ABCMeta) and c.__module__ != MODEL_MODULE for c in cls.__mro__
+    )
+
+
 def format_guard(obj: Any, name: str) -> Any:
-    """``obj.format`` / ``obj.format_map``, refusing templates that walk attributes."""
+    """``obj.<name>`` for a guarded attribute (:data:`~statek_bus.sandbox.policy.GUARDED_ATTRIBUTES`).
+
+    ``format``/``format_map`` refuse templates that walk attributes, whatever holds the string (a
+    ``str``, a subclass, a ``super()`` proxy around one: the bound method's ``__self__`` is
+    checked). ``register`` of an abstract base class the model did not define is refused: it
+    would change ``isinstance`` for the whole process (``Fraction.register(str)``).
+    """
+    name = _exact(name)
+    if name == "register":
+        if _host_abc(obj):
+            raise SandboxViolation(f"cannot register classes with '{obj.__qualname__}': it is not yours")
+        method = getattr(obj, name)
+        bound = getattr(method, "__self__", None)
+        if _host_abc(bound):
+            raise SandboxViolation("cannot register classes with an abstract base class that is not yours")
+        return method
     method = getattr(obj, name)
+    if name not in FORMAT_METHODS:
+        return method
+    bound = getattr(method, "__self__", None)
+    if isinstance(bound, str):  # ``super(S, s).format`` is bound to ``s``
+        _check_template(bound)
     if isinstance(obj, str):
         _check_template(obj)
     elif isinstance(obj, type) and issubclass(obj, str):
@@ -167,19 +203,22 @@ def write_guard(obj: Any) -> Any:
     return obj
 
 
-def _checked_attr(name: str) -> None:
+def _checked_attr(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError("attribute name must be a string")
+    name = _exact(name)  # checked and used as the same plain string: a subclass cannot lie twice
     for part in name.split("."):
         if part.startswith("_") or part in DENIED_ATTRIBUTES or part.startswith("co_"):
             raise SandboxViolation(f"attribute '{part}' is not allowed")
+    return name
 
 
 def _attrgetter(*names: str) -> Callable[[Any], Any]:
-    for n in names:
-        _checked_attr(n)
+    names = tuple(_checked_attr(n) for n in names)
 
     def one(obj: Any, name: str) -> Any:
         for part in name.split("."):
-            obj = format_guard(obj, part) if part in FORMAT_METHODS else getattr(obj, part)
+            obj = format_guard(obj, part) if part in GUARDED_ATTRIBUTES else getattr(obj, part)
         return obj
 
     if len(names) == 1:
@@ -188,17 +227,34 @@ def _attrgetter(*names: str) -> Callable[[Any], Any]:
 
 
 def _methodcaller(name: str, /, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-    _checked_attr(name)
+    name = _checked_attr(name)
     get = _attrgetter(name)
     return lambda obj: get(obj)(*args, **kwargs)
 
 
-def _update_wrapper(wrapper: Any, wrapped: Any, *args: Any, **kwargs: Any) -> Any:
-    return functools.update_wrapper(write_guard(wrapper), wrapped, *args, **kwargs)
+def _update_wrapper(
+    wrapper: Any,
+    wrapped: Any,
+    assigned: Iterable[str] = functools.WRAPPER_ASSIGNMENTS,
+    updated: Iterable[str] = functools.WRAPPER_UPDATES,
+) -> Any:
+    # ``updated=("__globals__",)`` would merge a host function's globals into the model's namespace;
+    # ``assigned`` could copy any attribute: only the standard names (a subset of them) are allowed.
+    assigned = tuple(_exact(a) for a in assigned)
+    updated = tuple(_exact(u) for u in updated)
+    if not set(assigned) <= set(functools.WRAPPER_ASSIGNMENTS) or not set(updated) <= set(
+        functools.WRAPPER_UPDATES
+    ):
+        raise SandboxViolation("update_wrapper/wraps accept only the standard assigned/updated names")
+    return functools.update_wrapper(write_guard(wrapper), wrapped, assigned, updated)
 
 
-def _wraps(wrapped: Any, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-    return lambda wrapper: _update_wrapper(wrapper, wrapped, *args, **kwargs)
+def _wraps(
+    wrapped: Any,
+    assigned: Iterable[str] = functools.WRAPPER_ASSIGNMENTS,
+    updated: Iterable[str] = functools.WRAPPER_UPDATES,
+) -> Callable[[Any], Any]:
+    return lambda wrapper: _update_wrapper(wrapper, wrapped, assigned, updated)
 
 
 def _total_ordering(cls: Any) -> Any:

@@ -722,6 +722,8 @@ class ExecutorStatus(_Record, kw_only=True):
     """Bound on concurrent steps."""
     agents: list[str] = []
     """Roles this replica serves."""
+    sandbox: dict[str, str] = {}
+    """Isolation of model code: layer → ``on`` or why it is off (``process`` off: in-process runner)."""
 
 
 # ==================================================================================================

@@ -74,6 +74,10 @@ class TypeRegistry:
                 reg.register(obj)
         return reg
 
+    def classes(self) -> list[type]:
+        """Every registered class, in registration order."""
+        return list(self._by_name.values())
+
     def knows(self, kind: type) -> bool:
         """Whether ``kind`` is registered."""
         return self._by_name.get(_class_name(kind)) is kind

@@ -1,0 +1,233 @@
+"""Model code in worker processes, through a real mesh (invariant 6): denials of service and crashes
+end their own job with a clear error while other jobs carry on; the OS layers hold with restricted
+mode off; the red team's escapes are refused; tools, futures and binding by name cross as calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from statek_bus.mesh.service import running_service
+from statek_bus.mesh.settings import Settings
+from statek_bus.ops.mesh import SERVICE_KINDS
+from statek_bus.wire.messages import JobStatus
+from tests.agents_fixture import console, submit, wait_done
+from tests.sandbox_agents import DOS, ESCAPES
+
+SECRET = "sk-sandbox-test-secret-value"
+
+
+@contextlib.asynccontextmanager
+async def _mesh(settings: Settings, agents: str) -> AsyncIterator[Settings]:
+    s = settings.replace(agents=agents, step_timeout=3.0, max_token_usage=1_000_000)
+    async with contextlib.AsyncExitStack() as stack:
+        for kind in ("provider", "executor"):
+            factory = importlib.import_module(f"statek_bus.services.{kind}").build
+            await stack.enter_async_context(running_service(factory, s, name=SERVICE_KINDS[kind]))
+        yield s
+
+
+@pytest.fixture
+async def mesh(settings: Settings) -> AsyncIterator[Settings]:
+    """A provider and an executor (restricted mode, process runner) serving the sandbox agents."""
+    async with _mesh(settings, "tests.sandbox_agents:AGENTS") as s:
+        yield s
+
+
+@pytest.fixture
+async def open_mesh(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Settings]:
+    """The same with restricted mode off, in an executor whose own environment holds a secret."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    async with _mesh(settings.replace(restricted_mode=False), "tests.sandbox_agents:UNRESTRICTED") as s:
+        yield s
+
+
+def _first_error(record: Any) -> str:
+    return next(line for line in console(record) if ":" in line)
+
+
+async def test_hostile_steps_end_their_own_jobs_while_a_quick_job_finishes(mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    hostile = {k: await submit(js, f"sb_dos_{k}") for k in DOS}
+    quick = await wait_done(js, await submit(js, "sb_quick"))
+    assert quick.exit_status == "quick"
+    loop_job, _ = await (await _store(js)).get(hostile["c_loop"])
+    assert loop_job.status is not JobStatus.DONE  # still in its 3 s step: it held no other job up
+    records = {k: await wait_done(js, j) for k, j in hostile.items()}
+    for kind, record in records.items():
+        assert record.exit_status == "after", (kind, console(record))  # the error was the job's, once
+    assert _first_error(records["c_loop"]).startswith("StepTimeout: your code ran longer than 3 s")
+    assert _first_error(records["regex"]).startswith("StepTimeout: your code ran longer than 3 s")
+    assert _first_error(records["memory"]) == "MemoryError: your code used more than 512 MiB"
+    assert _first_error(records["c_stack"]).startswith("WorkerCrash: your code crashed the interpreter")
+    assert _first_error(records["big_pow"]).startswith(("StepTimeout", "MemoryError", "ResourceError"))
+
+
+async def _store(js: Any) -> Any:
+    from statek_bus.jobs.store import JobStore
+
+    return await JobStore.open(js)
+
+
+async def test_model_code_finds_no_secret_no_network_and_no_processes(open_mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    record = await wait_done(js, await submit(js, "sb_probe", {"epid": os.getpid()}))
+    out = "\n".join(console(record))
+    assert SECRET not in out and "OPENAI" not in out, out
+    lines = out.splitlines()
+    assert lines[0] == "env LANG,PYTHONHASHSEED", lines  # nothing of the executor's environment
+    assert lines[1] == "environ refused: PermissionError", lines  # the executor's /proc/<pid>/environ
+    assert lines[3:] == [
+        "socket refused: PermissionError",
+        "process refused: PermissionError",
+        "fork refused: PermissionError",
+        "write refused: PermissionError",
+    ], lines
+
+
+async def test_host_class_state_does_not_carry_to_the_next_job(open_mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    first = await wait_done(js, await submit(js, "sb_register"))
+    assert console(first)[-1] == "True"  # restricted mode off: the registration ran, in its worker
+    second = await wait_done(js, await submit(js, "sb_isinstance"))
+    assert console(second) == ["False"]
+
+
+@pytest.mark.parametrize("name", sorted(ESCAPES))
+async def test_each_escape_is_refused_through_the_mesh(mesh: Settings, nc: Client, name: str) -> None:
+    js = nc.jetstream()
+    record = await wait_done(js, await submit(js, f"sb_esc_{name}"))
+    out = console(record)
+    assert record.exit_status == "after", out
+    assert "EVALUATED" not in out and not any("module" in line for line in out), out
+    expected = {
+        "attrgetter": "SandboxViolation: attribute '__class__'",
+        "update_wrapper": "SandboxViolation: update_wrapper",
+        "super_format": "SandboxViolation: format field",
+        "template_cache": "SandboxViolation: format field",
+        "register": "SandboxViolation: cannot register",
+        "repeat": "StepTimeout",
+        "tool_object": "AttributeError",
+    }
+    if name == "annotations":
+        assert out[0].startswith("def f(x: ") and out[1].startswith("f(x)"), out
+    else:
+        assert any(line.startswith(expected[name]) for line in out), out
+
+
+async def test_a_definition_hidden_in_a_string_never_replays(mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    record = await wait_done(js, await submit(js, "sb_replay"))
+    assert "100000000000000000000" in console(record) and "classified" not in console(record)
+
+
+async def test_tools_futures_and_binding_by_name_cross_the_boundary(mesh: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    record = await wait_done(js, await submit(js, "sb_tools"))
+    out = console(record)
+    assert out[:4] == ["add called 5 1", "6", "add called 5 2", "7"], out
+    assert out[4].startswith("def add(a: ") and "Add two numbers." in out[4], out
+    assert out[5] == "None" and record.exit_status == "after", out
+
+
+async def test_the_executor_reports_its_isolation_layers(mesh: Settings, nc: Client) -> None:
+    from statek_bus.wire.messages import ExecutorStatus, decode
+    from statek_bus.wire.subjects import EXECUTOR_STATUS
+
+    for _ in range(100):  # the fork server reports its layers once it has started
+        reply = decode((await nc.request(EXECUTOR_STATUS, b"{}", timeout=5)).data, ExecutorStatus)
+        if reply.sandbox:
+            break
+        await asyncio.sleep(0.05)
+    assert reply.sandbox["process"] == "on"
+    assert reply.sandbox["rlimits"] == "on" and reply.sandbox["no_new_privs"] == "on"
+
+
+def _request(code: str, deadline: float = 5.0, *tools: Any) -> Any:
+    from statek_bus.authoring.futures import REGISTRY, WaitEnv
+    from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext
+    from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession
+    from statek_bus.sandbox.restricted import SandboxPolicy
+
+    env = WaitEnv("job1", None, None, None)
+    ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
+    session = SandboxSession(
+        policy=SandboxPolicy(restricted=False),
+        trusted_policy=SandboxPolicy(restricted=False),
+        tools={t.name: t for t in (*SYSTEM_TOOLS, *tools)},
+        job=ctx,
+        workspace=None,
+        shared_vars={},
+        registry=REGISTRY,
+    )
+    unit = ExecUnit(kind="code", code=code, site="0.0")
+    return ExecRequest(session=session, units=[unit], deadline_seconds=deadline)
+
+
+async def test_a_worker_killed_from_outside_is_its_steps_error_and_the_runner_goes_on() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=2)
+    try:
+        code = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
+        result = await runner.run(_request(code))
+        assert result.units[0].error.startswith("WorkerCrash: your code crashed the interpreter (SIGKILL)")
+        assert result.workspace is None  # the job keeps the workspace it had before the step
+        after = await runner.run(_request("print('alive')"))
+        assert after.units[0].console == ["alive"]
+    finally:
+        await runner.aclose()
+
+
+async def test_a_dead_fork_server_is_restarted_for_the_next_step() -> None:
+    import signal
+
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        await asyncio.to_thread(runner.wait_started)
+        server = runner._server._proc
+        assert server is not None
+        os.kill(server.pid, signal.SIGKILL)
+        await asyncio.to_thread(server.wait)
+        result = await runner.run(_request("print('after restart')"))
+        assert result.units[0].console == ["after restart"], result.units
+    finally:
+        await runner.aclose()
+
+
+async def test_an_oversized_workspace_is_not_saved_and_the_job_is_told() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request("big = 'x' * (40 * 2**20)\nprint('made')"))
+        assert result.units[0].console == ["made"] and result.workspace is None
+        assert any(n.startswith("Warning: the workspace is ") for n in result.notes), result.notes
+    finally:
+        await runner.aclose()
+
+
+async def test_a_compromised_worker_cannot_call_a_hidden_tool() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+    from tests.sandbox_agents import secret_tool
+
+    # Restricted mode off stands for a full escape: the code speaks the protocol itself.
+    code = (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox.protocol import ToolCall\n"
+        "print(worker._channel().request(ToolCall(tool='secret_tool')))"
+    )
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request(code, 5.0, secret_tool))
+        assert result.units[0].console == ["NameError: tool 'secret_tool' is not exposed to this job"]
+    finally:
+        await runner.aclose()

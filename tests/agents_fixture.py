@@ -343,6 +343,7 @@ PP_FINAL = scripted(
     ["The answer is 4.", "The answer is 4, checked."],
     metadata={"CHAT_STYLE": "MD_DIALOG", "POST_PROCESSORS": "FinalCheck(max_llm_actions=2)"},
 )
+SB_IMPORT = scripted("t_sb_import", ["import secrets\nprint(len(secrets.token_hex(4)))", 'exit("done")'])
 PP_NONE = scripted("t_pp_none", ["The answer is 4."], metadata={"CHAT_STYLE": "MD_DIALOG"})
 W_RESUME_PRINT = scripted(
     "t_w_resume_print",
@@ -350,6 +351,7 @@ W_RESUME_PRINT = scripted(
 )
 
 WAIT_AGENTS = [
+    SB_IMPORT,
     PP_FINAL,
     PP_NONE,
     W_RESUME_PRINT,

@@ -53,3 +53,20 @@ def test_a_service_started_with_a_refused_variable_stops_in_one_line(nats_server
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert "STATEK_LOGS_PATH" in lines[0] and "FULL_AGENT_TRACE" in lines[0]
+
+
+async def test_statek_sandbox_settings_reach_the_policy_model_code_runs_under(settings: Settings, nc) -> None:  # type: ignore[no-untyped-def]
+    from tests.agents_fixture import console, services, submit, wait_done
+
+    js = nc.jetstream()
+    async with services(settings, "provider", "submission", "executor"):
+        refused = console(await wait_done(js, await submit(js, "t_sb_import")))
+    assert any("secrets" in line and "not allowed" in line for line in refused), refused
+    allowed = settings.replace(python_sandbox_allowed_imports="secrets,math")
+    async with services(allowed, "provider", "submission", "executor"):
+        ran = console(await wait_done(js, await submit(js, "t_sb_import")))
+    assert ran == ["8"]
+    tiny = settings.replace(python_sandbox_max_source_bytes=10)
+    async with services(tiny, "provider", "submission", "executor"):
+        too_big = console(await wait_done(js, await submit(js, "t_sb_import")))
+    assert any("bytes" in line for line in too_big), too_big

@@ -610,17 +610,29 @@ def _event_names(job_id: str) -> tuple[str, str]:
     return job_events_subject(job_id), token(job_id)
 
 
-_POLICIES: dict[tuple[bool, frozenset[str]], Any] = {}
+_POLICIES: dict[tuple[Settings, frozenset[str]], Any] = {}
 
 
 def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
-    from statek_bus.sandbox.restricted import SandboxPolicy
+    """The sandbox policy of a job: STATEK's settings (limits, imports, tools let through) and its hidden tools."""
+    from statek_bus.sandbox.restricted import DEFAULT_ALLOWED_IMPORTS, SandboxPolicy
 
-    key = (settings.restricted_mode, hidden)
+    key = (settings, hidden)
     found = _POLICIES.get(key)
     if found is None:
-        found = _POLICIES[key] = SandboxPolicy(hidden_names=hidden, restricted=settings.restricted_mode)
+        imports = _names(settings.python_sandbox_allowed_imports)
+        found = _POLICIES[key] = SandboxPolicy(
+            allowed_imports=imports or DEFAULT_ALLOWED_IMPORTS,
+            max_bytes=settings.python_sandbox_max_source_bytes,
+            max_nodes=settings.python_sandbox_max_ast_nodes,
+            hidden_names=hidden - _names(settings.python_sandbox_allowed_tools),
+            restricted=settings.restricted_mode,
+        )
     return found
+
+
+def _names(csv: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in csv.split(",") if n.strip())
 
 
 @contextlib.asynccontextmanager

@@ -126,8 +126,10 @@ _REMOTE_DUNDERS = frozenset({"__str__", "__format__", "__bool__", "__len__", "__
 class _ForkServer:
     """The worker fork server process and its control socket."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, preload: tuple[str, ...] = ()) -> None:
         self.limits = limits
+        self.preload = preload
+        """Modules imported before any fork beyond the default allow-list (a locked-down worker opens no files)."""
         self.layers: dict[str, str] = {}
         self._lock = threading.Lock()
         self._spawned: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -144,7 +146,7 @@ class _ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         limits = msgspec.json.encode(self.limits).decode()
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOT, str(theirs.fileno()), limits],
+            [sys.executable, "-I", "-c", _BOOT, str(theirs.fileno()), limits, ",".join(self.preload)],
             env={"LANG": "C.UTF-8", "PYTHONHASHSEED": "random"},
             cwd=self._dir,
             pass_fds=(theirs.fileno(),),
@@ -256,12 +258,15 @@ class ProcessCodeRunner:
         workers: steps whose code runs at once (one driving thread and one process each).
         limits: per-step resource limits of a worker.
         spare: workers kept forked ahead of demand.
+        preload: modules model code may import beyond the default list, imported by the fork server.
     """
 
-    def __init__(self, workers: int = 8, limits: Limits | None = None, spare: int = 8) -> None:
+    def __init__(
+        self, workers: int = 8, limits: Limits | None = None, spare: int = 8, preload: tuple[str, ...] = ()
+    ) -> None:
         self.limits = limits or Limits()
         self.protected = protect_executor()
-        self._server = _ForkServer(self.limits)
+        self._server = _ForkServer(self.limits, preload)
         self._spare: queue.SimpleQueue[tuple[socket.socket, int, int]] = queue.SimpleQueue()
         self._spare_target = max(0, spare)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -745,7 +750,8 @@ def make_code_runner(settings: Any) -> ProcessCodeRunner | ThreadCodeRunner:
         raise ValueError(f"code_runner must be 'process' or 'in-process', not {settings.code_runner!r}")
     cpu = settings.sandbox_cpu_seconds or int(settings.step_timeout + 0.999) + 1
     limits = Limits(memory_bytes=settings.sandbox_memory_mb * 1024 * 1024, cpu_seconds=cpu)
-    return ProcessCodeRunner(workers=settings.sandbox_workers, limits=limits)
+    preload = tuple(n.strip() for n in settings.python_sandbox_allowed_imports.split(",") if n.strip())
+    return ProcessCodeRunner(workers=settings.sandbox_workers, limits=limits, preload=preload)
 
 
 def runner_layers(runner: Any) -> dict[str, str]:

@@ -405,11 +405,21 @@ def _worker(fd: int, limits: Limits, prepared: Prepared) -> None:
 # ==================================================================================================
 
 
-def _preload() -> None:
-    """Import and shim every allowed module now, so a locked-down worker needs no file access."""
+def _preload(extra: list[str]) -> None:
+    """Import and shim every allowed module now, so a locked-down worker needs no file access.
+
+    ``extra``: the allow-list's additions (``STATEK_PYTHON_SANDBOX_ALLOWED_IMPORTS``); one that does
+    not import stays absent, and model code importing it gets ``ModuleNotFoundError``.
+    """
     importer = Importer(restricted.SandboxPolicy(), Clock(None))
     for name in sorted(restricted.DEFAULT_ALLOWED_IMPORTS):
         importlib.import_module(name)
+        importer.shim(name)
+    for name in sorted(set(extra) - restricted.DEFAULT_ALLOWED_IMPORTS):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
         importer.shim(name)
     restricted.compile_block("x = [i for i in range(3)]\ndef f(a):\n    return a\n", restricted.SandboxPolicy())
     from statek_bus.runtime.procrunner import type_spec
@@ -460,7 +470,7 @@ def main(argv: list[str]) -> None:
     """Run the fork server on control socket ``argv[1]`` with the limits JSON ``argv[2]``."""
     ctl = socket.socket(fileno=int(argv[1]))
     limits = msgspec.json.decode(argv[2].encode(), type=Limits)
-    _preload()
+    _preload([n for n in (argv[3] if len(argv) > 3 else "").split(",") if n])
     prepared = prepare()
     layers = _probe(limits, prepared)
     wake_r, wake_w = os.pipe()

@@ -120,10 +120,10 @@ def _add(a: int, b: int) -> int:
 
 
 def _session() -> Any:
-    from statek_bus.authoring.futures import REGISTRY, WaitEnv
+    from statek_bus.authoring.futures import REGISTRY, StepRuntime
     from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext
 
-    env = WaitEnv("bench", None, None, None)
+    env = StepRuntime("bench", None, None, None)
     ctx = JobContext(job_id="bench", agent="a", params={}, namespace={}, extras={"env": env})
     tools = {t.name: t for t in (*SYSTEM_TOOLS, _add)}
     return SandboxSession(

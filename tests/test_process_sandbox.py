@@ -151,12 +151,12 @@ async def test_the_executor_reports_its_isolation_layers(mesh: Settings, nc: Cli
 
 
 def _request(code: str, deadline: float = 5.0, *tools: Any) -> Any:
-    from statek_bus.authoring.futures import REGISTRY, WaitEnv
+    from statek_bus.authoring.futures import REGISTRY, StepRuntime
     from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext
     from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession
     from statek_bus.sandbox.restricted import SandboxPolicy
 
-    env = WaitEnv("job1", None, None, None)
+    env = StepRuntime("job1", None, None, None)
     ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
     session = SandboxSession(
         policy=SandboxPolicy(restricted=False),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import fractions
 from typing import Any
 
-from statek_bus.authoring.futures import REGISTRY, WaitEnv
+from statek_bus.authoring.futures import REGISTRY, StepRuntime
 from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext, tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, execute
 from statek_bus.sandbox.restricted import SandboxPolicy
@@ -20,7 +20,7 @@ def secret_tool() -> str:
 
 
 def _run(code: str, ws: Any = None, *, deadline: float = 5.0) -> Any:
-    env = WaitEnv("job1", None, None, None)
+    env = StepRuntime("job1", None, None, None)
     ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
     tools = {t.name: t for t in (*SYSTEM_TOOLS, secret_tool)}
     session = SandboxSession(

@@ -143,6 +143,9 @@ class _ForkServer:
         self.generation = 0
 
     def start(self) -> None:
+        if self._ctl is not None:  # a previous server's socket: never left for the collector
+            with contextlib.suppress(OSError):
+                self._ctl.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         limits = msgspec.json.encode(self.limits).decode()
         self._proc = subprocess.Popen(
@@ -338,6 +341,8 @@ class ProcessCodeRunner:
             self._queue.put(None)
         self._threads = []
         self._want.release()
+        # a fork server still booting would open its control socket after the close: wait for it
+        await asyncio.to_thread(self._started.wait, 70)
         await asyncio.to_thread(functools.partial(self._server.close, final=True))
         while True:
             try:

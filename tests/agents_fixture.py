@@ -236,7 +236,7 @@ async def _counter_event(ctx: HandlerContext, event: HandlerEvent) -> None:
     await ctx.send_message(f"count is {state.state['count'] + 1}")
 
 
-# --- waiting: child jobs, futures, timers, sub-tasks (tests/test_waits*.py) --------------------------
+# --- waiting: child jobs, futures, timers, sub-tasks (tests/runtime/test_waits*.py) --------------------------
 
 
 @subtask

@@ -23,7 +23,7 @@ Approaches tried, and why each was kept or dropped (measured on a 2-core Firecra
   ``map()`` nesting segfaults the executor, and language-level holes (a ``str`` subclass lying to
   ``attrgetter``, ``super()`` around ``str.format``, string annotations evaluated by
   ``typing.get_type_hints``) became code execution next to the provider keys. The holes are fixed
-  (``tests/test_sandbox_escapes.py``), but a language sandbox alone cannot hold.
+  (``tests/sandbox/test_sandbox_escapes.py``), but a language sandbox alone cannot hold.
 * *A long-lived worker pool reset between jobs.* Rejected: there is no reliable reset of an
   interpreter (ABC registries, caches, module state), and the red team's cross-job attack was
   exactly such state.

@@ -16,7 +16,7 @@ from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer, free_port
 from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest
 from statek_bus.wire.subjects import LLM_COMPLETE
-from tests.test_health import _readyz, _until
+from tests.mesh.test_health import _readyz, _until
 
 
 def _provider_on_a_read_only_root(nats_url: str, port: int, writable: Path | None) -> subprocess.Popen[bytes]:

@@ -18,7 +18,7 @@ from statek_bus.mesh.discovery import info
 from statek_bus.ops.launcher import NatsServer
 from tests.support.extras import without_litellm
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "statek_bus"]
 
 

@@ -36,7 +36,7 @@ from statek_bus.wire.messages import (
     SubmitRequest,
 )
 from statek_bus.wire.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
-from tests.test_submission import agent, client, finish, register_agent, service, work_counts
+from tests.jobs.test_submission import agent, client, finish, register_agent, service, work_counts
 
 __all__ = ["agent", "client", "service"]  # fixtures shared with test_submission
 

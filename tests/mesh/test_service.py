@@ -26,7 +26,7 @@ from statek_bus.wire.subjects import ERROR_CODE_HEADER, ERROR_HEADER
 from tests.support import echo_service
 from tests.support.echo_service import NAME, PREFIX, build
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ async def test_a_service_whose_connection_closes_for_good_exits_for_its_supervis
     assert code == EXIT_CONNECTION_LOST
 
 
-ADR32 = Path(__file__).resolve().parent / "support" / "adr32"
+ADR32 = Path(__file__).resolve().parents[1] / "support" / "adr32"
 
 
 @pytest.mark.parametrize("verb", ["PING", "INFO", "STATS"])

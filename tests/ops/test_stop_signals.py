@@ -19,7 +19,7 @@ import pytest
 from statek_bus.ops.launcher import free_port
 from tests.support.extras import without_litellm
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "statek_bus"]
 MARK = "STATEK_TEST_MARK"
 EXIT_WITHIN = 5.0  # seconds after the (last) signal; the bound

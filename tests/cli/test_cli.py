@@ -21,7 +21,7 @@ from statek_bus import __version__
 from statek_bus.ops.launcher import free_port
 from tests.support.extras import without_litellm
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "statek_bus"]
 
 

@@ -45,8 +45,8 @@ from statek_bus.wire.subjects import (
     STATES_UPDATE,
     WORK_STREAM,
 )
+from tests.jobs.test_submission import register_agent
 from tests.support.processes import Mesh, service_processes
-from tests.test_submission import register_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

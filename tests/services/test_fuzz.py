@@ -41,10 +41,10 @@ from statek_bus.wire.subjects import (
 )
 from tests.support.processes import Mesh, service_processes
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 EXAMPLES = int(os.environ.get("STATEK_FUZZ_EXAMPLES", "12"))
 """Requests per endpoint (x 20 endpoints). The suite keeps it small; for a deeper run,
-``STATEK_FUZZ_EXAMPLES=200 STATEK_FUZZ_SEED=random pytest tests/test_fuzz.py``."""
+``STATEK_FUZZ_EXAMPLES=200 STATEK_FUZZ_SEED=random pytest tests/services/test_fuzz.py``."""
 DERANDOMIZE = os.environ.get("STATEK_FUZZ_SEED", "fixed") != "random"
 """The suite replays the same examples every run; ``STATEK_FUZZ_SEED=random`` explores."""
 _STREAMS = (f"KV_{JOBS_BUCKET}", f"KV_{STATES_BUCKET}", WORK_STREAM)

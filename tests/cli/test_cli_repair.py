@@ -13,7 +13,7 @@ from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.messages import JobRecord
-from tests.test_submission import work_counts
+from tests.jobs.test_submission import work_counts
 
 
 async def _cli(*args: str) -> tuple[int, str]:

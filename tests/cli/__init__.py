@@ -1,0 +1,1 @@
+"""Tests of statek_bus.cli."""

@@ -1,0 +1,1 @@
+"""Tests of the service processes as a whole (bad input, fuzzing)."""

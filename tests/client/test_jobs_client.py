@@ -32,7 +32,7 @@ from statek_bus.wire.locale import (
 )
 from statek_bus.wire.messages import JobEvent, JobStatus
 from statek_bus.wire.values import from_json
-from tests import test_submission as ts
+from tests.jobs import test_submission as ts
 from tests.jobs.test_submission import finish, register_agent, set_status
 
 service, client, agent = ts.service, ts.client, ts.agent  # the same fixtures as test_submission

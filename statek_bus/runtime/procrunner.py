@@ -141,14 +141,10 @@ class _ForkServer:
         self._dir = tempfile.mkdtemp(prefix="statek-sandbox-")  # the workers' empty, read-only cwd
         os.chmod(self._dir, 0o555)
         self.generation = 0
+        self._closed = False
 
-    def start(self) -> None:
-        if self._ctl is not None:  # a previous server's socket: never left for the collector
-            with contextlib.suppress(OSError):
-                self._ctl.close()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        limits = msgspec.json.encode(self.limits).decode()
-        self._proc = subprocess.Popen(
+    def _popen(self, theirs: socket.socket, limits: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-I", "-c", _BOOT, str(theirs.fileno()), limits, ",".join(self.preload)],
             env={"LANG": "C.UTF-8", "PYTHONHASHSEED": "random"},
             cwd=self._dir,
@@ -158,7 +154,20 @@ class _ForkServer:
             stderr=None if os.environ.get("STATEK_SANDBOX_DEBUG") else subprocess.DEVNULL,
             close_fds=True,
         )
-        theirs.close()
+
+    def start(self) -> None:
+        if self._ctl is not None:  # a previous server's socket: never left for the collector
+            with contextlib.suppress(OSError):
+                self._ctl.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        limits = msgspec.json.encode(self.limits).decode()
+        try:
+            self._proc = self._popen(theirs, limits)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self._ctl = ours
         self._ready.clear()
         while not self._spawned.empty():  # a dead server's wake-up
@@ -195,6 +204,8 @@ class _ForkServer:
     def spawn(self) -> tuple[socket.socket, int, int]:
         """A fresh worker: (socket, pid, fork-server generation); a dead fork server is restarted."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the sandbox fork server is closed")
             for _ in range(2):
                 if not self._ready.is_set():
                     self.close()
@@ -233,10 +244,18 @@ class _ForkServer:
             self._exits.pop(pid, None)
 
     def close(self, *, final: bool = False) -> None:
-        """Stop the fork server (its workers die with it); ``final`` also removes the work directory."""
+        """Stop the fork server (its workers die with it); ``final``: for good (no restart), and the
+        work directory is removed."""
         if final:
-            with contextlib.suppress(OSError):
-                os.rmdir(self._dir)
+            with self._lock:  # never while a spawn restarts the server
+                self._closed = True
+                self._shutdown()
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._dir)
+            return
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         if self._ctl is not None:
             with contextlib.suppress(OSError):
                 self._ctl.close()

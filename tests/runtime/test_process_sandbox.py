@@ -53,7 +53,9 @@ def _first_error(record: Any) -> str:
     return next(line for line in console(record) if ":" in line)
 
 
-async def test_hostile_steps_end_their_own_jobs_while_a_quick_job_finishes(mesh: Settings, nc: Client) -> None:
+async def test_hostile_steps_end_their_own_jobs_while_a_quick_job_finishes(
+    mesh: Settings, nc: Client
+) -> None:
     js = nc.jetstream()
     hostile = {k: await submit(js, f"sb_dos_{k}") for k in DOS}
     quick = await wait_done(js, await submit(js, "sb_quick"))
@@ -76,7 +78,9 @@ async def _store(js: Any) -> Any:
     return await JobStore.open(js)
 
 
-async def test_model_code_finds_no_secret_no_network_and_no_processes(open_mesh: Settings, nc: Client) -> None:
+async def test_model_code_finds_no_secret_no_network_and_no_processes(
+    open_mesh: Settings, nc: Client
+) -> None:
     js = nc.jetstream()
     record = await wait_done(js, await submit(js, "sb_probe", {"epid": os.getpid()}))
     out = "\n".join(console(record))
@@ -231,3 +235,43 @@ async def test_a_compromised_worker_cannot_call_a_hidden_tool() -> None:
         assert result.units[0].console == ["NameError: tool 'secret_tool' is not exposed to this job"]
     finally:
         await runner.aclose()
+
+
+def _fork_servers_of_this_process() -> list[int]:
+    import os
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if (
+            ppid == os.getpid()
+            and b"statek_bus.runtime.worker" in cmdline
+            and stat.rsplit(")", 1)[1].split()[0].encode() != b"Z"
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+async def test_a_runner_closed_while_it_boots_leaves_no_fork_server_and_no_open_socket() -> None:
+    import asyncio
+    import gc
+    import warnings
+
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    for _ in range(3):  # closed at once, while the fork server and the spare workers are starting
+        runner = ProcessCodeRunner(workers=1, spare=2)
+        await runner.aclose()
+    await asyncio.sleep(1.0)  # a refill thread that raced the close would have restarted a server by now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        gc.collect()
+    assert _fork_servers_of_this_process() == []

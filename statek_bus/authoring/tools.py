@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from statek_bus.sandbox.replay import refuse_during_replay
+from statek_bus.wire.difficulty import DIFFICULTIES, Difficulty
 from statek_bus.wire.messages import ToolDescription
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "unwrap_tool",
 ]
 
-DIFFICULTIES = ("L", "M", "H")
 _DIFFICULTY_NAMES = {"L": "low", "M": "medium", "H": "high"}
 
 
@@ -607,10 +607,10 @@ def brief(what: Any, method_name: str | None = None) -> None:
 def panic() -> None:
     """Raise the task difficulty one level (a stronger model and a larger budget) and continue."""
     ctx = current_job()
-    i = DIFFICULTIES.index(ctx.difficulty) if ctx.difficulty in DIFFICULTIES else 1
+    i = DIFFICULTIES.index(Difficulty(ctx.difficulty)) if ctx.difficulty in DIFFICULTIES else 1
     if i >= len(DIFFICULTIES) - 1:
         raise RuntimeError(f"Job is already at high difficulty: {_DIFFICULTY_NAMES['H']}")
-    ctx.difficulty = DIFFICULTIES[i + 1]
+    ctx.difficulty = str(DIFFICULTIES[i + 1])
     ctx.difficulty_changed = True
     print(f"# Difficulty increased to {_DIFFICULTY_NAMES[ctx.difficulty]}. Continue with the harder task.")
 

@@ -72,6 +72,7 @@ from statek_bus.wire.messages import (
     WorkMessage,
     decode,
     encode,
+    error_exit,
 )
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
@@ -544,7 +545,7 @@ class Executor:
         def end(r: JobRecord) -> JobRecord | None:
             if r.step != work.step or r.status is JobStatus.DONE:
                 return None
-            r.status, r.error, r.exit_status = JobStatus.DONE, error, f"Error: {error}"
+            r.end(error_exit(error), error)
             r.step += 1
             return r
 

@@ -57,11 +57,9 @@ MsgHandler = Callable[[Msg], Awaitable[None]]
 before delivering the next message of the subscription)."""
 
 
-class PingResponse(msgspec.Struct, kw_only=True):
-    """ADR-32 ``$SRV.PING`` reply."""
+class _Identity(msgspec.Struct, kw_only=True):
+    """What every ``$SRV`` reply says of the instance."""
 
-    type: str = PING_RESPONSE_TYPE
-    """Protocol type tag."""
     name: str
     """Service name."""
     id: str
@@ -70,6 +68,13 @@ class PingResponse(msgspec.Struct, kw_only=True):
     """SemVer of the service."""
     metadata: dict[str, str]
     """Service metadata."""
+
+
+class PingResponse(_Identity, kw_only=True):
+    """ADR-32 ``$SRV.PING`` reply."""
+
+    type: str = PING_RESPONSE_TYPE
+    """Protocol type tag."""
 
 
 class EndpointInfo(msgspec.Struct, kw_only=True):
@@ -85,19 +90,11 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     """Endpoint metadata (string values)."""
 
 
-class InfoResponse(msgspec.Struct, kw_only=True):
+class InfoResponse(_Identity, kw_only=True):
     """ADR-32 ``$SRV.INFO`` reply."""
 
     type: str = INFO_RESPONSE_TYPE
     """Protocol type tag."""
-    name: str
-    """Service name."""
-    id: str
-    """Instance id."""
-    version: str
-    """SemVer of the service."""
-    metadata: dict[str, str]
-    """Service metadata."""
     description: str
     """Non-empty description (the CLI drops a reply without one)."""
     endpoints: list[EndpointInfo]
@@ -145,19 +142,11 @@ class _EndpointStatsReply(msgspec.Struct, kw_only=True):
     average_processing_time: int
 
 
-class StatsResponse(msgspec.Struct, kw_only=True):
+class StatsResponse(_Identity, kw_only=True):
     """ADR-32 ``$SRV.STATS`` reply."""
 
     type: str = STATS_RESPONSE_TYPE
     """Protocol type tag."""
-    name: str
-    """Service name."""
-    id: str
-    """Instance id."""
-    version: str
-    """SemVer of the service."""
-    metadata: dict[str, str]
-    """Service metadata."""
     started: str
     """When the instance started (RFC 3339, UTC, milliseconds)."""
     endpoints: list[_EndpointStatsReply]

@@ -12,6 +12,7 @@ from statek_bus.cli.output import EXIT_INTERRUPTED, EXIT_OK, print_json
 from statek_bus.mesh.auth import redact_url
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import status_report
+from statek_bus.mesh.service import EXIT_CONNECTION_LOST
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.mesh import SERVICE_KINDS, check_agents, serve, up
 
@@ -71,8 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(settings.log_level.upper())
     if args.kind == "executor":
         check_agents(settings.agents)  # one line naming the import error; cwd first, as `up` does
-    served = run_async(serve(args.kind, settings))
-    return EXIT_OK if served else EXIT_INTERRUPTED
+    ended = run_async(serve(args.kind, settings))
+    return {"served": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "connection_lost": EXIT_CONNECTION_LOST}[ended]
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import aiofiles
 import anyio
@@ -343,27 +344,55 @@ def _tagged(factory: ServiceFactory, launch_id: str) -> ServiceFactory:
     return build
 
 
-async def serve(kind: str, settings: Settings) -> bool:
-    """``statek-bus serve KIND``: one service until SIGTERM/SIGINT, then a graceful stop.
+ServeEnd = Literal["served", "interrupted", "connection_lost"]
+"""How ``statek-bus serve`` ended (the CLI maps it to an exit code)."""
 
-    A signal while it connects (NATS unreachable: it would retry forever) or provisions ends it at
-    once; a signal while it serves stops it gracefully, and a second one cuts the drain short.
 
-    Returns:
-        ``True`` once it served and stopped; ``False`` when a signal came before it was ready.
-    """
+async def serve(kind: str, settings: Settings) -> ServeEnd:
+    """``statek-bus serve KIND``: :func:`serve_factory` with the service ``kind``'s factory."""
     factory = load_service_factory(kind)
     launch_id = os.environ.get(LAUNCH_ID_ENV)
     if launch_id:
         factory = _tagged(factory, launch_id)
+    return await serve_factory(factory, settings, name=SERVICE_KINDS[kind])
+
+
+async def serve_factory(factory: ServiceFactory, settings: Settings, *, name: str) -> ServeEnd:
+    """One service until SIGTERM/SIGINT, then a graceful stop.
+
+    A signal while it connects (NATS unreachable: it would retry forever) or provisions ends it at
+    once; a signal while it serves stops it gracefully, and a second one cuts the drain short. If
+    nats-py closes the connection for good (it never reconnects a closed one), the process ends
+    with :data:`~statek_bus.mesh.service.EXIT_CONNECTION_LOST` so its supervisor restarts it,
+    instead of living on without answering.
+
+    Returns:
+        How it ended: ``"served"`` (stopped by a signal after serving), ``"interrupted"`` (a
+        signal before it was ready) or ``"connection_lost"``.
+    """
+    ctx: ServiceContext | None = None
     async with StopSignals() as signals, contextlib.AsyncExitStack() as stack:
         with signals.cancelling() as starting:
-            await stack.enter_async_context(running_service(factory, settings, name=SERVICE_KINDS[kind]))
-        if starting.cancelled_caught:
-            log.info("%s: stopped before it was ready", SERVICE_KINDS[kind])
-            return False
-        await signals.wait()
-        log.info("%s stopping", SERVICE_KINDS[kind])
+            ctx = await stack.enter_async_context(running_service(factory, settings, name=name))
+        if starting.cancelled_caught or ctx is None:
+            log.info("%s: stopped before it was ready", name)
+            return "interrupted"
+        closed = ctx.closed
+        async with anyio.create_task_group() as tg:
+
+            async def on_lost() -> None:
+                await closed.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_lost)
+            await signals.wait()
+            tg.cancel_scope.cancel()
+        if closed.is_set() and not signals.requested.is_set():
+            log.error("%s: the NATS connection is closed for good; exiting for a restart", name)
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+            return "connection_lost"
+        log.info("%s stopping", name)
         with signals.cancelling(on_signal=2):
             await stack.aclose()
-    return True
+    return "served"

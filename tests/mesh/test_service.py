@@ -156,9 +156,9 @@ async def test_srv_ping_info_stats_have_adr32_shapes(
     assert report and report[0]["version"] == "0.1.0"
 
 
-def _spawn_echo(url: str) -> subprocess.Popen[bytes]:
+def _spawn_echo(url: str, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NATS_URL": url}
-    return subprocess.Popen([sys.executable, "-m", "tests.support.echo_service"], cwd=ROOT, env=env)
+    return subprocess.Popen([sys.executable, "-m", "tests.support.echo_service", *args], cwd=ROOT, env=env)
 
 
 async def _wait_for_echo(nc: Client) -> None:
@@ -230,13 +230,14 @@ async def test_stats_count_requests_answered_by_concurrent_tasks(
     assert s["started"].endswith("Z")
 
 
-async def test_a_service_whose_connection_closes_for_good_exits_for_its_supervisor(fresh_server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("how", ["run_service", "serve"])
+async def test_a_service_whose_connection_closes_for_good_exits_for_its_supervisor(fresh_server, how) -> None:  # type: ignore[no-untyped-def]
     # nats-py gives up on a connection after a fatal -ERR (here: a protocol line over 4 KiB) and
     # never reconnects; a process that stayed up would answer nothing while looking healthy.
     settings = Settings.from_env({}, nats_url=fresh_server.url, request_timeout=2.0)
     async with AsyncStatekClient(settings=settings) as client:
         nc = await client.connection()
-        proc = _spawn_echo(fresh_server.url)
+        proc = _spawn_echo(fresh_server.url, *(["--serve"] if how == "serve" else []))
         try:
             await _wait_for_echo(nc)
             with contextlib.suppress(errors.StatekError):

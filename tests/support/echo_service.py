@@ -7,6 +7,7 @@ for kill/restart tests, or in-process with ``running_service(build, ...)``.
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import msgspec
 
@@ -77,4 +78,11 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_service(build, Settings.from_env(drain_timeout=5.0), name=NAME))
+    settings = Settings.from_env(drain_timeout=5.0)
+    if "--serve" in sys.argv:  # the way `statek-bus serve` runs a service (exit code by how it ended)
+        from statek_bus.mesh.service import EXIT_CONNECTION_LOST
+        from statek_bus.ops.mesh import serve_factory
+
+        ended = asyncio.run(serve_factory(build, settings, name=NAME))
+        sys.exit(EXIT_CONNECTION_LOST if ended == "connection_lost" else 0)
+    asyncio.run(run_service(build, settings, name=NAME))

@@ -7,6 +7,9 @@ exit stack (it stops pulling when the stack closes, finishes in-flight steps wit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from statek_bus.mesh.provision import configure_work_consumer
 from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
 from statek_bus.runtime.executor import Executor
@@ -22,6 +25,9 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     executor = await ctx.stack.enter_async_context(
         Executor(ctx.nc, ctx.js, ctx.settings, agents=ctx.settings.agents, stopping=ctx.stopping)
     )
+
+    if ctx.settings.burst:  # stop once the queue is idle: the runner then drains and exits
+        ctx.stack.push_async_callback(_cancel, asyncio.create_task(_finish_when_idle(ctx, executor)))
 
     async def status(request: Empty) -> object:
         executor.instance_id = ctx.instance_id
@@ -44,3 +50,15 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             "max_concurrency": str(ctx.settings.max_concurrency),
         },
     )
+
+
+async def _finish_when_idle(ctx: ServiceContext, executor: Executor) -> None:
+    await ctx.ready.wait()
+    await executor.wait_idle()
+    ctx.finished.set()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

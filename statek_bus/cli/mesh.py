@@ -32,6 +32,12 @@ def register(sub: Any) -> None:
     p.add_argument("kind", choices=list(SERVICE_KINDS))
     p.add_argument("--nats-url", default=None, help="default: NATS_URL")
     p.add_argument("--agents", default=None, help="executor: module:attr of the agents to serve")
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        default=None,
+        help="executor: exit once the work queue is idle and nothing runs (for batches and cron jobs)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("status", help="list running service instances ($SRV.PING/INFO/STATS)")
@@ -68,12 +74,14 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, agents=args.agents)
+    settings = _settings(args, agents=args.agents, burst=args.burst)
     logging.getLogger().setLevel(settings.log_level.upper())
     if args.kind == "executor":
         check_agents(settings.agents)  # one line naming the import error; cwd first, as `up` does
     ended = run_async(serve(args.kind, settings))
-    return {"served": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "connection_lost": EXIT_CONNECTION_LOST}[ended]
+    return {"served": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "connection_lost": EXIT_CONNECTION_LOST}[
+        ended
+    ]
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -121,6 +121,8 @@ class ServiceContext:
     """Set once the micro service is registered and answering ``$SRV.PING``."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the connection is closed for good (nats-py will not reconnect)."""
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by a service whose work is done (an executor in burst mode): the process then stops."""
 
 
 ServiceFactory = Callable[[ServiceContext], Awaitable[ServiceSpec]]
@@ -306,7 +308,7 @@ answers anything."""
 
 
 async def run_service(factory: ServiceFactory, settings: Settings, *, name: str) -> None:
-    """Run a service until SIGTERM or SIGINT, then stop it gracefully.
+    """Run a service until SIGTERM or SIGINT (or until it says it is finished), then stop it gracefully.
 
     If the connection is closed for good meanwhile (nats-py gives up on a connection after a
     fatal server error and never reconnects), the service stops and the process exits with
@@ -317,7 +319,7 @@ async def run_service(factory: ServiceFactory, settings: Settings, *, name: str)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with running_service(factory, settings, name=name) as ctx:
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ctx.closed.wait())]
+        waiters = [asyncio.ensure_future(e.wait()) for e in (stop, ctx.closed, ctx.finished)]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
             w.cancel()

@@ -94,6 +94,8 @@ class Settings:
     # --- executor ---------------------------------------------------------------------------------
     agents: str = ""
     """``module:attr`` of the agents the executor serves (empty: the built-in ``demo`` agent)."""
+    burst: bool = False
+    """Executor: stop once the work queue is idle and nothing runs (arq's burst mode), e.g. for a batch."""
     max_concurrency: int = 100
     """Steps one executor replica runs code for at once."""
     model_waits_per_slot: int = 4

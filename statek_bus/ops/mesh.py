@@ -384,7 +384,12 @@ async def serve_factory(factory: ServiceFactory, settings: Settings, *, name: st
                 await closed.wait()
                 tg.cancel_scope.cancel()
 
+            async def on_finished() -> None:
+                await ctx.finished.wait()
+                tg.cancel_scope.cancel()
+
             tg.start_soon(on_lost)
+            tg.start_soon(on_finished)
             await signals.wait()
             tg.cancel_scope.cancel()
         if closed.is_set() and not signals.requested.is_set():

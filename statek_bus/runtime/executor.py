@@ -270,6 +270,20 @@ class Executor:
             desc.updated_at = now
             await kv.put(token(agent.role), encode(desc))
 
+    async def wait_idle(self, *, poll: float = 0.2, quiet: int = 3) -> None:
+        """Return once nothing runs here and the work consumer has nothing pending or unacknowledged.
+
+        Checked every ``poll`` seconds; idle ``quiet`` checks in a row count (a step that just
+        committed may still be queueing the job's next one). Timers not yet due are not work yet:
+        burst mode leaves them for a later run, as arq's burst mode leaves deferred jobs.
+        """
+        calm = 0
+        while calm < quiet:
+            await asyncio.sleep(poll)
+            info = await self.js.consumer_info(WORK_STREAM, WORK_CONSUMER)
+            busy = self._tasks or info.num_pending or info.num_ack_pending
+            calm = 0 if busy else calm + 1
+
     def status(self) -> ExecutorStatus:
         """This replica's running steps, concurrency and agents.
 

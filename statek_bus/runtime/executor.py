@@ -35,7 +35,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -84,7 +84,7 @@ from statek_bus.wire.subjects import (
 )
 from statek_bus.wire.values import TypeRegistry
 
-__all__ = ["Executor", "ProviderModel", "load_agents"]
+__all__ = ["Executor"]
 
 log = logging.getLogger(__name__)
 
@@ -648,12 +648,3 @@ def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
 
 def _names(csv: str) -> frozenset[str]:
     return frozenset(n.strip() for n in csv.split(",") if n.strip())
-
-
-@contextlib.asynccontextmanager
-async def running_executor(
-    nc: Client, js: JetStreamContext, settings: Settings, agents: str = ""
-) -> AsyncIterator[Executor]:
-    """An :class:`Executor` for the duration of the ``async with`` block."""
-    async with Executor(nc, js, settings, agents=agents) as ex:
-        yield ex

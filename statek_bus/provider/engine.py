@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 import uuid
 from types import TracebackType
 from typing import Any
 
 import msgspec
 
+from statek_bus.mesh import metrics
 from statek_bus.mesh.settings import Settings
 from statek_bus.provider.calls import CallLedger, Deadline
 from statek_bus.provider.limits import Limits
@@ -121,10 +123,22 @@ class Provider:
         """
         deadline = Deadline(req.deadline_s)  # counted from receipt: queueing here counts against it
         r = route(req)
-        if r.scripted:
-            reply = await self._scripted(req, r)
-        else:
-            reply = await self.calls.once(_call_key(req), lambda: self._litellm(req, r, deadline))
+        started = time.perf_counter()
+        try:
+            if r.scripted:
+                reply = await self._scripted(req, r)
+            else:
+                reply = await self.calls.once(_call_key(req), lambda: self._litellm(req, r, deadline))
+        except Exception:
+            metrics.LLM_CALLS.labels(model=r.model, outcome="error").inc()
+            raise
+        metrics.LLM_CALLS.labels(model=r.model, outcome="ok").inc()
+        metrics.LLM_SECONDS.labels(model=r.model).observe(time.perf_counter() - started)
+        usage = reply.usage
+        metrics.LLM_TOKENS.labels(model=r.model, kind="input").inc(usage.input_tokens)
+        metrics.LLM_TOKENS.labels(model=r.model, kind="output").inc(usage.output_tokens)
+        metrics.LLM_TOKENS.labels(model=r.model, kind="cached").inc(usage.cached_tokens)
+        metrics.LLM_COST.labels(model=r.model).inc(usage.cost or 0.0)
         return self._redacted(reply)
 
     def _redacted(self, reply: CompleteReply) -> CompleteReply:

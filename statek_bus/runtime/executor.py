@@ -48,6 +48,7 @@ from statek_bus.authoring.futures import StepRuntime
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
+from statek_bus.mesh import metrics
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import wakeups as waits
 from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
@@ -395,9 +396,12 @@ class Executor:
         if flight is not None:
             flight.job_id, flight.step = work.job_id, work.step
             _flight.set(flight)
+        if msg.reply and (msg.metadata.num_delivered or 1) > 1:
+            metrics.REDELIVERIES.inc()
         try:
             await self._run(work, msg)
         except RetryStep as exc:
+            metrics.RETRIES.labels(what="step").inc()
             delivered = msg.metadata.num_delivered or 1
             if delivered >= self.settings.max_deliver - 1:  # the last delivery: do not strand the job
                 await self._fail_job(work, f"gave up after {delivered} attempts: {exc}")
@@ -441,8 +445,11 @@ class Executor:
             await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
             await msg.ack()
             return
+        started = time.perf_counter()
         outcome = await self._run_step(record, agent)
         committed = await self._commit(record, rev, outcome)
+        metrics.STEP_SECONDS.labels(agent=record.agent).observe(time.perf_counter() - started)
+        metrics.STEPS.labels(agent=record.agent, outcome=_outcome(committed)).inc()
         if committed is not None:
             await self._after_commit(committed, outcome.state if committed is outcome.record else None)
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
@@ -648,3 +655,12 @@ def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
 
 def _names(csv: str) -> frozenset[str]:
     return frozenset(n.strip() for n in csv.split(",") if n.strip())
+
+
+def _outcome(committed: JobRecord | None) -> str:
+    """The ``statek_steps`` outcome label of a committed step (``superseded``: committed elsewhere)."""
+    if committed is None:
+        return "superseded"
+    if committed.status is JobStatus.DONE:
+        return "error" if committed.error is not None else "done"
+    return "suspended" if committed.status is JobStatus.SUSPENDED else "running"

@@ -192,3 +192,27 @@ async def test_a_service_logs_one_json_object_per_line_when_asked(nats_server: N
     lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     assert lines and all({"time", "level", "logger", "message", "instance"} <= set(x) for x in lines)
     assert any("ready" in x["message"] for x in lines)
+
+
+async def test_metrics_count_the_steps_and_llm_calls_of_a_known_workload_exactly(
+    settings: Settings, nc: Client
+) -> None:
+    from tests.agents_fixture import services, submit, wait_done
+
+    port = free_port()
+    scraped = settings.replace(health_port=port, health_host="127.0.0.1")
+    js = nc.jetstream()
+    async with services(settings, "provider", "submission"), services(scraped, "executor"):
+        await _until(port, 200)
+        before = (await _get(port, "/metrics"))[1].decode()
+        for _ in range(3):  # t_basic: warmup, two LLM replies, the second exits "ok"
+            await wait_done(js, await submit(js, "t_basic", {"event": "e"}))
+        after = (await _get(port, "/metrics"))[1].decode()
+
+    def delta(name: str, **labels: str) -> float:
+        return _sample(after, name, **labels) - _sample(before, name, **labels)
+
+    assert delta("statek_steps_total", agent="t_basic", outcome="done") == 3
+    assert delta("statek_steps_total", agent="t_basic", outcome="error") == 0
+    assert delta("statek_llm_calls_total", model="scripted/t_basic", outcome="ok") == 6
+    assert delta("statek_llm_tokens_total", model="scripted/t_basic", kind="output") > 0

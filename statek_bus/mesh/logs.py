@@ -24,7 +24,9 @@ _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @contextlib.contextmanager
-def job_context(job_id: str, step: int, agent: str, trace_id: str | None = None) -> Iterator[None]:
+def job_context(
+    job_id: str, step: int, agent: str | None = None, trace_id: str | None = None
+) -> Iterator[None]:
     """Attach a job's identity to every record logged inside the ``with`` block (this task only)."""
     token = _JOB.set({"job_id": job_id, "step": step, "agent": agent, "trace_id": trace_id})
     try:

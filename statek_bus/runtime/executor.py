@@ -49,6 +49,7 @@ from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics
+from statek_bus.mesh.logs import job_context
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import wakeups as waits
 from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
@@ -399,7 +400,8 @@ class Executor:
         if msg.reply and (msg.metadata.num_delivered or 1) > 1:
             metrics.REDELIVERIES.inc()
         try:
-            await self._run(work, msg)
+            with job_context(work.job_id, work.step):
+                await self._run(work, msg)
         except RetryStep as exc:
             metrics.RETRIES.labels(what="step").inc()
             delivered = msg.metadata.num_delivered or 1
@@ -450,6 +452,8 @@ class Executor:
         committed = await self._commit(record, rev, outcome)
         metrics.STEP_SECONDS.labels(agent=record.agent).observe(time.perf_counter() - started)
         metrics.STEPS.labels(agent=record.agent, outcome=_outcome(committed)).inc()
+        if committed is not None and committed.status is JobStatus.DONE and committed.error is not None:
+            log.warning("job %s (%s) ended with an error: %s", committed.id, committed.agent, committed.error)
         if committed is not None:
             await self._after_commit(committed, outcome.state if committed is outcome.record else None)
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:

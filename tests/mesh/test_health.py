@@ -216,3 +216,32 @@ async def test_metrics_count_the_steps_and_llm_calls_of_a_known_workload_exactly
     assert delta("statek_steps_total", agent="t_basic", outcome="error") == 0
     assert delta("statek_llm_calls_total", model="scripted/t_basic", outcome="ok") == 6
     assert delta("statek_llm_tokens_total", model="scripted/t_basic", kind="output") > 0
+
+
+async def test_a_failed_job_is_one_json_warning_line_naming_the_job(
+    settings: Settings, nc: Client, tmp_path: Path
+) -> None:
+    from statek_bus.ops.mesh import ServiceProcess
+    from tests.agents_fixture import AGENTS_SPEC, services, submit, wait_done
+
+    log_path = tmp_path / "executor.log"
+    proc = ServiceProcess(
+        "executor",
+        settings.nats_url,
+        args=["--agents", AGENTS_SPEC],
+        env={"STATEK_LOG_FORMAT": "json"},
+        log_path=log_path,
+    )
+    js = nc.jetstream()
+    async with services(settings, "provider", "submission"):
+        await proc.start()
+        try:
+            job = await submit(js, "t_basic")  # no `event` shared variable: its warmup fails
+            record = await wait_done(js, job)
+        finally:
+            await proc.stop()
+    assert record.error is not None
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    failed = [x for x in lines if x.get("job_id") == job and x["level"] == "WARNING"]
+    assert len(failed) == 1 and "ended with an error" in failed[0]["message"], failed
+    assert failed[0]["step"] >= 0 and failed[0]["instance"]

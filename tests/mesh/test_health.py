@@ -13,6 +13,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, Counter
 
+from statek_bus.mesh.connection import connect
 from statek_bus.mesh.health import HealthServer
 from statek_bus.mesh.logs import JsonFormatter, job_context
 from statek_bus.mesh.service import running_service
@@ -195,12 +196,15 @@ async def test_a_service_logs_one_json_object_per_line_when_asked(nats_server: N
 
 
 async def test_metrics_count_the_steps_and_llm_calls_of_a_known_workload_exactly(
-    settings: Settings, nc: Client
+    fresh_server: NatsServer,
 ) -> None:
+    # a server of its own: no job left over by another test may run during the count
     from tests.agents_fixture import services, submit, wait_done
 
+    settings = Settings.from_env({}, nats_url=fresh_server.url, drain_timeout=3.0)
     port = free_port()
     scraped = settings.replace(health_port=port, health_host="127.0.0.1")
+    nc = await connect(settings, name="metrics-test")
     js = nc.jetstream()
     async with services(settings, "provider", "submission"), services(scraped, "executor"):
         await _until(port, 200)
@@ -208,6 +212,7 @@ async def test_metrics_count_the_steps_and_llm_calls_of_a_known_workload_exactly
         for _ in range(3):  # t_basic: warmup, two LLM replies, the second exits "ok"
             await wait_done(js, await submit(js, "t_basic", {"event": "e"}))
         after = (await _get(port, "/metrics"))[1].decode()
+    await nc.close()
 
     def delta(name: str, **labels: str) -> float:
         return _sample(after, name, **labels) - _sample(before, name, **labels)

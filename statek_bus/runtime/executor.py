@@ -636,14 +636,22 @@ def _event_names(job_id: str) -> tuple[str, str]:
     return job_events_subject(job_id), token(job_id)
 
 
-_POLICIES: dict[tuple[Settings, frozenset[str]], Any] = {}
+_POLICIES: dict[tuple[object, ...], Any] = {}
 
 
 def _policy(settings: Settings, hidden: frozenset[str]) -> Any:
     """The sandbox policy of a job: STATEK's settings (limits, imports, tools let through) and its hidden tools."""
     from statek_bus.sandbox.restricted import DEFAULT_ALLOWED_IMPORTS, SandboxPolicy
 
-    key = (settings, hidden)
+    # keyed on the fields that shape a policy (hashing all of Settings on every step would cost more)
+    key = (
+        settings.restricted_mode,
+        settings.python_sandbox_max_source_bytes,
+        settings.python_sandbox_max_ast_nodes,
+        settings.python_sandbox_allowed_imports,
+        settings.python_sandbox_allowed_tools,
+        hidden,
+    )
     found = _POLICIES.get(key)
     if found is None:
         imports = _names(settings.python_sandbox_allowed_imports)

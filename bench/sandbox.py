@@ -177,19 +177,21 @@ async def _process_rows(steps: int) -> list[dict[str, Any]]:
 def _lockdown_cost(n: int) -> float:
     import os
 
-    from statek_bus.sandbox.isolation import Limits, lock_down, prepare
+    from statek_bus.sandbox.isolation import Limits, address_space_cap, lock_down, prepare, seal_server
 
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # measure in a child: prepare() enters a network namespace
+    if pid == 0:  # measure in a child: prepare() and seal_server() change the process for good
         prepared = prepare()
+        sealed = seal_server(prepared)
         total = 0.0
         r2, w2 = os.pipe()
         for _ in range(n):
+            cap = address_space_cap(Limits())
             child = os.fork()
             if child == 0:
                 t0 = time.perf_counter()
-                lock_down(Limits(), prepared)
+                lock_down(Limits(), prepared, cap, sealed)
                 os.write(w2, str(time.perf_counter() - t0).encode().ljust(32))
                 os._exit(0)
             total += float(os.read(r2, 32))

@@ -237,6 +237,31 @@ async def test_a_compromised_worker_cannot_call_a_hidden_tool() -> None:
         await runner.aclose()
 
 
+async def test_a_compromised_worker_can_signal_only_itself() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    # Restricted mode off stands for a full escape. Spare workers (same uid, same process group)
+    # are waiting beside it: on their own they would be reachable by kill(0) and kill(-1).
+    code = (
+        "import os\n"
+        f"for target in (0, -1, os.getppid(), {os.getpid()}):\n"
+        "    try:\n"
+        "        os.kill(target, 0)\n"
+        "        print('reached', target)\n"
+        "    except PermissionError:\n"
+        "        print('refused')\n"
+        "os.kill(os.getpid(), 0)\n"
+        "print('itself: reached')"
+    )
+    runner = ProcessCodeRunner(workers=1, spare=2)
+    try:
+        assert (await asyncio.to_thread(runner.wait_started))["seccomp"] == "on"
+        result = await runner.run(_request(code))
+        assert result.units[0].console == ["refused"] * 4 + ["itself: reached"], result.units
+    finally:
+        await runner.aclose()
+
+
 def _fork_servers_of_this_process() -> list[int]:
     import os
     from pathlib import Path

@@ -15,6 +15,8 @@ __all__ = [
     "Result",
     "closed_loop",
     "cpu_seconds",
+    "minor_faults",
+    "own_cpu_seconds",
     "percentile",
     "print_table",
     "print_tables",
@@ -122,6 +124,17 @@ def _children(pid: int) -> list[int]:
         except OSError:  # the thread ended meanwhile
             continue
     return found
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` alone (no child's)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of the children ``pid`` has reaped (a fork server's finished workers)."""
+    return int(_stat(pid)[8])
 
 
 def cpu_seconds(pid: int) -> float:

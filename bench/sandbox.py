@@ -15,12 +15,13 @@ workspace of 20 definitions and 200 values through snapshot → bytes → restor
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import print_table
+from bench.common import cpu_seconds, own_cpu_seconds, minor_faults, print_table, print_tables
 from statek_bus.authoring.tools import tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
 from statek_bus.runtime.procrunner import ProcessCodeRunner
@@ -132,14 +133,18 @@ def _session() -> Any:
     )  # fmt: skip
 
 
+async def _step(runner: Any, code: str) -> None:
+    unit = ExecUnit(kind="code", code=code, site="0.0")
+    await runner.run(ExecRequest(session=_session(), units=[unit], deadline_seconds=10))
+
+
 async def _steps(runner: Any, code: str, steps: int, in_flight: int) -> float:
     """Seconds per step, ``steps`` steps with ``in_flight`` at once."""
     sem = asyncio.Semaphore(in_flight)
 
     async def one() -> None:
         async with sem:
-            unit = ExecUnit(kind="code", code=code, site="0.0")
-            await runner.run(ExecRequest(session=_session(), units=[unit], deadline_seconds=10))
+            await _step(runner, code)
 
     await one()  # warm
     t0 = time.perf_counter()
@@ -147,7 +152,7 @@ async def _steps(runner: Any, code: str, steps: int, in_flight: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-async def _process_rows(steps: int) -> list[dict[str, Any]]:
+async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     process = ProcessCodeRunner(workers=8)
     thread = ThreadCodeRunner(threads=8)
     await asyncio.to_thread(process.wait_started)
@@ -167,10 +172,44 @@ async def _process_rows(steps: int) -> list[dict[str, Any]]:
             sock, _, _ = process._server.spawn()
             sock.close()
         rows.append({"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6})
+        costs = await _cost_rows(process, thread, steps)
     finally:
         await process.aclose()
         await thread.aclose()
     rows.append({"case": "lock-down of one worker (in a fork)", "process µs": _lockdown_cost(steps) * 1e6})
+    return rows, costs
+
+
+async def _cost_rows(process: ProcessCodeRunner, thread: ThreadCodeRunner, steps: int) -> list[dict[str, Any]]:
+    """CPU per trivial step in each process, one step at a time, beside the in-process runner's."""
+    me = os.getpid()
+    assert process._server._proc is not None
+    server = process._server._proc.pid
+
+    async def measure(runner: Any) -> dict[str, float]:
+        for _ in range(5):
+            await _step(runner, "y = n + 1")
+        await asyncio.sleep(0.5)  # the spares forked meanwhile count before, not during
+        before = (own_cpu_seconds(me), own_cpu_seconds(server), cpu_seconds(server), minor_faults(server))
+        for _ in range(steps):
+            await _step(runner, "y = n + 1")
+        await asyncio.sleep(0.5)  # the spares that replace the used workers count too
+        after = (own_cpu_seconds(me), own_cpu_seconds(server), cpu_seconds(server), minor_faults(server))
+        d = [(b - a) / steps for a, b in zip(before, after, strict=True)]
+        return {"executor": d[0], "server": d[1], "workers": d[2] - d[1], "faults": d[3]}
+
+    base = await measure(thread)
+    cost = await measure(process)
+    floor = base["executor"]
+    rows = [{"runner": "in-process (threads of the executor)", "total CPU ms": floor * 1e3,
+             "executor ms": floor * 1e3, "x in-process (higher = costlier)": 1.0}]  # fmt: skip
+    total = cost["executor"] + cost["server"] + cost["workers"]
+    rows.append({
+        "runner": "process (a fresh worker per step)", "total CPU ms": total * 1e3,
+        "executor ms": cost["executor"] * 1e3, "fork server ms": cost["server"] * 1e3,
+        "worker ms": cost["workers"] * 1e3, "worker page faults": cost["faults"],
+        "x in-process (higher = costlier)": total / floor,
+    })  # fmt: skip
     return rows
 
 
@@ -205,13 +244,15 @@ def _lockdown_cost(n: int) -> float:
     return result
 
 
-async def run(quick: bool) -> list[dict[str, Any]]:
-    """Rows: the process boundary against in-process, loop costs, then compile and workspace costs."""
+async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """Tables: the process boundary against in-process (time, then CPU per step by process), then
+    loop, compile and workspace costs."""
     n, repeat = (20_000, 3) if quick else (200_000, 7)
-    rows = await _process_rows(50 if quick else 300)
-    return rows + await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
+    rows, costs = await _process_rows(50 if quick else 300)
+    rows += await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
+    return {"sandbox: time per step and piece": rows, "sandbox: CPU per trivial step by process": costs}
 
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
-    print_table(f"sandbox{' (quick)' if quick else ''}", asyncio.run(run(quick)))
+    print_tables(f"sandbox{' (quick)' if quick else ''}", asyncio.run(run(quick)))

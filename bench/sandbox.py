@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import cpu_seconds, own_cpu_seconds, minor_faults, print_table, print_tables
+from bench.common import cpu_seconds, minor_faults, own_cpu_seconds, print_tables
 from statek_bus.authoring.tools import tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
 from statek_bus.runtime.procrunner import ProcessCodeRunner
@@ -171,7 +171,9 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
         for _ in range(steps):
             sock, _, _ = process._server.spawn()
             sock.close()
-        rows.append({"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6})
+        rows.append(
+            {"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6}
+        )
         costs = await _cost_rows(process, thread, steps)
     finally:
         await process.aclose()
@@ -180,7 +182,9 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
     return rows, costs
 
 
-async def _cost_rows(process: ProcessCodeRunner, thread: ThreadCodeRunner, steps: int) -> list[dict[str, Any]]:
+async def _cost_rows(
+    process: ProcessCodeRunner, thread: ThreadCodeRunner, steps: int
+) -> list[dict[str, Any]]:
     """CPU per trivial step in each process, one step at a time, beside the in-process runner's."""
     me = os.getpid()
     assert process._server._proc is not None

@@ -51,6 +51,7 @@ from statek_bus.sandbox.isolation import (
     Limits,
     Prepared,
     address_space_cap,
+    fork_bare,
     lock_down,
     prepare,
     seal_server,
@@ -527,7 +528,7 @@ def main(argv: list[str]) -> None:
         if not fds:
             continue
         cap = address_space_cap(limits)
-        pid = os.fork()
+        pid = fork_bare()
         if pid == 0:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -52,7 +52,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LAYERS", "Limits", "Prepared", "lock_down", "prepare", "protect_executor", "seal_server"]
+__all__ = [
+    "LAYERS",
+    "Limits",
+    "Prepared",
+    "address_space_cap",
+    "fork_bare",
+    "lock_down",
+    "prepare",
+    "protect_executor",
+    "seal_server",
+]
 
 LAYERS = ("rlimits", "uid", "netns", "userns", "no_new_privs", "not_dumpable", "seccomp")
 """Every layer :func:`seal_server` and :func:`lock_down` try."""
@@ -294,6 +304,29 @@ def lock_down(limits: Limits, prepared: Prepared, cap: int, sealed: dict[str, st
         else:
             out["seccomp"] = _load_seccomp(_for_pid(prepared.worker_filter, os.getpid()))
     return out
+
+
+def fork_bare() -> int:
+    """``fork(2)`` without the interpreter's at-fork handlers; 0 in the child, its pid in the parent.
+
+    ``os.fork`` runs Python code in the child for every module that registered a handler
+    (``threading`` re-creates its locks, ``logging`` each handler's, ``random`` reseeds): in a
+    fork server with those modules loaded that is ~180 first writes to shared pages, each a page
+    copy, on every fork. A single-threaded process holds no lock at the fork, so the child needs
+    none of it; the one handler whose effect matters, the reseed (sibling workers must not draw
+    the same random numbers), is done here. With another thread alive, or off Linux, this is
+    ``os.fork``.
+    """
+    import threading
+
+    if _LIBC is None or threading.active_count() != 1:
+        return os.fork()
+    pid = int(_LIBC.fork())
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    if pid == 0 and (rnd := sys.modules.get("random")) is not None:
+        rnd.seed()
+    return pid
 
 
 def protect_executor() -> str:

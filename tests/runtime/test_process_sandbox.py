@@ -262,6 +262,18 @@ async def test_a_compromised_worker_can_signal_only_itself() -> None:
         await runner.aclose()
 
 
+async def test_steps_in_fresh_workers_draw_different_random_numbers() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1, spare=2)
+    try:
+        code = "import random\nprint(random.getrandbits(64))"
+        draws = [(await runner.run(_request(code))).units[0].console[0] for _ in range(3)]
+        assert len(set(draws)) == 3, draws  # every worker reseeds: no two steps share a stream
+    finally:
+        await runner.aclose()
+
+
 def _fork_servers_of_this_process() -> list[int]:
     import os
     from pathlib import Path

@@ -3,7 +3,9 @@
 The process rows run the same step through :class:`ProcessCodeRunner` (a fresh locked-down worker
 per step) and :class:`ThreadCodeRunner` (in-process) in the same run: a trivial step, a step making
 10 tool calls (per call), both one at a time and 8 in flight, with the ratio (process ÷ in-process, x
-slower). Then the pieces: a fork from the fork server, and the lock-down of a worker.
+slower). Then the pieces: a fork from the fork server, the lock-down of a worker, and the floor: a
+fork + exit of a bare interpreter. A second table splits the CPU of one trivial step by process
+(executor, fork server, worker) with the workers' page faults, beside the in-process runner.
 
 Rows compare the same code compiled plainly (``compile``) and through :func:`compile_block` with a
 deadline set, per iteration or per call; plus ``compile_block`` uncached and cached, and a
@@ -179,6 +181,7 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
         await process.aclose()
         await thread.aclose()
     rows.append({"case": "lock-down of one worker (in a fork)", "process µs": _lockdown_cost(steps) * 1e6})
+    rows.append({"case": "fork + exit of a bare interpreter (floor)", "process µs": _bare_fork_cost(steps) * 1e6})
     return rows, costs
 
 
@@ -215,6 +218,28 @@ async def _cost_rows(
         "x in-process (higher = costlier)": total / floor,
     })  # fmt: skip
     return rows
+
+
+_BARE_FORKS = """
+import os, sys, time
+n = int(sys.argv[1])
+t0 = time.perf_counter()
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print((time.perf_counter() - t0) / n)
+"""
+
+
+def _bare_fork_cost(n: int) -> float:
+    """Seconds per fork + exit + wait of a bare interpreter (``python -I``, nothing imported): the
+    floor of any design that gives each step a fresh process on this machine."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-I", "-c", _BARE_FORKS, str(n)], capture_output=True, check=True)
+    return float(out.stdout)
 
 
 def _lockdown_cost(n: int) -> float:

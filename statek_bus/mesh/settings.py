@@ -123,6 +123,10 @@ class Settings:
     """Where model code runs: ``process`` (a locked-down worker process per step, the default) or
     ``in-process`` (threads of the executor: no memory or CPU limit, for trusted development only;
     the executor warns loudly at start)."""
+    app_code_in_process: bool = True
+    """Run an agent's warmup in the executor while nothing model-written has run in the job (it is
+    application code against data; a worker process would cost a fork and protect nothing). Off:
+    every step's code runs in a worker process."""
     sandbox_workers: int = 32
     """Steps whose model code runs at once in worker processes (one process each)."""
     sandbox_memory_mb: int = 512

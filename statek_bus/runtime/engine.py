@@ -82,6 +82,12 @@ WorkspaceSaver = Callable[[str, int, Any], Awaitable[dict[str, Any] | None]]
 """Saves a workspace snapshot: (job id, step, data) → reference stored in the engine state."""
 
 
+def _model_code_ran(state: EngineState) -> bool:
+    """Whether model-written code may have run in the job (its namespace may hold what it made):
+    once the model has replied at all, whether or not that reply's code ran to its end."""
+    return any(item.kind == "llm" for item in state.log)
+
+
 class StepEngine:
     """Runs one step of a code-first job.
 
@@ -177,8 +183,9 @@ class StepEngine:
                 for i, unit in enumerate(units):
                     unit.site = f"{trace.ran}.{i}"
                 result = await self._execute(
-                    ctx, agent, state, record, units, trusted=bool(block and block.hidden)
-                )
+                    ctx, agent, state, record, units, trusted=bool(block and block.hidden),
+                    app_code=block is not None and not _model_code_ran(state),
+                )  # fmt: skip
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:
@@ -346,11 +353,13 @@ class StepEngine:
         units: list[ExecUnit],
         *,
         trusted: bool,
+        app_code: bool = False,
     ) -> ExecResult:
         session = await self.session_factory(ctx, agent, state.workspace, record.shared_vars, trusted)
-        result = await self.runner.run(
-            ExecRequest(session=session, units=units, deadline_seconds=self.settings.step_timeout)
+        request = ExecRequest(
+            session=session, units=units, deadline_seconds=self.settings.step_timeout, app_code=app_code
         )
+        result = await self.runner.run(request)
         if result.workspace is not None:
             state.workspace = await self.save_workspace(record.id, record.step, result.workspace)
         return result

@@ -104,6 +104,24 @@ async def test_host_class_state_does_not_carry_to_the_next_job(open_mesh: Settin
     assert console(second) == ["False"]
 
 
+async def test_an_agents_warmup_runs_in_the_executor_and_model_code_in_a_worker(
+    open_mesh: Settings, nc: Client
+) -> None:
+    js = nc.jetstream()
+    lines = console(await wait_done(js, await submit(js, "sb_where")))
+    assert lines == [f"warmup {os.getpid()}", lines[1]], lines  # this process runs the executor
+    assert lines[1].startswith("model ") and lines[1] != f"model {os.getpid()}", lines
+
+
+async def test_with_app_code_in_process_off_the_warmup_runs_in_a_worker_too(settings: Settings, nc: Client) -> None:
+    s = settings.replace(restricted_mode=False, app_code_in_process=False)
+    async with _mesh(s, "tests.sandbox_agents:UNRESTRICTED"):
+        js = nc.jetstream()
+        lines = console(await wait_done(js, await submit(js, "sb_where")))
+    assert [line.split()[0] for line in lines] == ["warmup", "model"], lines
+    assert os.getpid() not in {int(line.split()[1]) for line in lines}, lines
+
+
 @pytest.mark.parametrize("name", sorted(ESCAPES))
 async def test_each_escape_is_refused_through_the_mesh(mesh: Settings, nc: Client, name: str) -> None:
     js = nc.jetstream()

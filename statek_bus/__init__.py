@@ -6,8 +6,10 @@ This module is the front door; every public name is listed in ``__all__``.
 from __future__ import annotations
 
 from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
+from statek_bus.authoring.dialog import DialogAgent, RecurringReminder, RecursiveReminder, Reminder
 from statek_bus.authoring.futures import temporal
 from statek_bus.authoring.postprocess import FinalCheck, LLMStep, PostProcessor, post_processor
+from statek_bus.authoring.roles import MessageDispatcher, Researcher
 from statek_bus.authoring.tools import current_job, exit_job, tool
 from statek_bus.authoring.waiting import subtask
 from statek_bus.client.core import AsyncStatekClient, StatekClient
@@ -30,15 +32,21 @@ __all__ = [
     "AsyncStatekClient",
     "BadRequestError",
     "ConflictError",
+    "DialogAgent",
     "FinalCheck",
     "HandlerAgent",
     "InternalError",
     "Job",
     "JobStatus",
     "LLMStep",
+    "MessageDispatcher",
     "NotFoundError",
     "PayloadTooLargeError",
     "PostProcessor",
+    "RecurringReminder",
+    "RecursiveReminder",
+    "Reminder",
+    "Researcher",
     "ServiceUnavailableError",
     "Settings",
     "State",

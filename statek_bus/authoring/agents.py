@@ -18,11 +18,13 @@ The executor imports the user's module (``--agents module:attr``) and registers 
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from statek_bus.authoring.messaging import check_send_message
 from statek_bus.authoring.prompts import render_prompt
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
@@ -37,6 +39,7 @@ __all__ = [
     "WarmupBlock",
     "WarmupCall",
     "parse_warmup",
+    "referenced_locals",
 ]
 
 _SPLIT = re.compile(r"^\s*#\s*-{10,}\s*$")
@@ -152,7 +155,9 @@ class Agent:
         description: what the agent does (shown by ``statek.agents.list``).
         params: job parameters the agent declares.
         types: dataclasses/Structs/Enums its workspace may hold (besides those of its module).
-        send_message: callable ``(body, media=None)`` receiving dialog prose (MD_DIALOG/DIRECT).
+        send_message: callable ``(body, media=None)`` receiving dialog prose (MD_DIALOG/DIRECT),
+            split into a body and a media reference; checked here
+            (:func:`~statek_bus.authoring.messaging.check_send_message`).
     """
 
     kind = "code"
@@ -177,7 +182,7 @@ class Agent:
         self.description_text = description or str(self.metadata.get("DESCRIPTION", ""))
         self.params = list(params)
         self.types = list(types)
-        self.send_message = send_message
+        self.send_message = check_send_message(send_message) if send_message is not None else None
         self.tools: list[Tool] = []
         self.internal_tools: list[Tool] = []
         self._all_tools: tuple[tuple[Any, ...], tuple[Tool, ...]] | None = None
@@ -198,6 +203,25 @@ class Agent:
     def chat_style(self) -> str:
         """``CHAT_STYLE`` metadata (default ``CONSOLE``)."""
         return str(self.metadata.get("CHAT_STYLE") or "CONSOLE").upper()
+
+    def update_system_prompt(self, prompt: str) -> bool:
+        """Replace the system prompt; returns whether it changed."""
+        changed = prompt != self.prompt
+        self.prompt = prompt
+        return changed
+
+    def update_metadata(self, metadata: dict[str, Any]) -> bool:
+        """Replace the metadata; returns whether it changed."""
+        new = dict(metadata)
+        changed = new != self.metadata
+        self.metadata = new
+        return changed
+
+    def update_description(self, description: str) -> bool:
+        """Replace the description; returns whether it changed."""
+        changed = description != self.description_text
+        self.description_text = description
+        return changed
 
     def add_tool(self, fn: Callable[..., Any] | Tool) -> Tool:
         """Add a tool; a name starting with ``_`` makes it internal (not described)."""
@@ -328,6 +352,41 @@ class SupervisedAgent(Agent):
     def warmup_blocks(self) -> list[WarmupBlock]:
         """The parsed warmup blocks."""
         return list(self._blocks)
+
+    @property
+    def referenced_locals(self) -> list[str]:
+        """Names the warmup reads but never binds (nor are tools or builtins), in order of first use:
+        the shared variables a job of this agent must start with."""
+        tools = {t.name for t in self.all_tools()}
+        return referenced_locals(self.warmup_code, exclude=tools)
+
+
+def referenced_locals(source: str, exclude: Iterable[str] = ()) -> list[str]:
+    """Names ``source`` reads and never binds, minus builtins, ``exit`` and ``exclude``."""
+    blocks = parse_warmup(source)
+    tree = ast.parse("\n".join(b.code for b in blocks) or "pass")
+    bound: set[str] = set()
+    read: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                read.append(node.id)
+            else:
+                bound.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+            if not isinstance(node, ast.ClassDef):
+                a = node.args
+                bound.update(x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs])
+                bound.update(x.arg for x in (a.vararg, a.kwarg) if x is not None)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.Lambda):
+            bound.update(x.arg for x in node.args.args)
+    skip = bound | set(exclude) | set(dir(builtins)) | {"exit"}
+    return list(dict.fromkeys(n for n in read if n not in skip))
 
 
 # ==================================================================================================

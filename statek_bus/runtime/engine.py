@@ -27,6 +27,7 @@ import msgspec
 
 from statek_bus.authoring.agents import Agent, WarmupBlock
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.dialog import agent_reminder, dialog_turns
 from statek_bus.authoring.postprocess import (
     LLMStep,
     ProcessedStep,
@@ -151,7 +152,7 @@ class StepEngine:
         if record.cancel_reason:
             return finish(cancelled_exit(record.cancel_reason))
         absorb_inbox(state, record, step)
-        style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
+        style = ChatStyle.of(agent.chat_style)
         if step == 0 and not record.engine:
             state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
         blocks = agent.warmup_blocks()
@@ -239,6 +240,7 @@ class StepEngine:
                 calls=calls,
                 dialog=parsed.dialog,
                 reasoning=reply.reasoning,
+                reasoning_model=(reply.model or agent.model) if reply.reasoning else None,
             )
             state.log.append(llm_item)
             budget = self.settings.max_token_usage + state.token_extension
@@ -247,6 +249,8 @@ class StepEngine:
             acted = processed is not None and processed.acted
             if parsed.final and not acted and not state.notifications and not state.pending_subtasks:
                 llm_item.executed, llm_item.ran_at = True, step
+                if self._remind(agent, state, step):  # the reminder goes in and the job goes on
+                    return self._done(new, state, trace, consumed)
                 return finish(None)
             return self._done(new, state, trace, consumed)
         except HarnessError as exc:
@@ -254,6 +258,22 @@ class StepEngine:
             return finish(error_exit(str(exc)), str(exc))
 
     # --- pieces ------------------------------------------------------------------------------------
+    @staticmethod
+    def _remind(agent: Agent, state: EngineState, step: int) -> bool:
+        """Add the agent's reminder to the chat if it is ready and has not fired since the last user turn."""
+        reminder = agent_reminder(agent)
+        if reminder is None:
+            return False
+        for item in reversed(state.log):
+            if item.kind == "user":
+                break
+            if item.reminder:
+                return False
+        if not reminder.ready(dialog_turns([(i.kind, bool(i.dialog)) for i in state.log])):
+            return False
+        state.log.append(LogItem(kind="system", step=step, text=reminder.text, executed=True, reminder=True))
+        return True
+
     def _post_process(
         self,
         agent: Agent,

@@ -618,6 +618,10 @@ class ChatMessage(_Record, kw_only=True):
     """For ``tool``: the call this answers."""
     name: str | None = None
     """Optional speaker or tool name."""
+    reasoning: str | None = None
+    """For ``assistant``: the reasoning the model returned with this turn, replayed to it."""
+    reasoning_model: str | None = None
+    """The model that produced ``reasoning``; the provider replays it only to that model."""
 
 
 class CompleteRequest(_Request, kw_only=True, frozen=True):
@@ -643,6 +647,8 @@ class CompleteRequest(_Request, kw_only=True, frozen=True):
     call_id: Name | None = None
     """The call's identity (the executor's: job, call index, content). A repeat, such as a retried
     step's call, gets the first call's result instead of a second paid call."""
+    provider_config: dict[str, Any] | None = None
+    """The job's own provider config (reasoning-level payloads), merged over the provider's."""
 
 
 class LLMUsage(_Record, kw_only=True):

@@ -152,7 +152,13 @@ BAD_PARAMS = SupervisedAgent(
     metadata={"MODEL": "scripted/t_d_bad_params/api_base=http://127.0.0.1:9", "SCRIPT": ['exit("never")']},
 )
 
-AGENTS = [CHAT, LINKS, BROKEN, RESEARCHER, DISPATCHER, REASONING, REASONING_SWITCH, PARAMS, BAD_PARAMS]
+FORMAT = SupervisedAgent(
+    "t_d_format",
+    "You write Python.",
+    metadata={"MODEL": "scripted/t_d_format", "SCRIPT": ['{"python_code": "exit(\'from the json reply\')"}']},
+)
+
+AGENTS = [CHAT, LINKS, BROKEN, RESEARCHER, DISPATCHER, REASONING, REASONING_SWITCH, PARAMS, BAD_PARAMS, FORMAT]
 
 NO_MODEL = [SupervisedAgent("t_d_no_model", "You write Python.")]
 """An agents list an executor must refuse to load."""

@@ -90,9 +90,11 @@ def _literal(raw: str) -> Any:
 
 def split_model_params(model: str, field: str) -> tuple[str, dict[str, Any]]:
     """``(model, params)`` of ``model[/k=v&...]``; a malformed parameter segment is a 400 on ``field``."""
-    head, sep, tail = model.rpartition("/")
-    if not sep or "=" not in tail:
+    parts = model.split("/")
+    at = next((i for i, part in enumerate(parts) if "=" in part), None)
+    if at is None:
         return model, {}
+    head, tail = "/".join(parts[:at]), "/".join(parts[at:])  # a value may hold "/" (a URL)
     params: dict[str, Any] = {}
     for pair in tail.split("&"):
         key, eq, value = pair.partition("=")
@@ -242,7 +244,7 @@ class ResponseFormats:
             raise BadRequestError(f"{name} of the provider cannot be read: {type(exc).__name__}") from None
         if not isinstance(schema, dict):
             raise BadRequestError(f"{name} of the provider must hold a JSON object")
-        if "type" in schema:
+        if schema.get("type") in ("json_schema", "json_object", "text"):  # a response_format already
             return schema
         return {"type": "json_schema", "json_schema": {"name": "python_response", "schema": schema}}
 

@@ -158,7 +158,31 @@ FORMAT = SupervisedAgent(
     metadata={"MODEL": "scripted/t_d_format", "SCRIPT": ['{"python_code": "exit(\'from the json reply\')"}']},
 )
 
-AGENTS = [CHAT, LINKS, BROKEN, RESEARCHER, DISPATCHER, REASONING, REASONING_SWITCH, PARAMS, BAD_PARAMS, FORMAT]
+JOB = SupervisedAgent(
+    "t_d_job",
+    "You write Python.",
+    metadata={"MODEL": "scripted/t_d_job", "SCRIPT": ['exit(str(x + 2) + " " + str(y))']},
+    warmup='print("agent warmup")\ny = "agent"',
+)
+JOB_DIALOG = SupervisedAgent(
+    "t_d_job_dialog",
+    "You chat.",
+    metadata={
+        "MODEL": "scripted/t_d_job_dialog",
+        "CHAT_STYLE": "MD_DIALOG",
+        "SCRIPT": ["The answer is 4.", "The answer is 4, checked."],
+    },
+)
+PARENT = SupervisedAgent(
+    "t_d_parent",
+    "You write Python.",
+    metadata={
+        "MODEL": "scripted/t_d_parent",
+        "SCRIPT": ['s, j = delegate_task("t_d_job", warmup_code="x = 5")\nprint(s)', "exit(s)"],
+    },
+)
+
+AGENTS = [JOB, JOB_DIALOG, PARENT, CHAT, LINKS, BROKEN, RESEARCHER, DISPATCHER, REASONING, REASONING_SWITCH, PARAMS, BAD_PARAMS, FORMAT]
 
 NO_MODEL = [SupervisedAgent("t_d_no_model", "You write Python.")]
 """An agents list an executor must refuse to load."""

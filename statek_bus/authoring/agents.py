@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from statek_bus.authoring.messaging import check_send_message
 from statek_bus.authoring.prompts import render_prompt
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
-from statek_bus.wire.messages import AgentDescription, ParamDescription
+from statek_bus.wire.messages import AgentDescription, JobOptions, ParamDescription
 
 __all__ = [
     "Agent",
@@ -38,6 +39,7 @@ __all__ = [
     "SupervisedAgent",
     "WarmupBlock",
     "WarmupCall",
+    "job_warmup",
     "parse_warmup",
     "referenced_locals",
 ]
@@ -140,6 +142,22 @@ def parse_warmup(source: str) -> list[WarmupBlock]:
         if code.strip() or calls:
             blocks.append(WarmupBlock(code=code, calls=tuple(calls), metadata=meta))
     return blocks
+
+
+@functools.lru_cache(maxsize=256)
+def _job_blocks(code: str) -> tuple[WarmupBlock, ...]:
+    return tuple(
+        WarmupBlock(code=b.code, calls=b.calls, metadata={k: v for k, v in b.metadata.items() if k != "hidden"})
+        for b in parse_warmup(code)
+    )
+
+
+def job_warmup(options: JobOptions | None) -> list[WarmupBlock]:
+    """The warmup blocks of a job's own ``warmup_code`` (none without): never hidden, so they run as
+    untrusted code in the sandbox, as model code does (the code came from a client)."""
+    if options is None or not options.warmup_code:
+        return []
+    return list(_job_blocks(options.warmup_code))
 
 
 class Agent:

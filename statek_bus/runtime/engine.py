@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from statek_bus.authoring.agents import Agent, WarmupBlock
+from statek_bus.authoring.agents import Agent, WarmupBlock, job_warmup
 from statek_bus.authoring.console import format_value
 from statek_bus.authoring.dialog import agent_reminder, dialog_turns
 from statek_bus.authoring.postprocess import (
@@ -34,6 +34,7 @@ from statek_bus.authoring.postprocess import (
     StepContext,
     agent_post_processors,
     apply_post_processors,
+    job_post_processors,
 )
 from statek_bus.authoring.prompts import parse_difficulty
 from statek_bus.authoring.tools import JobContext, select_tools
@@ -48,6 +49,7 @@ from statek_bus.wire.errors import ServiceUnavailableError, StatekError
 from statek_bus.wire.messages import (
     CompleteReply,
     CompleteRequest,
+    JobOptions,
     JobRecord,
     JobStatus,
     cancelled_exit,
@@ -155,7 +157,8 @@ class StepEngine:
         style = ChatStyle.of(agent.chat_style)
         if step == 0 and not record.engine:
             state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
-        blocks = agent.warmup_blocks()
+        options: JobOptions | None = ctx.extras.get("job_options")
+        blocks = [*job_warmup(options), *agent.warmup_blocks()]  # the job's own code first, as STATEK runs it
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
 
@@ -215,13 +218,13 @@ class StepEngine:
                     f"Maximum number of turns exceeded: {state.turns + 1}/{self.settings.max_turns}"
                 )
             self._deliver_notifications(state, step)
-            reply = await self._call_model(ctx, agent, new, state, style)
+            reply = await self._call_model(ctx, agent, new, state, style, options)
             if len(reply.text) > _MAX_REPLY_CHARS:
                 raise HarnessError(
                     f"LLM reply too large: {len(reply.text)} characters (limit {_MAX_REPLY_CHARS})"
                 )
             parsed = parse_reply(reply.text, bool(reply.tool_calls), style)
-            processed = self._post_process(agent, record, state, step, reply, parsed)
+            processed = self._post_process(agent, options, record, state, step, reply, parsed)
             if processed is not None and processed.step is None:  # held back: asked again next step
                 return self._done(new, state, trace, consumed)
             text = reply.text
@@ -277,6 +280,7 @@ class StepEngine:
     def _post_process(
         self,
         agent: Agent,
+        options: JobOptions | None,
         record: JobRecord,
         state: EngineState,
         step: int,
@@ -285,6 +289,11 @@ class StepEngine:
     ) -> ProcessedStep | None:
         """Run the agent's post-processors over the reply (None: it has none); their messages join the chat."""
         processors = agent_post_processors(agent)
+        if options is not None and options.post_processing:
+            try:
+                processors = (*processors, *job_post_processors(options.post_processing, agent.role))
+            except ValueError as exc:
+                raise HarnessError(f"post_processing of this job: {exc}") from None
         if not processors:
             return None
         draft = LLMStep(
@@ -451,7 +460,13 @@ class StepEngine:
         deliver_subtasks(state, step)
 
     async def _call_model(
-        self, ctx: JobContext, agent: Agent, record: JobRecord, state: EngineState, style: ChatStyle
+        self,
+        ctx: JobContext,
+        agent: Agent,
+        record: JobRecord,
+        state: EngineState,
+        style: ChatStyle,
+        options: JobOptions | None,
     ) -> CompleteReply:
         prompt, hint = _prompt_and_hint(agent, record, style, state.difficulty)
         shared = ", ".join(sorted(record.shared_vars)) if record.shared_vars else ""
@@ -479,6 +494,7 @@ class StepEngine:
             job_id=record.id,
             metadata=meta,
             call_index=state.calls,
+            provider_config=options.provider_config if options is not None else None,
         )
         try:
             reply = await self.model.complete(request)

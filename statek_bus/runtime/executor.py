@@ -50,6 +50,7 @@ from statek_bus.authoring.futures import StepRuntime
 from statek_bus.authoring.messaging import deliver_message, split_media
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
+from statek_bus.jobs.jobdefs import JobDefStore
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics
 from statek_bus.mesh.logs import job_context
@@ -194,6 +195,7 @@ class Executor:
         self.agents: dict[str, AnyAgent] = {a.role: a for a in agent_list}
         self.instance_id = ""
         self.store: JobStore | None = None
+        self.jobdefs = JobDefStore(js)
         self.runner = make_code_runner(settings)
         self.model = ProviderModel(nc, settings)
         from statek_bus.client.core import AsyncStatekClient
@@ -505,6 +507,8 @@ class Executor:
             loop=loop,
             extras={"locale": record.locale, "env": env},
         )
+        if record.jobdef is not None:  # the job's own options (immutable: read once per executor)
+            ctx.extras["job_options"] = (await self.jobdefs.get(record.jobdef)).options
         return await self.engine.run(record, agent, ctx)
 
     async def _stale(self, record: JobRecord, work: WorkMessage) -> None:

@@ -178,7 +178,10 @@ PARENT = SupervisedAgent(
     "You write Python.",
     metadata={
         "MODEL": "scripted/t_d_parent",
-        "SCRIPT": ['s, j = delegate_task("t_d_job", warmup_code="x = 5")\nprint(s)', "exit(s)"],
+        "SCRIPT": [
+            'base = 4\ns, j = delegate_task("t_d_job", warmup_code="x = base + 1")\nprint(s)',
+            "exit(s)",
+        ],
     },
 )
 

@@ -18,7 +18,6 @@ The executor imports the user's module (``--agents module:attr``) and registers 
 from __future__ import annotations
 
 import ast
-import builtins
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 from statek_bus.authoring.messaging import check_send_message
 from statek_bus.authoring.prompts import render_prompt
+from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
 from statek_bus.wire.messages import AgentDescription, JobOptions, ParamDescription
@@ -41,7 +41,6 @@ __all__ = [
     "WarmupCall",
     "job_warmup",
     "parse_warmup",
-    "referenced_locals",
 ]
 
 _SPLIT = re.compile(r"^\s*#\s*-{10,}\s*$")
@@ -377,34 +376,6 @@ class SupervisedAgent(Agent):
         the shared variables a job of this agent must start with."""
         tools = {t.name for t in self.all_tools()}
         return referenced_locals(self.warmup_code, exclude=tools)
-
-
-def referenced_locals(source: str, exclude: Iterable[str] = ()) -> list[str]:
-    """Names ``source`` reads and never binds, minus builtins, ``exit`` and ``exclude``."""
-    blocks = parse_warmup(source)
-    tree = ast.parse("\n".join(b.code for b in blocks) or "pass")
-    bound: set[str] = set()
-    read: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                read.append(node.id)
-            else:
-                bound.add(node.id)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            bound.add(node.name)
-            if not isinstance(node, ast.ClassDef):
-                a = node.args
-                bound.update(x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs])
-                bound.update(x.arg for x in (a.vararg, a.kwarg) if x is not None)
-        elif isinstance(node, ast.alias):
-            bound.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, ast.Lambda):
-            bound.update(x.arg for x in node.args.args)
-    skip = bound | set(exclude) | set(dir(builtins)) | {"exit"}
-    return list(dict.fromkeys(n for n in read if n not in skip))
 
 
 # ==================================================================================================

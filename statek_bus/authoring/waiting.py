@@ -45,6 +45,7 @@ from statek_bus.authoring.futures import (
     TimerFuture,
     current_env,
 )
+from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.tools import Tool, current_job, tool
 from statek_bus.client.jobs import agent_role, option_fields, split_options
 from statek_bus.wire.messages import Job, JobSendNotificationRequest, SubmitRequest
@@ -81,6 +82,13 @@ def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, kwargs:
     child_id = f"{env.job_id}/{site}"
     role = agent_role(agent)
     shared = dict(shared_vars or {})
+    if options is not None and options.warmup_code:  # STATEK: the caller's variables its warmup reads
+        namespace = current_job().namespace
+        for name in referenced_locals(options.warmup_code):
+            if name not in shared and name in namespace:
+                value = namespace[name]
+                if not callable(value) and not inspect.ismodule(value):
+                    shared[name] = value
     handler = env.pending_handler
     if handler is not None:
         env.pending_handler = None
@@ -130,7 +138,8 @@ def create_new_job(
         agent: the agent role (or agent object).
         shared_vars: variables in the child's workspace when it starts.
         locale: ``LANG-COUNTRY``; default: this job's locale.
-        warmup_code: code the child runs (sandboxed) before its agent's warmup.
+        warmup_code: code the child runs (sandboxed) before its agent's warmup; the variables of
+            this job that it reads are copied into the child's workspace.
         post_processing: post-processors added to the agent's (``FinalCheck(max_llm_actions=2)``).
         **kwargs: the child's parameters (``provider_config`` and ``extra_resources`` are options).
     """

@@ -106,11 +106,18 @@ class BlockingJobs:
         params: Mapping[str, Any] | None = None,
         batch_id: str | None = None,
         parent_id: str | None = None,
+        options: JobOptions | None = None,
     ) -> _Jobs:
         """Blocking :meth:`AsyncJobs.submit_batch`."""
         return self._run(
             self.aio.submit_batch(
-                agent, shared_vars_batch, locale, params=params, batch_id=batch_id, parent_id=parent_id
+                agent,
+                shared_vars_batch,
+                locale,
+                params=params,
+                batch_id=batch_id,
+                parent_id=parent_id,
+                options=options,
             )
         )
 

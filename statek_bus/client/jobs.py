@@ -189,8 +189,10 @@ class AsyncJobs:
         params: Mapping[str, Any] | None = None,
         batch_id: str | None = None,
         parent_id: str | None = None,
+        options: JobOptions | None = None,
     ) -> Jobs:
-        """Create one job per ``shared_vars_batch`` entry (ids ``<batch_id>-<index>``).
+        """Create one job per ``shared_vars_batch`` entry (ids ``<batch_id>-<index>``); ``options``
+        apply to every job (they share one definition).
 
         Retrying with the same ``batch_id`` completes an interrupted batch exactly once. A batch
         over :data:`~statek_bus.jobs.checks.MAX_BATCH` entries is sent as parts ``p = 0, 1, ...`` of
@@ -223,6 +225,7 @@ class AsyncJobs:
                 params=params_,
                 batch_id=part_id,
                 parent_id=parent_id,
+                **option_fields(options),
             )
             jobs: Jobs = await self._submit(JOBS_SUBMIT_BATCH, req, Jobs)
             out.extend(jobs)
@@ -247,8 +250,10 @@ class AsyncJobs:
         locale: StatekLocale | str | None = None,
         **kwargs: Any,
     ) -> Jobs:
-        """STATEK's signature: ``**kwargs`` become every job's ``params``."""
-        return await self.submit_batch(agent, shared_vars_batch, locale, params=kwargs)
+        """STATEK's signature: the per-job options (:func:`split_options`) apply to every job, other
+        ``**kwargs`` become every job's ``params``."""
+        options, params = split_options(kwargs)
+        return await self.submit_batch(agent, shared_vars_batch, locale, params=params, options=options)
 
     async def _submit(self, subject: str, req: Any, reply: Any) -> Any:
         body = encode(req)

@@ -115,10 +115,14 @@ class StatekClientAPI:
     ) -> list[Job]:
         """Create one job per ``shared_vars_batch`` entry (entries may be ``None``).
 
-        ``locale`` and ``**kwargs`` apply to every job. The batch is one request; if it has to
-        be retried, the service completes it exactly once.
+        ``locale`` and ``**kwargs`` apply to every job (STATEK's per-job options among them, see
+        :meth:`submit_new_job`). The batch is one request; if it has to be retried, the service
+        completes it exactly once.
         """
-        jobs: list[Job] = self.client.jobs.submit_batch(agent, shared_vars_batch, locale, params=kwargs)
+        options, params = split_options(kwargs)
+        jobs: list[Job] = self.client.jobs.submit_batch(
+            agent, shared_vars_batch, locale, params=params, options=options
+        )
         return jobs
 
     def close(self) -> None:

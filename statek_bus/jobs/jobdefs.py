@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 from statek_bus.mesh.availability import unavailable_as_503
 from statek_bus.wire.errors import BadRequestError, NotFoundError
 from statek_bus.wire.limits import MAX_OPTION_TEXT, MAX_WARMUP_CODE
-from statek_bus.wire.messages import JobDef, JobOptions, SubmitRequest, decode
+from statek_bus.wire.messages import JobDef, JobOptions, SubmitBatchRequest, SubmitRequest, decode
 from statek_bus.wire.provider_config import check_provider_config
 from statek_bus.wire.subjects import JOBDEFS_BUCKET
 
@@ -89,7 +89,7 @@ def _check_post_processing(spec: str) -> None:
                 ) from None
 
 
-def check_options(req: SubmitRequest) -> JobOptions | None:
+def check_options(req: SubmitRequest | SubmitBatchRequest) -> JobOptions | None:
     """The job options of ``req``, checked (``None`` when it sets none).
 
     Raises:

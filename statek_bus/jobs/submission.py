@@ -223,6 +223,7 @@ class Submission:
             parent_id=req.parent_id,
             index=IndexEntry(batch_id=batch_id, count=n),
             vars_field="$.shared_vars_batch",
+            options=check_options(req),
         )
 
     async def _create(

@@ -286,6 +286,14 @@ class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
     """Idempotency key of the batch: job ids derive from it and the index."""
     parent_id: Name | None = None
     """The parent job of every job in the batch."""
+    warmup_code: str | None = None
+    """Every job's own warmup code (:class:`JobOptions`); the batch shares one definition."""
+    post_processing: str | None = None
+    """Post-processors added to the agent's (:class:`JobOptions`)."""
+    provider_config: dict[str, Any] | None = None
+    """A provider config merged over the provider's (:class:`JobOptions`)."""
+    extra_resources: str | None = None
+    """Donor agents (:class:`JobOptions`)."""
 
 
 class JobGetRequest(_Request, kw_only=True, frozen=True):

@@ -117,3 +117,12 @@ async def test_bad_options_are_a_400_naming_the_field_and_write_nothing(
         await client.jobs.submit("t_d_job", job_id=job_id, options=JobOptions(**options))
     assert err.value.field == field
     assert await (await JobStore.open(nc.jetstream())).find(job_id) is None
+
+
+async def test_a_batch_shares_its_options_and_its_definition(client: AsyncStatekClient, nc: Client) -> None:
+    jobs = await client.jobs.submit_new_jobs_batch("t_d_job", [None, None], warmup_code="x = 10", size="s")
+    single = await client.jobs.submit_new_job("t_d_job", warmup_code="x = 10")
+    done = [await _record(nc, j.id) for j in [*jobs, single]]
+    assert [r.exit_status for r in done] == ["12 agent"] * 3
+    assert len({r.jobdef for r in done}) == 1 and done[0].jobdef is not None
+    assert jobs[0].params == {"size": "s"}

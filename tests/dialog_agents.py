@@ -114,78 +114,41 @@ DISPATCHER = MessageDispatcher(
     ),
 )
 
-REASONING = SupervisedAgent(
+def _coder(role: str, script: list[Any], model: str | None = None, **kw: Any) -> SupervisedAgent:
+    """A SupervisedAgent writing Python on the scripted model ``model`` (default ``scripted/<role>``)."""
+    meta = {"MODEL": model or f"scripted/{role}", "SCRIPT": script, **kw.pop("metadata", {})}
+    return SupervisedAgent(role, "You write Python.", metadata=meta, **kw)
+
+
+REASONING = _coder(
     "t_d_reasoning",
-    "You write Python.",
-    metadata=_meta(
-        "t_d_reasoning",
-        [
-            {"text": "x = 1", "reasoning": "x should start at one"},
-            "print('''{{reasoning}}''')",
-            'exit("reasoned")',
-        ],
-    ),
+    [{"text": "x = 1", "reasoning": "x should start at one"}, "print('''{{reasoning}}''')", 'exit("reasoned")'],
 )
-REASONING_SWITCH = SupervisedAgent(
+REASONING_SWITCH = _coder(
     "t_d_reasoning_switch",
-    "You write Python.",
-    metadata={
-        "MODEL": "L:scripted/low,M:scripted/mid,H:scripted/high",
-        "SCRIPT": [
-            {"text": "panic()", "reasoning": "mid-level thoughts"},
-            "print('''{{reasoning}}''')",
-            'exit("switched")',
-        ],
-    },
+    [{"text": "panic()", "reasoning": "mid-level thoughts"}, "print('''{{reasoning}}''')", 'exit("switched")'],
+    model="L:scripted/low,M:scripted/mid,H:scripted/high",
 )
-PARAMS = SupervisedAgent(
+PARAMS = _coder(
     "t_d_params",
-    "You write Python.",
-    metadata={
-        "MODEL": "scripted/t_d_params/top_p=0.5&seed=7&rl=60&temperature=0.3",
-        "SCRIPT": ["print('''{{params}}''')", 'exit("ok")'],
-    },
+    ["print('''{{params}}''')", 'exit("ok")'],
+    model="scripted/t_d_params/top_p=0.5&seed=7&rl=60&temperature=0.3",
 )
-BAD_PARAMS = SupervisedAgent(
-    "t_d_bad_params",
-    "You write Python.",
-    metadata={"MODEL": "scripted/t_d_bad_params/api_base=http://127.0.0.1:9", "SCRIPT": ['exit("never")']},
+BAD_PARAMS = _coder("t_d_bad_params", ['exit("never")'], model="scripted/t_d_bad_params/api_base=http://127.0.0.1:9")
+FORMAT = _coder("t_d_format", ['{"python_code": "exit(\'from the json reply\')"}'])
+JOB = _coder("t_d_job", ['exit(str(x + 2) + " " + str(y))'], warmup='print("agent warmup")\ny = "agent"')
+JOB_DIALOG = _coder(
+    "t_d_job_dialog", ["The answer is 4.", "The answer is 4, checked."], metadata={"CHAT_STYLE": "MD_DIALOG"}
 )
-
-FORMAT = SupervisedAgent(
-    "t_d_format",
-    "You write Python.",
-    metadata={"MODEL": "scripted/t_d_format", "SCRIPT": ['{"python_code": "exit(\'from the json reply\')"}']},
-)
-
-JOB = SupervisedAgent(
-    "t_d_job",
-    "You write Python.",
-    metadata={"MODEL": "scripted/t_d_job", "SCRIPT": ['exit(str(x + 2) + " " + str(y))']},
-    warmup='print("agent warmup")\ny = "agent"',
-)
-JOB_DIALOG = SupervisedAgent(
-    "t_d_job_dialog",
-    "You chat.",
-    metadata={
-        "MODEL": "scripted/t_d_job_dialog",
-        "CHAT_STYLE": "MD_DIALOG",
-        "SCRIPT": ["The answer is 4.", "The answer is 4, checked."],
-    },
-)
-PARENT = SupervisedAgent(
+PARENT = _coder(
     "t_d_parent",
-    "You write Python.",
-    metadata={
-        "MODEL": "scripted/t_d_parent",
-        "SCRIPT": [
-            'base = 4\ns, j = delegate_task("t_d_job", warmup_code="x = base + 1")\nprint(s)',
-            "exit(s)",
-        ],
-    },
+    ['base = 4\ns, j = delegate_task("t_d_job", warmup_code="x = base + 1")\nprint(s)', "exit(s)"],
 )
 
-AGENTS = [JOB, JOB_DIALOG, PARENT, CHAT, LINKS, BROKEN, RESEARCHER, DISPATCHER, REASONING, REASONING_SWITCH, PARAMS, BAD_PARAMS, FORMAT]
+AGENTS = [
+    *(JOB, JOB_DIALOG, PARENT, CHAT, LINKS, BROKEN, RESEARCHER, DISPATCHER),
+    *(REASONING, REASONING_SWITCH, PARAMS, BAD_PARAMS, FORMAT),
+]
 
 NO_MODEL = [SupervisedAgent("t_d_no_model", "You write Python.")]
 """An agents list an executor must refuse to load."""

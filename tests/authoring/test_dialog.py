@@ -64,8 +64,8 @@ async def test_a_reply_holding_a_link_is_sent_whole(mesh: Settings, nc: Client) 
     assert await fx.sent(1) == [("Read [the guide](https://example.org/guide) and /media/a.png", None)]
 
 
-async def test_a_failing_send_message_shows_on_the_jobs_console(mesh: Settings, nc: Client) -> None:
-    job_id = f"job-broken-{id(mesh)}"
+async def test_a_failing_send_message_shows_on_the_jobs_console(mesh: Settings, nc: Client, uid: str) -> None:
+    job_id = f"job-broken-{uid}"
     seen: asyncio.Queue[JobEvent] = asyncio.Queue()
 
     async def on_event(msg: object) -> None:

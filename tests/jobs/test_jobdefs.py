@@ -110,9 +110,9 @@ async def test_a_jobs_provider_config_reaches_the_model(client: AsyncStatekClien
     ],
 )
 async def test_bad_options_are_a_400_naming_the_field_and_write_nothing(
-    client: AsyncStatekClient, nc: Client, options: dict[str, Any], field: str
+    client: AsyncStatekClient, nc: Client, options: dict[str, Any], field: str, uid: str
 ) -> None:
-    job_id = f"bad-options-{field}-{len(str(options))}"
+    job_id = f"bad-options-{uid}"
     with pytest.raises(BadRequestError) as err:
         await client.jobs.submit("t_d_job", job_id=job_id, options=JobOptions(**options))
     assert err.value.field == field

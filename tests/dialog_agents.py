@@ -7,7 +7,7 @@ import asyncio
 import threading
 from typing import Any
 
-from statek_bus import DialogAgent, MessageDispatcher, RecurringReminder, Researcher, SupervisedAgent
+from statek_bus import DialogAgent, MessageDispatcher, RecurringReminder, Researcher, SupervisedAgent, tool
 
 AGENTS_SPEC = "tests.dialog_agents:AGENTS"
 
@@ -117,7 +117,7 @@ DISPATCHER = MessageDispatcher(
 def _coder(role: str, script: list[Any], model: str | None = None, **kw: Any) -> SupervisedAgent:
     """A SupervisedAgent writing Python on the scripted model ``model`` (default ``scripted/<role>``)."""
     meta = {"MODEL": model or f"scripted/{role}", "SCRIPT": script, **kw.pop("metadata", {})}
-    return SupervisedAgent(role, "You write Python.", metadata=meta, **kw)
+    return SupervisedAgent(role, "You write Python.", kw.pop("tools", ()), meta, **kw)
 
 
 REASONING = _coder(
@@ -136,7 +136,15 @@ PARAMS = _coder(
 )
 BAD_PARAMS = _coder("t_d_bad_params", ['exit("never")'], model="scripted/t_d_bad_params/api_base=http://127.0.0.1:9")
 FORMAT = _coder("t_d_format", ['{"python_code": "exit(\'from the json reply\')"}'])
-JOB = _coder("t_d_job", ['exit(str(x + 2) + " " + str(y))'], warmup='print("agent warmup")\ny = "agent"')
+@tool(hidden=True)
+def vault() -> str:
+    """A hidden tool: the agent's own trusted warmup only."""
+    return "classified"
+
+
+JOB = _coder(
+    "t_d_job", ['exit(str(x + 2) + " " + str(y))'], warmup='print("agent warmup")\ny = "agent"', tools=[vault]
+)
 JOB_DIALOG = _coder(
     "t_d_job_dialog", ["The answer is 4.", "The answer is 4, checked."], metadata={"CHAT_STYLE": "MD_DIALOG"}
 )

@@ -60,6 +60,9 @@ async def test_a_jobs_warmup_is_sandboxed_like_model_code(client: AsyncStatekCli
     record = await _record(nc, job.id)
     assert record.error is not None and record.error.startswith("warmup failed:")
     assert "os" in record.error
+    hidden = await _record(nc, (await client.jobs.submit_new_job("t_d_job", warmup_code="x = vault()")).id)
+    assert hidden.error is not None and hidden.error.startswith("warmup failed:")  # hidden tools: trusted code only
+    assert "classified" not in " ".join(console(hidden))
 
 
 async def test_a_child_job_gets_its_warmup_from_model_code(client: AsyncStatekClient, nc: Client) -> None:

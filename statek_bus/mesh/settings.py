@@ -163,6 +163,9 @@ class Settings:
     """Directory of provider key files, one per variable (a mounted Secret); empty: keys from the env."""
     script_dir: str = ""
     """Directory of ``.json`` scripts the scripted model's ``SCRIPT_FILE`` may name (empty: disabled)."""
+    provider_config: str = ""
+    """JSON file of STATEK's provider config (reasoning-level payloads per model), read by the provider
+    at start (:mod:`statek_bus.provider.params`); empty: none."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -219,7 +222,6 @@ REFUSED_STATEK_VARIABLES: dict[str, str] = {
     "STATEK_RPC_PORT": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
     "STATEK_DEFAULT_DIFFICULTY": "not supported yet by statek-bus",
     "STATEK_MODEL_INFO_DIR": "the provider's models come from litellm's map or STATEK_LLM_PRICE_TABLE",
-    "STATEK_PROVIDER_CONFIG": _PROVIDER_VARS,
     "STATEK_WARMUP_DEFS_DIR": "warmup code is a Python value of the agent (warmup=...)",
     "DEFAULT_LLM_API_PROVIDER": "name the model with its provider prefix (openrouter/..., openai/...)",
 }

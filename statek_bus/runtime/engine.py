@@ -85,6 +85,12 @@ WorkspaceSaver = Callable[[str, int, Any], Awaitable[dict[str, Any] | None]]
 """Saves a workspace snapshot: (job id, step, data) → reference stored in the engine state."""
 
 
+def _brings_code(options: JobOptions | None) -> bool:
+    """Whether the job brought code of its own (``warmup_code``: written by a client or by a
+    parent's model code, so it runs where model code runs, and so does everything after it)."""
+    return bool(job_warmup(options))
+
+
 def _model_code_ran(state: EngineState) -> bool:
     """Whether model-written code may have run in the job (its namespace may hold what it made):
     once the model has replied at all, whether or not that reply's code ran to its end."""
@@ -188,7 +194,7 @@ class StepEngine:
                     unit.site = f"{trace.ran}.{i}"
                 result = await self._execute(
                     ctx, agent, state, record, units, trusted=bool(block and block.hidden),
-                    app_code=block is not None and not _model_code_ran(state),
+                    app_code=block is not None and not _brings_code(options) and not _model_code_ran(state),
                 )  # fmt: skip
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True

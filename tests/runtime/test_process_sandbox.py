@@ -113,6 +113,20 @@ async def test_an_agents_warmup_runs_in_the_executor_and_model_code_in_a_worker(
     assert lines[1].startswith("model ") and lines[1] != f"model {os.getpid()}", lines
 
 
+async def test_a_job_bringing_its_own_warmup_code_runs_every_warmup_in_a_worker(
+    open_mesh: Settings, nc: Client
+) -> None:
+    from statek_bus.client.core import AsyncStatekClient
+
+    submission = importlib.import_module("statek_bus.services.submission").build
+    async with running_service(submission, open_mesh, name=SERVICE_KINDS["submission"]):
+        client = AsyncStatekClient(settings=open_mesh, nc=nc)
+        job = await client.jobs.submit_new_job("sb_where", warmup_code="import os\nprint('own', os.getpid())")
+    lines = console(await wait_done(nc.jetstream(), job.id))
+    assert [line.split()[0] for line in lines] == ["own", "warmup", "model"], lines
+    assert os.getpid() not in {int(line.split()[1]) for line in lines}, lines  # the job's code came first
+
+
 async def test_with_app_code_in_process_off_the_warmup_runs_in_a_worker_too(settings: Settings, nc: Client) -> None:
     s = settings.replace(restricted_mode=False, app_code_in_process=False)
     async with _mesh(s, "tests.sandbox_agents:UNRESTRICTED"):

@@ -24,7 +24,8 @@ from statek_bus.wire.errors import (
     ServiceUnavailableError,
     StatekError,
 )
-from statek_bus.wire.messages import Job, JobOptions, JobStatus, State, Usage
+from statek_bus.wire.messages import Job, JobStatus, State, Usage
+from statek_bus.wire.options import JobOptions
 from statek_bus.wire.subjects import SERVICE_VERSION as _SERVICE_VERSION
 
 __all__ = [

@@ -29,7 +29,8 @@ from statek_bus.authoring.prompts import render_prompt
 from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
-from statek_bus.wire.messages import AgentDescription, JobOptions, ParamDescription
+from statek_bus.wire.messages import AgentDescription, ParamDescription
+from statek_bus.wire.options import JobOptions
 
 __all__ = [
     "Agent",

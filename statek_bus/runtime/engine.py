@@ -49,12 +49,12 @@ from statek_bus.wire.errors import ServiceUnavailableError, StatekError
 from statek_bus.wire.messages import (
     CompleteReply,
     CompleteRequest,
-    JobOptions,
     JobRecord,
     JobStatus,
     cancelled_exit,
     error_exit,
 )
+from statek_bus.wire.options import JobOptions
 from statek_bus.wire.values import from_json, to_json
 
 log = logging.getLogger(__name__)

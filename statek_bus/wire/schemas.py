@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.wire import messages
+from statek_bus.wire import messages, options
 from statek_bus.wire.errors import ErrorBody
 
 __all__ = ["all_schemas", "export"]
@@ -21,10 +21,11 @@ __all__ = ["all_schemas", "export"]
 
 def _message_types() -> dict[str, type]:
     found: dict[str, type] = {"ErrorBody": ErrorBody}
-    for name in messages.__all__:
-        obj = getattr(messages, name)
-        if isinstance(obj, type) and issubclass(obj, msgspec.Struct):
-            found[name] = obj
+    for module in (messages, options):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, msgspec.Struct):
+                found[name] = obj
     return dict(sorted(found.items()))
 
 

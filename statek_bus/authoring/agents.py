@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statek_bus.authoring.prompts import render_prompt
+from statek_bus.authoring.shared_context import CONTEXT_TOOLS
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
 from statek_bus.wire.messages import AgentDescription, ParamDescription
@@ -208,7 +209,7 @@ class Agent:
     def _tools_key(self) -> tuple[Any, ...]:
         # Tools are read-only once built, so identity says everything about them; holding the
         # objects (not their ids) in the key means a freed tool's id cannot alias a new one.
-        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, WAIT_TOOLS)
+        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, CONTEXT_TOOLS, WAIT_TOOLS)
 
     def all_tools(self) -> list[Tool]:
         """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
@@ -217,7 +218,7 @@ class Agent:
         cached = self._all_tools
         if cached is None or cached[0] != key:
             seen: dict[str, Tool] = {}
-            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *WAIT_TOOLS]:
+            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *CONTEXT_TOOLS, *WAIT_TOOLS]:
                 seen.setdefault(t.name, t)
             cached = self._all_tools = (key, tuple(seen.values()))
         return list(cached[1])

@@ -27,6 +27,7 @@ import msgspec
 
 from statek_bus.authoring.agents import Agent, WarmupBlock
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.context import PERM_KEY
 from statek_bus.authoring.postprocess import (
     LLMStep,
     ProcessedStep,
@@ -179,6 +180,7 @@ class StepEngine:
                 result = await self._execute(
                     ctx, agent, state, record, units, trusted=bool(block and block.hidden)
                 )
+                state.perm = dict(ctx.extras.get(PERM_KEY) or {})
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:

@@ -45,6 +45,7 @@ from nats.js import JetStreamContext
 
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.authoring.futures import StepRuntime
+from statek_bus.authoring.shared_context import is_bound, lookup_shared
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
@@ -488,7 +489,7 @@ class Executor:
             params=record.params,
             namespace={},
             loop=loop,
-            extras={"locale": record.locale, "env": env},
+            extras={"locale": record.locale, "env": env, "agent": agent},
         )
         return await self.engine.run(record, agent, ctx)
 
@@ -621,6 +622,8 @@ class Executor:
             workspace=data,
             shared_vars=initial,
             registry=registry,
+            context_lookup=lookup_shared,
+            context_bound=is_bound(ctx),
         )
 
     async def _save_workspace(self, job_id: str, step: int, data: Any) -> dict[str, Any] | None:

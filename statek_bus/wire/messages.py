@@ -25,6 +25,7 @@ __all__ = [
     "ChatMessage",
     "CompleteReply",
     "CompleteRequest",
+    "ContextVariable",
     "Empty",
     "ExecutorStatus",
     "IndexEntry",
@@ -45,6 +46,7 @@ __all__ = [
     "ParamDescription",
     "PendingMarker",
     "RunningStep",
+    "SharedContextRecord",
     "State",
     "StateChange",
     "StateCreateRequest",
@@ -724,6 +726,35 @@ class ExecutorStatus(_Record, kw_only=True):
     """Roles this replica serves."""
     sandbox: dict[str, str] = {}
     """Isolation of model code: layer → ``on`` or why it is off (``process`` off: in-process runner)."""
+
+
+# ==================================================================================================
+# Shared contexts (STATEK's ``init_shared_context``)
+# ==================================================================================================
+
+
+class ContextVariable(_Record, kw_only=True):
+    """One variable of a shared context (model-written: bounded, tagged JSON, never pickled)."""
+
+    category: str
+    """``PREFERENCE``, ``ENTITY``, ``VOCABULARY`` or a user category."""
+    value: Any = None
+    """Tagged JSON (:mod:`statek_bus.wire.values`)."""
+    description: str = ""
+    """What the variable holds, as its writer described it."""
+    created_at: datetime
+    """When it was last written (UTC); on reads across contexts the newest wins."""
+    job_id: str = ""
+    """The job that wrote it."""
+
+
+class SharedContextRecord(_Record, kw_only=True):
+    """A shared context as stored in ``statek_context`` (key ``ctx.<token(spec)>...``)."""
+
+    specs: list[str]
+    """The specifiers the context is bound to (sorted)."""
+    vars: dict[str, ContextVariable] = {}
+    """Variables by name."""
 
 
 # ==================================================================================================

@@ -6,8 +6,29 @@ This module is the front door; every public name is listed in ``__all__``.
 from __future__ import annotations
 
 from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
+from statek_bus.authoring.context import (
+    find_locals,
+    get_current_agent,
+    get_current_agent_name,
+    get_current_job,
+    perm_ctx_get,
+    perm_ctx_set,
+    perm_ctx_set_unique,
+    statek_context,
+    statek_ctx_get,
+    statek_ctx_set,
+)
 from statek_bus.authoring.futures import temporal
 from statek_bus.authoring.postprocess import FinalCheck, LLMStep, PostProcessor, post_processor
+from statek_bus.authoring.shared_context import (
+    ENTITY,
+    PREFERENCE,
+    VOCABULARY,
+    ContextCategory,
+    init_shared_context,
+    print_locals,
+    shared_context_set_var,
+)
 from statek_bus.authoring.tools import current_job, exit_job, tool
 from statek_bus.authoring.waiting import subtask
 from statek_bus.client.core import AsyncStatekClient, StatekClient
@@ -26,10 +47,14 @@ from statek_bus.wire.messages import Job, JobStatus, State, Usage
 from statek_bus.wire.subjects import SERVICE_VERSION as _SERVICE_VERSION
 
 __all__ = [
+    "ENTITY",
+    "PREFERENCE",
+    "VOCABULARY",
     "Agent",
     "AsyncStatekClient",
     "BadRequestError",
     "ConflictError",
+    "ContextCategory",
     "FinalCheck",
     "HandlerAgent",
     "InternalError",
@@ -49,7 +74,20 @@ __all__ = [
     "Usage",
     "current_job",
     "exit_job",
+    "find_locals",
+    "get_current_agent",
+    "get_current_agent_name",
+    "get_current_job",
+    "init_shared_context",
+    "perm_ctx_get",
+    "perm_ctx_set",
+    "perm_ctx_set_unique",
     "post_processor",
+    "print_locals",
+    "shared_context_set_var",
+    "statek_context",
+    "statek_ctx_get",
+    "statek_ctx_set",
     "subtask",
     "temporal",
     "tool",

@@ -7,7 +7,10 @@ into a single subject token / key segment, so no id can match or overwrite anoth
 
 from __future__ import annotations
 
+import hashlib
 import re
+
+from statek_bus.wire.limits import MAX_NAME_LENGTH
 
 __all__ = [
     "AGENTS_BUCKET",
@@ -220,5 +223,12 @@ def agent_events_consumer(role: str) -> str:
 
 
 def event_job_id(role: str, event_id: str) -> str:
-    """The job an agent-queue event creates: the same event id always names the same job."""
-    return f"event:{role}:{event_id}"
+    """The job an agent-queue event creates: the same event id always names the same job.
+
+    ``event:<role>:<event id>``, or with the event id's SHA-256 when that would exceed
+    :data:`~statek_bus.wire.limits.MAX_NAME_LENGTH` (a job id's bound).
+    """
+    plain = f"event:{role}:{event_id}"
+    if len(plain) <= MAX_NAME_LENGTH:
+        return plain
+    return f"event:{role}:sha256-{hashlib.sha256(event_id.encode()).hexdigest()}"

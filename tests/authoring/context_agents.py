@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from statek_bus import (
+    find_locals,
+    get_current_agent,
+    get_current_agent_name,
+    perm_ctx_get,
+    perm_ctx_set_unique,
+    tool,
+)
 from statek_bus.authoring.agents import SupervisedAgent
 
 _BIND = '#STATEK: hidden = True\ninit_shared_context("acme"{user})\n'
@@ -38,4 +46,30 @@ READER = _agent(
 OUTSIDER = _agent("ctx_outsider", ["print(tone)", 'exit("never bound to acme")'], user="")
 OUTSIDER.update_warmup_def("x = 0\n")
 
-AGENTS = [WRITER, READER, OUTSIDER]
+
+
+@tool
+def remember(note: str) -> str:
+    """Keep a note in the job's persistent context; returns the name it got.
+
+    Args:
+        note: the note.
+    """
+    return perm_ctx_set_unique("note", note)
+
+
+@tool
+def recall() -> None:
+    """Print the notes, the agent, and the workspace's integers."""
+    print(perm_ctx_get("note"), perm_ctx_get("note_1"), perm_ctx_get("note_2", "none"))
+    print(get_current_agent_name(), get_current_agent().role, sorted(find_locals(int).items()))
+
+
+PERM = SupervisedAgent(
+    "ctx_perm",
+    "You write Python.",
+    [remember, recall],
+    {"MODEL": "scripted/ctx_perm", "SCRIPT": ['n = 3\nprint(remember("first"))', 'print(remember("second"))\nrecall()', 'exit("ok")']},
+)
+
+AGENTS = [WRITER, READER, OUTSIDER, PERM]

@@ -34,13 +34,17 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
         await nats.stop()
 
 
-def _executor(url: str) -> ServiceProcess:
-    return ServiceProcess("executor", url, env=ENV, args=["--agents", "tests.authoring.context_agents:AGENTS"])
+def _executor(url: str, runner: str) -> ServiceProcess:
+    env = {**ENV, "STATEK_CODE_RUNNER": runner}
+    return ServiceProcess("executor", url, env=env, args=["--agents", "tests.authoring.context_agents:AGENTS"])
 
 
-async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(server: NatsServer) -> None:
+@pytest.mark.parametrize("runner", ["process", "in-process"])
+async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
+    server: NatsServer, runner: str
+) -> None:
     nc = await connect(Settings.from_env({}, nats_url=server.url), name="statek-test")
-    first, second = _executor(server.url), _executor(server.url)
+    first, second = _executor(server.url, runner), _executor(server.url, runner)
     try:
         js = nc.jetstream()
         first.spawn()
@@ -61,6 +65,9 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(se
         refused = [line for line in lines if line.startswith("PermissionError")]
         assert refused and "Shared context variable is read-only: tone" in refused[0], lines
         assert read.exit_status == "casual"  # its own write, read back in the same step
+
+        perm = await wait_done(js, await submit(js, "ctx_perm"), timeout=60)
+        assert console(perm) == ["note", "note_1", "first second none", "ctx_perm ctx_perm [('n', 3)]"]
 
         outsider = await wait_done(js, await submit(js, "ctx_outsider"), timeout=60)
         assert "NameError: name 'tone' is not defined" in console(outsider)

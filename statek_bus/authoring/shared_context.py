@@ -44,7 +44,7 @@ from statek_bus.wire.limits import (
     MAX_CONTEXT_VARS,
     MAX_NAME_LENGTH,
 )
-from statek_bus.wire.messages import ContextVariable, SharedContextRecord
+from statek_bus.wire.shared_context import ContextVariable, SharedContextRecord
 from statek_bus.wire.subjects import CONTEXT_BUCKET, context_key
 from statek_bus.wire.values import from_json, to_json
 

@@ -25,7 +25,6 @@ __all__ = [
     "ChatMessage",
     "CompleteReply",
     "CompleteRequest",
-    "ContextVariable",
     "Empty",
     "ExecutorStatus",
     "IndexEntry",
@@ -46,7 +45,6 @@ __all__ = [
     "ParamDescription",
     "PendingMarker",
     "RunningStep",
-    "SharedContextRecord",
     "State",
     "StateChange",
     "StateCreateRequest",
@@ -117,6 +115,10 @@ class Usage(_Record, kw_only=True):
     """Prompt tokens served from the provider's cache."""
     cost: float = 0.0
     """Cost in USD, from the provider's price map or our price table."""
+    bytes_sent: int = 0
+    """Bytes of the LLM requests (JSON), STATEK's ``LLM_Usage`` figure."""
+    bytes_received: int = 0
+    """Bytes of the LLM replies (JSON)."""
 
 
 class Job(_Record, kw_only=True):
@@ -318,8 +320,8 @@ class JobEvent(_Record, kw_only=True):
 
     job_id: str
     """The job."""
-    kind: Literal["status", "console", "chat", "message", "notification"]
-    """What happened."""
+    kind: Literal["status", "console", "chat", "message", "notification", "trace"]
+    """What happened (``trace``: ``FULL_AGENT_TRACE`` is on; :attr:`name` says which)."""
     at: datetime
     """When (UTC)."""
     status: JobStatus | None = None
@@ -332,6 +334,10 @@ class JobEvent(_Record, kw_only=True):
     """The step that produced it."""
     exit_status: Any = None
     """For a ``status`` event to DONE: the exit value."""
+    name: str | None = None
+    """For ``trace``: ``llm.request``, ``llm.response``, ``tool.request``, ``tool.output``... (STATEK's)."""
+    data: Any = None
+    """For ``trace``: the event's fields, secrets redacted."""
 
 
 class ChatEntry(_Record, kw_only=True):
@@ -726,35 +732,6 @@ class ExecutorStatus(_Record, kw_only=True):
     """Roles this replica serves."""
     sandbox: dict[str, str] = {}
     """Isolation of model code: layer → ``on`` or why it is off (``process`` off: in-process runner)."""
-
-
-# ==================================================================================================
-# Shared contexts (STATEK's ``init_shared_context``)
-# ==================================================================================================
-
-
-class ContextVariable(_Record, kw_only=True):
-    """One variable of a shared context (model-written: bounded, tagged JSON, never pickled)."""
-
-    category: str
-    """``PREFERENCE``, ``ENTITY``, ``VOCABULARY`` or a user category."""
-    value: Any = None
-    """Tagged JSON (:mod:`statek_bus.wire.values`)."""
-    description: str = ""
-    """What the variable holds, as its writer described it."""
-    created_at: datetime
-    """When it was last written (UTC); on reads across contexts the newest wins."""
-    job_id: str = ""
-    """The job that wrote it."""
-
-
-class SharedContextRecord(_Record, kw_only=True):
-    """A shared context as stored in ``statek_context`` (key ``ctx.<token(spec)>...``)."""
-
-    specs: list[str]
-    """The specifiers the context is bound to (sorted)."""
-    vars: dict[str, ContextVariable] = {}
-    """Variables by name."""
 
 
 # ==================================================================================================

@@ -12,7 +12,7 @@ from statek_bus.mesh.connection import connect
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
-from statek_bus.wire.messages import SharedContextRecord
+from statek_bus.wire.shared_context import SharedContextRecord
 from statek_bus.wire.subjects import CONTEXT_BUCKET, context_key
 from tests.agents_fixture import console, submit, wait_done
 

@@ -30,9 +30,23 @@ from statek_bus.authoring.shared_context import (
     shared_context_set_var,
 )
 from statek_bus.authoring.tools import current_job, exit_job, tool
-from statek_bus.authoring.waiting import subtask
+from statek_bus.authoring.waiting import (
+    SubTaskHandler,
+    complete_sub_task,
+    create_new_job,
+    delegate_mute_dialog,
+    delegate_mute_task,
+    delegate_task,
+    find_sub_task_handler,
+    get_all,
+    get_any,
+    send_notification_to,
+    start_dialog,
+    subtask,
+)
 from statek_bus.client.core import AsyncStatekClient, StatekClient
 from statek_bus.client.statek_client_api import StatekClientAPI
+from statek_bus.client.statek_push_queue import StatekPushQueue
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import (
     BadRequestError,
@@ -70,11 +84,21 @@ __all__ = [
     "StatekClient",
     "StatekClientAPI",
     "StatekError",
+    "StatekPushQueue",
+    "SubTaskHandler",
     "SupervisedAgent",
     "Usage",
+    "complete_sub_task",
+    "create_new_job",
     "current_job",
+    "delegate_mute_dialog",
+    "delegate_mute_task",
+    "delegate_task",
     "exit_job",
     "find_locals",
+    "find_sub_task_handler",
+    "get_all",
+    "get_any",
     "get_current_agent",
     "get_current_agent_name",
     "get_current_job",
@@ -84,7 +108,9 @@ __all__ = [
     "perm_ctx_set_unique",
     "post_processor",
     "print_locals",
+    "send_notification_to",
     "shared_context_set_var",
+    "start_dialog",
     "statek_context",
     "statek_ctx_get",
     "statek_ctx_set",

@@ -200,6 +200,22 @@ class Agent:
         """``CHAT_STYLE`` metadata (default ``CONSOLE``)."""
         return str(self.metadata.get("CHAT_STYLE") or "CONSOLE").upper()
 
+    def update_system_prompt(self, prompt: str) -> bool:
+        """Replace the system prompt (STATEK's name); returns whether it changed."""
+        changed, self.prompt = prompt != self.prompt, prompt
+        return changed
+
+    def update_metadata(self, metadata: dict[str, Any]) -> bool:
+        """Merge ``metadata`` into the agent's (STATEK's name); returns whether anything changed."""
+        merged = {**self.metadata, **metadata}
+        changed, self.metadata = merged != self.metadata, merged
+        return changed
+
+    def update_description(self, description: str) -> bool:
+        """Replace the description (STATEK's name); returns whether it changed."""
+        changed, self.description_text = description != self.description_text, description
+        return changed
+
     def add_tool(self, fn: Callable[..., Any] | Tool) -> Tool:
         """Add a tool; a name starting with ``_`` makes it internal (not described)."""
         t = as_tool(fn)

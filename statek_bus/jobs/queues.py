@@ -6,8 +6,9 @@ has turned it into a job. Any client can publish one::
 
     nats pub statek.agents.events.triage_agent '{"kind": "ping"}' -H Nats-Msg-Id:evt-42
 
-The event's id is its ``Nats-Msg-Id`` header (or, without one, ``seq-<stream sequence>``). It makes
-delivery exactly-once twice over: the stream drops a re-publish with the same id within its
+The event's id is its ``Nats-Msg-Id`` header (or, without one, ``seq-<stream sequence>``); one
+stream holds every agent's queue, so an id names one event across all agents. It makes delivery
+exactly-once twice over: the stream drops a re-publish with the same id within its
 duplicate window, and the job the event creates has the id :func:`~statek_bus.wire.subjects.event_job_id`
 derives from it, so even a re-publish after the window (or a redelivery after a crash) finds the
 first job instead of creating another.

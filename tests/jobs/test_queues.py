@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -70,3 +75,49 @@ async def test_an_agent_that_cannot_take_events_keeps_them_for_pop(client: Async
     assert [(e.event_id, e.value) for e in popped if e.event_id == uid] == [(uid, {"n": uid})]
     assert not await client.queues.has_events("q_no_events")
     assert await client.jobs.list(agent="q_no_events") == []
+
+
+async def test_has_job_sees_a_message_no_step_has_read_yet(nats_server: NatsServer, uid: str) -> None:
+    submission = ServiceProcess("submission", nats_server.url, env=ENV)
+    executor = ServiceProcess("executor", nats_server.url, env=ENV, args=["--agents", "tests.jobs.queue_agents:AGENTS"])
+    async with AsyncStatekClient(settings=Settings.from_env({}, nats_url=nats_server.url)) as c:
+        try:
+            submission.spawn()
+            executor.spawn()  # registers the agents, then leaves: the job below waits for an executor
+            await submission.wait_ready()
+            await executor.wait_ready()
+            await executor.stop(grace=10)
+            job = await c.jobs.submit("q_triage", {"event": {"kind": "x", "at": uid}}, job_id=f"{uid}-held")
+            assert not await c.queues.has_job(job.id)
+            await c.jobs.send_message(job.id, "are you there?")
+            assert await c.queues.has_job(job.id)
+            assert not await c.queues.has_job(f"{uid}-no-such-job")
+        finally:
+            await executor.stop(grace=10)
+            await submission.stop(grace=10)
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NATS_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "statek_bus", "queues", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_the_queues_command_pushes_events_that_become_jobs(client: AsyncStatekClient, uid: str) -> None:
+    url = client.settings.nats_url
+    event = json.dumps({"kind": "cli", "at": uid})
+    pushed = await asyncio.to_thread(_cli, url, "push", "q_triage", event, "--id", f"{uid}-cli")
+    assert pushed.returncode == 0, pushed.stderr
+    ids = json.loads(pushed.stdout)
+    assert ids == {"event_id": f"{uid}-cli", "job_id": event_job_id("q_triage", f"{uid}-cli")}
+    done = await wait_done(await client.jetstream(), ids["job_id"], timeout=60)
+    assert done.exit_status == "cli handled"
+
+    bad = await asyncio.to_thread(_cli, url, "push", "q_triage", "{not json")
+    assert bad.returncode == 1 and "the event is not valid JSON" in bad.stderr, bad.stderr
+    assert (await asyncio.to_thread(_cli, url, "pending", "q_no_events")).returncode == 1
+    await client.queues.push("q_no_events", {"n": uid}, event_id=f"{uid}-cli-2")  # ids are per stream
+    assert (await asyncio.to_thread(_cli, url, "pending", "q_no_events")).returncode == 0
+    popped = await asyncio.to_thread(_cli, url, "pop", "q_no_events", "--count", "5")
+    assert [json.loads(line)["value"] for line in popped.stdout.splitlines()] == [{"n": uid}]

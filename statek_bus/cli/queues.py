@@ -15,9 +15,7 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.cli import run_async
-from statek_bus.client.core import AsyncStatekClient
-from statek_bus.mesh.settings import Settings
+from statek_bus.cli import run_with_client
 from statek_bus.wire.errors import BadRequestError
 
 __all__ = ["register"]
@@ -46,13 +44,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace, call: Any) -> int:
-    settings = Settings.from_env(**({"nats_url": args.nats_url} if args.nats_url else {}))
-
-    async def go() -> int:
-        async with AsyncStatekClient(settings=settings) as client:
-            return int(await call(client.queues))
-
-    return int(run_async(go()))
+    return run_with_client(args.nats_url, lambda client: call(client.queues))
 
 
 def _push(args: argparse.Namespace) -> int:

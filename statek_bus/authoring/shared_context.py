@@ -282,7 +282,11 @@ def init_shared_context(*specs: str, read_only: bool = False) -> None:
 
     names = _check_specs(specs)
     perm_ctx_set(**{BINDING_KEY: {"specs": names, "read_only": bool(read_only)}})
-    current_job().extras.pop(_VIEW_KEY, None)
+    ctx = current_job()
+    ctx.extras.pop(_VIEW_KEY, None)
+    hook = ctx.extras.get("bind_context")  # an in-process step's namespace (a worker's stub does its own)
+    if callable(hook):
+        hook()
 
 
 @tool(system=True)

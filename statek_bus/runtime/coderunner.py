@@ -490,7 +490,8 @@ class SandboxSession:
         registry: classes the workspace may hold.
         context_lookup: ``name -> value`` of the job's shared-context variables (``KeyError`` if
             none): names missing from the workspace fall back to it while :attr:`context_bound`.
-        context_bound: the job is bound to a shared context (``init_shared_context`` sets it).
+        context_bound: the job is bound to a shared context (``init_shared_context`` then calls
+            :meth:`enable_context` through ``job.extras["bind_context"]``, or a worker's stub does).
     """
 
     def __init__(
@@ -533,8 +534,9 @@ class SandboxSession:
         self.deadline = deadline
         bind_job(self.job)
         ns = sandbox.sandbox_globals(self.policy, deadline=lambda: self.deadline)
-        if self.context_lookup is not None:
+        if self.context_bound and self.context_lookup is not None:
             ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], self._shared)
+        self.job.extras["bind_context"] = self.enable_context
         ns.update({n: ToolHandle(t) if isinstance(t, Tool) else t for n, t in self.tools.items()})
         ns["print"] = _console_print
         ns["exit"] = self._exit
@@ -563,6 +565,17 @@ class SandboxSession:
             ns.update(self.shared_vars)
         self.ns = ns
         self.job.namespace = ns
+
+    def enable_context(self) -> None:
+        """The job was just bound to a shared context: later statements fall back to its variables.
+
+        Only a bound job's namespace gets :class:`FallbackBuiltins`: builtins in a dict subclass
+        cost CPython its fast global lookups (about 2-4x slower ``len``/``range`` in a loop).
+        """
+        self.context_bound = True
+        ns = self.ns
+        if self.context_lookup is not None and ns and not isinstance(ns.get("__builtins__"), FallbackBuiltins):
+            ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], self._shared)
 
     def _shared(self, name: str) -> Any:
         if not self.context_bound or self.context_lookup is None:

@@ -200,7 +200,7 @@ class ToolStub:
         )
         result = ch.request(call)
         if self.name == "init_shared_context" and ch.session is not None:
-            ch.session.context_bound = True  # later statements of this step read its variables too
+            ch.session.enable_context()  # later statements of this step read its variables too
         return result
 
 

@@ -72,4 +72,12 @@ PERM = SupervisedAgent(
     {"MODEL": "scripted/ctx_perm", "SCRIPT": ['n = 3\nprint(remember("first"))', 'print(remember("second"))\nrecall()', 'exit("ok")']},
 )
 
-AGENTS = [WRITER, READER, OUTSIDER, PERM]
+SAME_STEP = SupervisedAgent(
+    "ctx_same_step",
+    "You write Python.",
+    [],
+    {"MODEL": "scripted/ctx_same_step", "SCRIPT": ['exit(tone)']},
+    warmup='#STATEK: hidden = True\ninit_shared_context("acme")\nprint("same step:", tone)\n',
+)
+
+AGENTS = [WRITER, READER, OUTSIDER, PERM, SAME_STEP]

@@ -66,6 +66,9 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
         assert refused and "Shared context variable is read-only: tone" in refused[0], lines
         assert read.exit_status == "casual"  # its own write, read back in the same step
 
+        same = await wait_done(js, await submit(js, "ctx_same_step"), timeout=60)
+        assert (console(same), same.exit_status) == (["same step: formal"], "formal")  # bound, then read at once
+
         perm = await wait_done(js, await submit(js, "ctx_perm"), timeout=60)
         assert console(perm) == ["note", "note_1", "first second none", "ctx_perm ctx_perm [('n', 3)]"]
 

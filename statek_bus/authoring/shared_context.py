@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from statek_bus.authoring.futures import REGISTRY as FUTURES
 from statek_bus.authoring.futures import current_env
 from statek_bus.authoring.tools import JobContext, Tool, current_job, tool
 from statek_bus.wire.limits import (
@@ -46,7 +47,7 @@ from statek_bus.wire.limits import (
 )
 from statek_bus.wire.shared_context import ContextVariable, SharedContextRecord
 from statek_bus.wire.subjects import CONTEXT_BUCKET, context_key
-from statek_bus.wire.values import from_json, to_json
+from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
 __all__ = [
     "BINDING_KEY",
@@ -137,10 +138,13 @@ class SharedContextView:
         registry: classes values may hold (the agent's).
     """
 
-    def __init__(self, specs: list[str], read_only: bool, registry: Any = None) -> None:
+    def __init__(self, specs: list[str], read_only: bool, registry: TypeRegistry | None = None) -> None:
         self.specs = specs
         self.read_only = read_only
-        self.registry = registry
+        # the agent's data classes only: a future or job handle stored here would let every job of
+        # the context read (or wait on) another job's children
+        handles = set(FUTURES.classes())
+        self.registry = TypeRegistry([c for c in (registry.classes() if registry else []) if c not in handles])
         self._vars: dict[str, ContextVariable] | None = None
 
     async def _kv(self) -> Any:
@@ -187,7 +191,10 @@ class SharedContextView:
         text = str(description)
         if len(text) > MAX_CONTEXT_TEXT:
             raise ValueError(f"the description has {len(text)} characters; the limit is {MAX_CONTEXT_TEXT}")
-        encoded = to_json(value, self.registry, key)
+        try:
+            encoded = to_json(value, self.registry, key)
+        except TypeError as exc:  # a plain TypeError: model code sees (and may catch) the builtin type
+            raise TypeError(f"a shared variable holds data only: {exc}") from None
         size = len(msgspec.json.encode(encoded))
         if size > MAX_CONTEXT_VALUE_BYTES:
             raise ValueError(f"the value of {key!r} is {size} bytes; the limit is {MAX_CONTEXT_VALUE_BYTES}")

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 
 from statek_bus.authoring.tools import JobContext
@@ -50,6 +51,8 @@ _SECRET = re.compile(r"api_?key|authorization|cookie|passw(or)?d|secret|token$",
 _ERROR_LINE = re.compile(r"^[A-Z]\w*(Error|Exception|Violation|Refused|Crash): ", re.MULTILINE)
 _MAX_TEXT = 64 * 1024
 """Longest string kept in a trace entry (longer ones are cut with a note)."""
+_MAX_EVENT = 512 * 1024
+"""Largest trace event published (NATS's default max_payload is 1 MiB); a larger one keeps only its size."""
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,11 @@ class Tracer:
             subject = job_events_subject(record.id)
             for i, ev in enumerate(events):
                 headers = {MSG_ID_HEADER: f"{token(record.id)}:{step}:t{i}"}
-                await self.nc.publish(subject, encode(ev), headers=headers)
+                body = encode(ev)
+                if len(body) > _MAX_EVENT:  # a message over max_payload would be refused: say so instead
+                    events[i] = ev = msgspec.structs.replace(ev, data={"truncated": True, "bytes": len(body)})
+                    body = encode(ev)
+                await self.nc.publish(subject, body, headers=headers)
             lines = [json.dumps(_jsonable(ev), ensure_ascii=False) for ev in events]
             if self._file is not None:
                 for line in lines:
@@ -169,7 +176,5 @@ class Tracer:
 
 
 def _jsonable(ev: JobEvent) -> Any:
-    import msgspec
-
     out: dict[str, Any] = msgspec.to_builtins(ev)
     return {k: v for k, v in out.items() if v is not None}

@@ -31,7 +31,8 @@ WRITER = _agent(
         'shared_context_set_var("PREFERENCE", "tone", "formal", "how the tenant writes")\n'
         'shared_context_set_var("ENTITY", "customer", {"name": "ACME", "tier": 2}, "the customer")\n'
         "print(tone, customer['tier'])",
-        'exit("written")',
+        'try:\n    shared_context_set_var("ENTITY", "timer", [sleep(60)], "a future")\n'
+        'except TypeError as e:\n    print("refused:", str(e))\nexit("written")',
     ],
 )
 READER = _agent(

@@ -53,6 +53,8 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
         await first.stop(grace=10)  # the reader's job runs on another executor process
         assert wrote.exit_status == "written", console(wrote)
         assert "formal 2" in console(wrote)
+        refusal = "refused: a shared variable holds data only: timer[0]: cannot encode a value of type TimerFuture"
+        assert refusal in console(wrote), console(wrote)
 
         second.spawn()
         await second.wait_ready()

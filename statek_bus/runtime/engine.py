@@ -465,20 +465,23 @@ class StepEngine:
             metadata=meta,
             call_index=state.calls,
         )
-        tracing.add(
-            ctx, "llm.request", model=request.model, messages=msgspec.to_builtins(messages),
-            tools=[t.name for t in tools], metadata=meta, temperature=request.temperature,
-        )
+        traced = tracing.tracing(ctx)
+        if traced:
+            tracing.add(
+                ctx, "llm.request", model=request.model, messages=msgspec.to_builtins(messages),
+                tools=[t.name for t in tools], metadata=meta, temperature=request.temperature,
+            )
         try:
             reply = await self.model.complete(request)
         except ServiceUnavailableError as exc:
             raise RetryStep(str(exc)) from None
         except StatekError as exc:
             raise HarnessError(f"LLM call failed: {exc}") from None
-        tracing.add(ctx, "llm.response", model=reply.model, text=reply.text, reasoning=reply.reasoning,
-                  usage=msgspec.to_builtins(reply.usage))
-        if reply.tool_calls:
-            tracing.add(ctx, "llm.parsed_tool_calls", calls=msgspec.to_builtins(reply.tool_calls))
+        if traced:
+            tracing.add(ctx, "llm.response", model=reply.model, text=reply.text, reasoning=reply.reasoning,
+                        usage=msgspec.to_builtins(reply.usage))
+            if reply.tool_calls:
+                tracing.add(ctx, "llm.parsed_tool_calls", calls=msgspec.to_builtins(reply.tool_calls))
         usage = record.usage
         usage.llm_calls += 1
         usage.input_tokens += reply.usage.input_tokens

@@ -41,7 +41,7 @@ from statek_bus.runtime.engine_state import step_events
 from statek_bus.wire.messages import JobEvent, JobRecord, encode
 from statek_bus.wire.subjects import MSG_ID_HEADER, job_events_subject, token
 
-__all__ = ["TRACE_KEY", "Tracer", "add", "add_calls", "begin", "redact"]
+__all__ = ["TRACE_KEY", "Tracer", "add", "add_calls", "begin", "redact", "tracing"]
 
 TRACE_KEY = "trace"
 """``JobContext.extras`` key of the step's trace entries (present only while tracing)."""
@@ -77,6 +77,11 @@ def redact(value: Any, _depth: int = 0) -> Any:
 def begin(ctx: JobContext) -> None:
     """Collect trace entries for this step."""
     ctx.extras[TRACE_KEY] = []
+
+
+def tracing(ctx: JobContext) -> bool:
+    """Whether this step is traced (check it before building an entry's data)."""
+    return isinstance(ctx.extras.get(TRACE_KEY), list)
 
 
 def add(ctx: JobContext, event: str, /, **data: Any) -> None:

@@ -29,10 +29,12 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         Executor(ctx.nc, ctx.js, ctx.settings, agents=ctx.settings.agents, stopping=ctx.stopping)
     )
 
-    await ctx.stack.enter_async_context(AgentEventPump(ctx.js, executor.client, executor.agents, ctx.settings))
+    pump = await ctx.stack.enter_async_context(
+        AgentEventPump(ctx.js, executor.client, executor.agents, ctx.settings)
+    )
 
     if ctx.settings.burst:  # stop once the queue is idle: the runner then drains and exits
-        ctx.stack.push_async_callback(_cancel, asyncio.create_task(_finish_when_idle(ctx, executor)))
+        ctx.stack.push_async_callback(_cancel, asyncio.create_task(_finish_when_idle(ctx, executor, pump)))
 
     async def status(request: Empty) -> object:
         executor.instance_id = ctx.instance_id
@@ -57,9 +59,11 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     )
 
 
-async def _finish_when_idle(ctx: ServiceContext, executor: Executor) -> None:
+async def _finish_when_idle(ctx: ServiceContext, executor: Executor, pump: AgentEventPump) -> None:
     await ctx.ready.wait()
     await executor.wait_idle()
+    while await pump.busy():  # queued events are work too: each becomes a job to run
+        await executor.wait_idle()
     ctx.finished.set()
 
 

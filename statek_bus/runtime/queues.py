@@ -111,6 +111,14 @@ class AgentEventPump:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def busy(self) -> bool:
+        """Whether any served agent's queue holds events not yet turned into jobs (burst mode waits)."""
+        for role in self.locals:
+            info = await self.js.consumer_info(AGENT_EVENTS_STREAM, agent_events_consumer(role))
+            if info.num_pending or info.num_ack_pending:
+                return True
+        return False
+
     async def _run(self, role: str) -> None:
         sub = await self.js.pull_subscribe_bind(consumer=agent_events_consumer(role), stream=AGENT_EVENTS_STREAM)
         try:

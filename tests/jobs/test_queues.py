@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,21 @@ async def test_the_queues_command_pushes_events_that_become_jobs(client: AsyncSt
     assert (await asyncio.to_thread(_cli, url, "pending", "q_no_events")).returncode == 0
     popped = await asyncio.to_thread(_cli, url, "pop", "q_no_events", "--count", "5")
     assert [json.loads(line)["value"] for line in popped.stdout.splitlines()] == [{"n": uid}]
+
+
+async def test_a_burst_executor_turns_queued_events_into_jobs_before_it_exits(fresh_server: NatsServer) -> None:
+    from tests.agents_fixture import services
+
+    settings = Settings.from_env({}, nats_url=fresh_server.url, drain_timeout=3.0)
+    async with services(settings, "provider", "submission"), AsyncStatekClient(settings=settings) as c:
+        ids = [await c.queues.push("q_triage", {"kind": f"k{i}", "at": "burst"}, event_id=f"burst-{i}") for i in range(3)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "statek_bus", "serve", "executor", "--burst",
+            "--agents", "tests.jobs.queue_agents:AGENTS", "--nats-url", fresh_server.url,
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        code = await asyncio.wait_for(proc.wait(), 90)
+        done = [await c.jobs.get(c.queues.job_id("q_triage", i)) for i in ids]
+    assert code == 0  # it stopped by itself, once the work queue and the event queue were idle
+    assert [j.exit_status for j in done] == ["k0 handled", "k1 handled", "k2 handled"]

@@ -38,7 +38,7 @@ WRITER = _agent(
 READER = _agent(
     "ctx_reader",
     [
-        "print(tone, customer['name'])\nprint_locals('ENTITY')",
+        "print(tone, customer['name'])\nprint_locals('ENTITY')\nprint_locals('PREFERENCE', 'int')",
         'tone = "casual"',
         'shared_context_set_var("PREFERENCE", "tone", "casual", "alice likes it casual")\nexit(tone)',
     ],

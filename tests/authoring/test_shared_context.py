@@ -64,6 +64,7 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
         assert lines[0] == "formal ACME", lines
         assert any(line.startswith("# ENTITY variables (1)") and 'customer = {"name":"ACME","tier":2}' in line
                    for line in lines), lines
+        assert "# PREFERENCE variables (0)" in lines  # "tone" is a str: filtered out by the type name
         refused = [line for line in lines if line.startswith("PermissionError")]
         assert refused and "Shared context variable is read-only: tone" in refused[0], lines
         assert read.exit_status == "casual"  # its own write, read back in the same step

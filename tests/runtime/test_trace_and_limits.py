@@ -55,6 +55,20 @@ async def test_a_traced_job_has_redacted_trace_events_in_its_stream_a_file_and_i
     assert [e["status"] for e in lines if e["kind"] == "status"][-1] == "DONE"
 
 
+async def test_python_cli_calls_are_traced_with_their_output_or_error(settings: Settings, nc: Client) -> None:
+    js = nc.jetstream()
+    traced = settings.replace(full_agent_trace=True, full_agent_trace_path="")  # empty: the stream only
+    async with services(traced, "provider", "executor", agents=AGENTS):
+        record = await wait_done(js, await submit(js, "tr_direct"))
+    cli = [(e.name, e.data) for e in await read_job_log(js, record.id) if e.kind == "trace" and "python_cli" in (e.name or "")]
+    assert cli == [
+        ("python_cli.request", {"id": cli[0][1]["id"], "name": "python_cli", "code": "print(6 * 7)"}),
+        ("python_cli.output", {"id": cli[0][1]["id"], "name": "python_cli", "output": "42"}),
+        ("python_cli.request", {"id": cli[2][1]["id"], "name": "python_cli", "code": "1 / 0"}),
+        ("python_cli.error", {"id": cli[2][1]["id"], "name": "python_cli", "output": "ZeroDivisionError: division by zero"}),
+    ]
+
+
 @pytest.mark.parametrize(
     ("extension", "message"),
     [(0.0, "Maximum number of turns exceeded: 3/2"), (0.25, "Maximum number of turns exceeded: 4/3.50")],

@@ -38,4 +38,18 @@ TRACED = SupervisedAgent(
 MANY_TURNS = SupervisedAgent(
     "tr_turns", "You write Python.", [], {"MODEL": "scripted/tr_turns", "SCRIPT": ["x = 1"] * 8}
 )
-AGENTS = [TRACED, MANY_TURNS]
+DIRECT = SupervisedAgent(
+    "tr_direct",
+    "You call python_cli.",
+    [],
+    {
+        "MODEL": "scripted/tr_direct",
+        "CHAT_STYLE": "DIRECT",
+        "SCRIPT": [
+            {"text": "", "tool_calls": [{"name": "python_cli", "arguments": {"code": "print(6 * 7)"}}]},
+            {"text": "", "tool_calls": [{"name": "python_cli", "arguments": {"code": "1 / 0"}}]},
+            "All done.",
+        ],
+    },
+)
+AGENTS = [TRACED, MANY_TURNS, DIRECT]

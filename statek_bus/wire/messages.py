@@ -116,6 +116,10 @@ class Usage(_Record, kw_only=True):
     """Prompt tokens served from the provider's cache."""
     cost: float = 0.0
     """Cost in USD, from the provider's price map or our price table."""
+    bytes_sent: int = 0
+    """Bytes of the LLM requests (JSON), STATEK's ``LLM_Usage`` figure."""
+    bytes_received: int = 0
+    """Bytes of the LLM replies (JSON)."""
 
 
 class Job(_Record, kw_only=True):
@@ -323,8 +327,8 @@ class JobEvent(_Record, kw_only=True):
 
     job_id: str
     """The job."""
-    kind: Literal["status", "console", "chat", "message", "notification"]
-    """What happened."""
+    kind: Literal["status", "console", "chat", "message", "notification", "trace"]
+    """What happened (``trace``: ``FULL_AGENT_TRACE`` is on; :attr:`name` says which)."""
     at: datetime
     """When (UTC)."""
     status: JobStatus | None = None
@@ -337,6 +341,10 @@ class JobEvent(_Record, kw_only=True):
     """The step that produced it."""
     exit_status: Any = None
     """For a ``status`` event to DONE: the exit value."""
+    name: str | None = None
+    """For ``trace``: ``llm.request``, ``llm.response``, ``tool.request``, ``tool.output``... (STATEK's)."""
+    data: Any = None
+    """For ``trace``: the event's fields, secrets redacted."""
 
 
 class ChatEntry(_Record, kw_only=True):

@@ -7,12 +7,18 @@ into a single subject token / key segment, so no id can match or overwrite anoth
 
 from __future__ import annotations
 
+import hashlib
 import re
+
+from statek_bus.wire.limits import MAX_NAME_LENGTH
 
 __all__ = [
     "AGENTS_BUCKET",
     "AGENTS_GET",
     "AGENTS_LIST",
+    "AGENT_EVENTS_PREFIX",
+    "AGENT_EVENTS_STREAM",
+    "CONTEXT_BUCKET",
     "ERROR_CODE_HEADER",
     "ERROR_HEADER",
     "EVENTS_PREFIX",
@@ -54,7 +60,11 @@ __all__ = [
     "WORK_RUN_PREFIX",
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
+    "agent_events_consumer",
+    "agent_events_subject",
     "batch_job_ids",
+    "context_key",
+    "event_job_id",
     "job_events_subject",
     "job_key",
     "token",
@@ -100,6 +110,8 @@ WORK_RUN_PREFIX = "statek.work.run"
 """Work-queue messages that run a job's next step: ``statek.work.run.<token(job_id)>``."""
 WORK_SCHEDULE_PREFIX = "statek.work.sched"
 """Scheduled (delayed) work messages; outside the consumer's filter, they fire into ``WORK_RUN_PREFIX``."""
+AGENT_EVENTS_PREFIX = "statek.agents.events"
+"""An agent's queue: ``statek.agents.events.<token(role)>``; each event (any JSON) creates one job."""
 
 # --- storage ---------------------------------------------------------------------------------------
 JOBS_BUCKET = "statek_jobs"
@@ -111,6 +123,10 @@ OBJECT_STORE_BUCKET = "statek_blobs"
 WORK_STREAM = "statek_work"
 """WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
 WORK_CONSUMER = "statek_executors"
+CONTEXT_BUCKET = "statek_context"
+"""Shared contexts (STATEK's ``init_shared_context``): one key per context, ``ctx.<token(spec)>...``."""
+AGENT_EVENTS_STREAM = "statek_agent_events"
+"""WorkQueue stream of agents' queues; one durable consumer per agent (:func:`agent_events_consumer`)."""
 JOB_LOG_STREAM = "statek_job_log"
 """Append-only stream capturing every job event subject: the durable chat log and console of each job."""
 
@@ -192,3 +208,30 @@ def work_run_subject(job_id: str) -> str:
 def work_schedule_subject(job_id: str) -> str:
     """Schedule subject for a delayed wake-up of ``job_id`` (ADR-51 message scheduling)."""
     return f"{WORK_SCHEDULE_PREFIX}.{token(job_id)}"
+
+
+def context_key(specs: list[str]) -> str:
+    """Key in :data:`CONTEXT_BUCKET` of the shared context bound to ``specs`` (sorted, unique)."""
+    return "ctx." + ".".join(token(s) for s in sorted(set(specs)))
+
+
+def agent_events_subject(role: str) -> str:
+    """Subject of ``role``'s queue in :data:`AGENT_EVENTS_STREAM` (``nats pub`` to it creates a job)."""
+    return f"{AGENT_EVENTS_PREFIX}.{token(role)}"
+
+
+def agent_events_consumer(role: str) -> str:
+    """Durable consumer of ``role``'s queue, shared by every executor serving the agent."""
+    return f"statek_events_{token(role)}"  # token() never yields ".", "*", ">" or whitespace
+
+
+def event_job_id(role: str, event_id: str) -> str:
+    """The job an agent-queue event creates: the same event id always names the same job.
+
+    ``event:<role>:<event id>``, or with the event id's SHA-256 when that would exceed
+    :data:`~statek_bus.wire.limits.MAX_NAME_LENGTH` (a job id's bound).
+    """
+    plain = f"event:{role}:{event_id}"
+    if len(plain) <= MAX_NAME_LENGTH:
+        return plain
+    return f"event:{role}:sha256-{hashlib.sha256(event_id.encode()).hexdigest()}"

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from statek_bus.mesh import tracing
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
 from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
@@ -29,6 +30,7 @@ from statek_bus.wire.subjects import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     JOBS_BUCKET,
     MSG_ID_HEADER,
+    TIMER_DUE_HEADER,
     job_events_subject,
     job_key,
     token,
@@ -146,7 +148,7 @@ class JobStore:
         body = encode(WorkMessage(job_id=job_id, step=step))
         msg_id = f"{token(job_id)}:{step}" + (f":{msg_id_suffix}" if msg_id_suffix else "")
         if at is None:
-            headers = {MSG_ID_HEADER: msg_id}
+            headers = tracing.inject({MSG_ID_HEADER: msg_id}) or {}  # the step runs in the queuer's trace
             if if_absent:
                 headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
             try:
@@ -162,11 +164,14 @@ class JobStore:
             await self.js.publish(
                 work_schedule_subject(job_id),
                 body,
-                headers={
-                    MSG_ID_HEADER: f"{msg_id}:at",
-                    "Nats-Schedule": f"@at {when}",
-                    "Nats-Schedule-Target": work_run_subject(job_id),
-                },
+                headers=tracing.inject(
+                    {
+                        MSG_ID_HEADER: f"{msg_id}:at",
+                        "Nats-Schedule": f"@at {when}",
+                        "Nats-Schedule-Target": work_run_subject(job_id),
+                        TIMER_DUE_HEADER: when,  # passed on to the fired message: lateness
+                    }
+                ),
             )
         return True
 

@@ -36,6 +36,7 @@ __all__ = [
     "InfoResponse",
     "MicroService",
     "PingResponse",
+    "StatsData",
     "StatsResponse",
 ]
 
@@ -51,6 +52,9 @@ INFO_RESPONSE_TYPE = "io.nats.micro.v1.info_response"
 """``type`` of a ``$SRV.INFO`` reply."""
 STATS_RESPONSE_TYPE = "io.nats.micro.v1.stats_response"
 """``type`` of a ``$SRV.STATS`` reply."""
+
+StatsData = Callable[[], dict[str, object]]
+"""What an endpoint reports as its ``data`` in ``$SRV.STATS`` (JSON-encodable), read at each request."""
 
 MsgHandler = Callable[[Msg], Awaitable[None]]
 """What an endpoint subscription calls for each request (it must return quickly: nats-py awaits it
@@ -121,6 +125,8 @@ class EndpointStats:
     """Total nanoseconds spent answering."""
     subscription: Subscription | None = None
     """The endpoint's queue subscription, once started."""
+    data: StatsData | None = None
+    """What ``$SRV.STATS`` reports as the endpoint's ``data`` (None: ``null``)."""
 
     def record(self, elapsed_ns: int, error: str | None = None) -> None:
         """Count one answered request that took ``elapsed_ns``; ``error`` as ``code:description``."""
@@ -133,6 +139,7 @@ class EndpointStats:
 
 class _EndpointStatsReply(msgspec.Struct, kw_only=True):
     name: str
+    data: dict[str, object] | None
     subject: str
     queue_group: str
     num_requests: int
@@ -251,6 +258,7 @@ class MicroService:
             endpoints=[
                 _EndpointStatsReply(
                     name=e.name,
+                    data=e.data() if e.data is not None else None,
                     subject=e.subject,
                     queue_group=QUEUE_GROUP,
                     num_requests=e.num_requests,

@@ -8,6 +8,7 @@ import json
 
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.connection import connect
+from statek_bus.mesh.service import running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer, free_port
 from statek_bus.wire.messages import JobStatus
@@ -70,4 +71,28 @@ async def test_metrics_count_jobs_by_status_refusals_timers_and_in_flight_steps_
     assert delta("statek_steps_total", agent="t_w_timer", outcome="done") == 1
     data = next(e["data"] for e in stats["endpoints"] if e["name"] == "status")
     n = settings.max_concurrency
-    assert data == {"max_concurrency": n, "running": 0, "in_flight": 0, "free": n}
+    assert data == {
+        "client_errors": 0,
+        "server_errors": 0,
+        "max_concurrency": n,
+        "running": 0,
+        "in_flight": 0,
+        "free": n,
+    }
+
+
+async def test_srv_stats_split_client_errors_from_server_errors(settings: Settings) -> None:
+    from tests.support.echo_service import NAME, PREFIX, build
+
+    nc = await connect(settings, name="stats-test")
+    async with running_service(build, settings, name=NAME) as ctx:
+        for code in (400, 404, 409, 500):
+            await nc.request(f"{PREFIX}.fail", json.dumps({"code": code}).encode(), timeout=5)
+        await nc.request(f"{PREFIX}.echo", b'{"tetx": "x"}', timeout=5)  # a misspelt field: 400
+        subject = f"$SRV.STATS.{NAME}.{ctx.instance_id}"
+        stats = json.loads((await nc.request(subject, b"", timeout=5)).data)
+    await nc.close()
+    by_name = {e["name"]: e for e in stats["endpoints"]}
+    assert by_name["fail"]["num_errors"] == 4  # ADR-32 counts every error reply
+    assert by_name["fail"]["data"] == {"client_errors": 3, "server_errors": 1}
+    assert by_name["echo"]["data"] == {"client_errors": 1, "server_errors": 0}

@@ -33,6 +33,7 @@ __all__ = ["run"]
 Row = dict[str, Any]
 _UPDATES = 4
 _WAVE = 25
+_STATE_WAVE = 100
 
 
 async def _bytes(js: Any, stream: str) -> int:
@@ -58,23 +59,30 @@ async def run(quick: bool) -> list[Row]:
                 js = nc.jetstream()
                 base = {n: await _bytes(js, n) for n in (f"KV_{JOBS_BUCKET}", JOB_LOG_STREAM, f"KV_{STATES_BUCKET}")}
                 shared = {"numbers": list(range(20))}
-                made = []
                 for _ in range(0, jobs, _WAVE):  # in waves: a step's 10 s code limit must not bite
                     wave = await asyncio.gather(*(client.jobs.submit("demo", shared) for _ in range(_WAVE)))
                     done = await asyncio.gather(*(client.jobs.wait(j.id, timeout=600) for j in wave))
                     failed = [j.id for j in done if j.error is not None]
                     if failed:
                         raise RuntimeError(f"{len(failed)} demo jobs failed (e.g. {failed[0]}): sizes would be off")
-                    made += wave
                 job_payload = len(json.dumps({"agent": "demo", "shared_vars": shared}))
                 body = {"notes": "x" * 900, "step": 0}
-                created = await asyncio.gather(
-                    *(client.states.create(task_id=f"t{i}", agent_id="bench", state=body) for i in range(states))
-                )
-                for step in range(1, _UPDATES + 1):
-                    await asyncio.gather(
-                        *(client.states.update(s.id, {**body, "step": step}) for s in created)
+                created = []
+                for start in range(0, states, _STATE_WAVE):  # in waves: no request waits past its timeout
+                    created += await asyncio.gather(
+                        *(
+                            client.states.create(task_id=f"t{i}", agent_id="bench", state=body)
+                            for i in range(start, min(states, start + _STATE_WAVE))
+                        )
                     )
+                for step in range(1, _UPDATES + 1):
+                    for start in range(0, states, _STATE_WAVE):
+                        await asyncio.gather(
+                            *(
+                                client.states.update(s.id, {**body, "step": step})
+                                for s in created[start : start + _STATE_WAVE]
+                            )
+                        )
                 state_payload = len(json.dumps(body)) * (1 + _UPDATES)
                 rows = []
                 for name, n, payload in (

@@ -143,6 +143,8 @@ class JobStore:
         (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
         ``msg_id_suffix`` makes the ``Nats-Msg-Id`` differ from the step's usual one (a repair
         after a lost stream, whose usual id may still be in the duplicate window).
+        The message carries the current ``traceparent`` (:mod:`statek_bus.mesh.tracing`), so the
+        step runs in the trace of whoever queued it; a scheduled one also carries its due time.
         Returns whether a new message was stored (``False`` for a duplicate id or a present one).
         """
         body = encode(WorkMessage(job_id=job_id, step=step))

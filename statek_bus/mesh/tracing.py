@@ -21,15 +21,14 @@ import contextlib
 import contextvars
 import re
 from collections.abc import Iterator, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from statek_bus.wire.subjects import TRACEPARENT_HEADER
 
-try:
-    from opentelemetry import trace as _otel
+if TYPE_CHECKING:
+    from types import ModuleType
+
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-except ImportError:  # the [otel] extra is not installed: headers pass through unchanged
-    _otel = None  # type: ignore[assignment]
 
 __all__ = ["SpanKind", "current_trace_id", "inject", "otel_enabled", "span", "trace_id_of"]
 
@@ -38,11 +37,32 @@ SpanKind = Literal["server", "client", "consumer", "internal"]
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("statek_traceparent", default=None)
-_PROPAGATOR = TraceContextTextMapPropagator() if _otel is not None else None
+
+# OpenTelemetry is imported on the first span, not with this module: every process imports
+# this module (through the logs), the sandbox's worker processes too, and those must stay as
+# they were without it (with it imported, a worker whose model code overflows the C stack hung
+# until its deadline instead of crashing at once). A process that never makes a span never loads it.
+_otel: ModuleType | None = None
+_PROPAGATOR: TraceContextTextMapPropagator | None = None
+_loaded = False
+
+
+def _load() -> None:
+    global _otel, _PROPAGATOR, _loaded
+    if _loaded:
+        return
+    _loaded = True
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:  # the [otel] extra is not installed: headers pass through unchanged
+        return
+    _otel, _PROPAGATOR = trace, TraceContextTextMapPropagator()
 
 
 def otel_enabled() -> bool:
     """Whether OpenTelemetry is installed (spans are made and exported through it)."""
+    _load()
     return _otel is not None
 
 
@@ -100,6 +120,7 @@ def span(
 
     Everything the block logs, publishes or requests carries the resulting trace.
     """
+    _load()
     incoming = _valid((headers or {}).get(TRACEPARENT_HEADER))
     token = _CURRENT.set(incoming or _CURRENT.get())
     try:

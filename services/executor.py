@@ -50,6 +50,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
                 request=Empty,
                 handler=status,
                 doc="This replica's running steps, concurrency and agents",
+                stats=executor.concurrency,
             )
         ],
         metadata={

@@ -274,6 +274,7 @@ W_ALL = scripted(
     ],
 )
 W_TIMER = scripted("t_w_timer", ['print("start")\nsleep(5)\nprint("woke")', 'exit("timer ok")'])
+W_LONG = scripted("t_w_long", ["sleep(3600)", 'exit("woke after an hour")'])
 W_MANY = scripted("t_w_many", ["exit(s)"], warmup='s, j = delegate_task("t_w_child")\nprint(s)')
 W_LOCALE = scripted(
     "t_w_locale",
@@ -363,6 +364,7 @@ WAIT_AGENTS = [
     W_PARENT_FAIL,
     W_ALL,
     W_TIMER,
+    W_LONG,
     W_MANY,
     W_LOCALE,
     W_ERR,

@@ -32,8 +32,15 @@ def test_litellm_is_an_extra_that_dev_and_the_image_include() -> None:
     project = PYPROJECT["project"]
     assert not any(d.startswith("litellm") for d in project["dependencies"])
     assert [d for d in project["optional-dependencies"]["litellm"] if d.startswith("litellm")]
-    assert "statek-bus[litellm]" in project["optional-dependencies"]["dev"]
-    assert '".[litellm]"' in (ROOT / "deploy" / "Dockerfile").read_text()
+    dev_extras = {
+        extra.strip()
+        for d in project["optional-dependencies"]["dev"]
+        if d.startswith("statek-bus[")
+        for extra in d.removeprefix("statek-bus[").rstrip("]").split(",")
+    }
+    assert {"litellm", "otel"} <= dev_extras
+    # the image installs exactly deploy/requirements.lock (tests/test_image.py), which pins litellm
+    assert "\nlitellm==" in (ROOT / "deploy" / "requirements.lock").read_text()
 
 
 def test_the_version_has_one_source() -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,7 +40,7 @@ from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.wire.messages import IndexEntry, JobRecord, JobStatus
 from statek_bus.wire.subjects import LIVE_INDEX_PREFIX, untoken
 
-__all__ = ["GRACE", "RepairReport", "is_runnable", "reconcile", "repair_all"]
+__all__ = ["GRACE", "RepairReport", "count_live", "is_runnable", "reconcile", "repair_all"]
 
 GRACE = timedelta(seconds=30)
 """Jobs updated more recently than this are left alone (their own enqueue may be in flight)."""
@@ -99,22 +99,40 @@ async def reconcile(
     """
     report = RepairReport()
     nonce = uuid.uuid4().hex[:12]
+    async for key, ids, recs in _live(nc, pause):
+        report.examined += len(recs)
+        if len(recs) == len(ids) and all(r.status is JobStatus.DONE for r in recs):
+            await store.kv.purge(key, msg_ttl=_PURGE_TTL)
+            report.finished_entries += 1
+            continue
+        await _enqueue_runnable(store, recs, nonce, report, grace)
+    return report
+
+
+async def _live(nc: Client, pause: float = 0.0) -> AsyncIterator[tuple[str, list[str], list[JobRecord]]]:
+    """Each live-index entry: its key, its job ids and the records found for them."""
     async for entries in read_in_order(nc, f"{LIVE_INDEX_PREFIX}.>"):
         for key, value, _ in entries:
             ids = _entry_dec.decode(value).ids()
             records: dict[str, tuple[JobRecord, int]] = {}
             for i in range(0, len(ids), _CHUNK):
                 records.update(await read_records(nc, ids[i : i + _CHUNK]))
-            report.examined += len(records)
-            recs = [r for r, _ in records.values()]
-            if len(records) == len(ids) and all(r.status is JobStatus.DONE for r in recs):
-                await store.kv.purge(key, msg_ttl=_PURGE_TTL)
-                report.finished_entries += 1
-                continue
-            await _enqueue_runnable(store, recs, nonce, report, grace)
+            yield key, ids, [r for r, _ in records.values()]
         if pause:
             await asyncio.sleep(pause)
-    return report
+
+
+async def count_live(nc: Client, *, pause: float = 0.0) -> dict[JobStatus, int]:
+    """How many jobs are in each status but DONE, read from the live index and the records
+    (so it is the same whichever replica asks, and survives restarts of every process)."""
+    counts: dict[JobStatus, int] = dict.fromkeys((s for s in JobStatus if s is not JobStatus.DONE), 0)
+    seen: set[str] = set()
+    async for _, _, recs in _live(nc, pause):
+        for r in recs:
+            if r.status is not JobStatus.DONE and r.id not in seen:
+                seen.add(r.id)
+                counts[r.status] += 1
+    return counts
 
 
 async def repair_all(

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from statek_bus.mesh import tracing
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
 from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
@@ -29,6 +30,7 @@ from statek_bus.wire.subjects import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     JOBS_BUCKET,
     MSG_ID_HEADER,
+    TIMER_DUE_HEADER,
     job_events_subject,
     job_key,
     token,
@@ -141,12 +143,14 @@ class JobStore:
         (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
         ``msg_id_suffix`` makes the ``Nats-Msg-Id`` differ from the step's usual one (a repair
         after a lost stream, whose usual id may still be in the duplicate window).
+        The message carries the current ``traceparent`` (:mod:`statek_bus.mesh.tracing`), so the
+        step runs in the trace of whoever queued it; a scheduled one also carries its due time.
         Returns whether a new message was stored (``False`` for a duplicate id or a present one).
         """
         body = encode(WorkMessage(job_id=job_id, step=step))
         msg_id = f"{token(job_id)}:{step}" + (f":{msg_id_suffix}" if msg_id_suffix else "")
         if at is None:
-            headers = {MSG_ID_HEADER: msg_id}
+            headers = tracing.inject({MSG_ID_HEADER: msg_id}) or {}  # the step runs in the queuer's trace
             if if_absent:
                 headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
             try:
@@ -162,11 +166,14 @@ class JobStore:
             await self.js.publish(
                 work_schedule_subject(job_id),
                 body,
-                headers={
-                    MSG_ID_HEADER: f"{msg_id}:at",
-                    "Nats-Schedule": f"@at {when}",
-                    "Nats-Schedule-Target": work_run_subject(job_id),
-                },
+                headers=tracing.inject(
+                    {
+                        MSG_ID_HEADER: f"{msg_id}:at",
+                        "Nats-Schedule": f"@at {when}",
+                        "Nats-Schedule-Target": work_run_subject(job_id),
+                        TIMER_DUE_HEADER: when,  # passed on to the fired message: lateness
+                    }
+                ),
             )
         return True
 

@@ -68,8 +68,10 @@ from statek_bus.jobs.jobdefs import JobDefStore, check_options
 from statek_bus.jobs.listing import list_jobs, read_in_order, read_records
 from statek_bus.jobs.log import read_job_log
 from statek_bus.jobs.registry import AgentDirectory
-from statek_bus.jobs.repair import reconcile
+from statek_bus.jobs.repair import count_live, reconcile
+from statek_bus.jobs.retention import reap_done
 from statek_bus.jobs.store import JobStore, utcnow
+from statek_bus.mesh import metrics
 from statek_bus.mesh.availability import unavailable_as_503
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import (
@@ -173,6 +175,8 @@ class Submission:
                 asyncio.create_task(self._recovery_loop()),
                 asyncio.create_task(self._purge_loop()),
                 asyncio.create_task(self._reconcile_loop()),
+                asyncio.create_task(self._jobs_gauge_loop()),
+                asyncio.create_task(self._retention_loop()),
             ]
             try:
                 yield self
@@ -445,6 +449,29 @@ class Submission:
                 log.warning("recovery pass failed; retrying next interval", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.recovery_interval)
+
+    async def _jobs_gauge_loop(self) -> None:
+        interval = self.settings.jobs_gauge_interval
+        while interval > 0 and not self._stop.is_set():
+            try:
+                for status, n in (await count_live(self.nc)).items():
+                    metrics.JOBS.labels(status=status.value).set(n)
+            except Exception:
+                log.debug("counting jobs by status failed; retrying next interval", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def _retention_loop(self) -> None:
+        interval, keep = self.settings.retention_interval, self.settings.job_retention
+        while interval > 0 and keep > 0 and not self._stop.is_set():
+            try:
+                report = await reap_done(self.nc, self.store.js, older_than=timedelta(seconds=keep), pause=0.05)
+                if report.reaped:
+                    log.info("retention: removed %d DONE job(s) older than %gs", report.reaped, keep)
+            except Exception:
+                log.warning("retention pass failed; retrying next interval", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
 
     async def _reconcile_loop(self) -> None:
         interval = self.settings.reconcile_interval

@@ -3,7 +3,8 @@
 ``STATEK_LOG_FORMAT=json`` makes every record a JSON object with ``time``, ``level``, ``logger``,
 ``message``, the ``instance`` of the service, and — on every line logged while a job's step runs —
 ``job_id``, ``step``, ``agent`` and ``trace_id`` (a context variable set by the runtime with
-:func:`job_context`, so no call site passes them by hand). An exception adds ``exc``.
+:func:`job_context`, so no call site passes them by hand). A line logged while a traced request
+is answered carries its ``trace_id`` too (:mod:`statek_bus.mesh.tracing`). An exception adds ``exc``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+from statek_bus.mesh.tracing import current_trace_id
 
 __all__ = ["JsonFormatter", "configure_logging", "job_context"]
 
@@ -60,6 +63,8 @@ class JsonFormatter(logging.Formatter):
         job = _JOB.get()
         if job is not None:
             out.update({k: v for k, v in job.items() if v is not None})
+        if "trace_id" not in out and (trace_id := current_trace_id()) is not None:
+            out["trace_id"] = trace_id  # a request's trace (mesh.tracing), job or not
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

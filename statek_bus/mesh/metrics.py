@@ -14,6 +14,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "JOBS",
     "LLM_CALLS",
     "LLM_COST",
     "LLM_SECONDS",
@@ -52,6 +53,12 @@ REDELIVERIES = Counter("statek_redeliveries", "Work messages received more than 
 """Work messages delivered again (a crashed or slow replica's steps)."""
 RETRIES = Counter("statek_retries", "Retries, by what was retried.", ["what"])
 """Retries: ``step`` (a dependency was down), ``commit`` (a compare-and-set lost), ``llm`` (provider)."""
+JOBS = Gauge("statek_jobs", "Jobs not yet DONE, by status (read from the job store).", ["status"])
+"""Jobs by status (``READY``, ``WARMING_UP``, ``STARTED``, ``SUSPENDED``), counted by each submission
+replica from the live-job index every ``jobs_gauge_interval`` seconds: every replica reports the
+same numbers (aggregate with ``max``), whichever executor moved the jobs, across restarts. DONE
+jobs are not a gauge (they only grow, until retention removes them): ``statek_steps_total``
+with ``outcome="done"`` counts jobs ending."""
 SANDBOX_REFUSALS = Counter("statek_sandbox_refusals", "Model code refused by the sandbox policy.")
 """Model code the static check or a run-time guard refused."""
 TIMER_LATENESS = Histogram(

@@ -36,6 +36,7 @@ __all__ = [
     "InfoResponse",
     "MicroService",
     "PingResponse",
+    "StatsData",
     "StatsResponse",
 ]
 
@@ -51,6 +52,9 @@ INFO_RESPONSE_TYPE = "io.nats.micro.v1.info_response"
 """``type`` of a ``$SRV.INFO`` reply."""
 STATS_RESPONSE_TYPE = "io.nats.micro.v1.stats_response"
 """``type`` of a ``$SRV.STATS`` reply."""
+
+StatsData = Callable[[], dict[str, object]]
+"""What an endpoint reports as its ``data`` in ``$SRV.STATS`` (JSON-encodable), read at each request."""
 
 MsgHandler = Callable[[Msg], Awaitable[None]]
 """What an endpoint subscription calls for each request (it must return quickly: nats-py awaits it
@@ -121,18 +125,30 @@ class EndpointStats:
     """Total nanoseconds spent answering."""
     subscription: Subscription | None = None
     """The endpoint's queue subscription, once started."""
+    client_errors: int = 0
+    """Of ``num_errors``, the 4xx replies: the caller's mistakes, not the service's."""
+    server_errors: int = 0
+    """Of ``num_errors``, every other error reply (5xx): what an alert should watch."""
+    data: StatsData | None = None
+    """More of what ``$SRV.STATS`` reports in the endpoint's ``data`` (beside the error split)."""
 
     def record(self, elapsed_ns: int, error: str | None = None) -> None:
-        """Count one answered request that took ``elapsed_ns``; ``error`` as ``code:description``."""
+        """Count one answered request that took ``elapsed_ns``; ``error`` as ``code:description``
+        (ADR-32's ``num_errors`` counts every error reply; ``data`` splits 4xx from the rest)."""
         self.num_requests += 1
         self.processing_time += elapsed_ns
         if error is not None:
             self.num_errors += 1
             self.last_error = error
+            if error.startswith("4"):
+                self.client_errors += 1
+            else:
+                self.server_errors += 1
 
 
 class _EndpointStatsReply(msgspec.Struct, kw_only=True):
     name: str
+    data: dict[str, object]
     subject: str
     queue_group: str
     num_requests: int
@@ -251,6 +267,11 @@ class MicroService:
             endpoints=[
                 _EndpointStatsReply(
                     name=e.name,
+                    data={
+                        "client_errors": e.client_errors,
+                        "server_errors": e.server_errors,
+                        **(e.data() if e.data is not None else {}),
+                    },
                     subject=e.subject,
                     queue_group=QUEUE_GROUP,
                     num_requests=e.num_requests,

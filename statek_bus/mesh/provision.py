@@ -18,6 +18,7 @@ from nats.js.api import (
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
+    StoreCompression,
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
@@ -49,6 +50,8 @@ _COMPARED = (
     "allow_msg_ttl",
     "allow_msg_schedules",
     "discard",
+    "max_bytes",
+    "compression",
 )
 
 
@@ -56,7 +59,7 @@ class ProvisionError(RuntimeError):
     """A bucket or stream exists with a config that differs from what this version needs."""
 
 
-def _kv(bucket: str, settings: Settings, history: int) -> StreamConfig:
+def _kv(bucket: str, settings: Settings, history: int, max_bytes: int) -> StreamConfig:
     return StreamConfig(
         name=f"KV_{bucket}",
         subjects=[f"$KV.{bucket}.>"],
@@ -65,6 +68,8 @@ def _kv(bucket: str, settings: Settings, history: int) -> StreamConfig:
         max_msgs_per_subject=history,
         duplicate_window=120.0,
         max_age=0,
+        max_bytes=max_bytes,
+        compression=StoreCompression.S2,
         **_KV_COMMON,
     )
 
@@ -72,11 +77,11 @@ def _kv(bucket: str, settings: Settings, history: int) -> StreamConfig:
 def desired_streams(settings: Settings) -> list[StreamConfig]:
     """The config of every stream (KV buckets are streams named ``KV_<bucket>``)."""
     return [
-        _kv(s.JOBS_BUCKET, settings, settings.job_history),
-        _kv(s.AGENTS_BUCKET, settings, 1),
-        _kv(s.JOBDEFS_BUCKET, settings, 1),
-        _kv(s.STATES_BUCKET, settings, settings.state_history),
-        _kv(s.CONTEXT_BUCKET, settings, 4),
+        _kv(s.JOBS_BUCKET, settings, settings.job_history, settings.jobs_max_bytes),
+        _kv(s.AGENTS_BUCKET, settings, 1, settings.agents_max_bytes),
+        _kv(s.JOBDEFS_BUCKET, settings, 1, settings.jobdefs_max_bytes),
+        _kv(s.STATES_BUCKET, settings, settings.state_history, settings.states_max_bytes),
+        _kv(s.CONTEXT_BUCKET, settings, 4, settings.context_max_bytes),
         StreamConfig(
             name=s.AGENT_EVENTS_STREAM,
             subjects=[f"{s.AGENT_EVENTS_PREFIX}.>"],
@@ -85,6 +90,9 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.replicas,
             duplicate_window=settings.dedup_window,
             max_age=0,
+            max_bytes=settings.agent_events_max_bytes,
+            discard=DiscardPolicy.NEW,  # a full queue refuses the publisher, never drops an event
+            compression=StoreCompression.S2,
         ),
         StreamConfig(
             name=s.WORK_STREAM,
@@ -95,6 +103,10 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
             duplicate_window=settings.dedup_window,
             allow_msg_schedules=True,
             max_age=0,
+            # JetStream refuses discard=new beside message schedules, so a full queue drops its oldest
+            # messages; reconcile() re-enqueues a runnable job whose step was dropped
+            max_bytes=settings.work_max_bytes,
+            compression=StoreCompression.S2,
         ),
         StreamConfig(
             name=s.JOB_LOG_STREAM,
@@ -104,6 +116,9 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.replicas,
             allow_direct=True,
             max_age=0,
+            max_bytes=settings.job_log_max_bytes,
+            discard=DiscardPolicy.OLD,  # a full log drops its oldest events; retention reaps per job
+            compression=StoreCompression.S2,
         ),
     ]
 
@@ -185,7 +200,10 @@ async def _ensure_object_store(js: JetStreamContext, settings: Settings) -> None
     except NotFoundError:
         try:
             await js.create_object_store(
-                s.OBJECT_STORE_BUCKET, storage=StorageType.FILE, replicas=settings.replicas
+                s.OBJECT_STORE_BUCKET,
+                storage=StorageType.FILE,
+                replicas=settings.replicas,
+                max_bytes=settings.blobs_max_bytes,  # nats-py's object store config has no compression
             )
         except BadRequestError as exc:
             if exc.err_code != _IN_USE:  # another replica created it first

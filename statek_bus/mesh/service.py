@@ -39,10 +39,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from statek_bus.mesh import metrics
+from statek_bus.mesh import metrics, tracing
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.health import Check, HealthServer
-from statek_bus.mesh.micro import EndpointStats, MicroService
+from statek_bus.mesh.micro import EndpointStats, MicroService, StatsData
 from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError, error_reply
@@ -83,6 +83,8 @@ class Endpoint:
     """The coroutine that answers."""
     doc: str = ""
     """One line shown in the endpoint metadata."""
+    stats: StatsData | None = None
+    """The endpoint's ``data`` in ``$SRV.STATS`` (e.g. the executor's concurrency)."""
 
 
 @dataclass
@@ -150,6 +152,7 @@ class _Runner:
                 name=ep.name,
                 subject=ep.subject,
                 metadata={"request": ep.request.__name__, "doc": ep.doc or ep.name},
+                data=ep.stats,
             )
             await self.service.add_endpoint(stats, self._dispatcher(ep, stats))
         await self.service.start()
@@ -168,6 +171,10 @@ class _Runner:
         self.sem.release()
 
     async def _handle(self, ep: Endpoint, stats: EndpointStats, msg: Msg) -> None:
+        with tracing.span(ep.subject, msg.headers, kind="server"):  # honours an incoming traceparent
+            await self._answer(ep, stats, msg)
+
+    async def _answer(self, ep: Endpoint, stats: EndpointStats, msg: Msg) -> None:
         started = time.perf_counter_ns()
         error: str | None = None
         room = self.ctx.nc.max_payload - _REPLY_HEADROOM

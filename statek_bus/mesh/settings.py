@@ -81,7 +81,8 @@ class Settings:
     state_max_bytes: int = 256 * 1024
     """Largest encoded ``state`` object (413 above)."""
     state_history: int = 16
-    """Revisions kept per state for ``history()`` (NATS KV allows at most 64)."""
+    """Revisions kept per state for ``history()`` (NATS KV allows at most 64): the retention of
+    states' history (a state itself is kept until it is deleted)."""
     job_history: int = 4
     """Revisions kept per job record."""
     dedup_window: float = 120.0
@@ -91,6 +92,34 @@ class Settings:
     reconcile_interval: float = 600.0
     """Seconds between submission's passes over the live-job index that re-enqueue runnable jobs
     whose work message was lost (a purged or restored work stream); 0 turns them off."""
+    job_retention: float = 30 * 86400.0
+    """Seconds a DONE job is kept after its last update, with its log and list entries (then
+    removed by submission's retention pass, :mod:`statek_bus.jobs.retention`); 0 keeps them forever."""
+    retention_interval: float = 300.0
+    """Seconds between submission's retention passes."""
+    jobs_max_bytes: int = 2 * 1024**3
+    """Storage cap of the ``statek_jobs`` bucket (writes beyond it fail; see deploy/README.md sizing)."""
+    states_max_bytes: int = 1024**3
+    """Storage cap of the ``statek_states`` bucket (every state with its ``state_history`` revisions)."""
+    agents_max_bytes: int = 64 * 1024**2
+    """Storage cap of the ``statek_agents`` bucket."""
+    work_max_bytes: int = 1024**3
+    """Storage cap of the ``statek_work`` queue (beyond it the oldest messages are dropped: JetStream
+    allows no other policy beside message schedules; the reconcile pass re-enqueues such steps)."""
+    job_log_max_bytes: int = 4 * 1024**3
+    """Storage cap of the ``statek_job_log`` stream (beyond it the oldest events are dropped)."""
+    blobs_max_bytes: int = 1024**3
+    """Storage cap of the ``statek_blobs`` object store (large workspaces)."""
+    jobdefs_max_bytes: int = 256 * 1024**2
+    """Storage cap of the ``statek_jobdefs`` bucket (one definition per distinct set of job options)."""
+    context_max_bytes: int = 256 * 1024**2
+    """Storage cap of the ``statek_context`` bucket (shared contexts)."""
+    agent_events_max_bytes: int = 1024**3
+    """Storage cap of the ``statek_agent_events`` queue (beyond it a new event is refused, not an
+    old one dropped)."""
+    jobs_gauge_interval: float = 15.0
+    """Seconds between submission's counts of jobs by status (the ``statek_jobs`` gauge of
+    ``/metrics``, read from the live-job index); 0 turns them off."""
 
     # --- executor ---------------------------------------------------------------------------------
     agents: str = ""

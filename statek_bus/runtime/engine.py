@@ -40,6 +40,7 @@ from statek_bus.authoring.postprocess import (
 from statek_bus.authoring.prompts import parse_difficulty
 from statek_bus.authoring.tools import JobContext, select_tools
 from statek_bus.jobs.store import utcnow
+from statek_bus.mesh import metrics
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import trace as tracing
 from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, ParsedReply, build_messages, parse_reply
@@ -451,6 +452,8 @@ class StepEngine:
         item.console = console
         if partial:
             return None
+        if refused := sum(1 for res in result.units if res.sandbox):
+            metrics.SANDBOX_REFUSALS.inc(refused)
         item.executed, item.ran_at = True, step
         if not item.source.strip() and not item.calls and item.kind == "llm":
             item.console = [*console, "Error: no code submitted."]

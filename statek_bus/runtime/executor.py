@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -53,7 +54,7 @@ from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.jobdefs import JobDefStore
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
-from statek_bus.mesh import metrics
+from statek_bus.mesh import metrics, tracing
 from statek_bus.mesh.logs import job_context
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import trace as tracing
@@ -86,6 +87,7 @@ from statek_bus.wire.messages import (
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     MSG_ID_HEADER,
+    TIMER_DUE_HEADER,
     WORK_CONSUMER,
     WORK_STREAM,
     job_events_subject,
@@ -101,6 +103,15 @@ _PULL_EXPIRES = 5.0
 """Seconds a pull request waits on the server; its unused credit is then released."""
 _RECENT_AGE = 0.05
 """Seconds a committed record stands in for a KV read of the job's next step (see ``_remember``)."""
+
+
+def _observe_lateness(msg: Msg) -> None:
+    """A timer's wake-up: how late the server stored it after its due time (``TIMER_LATENESS``)."""
+    try:
+        due = datetime.fromisoformat((msg.headers or {})[TIMER_DUE_HEADER])
+    except ValueError:
+        return
+    metrics.TIMER_LATENESS.observe(max(0.0, (msg.metadata.timestamp - due).total_seconds()))
 
 
 class _Slots:
@@ -314,6 +325,18 @@ class Executor:
             sandbox=runner_layers(self.runner),
         )
 
+    def concurrency(self) -> dict[str, object]:
+        """This replica's concurrency, as ``$SRV.STATS`` reports it in the status endpoint's ``data``:
+        ``max_concurrency``, ``running`` (steps holding a slot: running code), ``in_flight`` (every
+        step, those waiting on the model too) and ``free`` slots."""
+        running = sum(1 for f in self.in_flight.values() if f.holds_slot)
+        return {
+            "max_concurrency": self.settings.max_concurrency,
+            "running": running,
+            "in_flight": len(self.in_flight),
+            "free": max(0, self.settings.max_concurrency - running),
+        }
+
     async def status_handler(self, _: Empty) -> ExecutorStatus:
         """``statek.executor.status`` endpoint."""
         return self.status()
@@ -363,6 +386,7 @@ class Executor:
         key = self._ids
         self._slots.take()
         self.in_flight[key] = _InFlight(msg)
+        metrics.STEPS_IN_FLIGHT.inc()
         task = asyncio.create_task(self._handle(key, msg))
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._done, key=key))
@@ -378,6 +402,8 @@ class Executor:
     def _done(self, task: asyncio.Task[None], *, key: int) -> None:
         self._tasks.discard(task)
         flight = self.in_flight.pop(key, None)
+        if flight is not None:
+            metrics.STEPS_IN_FLIGHT.dec()
         if flight is not None and flight.holds_slot:
             self._slots.release()
         self._wake.set()
@@ -409,8 +435,14 @@ class Executor:
             _flight.set(flight)
         if msg.reply and (msg.metadata.num_delivered or 1) > 1:
             metrics.REDELIVERIES.inc()
+        elif msg.reply and msg.headers and TIMER_DUE_HEADER in msg.headers:
+            _observe_lateness(msg)
         try:
-            with job_context(work.job_id, work.step):
+            attrs: dict[str, str | int] = {"statek.job_id": work.job_id, "statek.step": work.step}
+            with (
+                tracing.span("statek.step", msg.headers, kind="consumer", attributes=attrs),
+                job_context(work.job_id, work.step, trace_id=tracing.current_trace_id()),
+            ):
                 await self._run(work, msg)
         except RetryStep as exc:
             metrics.RETRIES.labels(what="step").inc()

@@ -55,6 +55,8 @@ __all__ = [
     "STATES_LIST",
     "STATES_RETRIEVE",
     "STATES_UPDATE",
+    "TIMER_DUE_HEADER",
+    "TRACEPARENT_HEADER",
     "TRACE_ID_HEADER",
     "WORK_CONSUMER",
     "WORK_RUN_PREFIX",
@@ -143,6 +145,10 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 TRACE_ID_HEADER = "Statek-Trace-Id"
+TRACEPARENT_HEADER = "traceparent"
+"""W3C Trace Context header, carried on requests and work messages (:mod:`statek_bus.mesh.tracing`)."""
+TIMER_DUE_HEADER = "Statek-Due"
+"""On a timer's scheduled work message: its due time (RFC 3339), so the executor measures lateness."""
 
 # --- id escaping -----------------------------------------------------------------------------------
 _SAFE = re.compile(r"[A-Za-z0-9_-]")

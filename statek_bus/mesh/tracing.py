@@ -1,0 +1,137 @@
+"""Traces: the W3C ``traceparent`` carried in NATS headers, OpenTelemetry spans where installed.
+
+One trace shows a job end to end: the client's request carries ``traceparent``; the service
+runner (:mod:`statek_bus.mesh.service`) continues it in a server span around each request; every
+work message (:meth:`statek_bus.jobs.store.JobStore.enqueue`) carries the trace of whoever queued
+it; the executor continues it in one span per step, and the step's ``statek.llm.complete``
+request carries it to the provider. A request that arrives with a ``traceparent`` header (from
+any NATS client, e.g. ``nats req -H traceparent:00-...``) is honoured: its trace id is the job's.
+
+OpenTelemetry is optional (the ``[otel]`` extra: ``opentelemetry-api`` and ``-sdk``), imported
+in this module only. Without it nothing is recorded and the incoming ``traceparent`` is passed on
+as it came, so log lines (``trace_id``, :mod:`statek_bus.mesh.logs`) still name the caller's
+trace. With it, spans go to whatever tracer provider the process has (set by the embedding
+application, or by ``opentelemetry-instrument statek-bus serve ...`` with an exporter installed);
+with none set, OpenTelemetry's no-op provider still propagates the caller's trace id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Literal
+
+from statek_bus.wire.subjects import TRACEPARENT_HEADER
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = ["SpanKind", "current_trace_id", "inject", "otel_enabled", "span", "trace_id_of"]
+
+SpanKind = Literal["server", "client", "consumer", "internal"]
+"""What a span stands for: a request answered, a request made, a work message run, or other work."""
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("statek_traceparent", default=None)
+
+# OpenTelemetry is imported on the first span, not with this module: every process imports
+# this module (through the logs), the sandbox's worker processes too, and those must stay as
+# they were without it (with it imported, a worker whose model code overflows the C stack hung
+# until its deadline instead of crashing at once). A process that never makes a span never loads it.
+_otel: ModuleType | None = None
+_PROPAGATOR: TraceContextTextMapPropagator | None = None
+_loaded = False
+
+
+def _load() -> None:
+    global _otel, _PROPAGATOR, _loaded
+    if _loaded:
+        return
+    _loaded = True
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:  # the [otel] extra is not installed: headers pass through unchanged
+        return
+    _otel, _PROPAGATOR = trace, TraceContextTextMapPropagator()
+
+
+def otel_enabled() -> bool:
+    """Whether OpenTelemetry is installed (spans are made and exported through it)."""
+    _load()
+    return _otel is not None
+
+
+def _valid(value: str | None) -> str | None:
+    """``value`` if it is a version-00 ``traceparent`` with non-zero ids, else None."""
+    if not value:
+        return None
+    m = _TRACEPARENT.fullmatch(value.strip().lower())
+    if m is None or set(m.group(1)) == {"0"} or set(m.group(2)) == {"0"}:
+        return None
+    return m.group(0)
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex trace id of a ``traceparent`` value (None when absent or malformed)."""
+    valid = _valid(traceparent)
+    return valid[3:35] if valid is not None else None
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the request or step running in this task, if it has one."""
+    return trace_id_of(_current_traceparent())
+
+
+def _current_traceparent() -> str | None:
+    if _PROPAGATOR is not None:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        if carrier.get(TRACEPARENT_HEADER):
+            return carrier[TRACEPARENT_HEADER]
+    return _CURRENT.get()
+
+
+def inject(headers: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``headers`` plus the current ``traceparent`` (a new dict; None when there is neither)."""
+    traceparent = _current_traceparent()
+    if traceparent is None:
+        return headers
+    return {**(headers or {}), TRACEPARENT_HEADER: traceparent}
+
+
+_KINDS = {"server": "SERVER", "client": "CLIENT", "consumer": "CONSUMER", "internal": "INTERNAL"}
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    kind: SpanKind = "internal",
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[None]:
+    """Run the block as span ``name``: a child of the ``traceparent`` in ``headers`` when it has a
+    valid one, else of the current trace (a new trace when there is none and OpenTelemetry is on).
+
+    Everything the block logs, publishes or requests carries the resulting trace.
+    """
+    _load()
+    incoming = _valid((headers or {}).get(TRACEPARENT_HEADER))
+    token = _CURRENT.set(incoming or _CURRENT.get())
+    try:
+        if _otel is None or _PROPAGATOR is None:
+            yield
+            return
+        parent = _PROPAGATOR.extract({TRACEPARENT_HEADER: incoming}) if incoming else None
+        tracer = _otel.get_tracer("statek_bus")
+        with tracer.start_as_current_span(
+            name, context=parent, kind=_otel.SpanKind[_KINDS[kind]], attributes=dict(attributes or {})
+        ):
+            yield
+    finally:
+        _CURRENT.reset(token)

@@ -42,7 +42,7 @@ from statek_bus.authoring.tools import JobContext, select_tools
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh import metrics
 from statek_bus.mesh.settings import Settings
-from statek_bus.runtime import trace as tracing
+from statek_bus.runtime import trace as agent_trace
 from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, ParsedReply, build_messages, parse_reply
 from statek_bus.runtime.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit
 from statek_bus.runtime.engine_state import EngineState, StepTrace, load_state, store_state
@@ -211,7 +211,7 @@ class StepEngine:
                     return self._done(new, state, trace, consumed)
                 state.wait, state.memo = None, {}
                 failed = self._record_result(item, units, result, state, step)
-                tracing.add_calls(ctx, item)
+                agent_trace.add_calls(ctx, item)
                 for text in state.held:  # messages that arrived while it waited
                     state.log.append(LogItem(kind="user", step=step, text=text))
                 state.held = []
@@ -519,9 +519,9 @@ class StepEngine:
             call_index=state.calls,
             provider_config=options.provider_config if options is not None else None,
         )
-        traced = tracing.tracing(ctx)
+        traced = agent_trace.tracing(ctx)
         if traced:
-            tracing.add(
+            agent_trace.add(
                 ctx, "llm.request", model=request.model, messages=msgspec.to_builtins(messages),
                 tools=[t.name for t in tools], metadata=meta, temperature=request.temperature,
             )
@@ -532,10 +532,10 @@ class StepEngine:
         except StatekError as exc:
             raise HarnessError(f"LLM call failed: {exc}") from None
         if traced:
-            tracing.add(ctx, "llm.response", model=reply.model, text=reply.text, reasoning=reply.reasoning,
+            agent_trace.add(ctx, "llm.response", model=reply.model, text=reply.text, reasoning=reply.reasoning,
                         usage=msgspec.to_builtins(reply.usage))
             if reply.tool_calls:
-                tracing.add(ctx, "llm.parsed_tool_calls", calls=msgspec.to_builtins(reply.tool_calls))
+                agent_trace.add(ctx, "llm.parsed_tool_calls", calls=msgspec.to_builtins(reply.tool_calls))
         usage = record.usage
         usage.llm_calls += 1
         usage.input_tokens += reply.usage.input_tokens

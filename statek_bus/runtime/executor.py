@@ -57,7 +57,7 @@ from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics, tracing
 from statek_bus.mesh.logs import job_context
 from statek_bus.mesh.settings import Settings
-from statek_bus.runtime import trace as tracing
+from statek_bus.runtime import trace as agent_trace
 from statek_bus.runtime import wakeups as waits
 from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
 from statek_bus.runtime.engine import StepEngine
@@ -549,9 +549,9 @@ class Executor:
         if record.jobdef is not None:  # the job's own options (immutable: read once per executor)
             ctx.extras["job_options"] = (await self.jobdefs.get(record.jobdef)).options
         if self.tracer.enabled:
-            tracing.begin(ctx)
+            agent_trace.begin(ctx)
         outcome = await self.engine.run(record, agent, ctx)
-        outcome.trace = list(ctx.extras.get(tracing.TRACE_KEY) or [])
+        outcome.trace = list(ctx.extras.get(agent_trace.TRACE_KEY) or [])
         return outcome
 
     async def _stale(self, record: JobRecord, work: WorkMessage) -> None:

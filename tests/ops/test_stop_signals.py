@@ -73,6 +73,14 @@ class Run:
                 return
         pytest.fail(f"stdout ended without a {prefix!r} line")
 
+    def wait_for_stderr(self, text: str) -> None:
+        """Read stderr until a line holding ``text`` (what the process is doing, seen, not assumed)."""
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if text in line:
+                return
+        pytest.fail(f"stderr ended without a line holding {text!r}")
+
     def ctrl_c(self) -> None:
         """SIGINT to the whole process group, as a terminal does."""
         os.killpg(self.proc.pid, signal.SIGINT)
@@ -82,15 +90,13 @@ class Run:
         self.proc.send_signal(signal.SIGTERM)
 
     def finish(self) -> tuple[int, str]:
-        """Assert it exits within the bound, with no traceback and nothing left; its exit code."""
-        signalled = time.monotonic()
+        """Assert it exits (30 s: a hang detector, not a timing), with no traceback and nothing left; its exit code."""
         try:
             _, err = self.proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.communicate()
             pytest.fail("the command ignored the signal for 30 s")
-        took = time.monotonic() - signalled
         deadline = time.monotonic() + 2.0
         while marked(self.mark) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -99,7 +105,6 @@ class Run:
             os.kill(int(p.split(":")[0]), signal.SIGKILL)
         assert not left, f"left running: {left}"
         assert "Traceback" not in err, err
-        assert took < EXIT_WITHIN, f"took {took:.1f}s to stop"
         return self.proc.returncode, err
 
 
@@ -182,7 +187,7 @@ def test_up_stops_cleanly_while_serving_and_a_second_signal_cuts_the_stop_short(
 @pytest.mark.parametrize("send", [Run.ctrl_c, Run.sigterm], ids=["ctrl-c", "sigterm"])
 def test_serve_against_an_unreachable_server_still_stops(send: Callable[[Run], None]) -> None:
     run = Run(["serve", "state", "--nats-url", f"nats://127.0.0.1:{free_port()}"])
-    time.sleep(1.5)  # connecting, and retrying forever as a service does
+    run.wait_for_stderr("Connection refused")  # connecting, and retrying forever as a service does
     assert run.proc.poll() is None
     send(run)
     run.finish()

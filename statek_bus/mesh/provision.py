@@ -75,6 +75,7 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
         _kv(s.JOBS_BUCKET, settings, settings.job_history),
         _kv(s.AGENTS_BUCKET, settings, 1),
         _kv(s.STATES_BUCKET, settings, settings.state_history),
+        _kv(s.KNOWLEDGE_BUCKET, settings, 1),
         StreamConfig(
             name=s.WORK_STREAM,
             subjects=[f"{s.WORK_RUN_PREFIX}.>", f"{s.WORK_SCHEDULE_PREFIX}.>"],

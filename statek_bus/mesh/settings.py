@@ -139,6 +139,15 @@ class Settings:
     """Harness limit: tokens per job run."""
     workspace_inline_max: int = 256 * 1024
     """Encoded workspaces larger than this go to the object store."""
+    prompt_files_dir: str = ""
+    """Executor: a directory of STATEK prompt files (``<role>.md``) published to ``statek_knowledge`` at
+    start (:mod:`statek_bus.runtime.knowledge`); every executor then serves the published version."""
+    warmup_defs_dir: str = ""
+    """Executor: a directory of STATEK warmup defs (``<role>.py``), published the same way."""
+    examples_dir: str = ""
+    """Executor: a directory of STATEK examples (``<role>/**/*.md``), published the same way."""
+    documents_dir: str = ""
+    """Executor: a directory of STATEK documents (``**/*.txt``, ``**/*.md``), published the same way."""
 
     # --- provider ---------------------------------------------------------------------------------
     llm_timeout: float = 120.0
@@ -197,10 +206,7 @@ class Settings:
 _PROVIDER_URL = re.compile(r"(?!STATEK_)[A-Z][A-Z0-9]*_API_URL")
 _PROVIDER_VARS = "provider endpoints and keys live in the provider service: litellm's own variables"
 REFUSED_STATEK_VARIABLES: dict[str, str] = {
-    "STATEK_PROMPT_FILES_DIR": "prompts are Python values of the agent: load the file in your agents module",
     "STATEK_LOGS_PATH": "services log to stderr; set STATEK_LOG_FORMAT=json and follow `statek-bus jobs watch`",
-    "STATEK_EXAMPLES_DIR": "not supported yet by statek-bus",
-    "STATEK_DOCUMENTS_DIR": "not supported yet by statek-bus",
     "STATEK_LIMIT_EXTENSION_PER_COMPLETION": "not supported yet by statek-bus",
     "STATEK_CHAT_STYLE": "set CHAT_STYLE in the agent's metadata",
     "STATEK_EXAMPLES_STYLE": "not supported yet by statek-bus",
@@ -216,7 +222,6 @@ REFUSED_STATEK_VARIABLES: dict[str, str] = {
     "STATEK_DEFAULT_DIFFICULTY": "not supported yet by statek-bus",
     "STATEK_MODEL_INFO_DIR": "the provider's models come from litellm's map or STATEK_LLM_PRICE_TABLE",
     "STATEK_PROVIDER_CONFIG": _PROVIDER_VARS,
-    "STATEK_WARMUP_DEFS_DIR": "warmup code is a Python value of the agent (warmup=...)",
     "DEFAULT_LLM_API_PROVIDER": "name the model with its provider prefix (openrouter/..., openai/...)",
 }
 """STATEK 1.4.2 variables refused at start, each with what to use instead (STATEK's others are honoured)."""

@@ -27,6 +27,7 @@ import msgspec
 
 from statek_bus.authoring.agents import Agent, WarmupBlock
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.knowledge import KnowledgeView
 from statek_bus.authoring.postprocess import (
     LLMStep,
     ProcessedStep,
@@ -154,6 +155,11 @@ class StepEngine:
         style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
         if step == 0 and not record.engine:
             state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
+        view = ctx.extras.get("knowledge")
+        if isinstance(view, KnowledgeView):  # the step's one knowledge version, donors at its difficulty
+            agent = view.at(agent, state.difficulty)
+            state.knowledge = view.version
+        ctx.extras["library"] = dict(state.library)
         blocks = agent.warmup_blocks()
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
@@ -179,6 +185,7 @@ class StepEngine:
                 result = await self._execute(
                     ctx, agent, state, record, units, trusted=bool(block and block.hidden)
                 )
+                state.library = dict(ctx.extras.get("library") or {})
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:
@@ -193,9 +200,10 @@ class StepEngine:
                 state.held = []
                 for name, value in ctx.error_handlers:
                     state.error_handlers.append({"tool": name, "context": _context_json(value)})
-                if ctx.difficulty_changed:  # panic(): a harder model and the budget used so far again
-                    state.difficulty = ctx.difficulty
-                    state.token_extension += state.tokens
+                if ctx.difficulty_changed:  # panic() or a harder example: a harder model, more budget
+                    _raise_difficulty(state, ctx.difficulty, step)
+                    if isinstance(view, KnowledgeView):
+                        agent = view.at(agent, state.difficulty)
                 if failed is not None and block is not None:
                     return finish(error_exit(f"warmup failed: {failed}"), f"warmup failed: {failed}")
                 if result.exited:
@@ -450,6 +458,8 @@ class StepEngine:
             k: v for k, v in agent.metadata.items() if isinstance(v, str | int | float | bool | list | dict)
         }
         meta["DIFFICULTY"] = state.difficulty
+        if state.knowledge:
+            meta["KNOWLEDGE"] = state.knowledge
         temperature = agent.metadata.get("TEMPERATURE")
         request = CompleteRequest(
             model=agent.model or "",
@@ -488,6 +498,22 @@ class StepEngine:
         store_state(new, state)
         dialog = [i.dialog for i in state.log[trace.log_from :] if i.dialog]
         return StepOutcome(record=new, consumed=consumed, dialog=dialog, state=state)
+
+
+def _raise_difficulty(state: EngineState, difficulty: str, step: int) -> None:
+    """Record a difficulty change (STATEK's ``DifficultyChangeLogItem``) and extend the token limit
+    by the tokens used so far, as STATEK does."""
+    previous = state.difficulty
+    state.difficulty = difficulty
+    state.token_extension += state.tokens
+    state.log.append(
+        LogItem(
+            kind="difficulty",
+            step=step,
+            text=f"{previous} -> {difficulty} at {state.tokens} tokens (limit +{state.tokens})",
+            executed=True,
+        )
+    )
 
 
 def _context_json(value: Any) -> Any:

@@ -105,6 +105,10 @@ class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """This job's own sub-task completion, once reported."""
     child_usage: dict[str, list[float]] = {}
     """Per child: the usage totals already summed into this job's usage (keeps reports idempotent)."""
+    library: dict[str, Any] = {}
+    """What the knowledge tools remember (``last_example_id``, ``last_topic_id``)."""
+    knowledge: str = ""
+    """The knowledge version the last step ran with (:mod:`statek_bus.runtime.knowledge`)."""
 
 
 def load_state(record: JobRecord) -> EngineState:

@@ -45,6 +45,7 @@ from nats.js import JetStreamContext
 
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.authoring.futures import StepRuntime
+from statek_bus.authoring.knowledge import KnowledgeView
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
@@ -56,6 +57,7 @@ from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
 from statek_bus.runtime.engine import StepEngine
 from statek_bus.runtime.engine_state import EngineState, load_state, step_events
 from statek_bus.runtime.handler_step import run_handler_step
+from statek_bus.runtime.knowledge import KnowledgeWatcher
 from statek_bus.runtime.loading import load_agents
 from statek_bus.runtime.merge import Rebase
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
@@ -213,11 +215,17 @@ class Executor:
         self._recent: dict[str, tuple[JobRecord, int, float]] = {}
         self._recent_max = 4 * settings.max_concurrency
         self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any]] = {}
+        self.knowledge: KnowledgeWatcher | None = None
+        """The knowledge version steps run with (prompt files, warmups, examples, documents)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> Executor:
         install_stdout_capture()
         self.store = await JobStore.open(self.js)
+        watcher = KnowledgeWatcher(
+            self.js, self.settings, self.agents, uuid.uuid4().hex[:16], on_change=lambda _: self.register_agents()
+        )
+        self.knowledge = await watcher.__aenter__()
         await self.register_agents()
         self._deliver = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._deliver, cb=self._on_msg)
@@ -259,6 +267,9 @@ class Executor:
                 await self._sub.unsubscribe()
             self._sub = None
         await self.runner.aclose()
+        if self.knowledge is not None:
+            await self.knowledge.__aexit__(None, None, None)
+            self.knowledge = None
 
     def _stopped(self) -> bool:
         return self._stopping.is_set() or (self._external_stop is not None and self._external_stop.is_set())
@@ -267,7 +278,8 @@ class Executor:
         """Put every served agent's description in ``statek_agents`` (key: token(role))."""
         kv = await self.js.key_value(AGENTS_BUCKET)
         now = utcnow()
-        for agent in self.agents.values():
+        served = self.knowledge.view.agents if self.knowledge is not None else self.agents
+        for agent in served.values():
             desc = agent.description()
             desc.updated_at = now
             await kv.put(token(agent.role), encode(desc))
@@ -302,6 +314,7 @@ class Executor:
             max_concurrency=self.settings.max_concurrency,
             agents=sorted(self.agents),
             sandbox=runner_layers(self.runner),
+            knowledge=self.knowledge.view.version if self.knowledge is not None else "",
         )
 
     async def status_handler(self, _: Empty) -> ExecutorStatus:
@@ -442,13 +455,14 @@ class Executor:
             await self._stale(record, work)
             await msg.ack()
             return
-        agent = self.agents.get(record.agent)
+        view = self.knowledge.view if self.knowledge is not None else None  # one version for the step
+        agent = (view.agents if view is not None else self.agents).get(record.agent)
         if agent is None:
             await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
             await msg.ack()
             return
         started = time.perf_counter()
-        outcome = await self._run_step(record, agent)
+        outcome = await self._run_step(record, agent, view)
         committed = await self._commit(record, rev, outcome)
         metrics.STEP_SECONDS.labels(agent=record.agent).observe(time.perf_counter() - started)
         metrics.STEPS.labels(agent=record.agent, outcome=_outcome(committed)).inc()
@@ -475,7 +489,7 @@ class Executor:
             except Exception:
                 log.warning("job %s: send_message failed", record.id, exc_info=True)
 
-    async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
+    async def _run_step(self, record: JobRecord, agent: AnyAgent, view: KnowledgeView | None = None) -> StepOutcome:
         if isinstance(agent, HandlerAgent):
             return await run_handler_step(record, agent, self.nc, self.settings)
         assert self.store is not None
@@ -488,7 +502,7 @@ class Executor:
             params=record.params,
             namespace={},
             loop=loop,
-            extras={"locale": record.locale, "env": env},
+            extras={"locale": record.locale, "env": env, "knowledge": view},
         )
         return await self.engine.run(record, agent, ctx)
 

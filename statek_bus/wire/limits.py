@@ -19,7 +19,16 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 
 from __future__ import annotations
 
-__all__ = ["MAX_ERROR_FIELD", "MAX_ERROR_MESSAGE", "MAX_ERROR_TEXT", "MAX_JSON_DEPTH", "MAX_NAME_LENGTH"]
+__all__ = [
+    "MAX_ERROR_FIELD",
+    "MAX_ERROR_MESSAGE",
+    "MAX_ERROR_TEXT",
+    "MAX_JSON_DEPTH",
+    "MAX_KNOWLEDGE_BYTES",
+    "MAX_KNOWLEDGE_FILES",
+    "MAX_KNOWLEDGE_FILE_BYTES",
+    "MAX_NAME_LENGTH",
+]
 
 MAX_NAME_LENGTH = 256
 """Most characters in any id or name of a request (job, batch, parent, state, task, agent, model)."""
@@ -31,3 +40,10 @@ MAX_ERROR_MESSAGE = 4096
 """Most characters of the ``message`` of an error's JSON body (it may list, say, the known agents)."""
 MAX_ERROR_FIELD = 200
 """Most characters of the JSON path an error's ``field`` names."""
+MAX_KNOWLEDGE_FILE_BYTES = 256 * 1024
+"""Largest prompt file, warmup def, example or document published to ``statek_knowledge`` (one KV value,
+well under the server's 1 MB ``max_payload``)."""
+MAX_KNOWLEDGE_FILES = 2000
+"""Most files in one published knowledge version (its manifest is one KV value too)."""
+MAX_KNOWLEDGE_BYTES = 64 * 1024 * 1024
+"""Most bytes of all the files of one knowledge version (every executor holds them in memory)."""

@@ -29,6 +29,8 @@ __all__ = [
     "JOBS_SUBMIT",
     "JOBS_SUBMIT_BATCH",
     "JOB_LOG_STREAM",
+    "KNOWLEDGE_BUCKET",
+    "KNOWLEDGE_MANIFEST_KEY",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
@@ -56,6 +58,8 @@ __all__ = [
     "batch_job_ids",
     "job_events_subject",
     "job_key",
+    "knowledge_file_key",
+    "knowledge_served_key",
     "token",
     "untoken",
     "work_run_subject",
@@ -105,6 +109,10 @@ JOBS_BUCKET = "statek_jobs"
 AGENTS_BUCKET = "statek_agents"
 STATES_BUCKET = "statek_states"
 OBJECT_STORE_BUCKET = "statek_blobs"
+KNOWLEDGE_BUCKET = "statek_knowledge"
+"""Prompt files, warmup defs, examples and documents every executor serves (one published version)."""
+KNOWLEDGE_MANIFEST_KEY = "manifest"
+"""``statek_knowledge`` key of the published version: the list of its files (written last)."""
 WORK_STREAM = "statek_work"
 """WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
 WORK_CONSUMER = "statek_executors"
@@ -174,6 +182,16 @@ def batch_job_ids(batch_id: str, count: int) -> list[str]:
 def job_key(job_id: str) -> str:
     """Key of a job record in :data:`JOBS_BUCKET`."""
     return f"job.{token(job_id)}"
+
+
+def knowledge_file_key(sha256: str) -> str:
+    """``statek_knowledge`` key of one file's content, by its SHA-256 (content-addressed)."""
+    return f"file.{sha256}"
+
+
+def knowledge_served_key(instance: str) -> str:
+    """``statek_knowledge`` key where executor ``instance`` says which version it serves."""
+    return f"served.{token(instance)}"
 
 
 def job_events_subject(job_id: str) -> str:

@@ -1,0 +1,244 @@
+"""The ``statek_knowledge`` bucket: one published version of prompt files, warmups, examples and documents.
+
+Layout (names in :mod:`statek_bus.wire.subjects`):
+
+- ``file.<sha256>``: one file's bytes, content-addressed, so equal files are stored once and a
+  version's files can be written before anyone can see the version;
+- ``manifest``: the :class:`~statek_bus.wire.messages.KnowledgeManifest` naming every file of the
+  version; written last, with a compare-and-set, so a reader sees either the old version or the
+  new one whole, never a mix;
+- ``served.<instance>``: which version each executor has swapped in (or why it refused one).
+
+A publication names the kinds it replaces (``prompts``, ``warmups``, ``examples``,
+``documents``); the other kinds of the current version are kept. Files no version references any
+more are deleted after the new manifest is in. The bytes here are raw: what they mean is
+:mod:`statek_bus.authoring.knowledge`'s business (this room sits below it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import get_args
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from statek_bus.jobs.store import utcnow
+from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
+from statek_bus.wire.limits import MAX_KNOWLEDGE_BYTES, MAX_KNOWLEDGE_FILE_BYTES, MAX_KNOWLEDGE_FILES
+from statek_bus.wire.messages import (
+    KnowledgeFile,
+    KnowledgeKind,
+    KnowledgeManifest,
+    KnowledgeServed,
+    decode,
+    encode,
+)
+from statek_bus.wire.subjects import (
+    KNOWLEDGE_BUCKET,
+    KNOWLEDGE_MANIFEST_KEY,
+    knowledge_file_key,
+    knowledge_served_key,
+)
+
+__all__ = ["KINDS", "KnowledgeStore", "RawFile", "read_directory", "version_of"]
+
+KINDS: tuple[KnowledgeKind, ...] = get_args(KnowledgeKind)
+"""Every kind, in manifest order."""
+_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "prompts": (".md",),
+    "warmups": (".py",),
+    "examples": (".md",),
+    "documents": (".txt", ".md"),
+}
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One file to publish, or one file of a version read back."""
+
+    kind: KnowledgeKind
+    """Its kind."""
+    path: str
+    """Its ``/``-separated path inside the kind's directory."""
+    data: bytes
+    """Its bytes."""
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the bytes (hex)."""
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def _too_large(what: str, size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{what} is {size} bytes, over the {limit}-byte limit", details={"limit": limit}
+    )
+
+
+def read_directory(kind: KnowledgeKind, root: str | Path) -> list[RawFile]:
+    """The files of ``kind`` under ``root``: ``prompts/<role>.md`` and ``warmups/<role>.py`` at the top,
+    ``examples/<role>/**/*.md`` and ``documents/**/*.{txt,md}`` at any depth.
+
+    Raises:
+        BadRequestError: ``root`` is not a directory.
+        PayloadTooLargeError: a file over :data:`MAX_KNOWLEDGE_FILE_BYTES` (named), or too many files.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise BadRequestError(
+            f"{kind} directory {str(base)!r} does not exist or is not a directory", field=kind
+        )
+    suffixes = _SUFFIXES[kind]
+    flat = kind in ("prompts", "warmups")
+    found = sorted(p for p in (base.glob("*") if flat else base.rglob("*")) if p.suffix in suffixes)
+    if kind == "examples":
+        found = [p for p in found if len(p.relative_to(base).parts) >= 2]  # <role>/.../<name>.md
+    out: list[RawFile] = []
+    for p in found:
+        if not p.is_file():
+            continue
+        rel = p.relative_to(base).as_posix()
+        size = p.stat().st_size
+        if size > MAX_KNOWLEDGE_FILE_BYTES:
+            raise _too_large(f"{kind}/{rel}", size, MAX_KNOWLEDGE_FILE_BYTES)
+        out.append(RawFile(kind, rel, p.read_bytes()))
+        if len(out) > MAX_KNOWLEDGE_FILES:
+            raise PayloadTooLargeError(
+                f"{kind} directory {str(base)!r} holds over {MAX_KNOWLEDGE_FILES} files"
+            )
+    return out
+
+
+def version_of(files: Iterable[KnowledgeFile]) -> str:
+    """The content hash of a version: equal files give equal versions, on every machine."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: (f.kind, f.path)):
+        h.update(f"{f.kind}\0{f.path}\0{f.sha256}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class KnowledgeStore:
+    """The ``statek_knowledge`` bucket (see the module docstring)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> KnowledgeStore:
+        """The store over the provisioned bucket."""
+        return cls(await js.key_value(KNOWLEDGE_BUCKET))
+
+    async def manifest(self) -> tuple[KnowledgeManifest | None, int]:
+        """The published manifest and its revision (``None, 0``: nothing published yet)."""
+        try:
+            entry = await self.kv.get(KNOWLEDGE_MANIFEST_KEY)
+        except (KeyNotFoundError, NotFoundError):
+            return None, 0
+        if not entry.value:
+            return None, entry.revision or 0
+        return decode(entry.value, KnowledgeManifest), entry.revision or 0
+
+    async def files(self, manifest: KnowledgeManifest) -> list[RawFile]:
+        """The bytes of every file of ``manifest``; ``KeyError`` if one is gone (a newer version replaced it)."""
+        out = []
+        for f in manifest.files:
+            try:
+                entry = await self.kv.get(knowledge_file_key(f.sha256))
+            except (KeyNotFoundError, NotFoundError):
+                raise KeyError(f"{f.kind}/{f.path}") from None
+            out.append(RawFile(f.kind, f.path, entry.value or b""))
+        return out
+
+    async def publish(
+        self, files: Iterable[RawFile], kinds: Iterable[KnowledgeKind], *, source: str, attempts: int = 10
+    ) -> KnowledgeManifest:
+        """Make ``files`` the published files of ``kinds`` (other kinds are kept); returns the new manifest.
+
+        Publishing what is already published changes nothing (same version, no write).
+
+        Raises:
+            PayloadTooLargeError: a file, the file count or the total size over its limit.
+        """
+        new = list(files)
+        replaced = set(kinds) | {f.kind for f in new}
+        for f in new:
+            if len(f.data) > MAX_KNOWLEDGE_FILE_BYTES:
+                raise _too_large(f"{f.kind}/{f.path}", len(f.data), MAX_KNOWLEDGE_FILE_BYTES)
+        for f in {f.sha256: f for f in new}.values():
+            await self.kv.put(knowledge_file_key(f.sha256), f.data)
+        for _ in range(attempts):
+            current, revision = await self.manifest()
+            kept = [f for f in (current.files if current else []) if f.kind not in replaced]
+            entries = kept + [
+                KnowledgeFile(kind=f.kind, path=f.path, sha256=f.sha256, size=len(f.data)) for f in new
+            ]
+            entries.sort(key=lambda f: (KINDS.index(f.kind), f.path))
+            if len(entries) > MAX_KNOWLEDGE_FILES:
+                raise PayloadTooLargeError(f"a knowledge version holds at most {MAX_KNOWLEDGE_FILES} files")
+            total = sum(f.size for f in entries)
+            if total > MAX_KNOWLEDGE_BYTES:
+                raise _too_large("the knowledge version", total, MAX_KNOWLEDGE_BYTES)
+            version = version_of(entries)
+            if current is not None and current.version == version:
+                return current
+            manifest = KnowledgeManifest(version=version, files=entries, published_at=utcnow(), source=source)
+            try:
+                await self.kv.update(KNOWLEDGE_MANIFEST_KEY, encode(manifest), last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # another publisher got there first: merge onto its version
+            await self._collect(current, manifest)
+            return manifest
+        raise RuntimeError("the knowledge manifest kept changing while publishing; try again")
+
+    async def _collect(self, old: KnowledgeManifest | None, new: KnowledgeManifest) -> None:
+        """Delete the files only ``old`` referenced (an executor reading ``old`` then reads ``new``)."""
+        if old is None:
+            return
+        keep = {f.sha256 for f in new.files}
+        for sha in {f.sha256 for f in old.files} - keep:
+            with contextlib.suppress(KeyNotFoundError, NotFoundError):
+                await self.kv.delete(knowledge_file_key(sha))
+
+    async def watch_manifest(self) -> AsyncIterator[tuple[KnowledgeManifest | None, int]]:
+        """Each published manifest, from the current one on, as it is written."""
+        watcher = await self.kv.watch(KNOWLEDGE_MANIFEST_KEY)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # the end of the initial value
+                if entry.value:
+                    yield decode(entry.value, KnowledgeManifest), entry.revision or 0
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def mark_served(self, served: KnowledgeServed) -> None:
+        """Record which version an executor serves."""
+        await self.kv.put(knowledge_served_key(served.instance), encode(served))
+
+    async def unmark_served(self, instance: str) -> None:
+        """An executor stopped: it serves nothing any more."""
+        with contextlib.suppress(KeyNotFoundError, NotFoundError):
+            await self.kv.delete(knowledge_served_key(instance))
+
+    async def served(self) -> Mapping[str, KnowledgeServed]:
+        """What each running executor serves, by instance."""
+        out: dict[str, KnowledgeServed] = {}
+        try:
+            keys = await self.kv.keys(filters=["served.>"])
+        except NotFoundError:
+            return out
+        for key in keys:
+            try:
+                entry = await self.kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            if entry.value:
+                s = decode(entry.value, KnowledgeServed)
+                out[s.instance] = s
+        return out

@@ -24,7 +24,7 @@ from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.knowledge import KINDS, KnowledgeStore, read_directory, version_of
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.messages import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed, decode
-from statek_bus.wire.subjects import knowledge_served_key
+from statek_bus.wire.subjects import KNOWLEDGE_SERVED_KEYS, knowledge_served_key
 
 __all__ = ["register", "wait_served"]
 
@@ -99,7 +99,7 @@ def _publish(args: argparse.Namespace) -> int:
 async def wait_served(store: KnowledgeStore, version: str, timeout: float) -> dict[str, KnowledgeServed]:
     """What each running executor serves, once all serve ``version`` or refused it (or at ``timeout``)."""
     served = {knowledge_served_key(s.instance): s for s in (await store.served()).values()}
-    watcher = await store.kv.watch("served.*")
+    watcher = await store.kv.watch(KNOWLEDGE_SERVED_KEYS)
 
     def settled() -> bool:
         return all(s.version == version or s.error for s in served.values())

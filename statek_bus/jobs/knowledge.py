@@ -45,6 +45,9 @@ from statek_bus.wire.subjects import (
     knowledge_file_key,
     knowledge_served_key,
 )
+from statek_bus.wire.subjects import (
+    KNOWLEDGE_SERVED_KEYS as SERVED_KEYS,
+)
 
 __all__ = ["KINDS", "KnowledgeStore", "RawFile", "read_directory", "version_of"]
 
@@ -229,16 +232,14 @@ class KnowledgeStore:
     async def served(self) -> Mapping[str, KnowledgeServed]:
         """What each running executor serves, by instance."""
         out: dict[str, KnowledgeServed] = {}
+        watcher = await self.kv.watch(SERVED_KEYS)
         try:
-            keys = await self.kv.keys(filters=["served.>"])
-        except NotFoundError:
-            return out
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-            except (KeyNotFoundError, NotFoundError):
-                continue
-            if entry.value:
-                s = decode(entry.value, KnowledgeServed)
-                out[s.instance] = s
+            async for entry in watcher:  # the current values, then None
+                if entry is None:
+                    break
+                if entry.value:
+                    s = decode(entry.value, KnowledgeServed)
+                    out[s.instance] = s
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return out

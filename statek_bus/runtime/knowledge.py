@@ -29,12 +29,20 @@ from statek_bus.authoring.agents import AnyAgent
 from statek_bus.authoring.knowledge import Knowledge, KnowledgeView, build_knowledge
 from statek_bus.jobs.knowledge import KnowledgeStore, RawFile, read_directory, version_of
 from statek_bus.jobs.store import utcnow
-from statek_bus.mesh.settings import Settings
+from statek_bus.mesh.settings import Settings, SettingsError
 from statek_bus.wire.messages import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
 
 __all__ = ["KnowledgeWatcher", "setting_dirs"]
 
 log = logging.getLogger(__name__)
+
+
+_SETTING_NAMES: dict[KnowledgeKind, str] = {
+    "prompts": "STATEK_PROMPT_FILES_DIR",
+    "warmups": "STATEK_WARMUP_DEFS_DIR",
+    "examples": "STATEK_EXAMPLES_DIR",
+    "documents": "STATEK_DOCUMENTS_DIR",
+}
 
 
 def setting_dirs(settings: Settings) -> dict[KnowledgeKind, str]:
@@ -90,8 +98,9 @@ class KnowledgeWatcher:
         if manifest is not None:
             view = await self._load(manifest)
             if isinstance(view, str):
-                raise ValueError(
-                    f"the published knowledge version {manifest.version} cannot be served: {view}"
+                raise SettingsError(
+                    f"the published knowledge version {manifest.version} cannot be served by this "
+                    f"executor: {view} (publish a fixed version with `statek-bus knowledge publish`)"
                 )
             self.view = view
         await self._mark(self.view.version)
@@ -117,9 +126,11 @@ class KnowledgeWatcher:
             others = KnowledgeManifest(version="", files=[f for f in current.files if f.kind not in dirs])
             kept = await self.store.files(others)
         merged = kept + files
-        KnowledgeView(
-            build_knowledge(version_of(_entries(merged)), merged), self.base
-        )  # raises naming the file
+        try:
+            KnowledgeView(build_knowledge(version_of(_entries(merged)), merged), self.base)
+        except ValueError as exc:  # one line naming the setting, the file and the line
+            names = ", ".join(_SETTING_NAMES[k] for k in dirs)
+            raise SettingsError(f"{names}: {exc}") from None
         published = await self.store.publish(
             files, list(dirs), source=f"executor {self.instance} (STATEK_*_DIR)"
         )

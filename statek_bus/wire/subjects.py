@@ -31,6 +31,7 @@ __all__ = [
     "JOB_LOG_STREAM",
     "KNOWLEDGE_BUCKET",
     "KNOWLEDGE_MANIFEST_KEY",
+    "KNOWLEDGE_SERVED_KEYS",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
@@ -113,6 +114,8 @@ KNOWLEDGE_BUCKET = "statek_knowledge"
 """Prompt files, warmup defs, examples and documents every executor serves (one published version)."""
 KNOWLEDGE_MANIFEST_KEY = "manifest"
 """``statek_knowledge`` key of the published version: the list of its files (written last)."""
+KNOWLEDGE_SERVED_KEYS = "served.*"
+"""``statek_knowledge`` keys ``served.<instance>``: what each executor serves (:func:`knowledge_served_key`)."""
 WORK_STREAM = "statek_work"
 """WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
 WORK_CONSUMER = "statek_executors"

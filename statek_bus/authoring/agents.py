@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from statek_bus.authoring.library import LIBRARY_TOOLS
+from statek_bus.authoring.library import LIBRARY_TOOLS, example_names
 from statek_bus.authoring.prompts import fill_placeholders, render_prompt
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
@@ -285,6 +285,10 @@ class Agent:
     def warmup_blocks(self) -> list[WarmupBlock]:
         """Warmup blocks run before the first LLM call (none for a plain agent)."""
         return []
+
+    def get_examples(self) -> list[str]:
+        """Names of this agent's examples (``examples/<role>/``) in the knowledge version being served."""
+        return example_names(self.role)
 
     def derived(
         self,

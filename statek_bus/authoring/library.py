@@ -27,10 +27,12 @@ if TYPE_CHECKING:  # the agents module imports these tools, and knowledge import
 __all__ = [
     "LIBRARY_TOOLS",
     "Library",
+    "example_names",
     "find_entry",
     "format_example",
     "list_of_documents",
     "list_of_examples",
+    "serve_library",
     "show_document",
     "show_example",
 ]
@@ -43,7 +45,10 @@ _FUZZY = 0.9
 class Library(Protocol):
     """What the tools read: a :class:`~statek_bus.authoring.knowledge.KnowledgeView`."""
 
-    agents: Mapping[str, Any]
+    @property
+    def agents(self) -> Mapping[str, Any]:
+        """The served agents, by role."""
+        ...
 
     def examples(self, role: str, difficulty: str) -> list[Example]:
         """The examples a job of ``role`` sees at ``difficulty``."""
@@ -52,6 +57,26 @@ class Library(Protocol):
     def documents(self, role: str) -> list[Document]:
         """The documents ``role`` may read."""
         ...
+
+
+_served: list[Library] = []
+"""The version this process's executor serves now (set by :func:`serve_library`)."""
+
+
+def serve_library(view: Library) -> None:
+    """Make ``view`` the version :func:`example_names` reads outside a step (the executor calls it)."""
+    _served[:] = [view]
+
+
+def example_names(role: str) -> list[str]:
+    """Names of ``role``'s own examples: in the step's knowledge version inside a step, else in the
+    version this process serves; ``[]`` in a process that serves none (a client)."""
+    try:
+        view = _view(current_job())
+    except RuntimeError:
+        view = None
+    view = view or (_served[0] if _served else None)
+    return [e.name for e in view.examples(role, "L") if e.role == role] if view else []
 
 
 def _view(ctx: JobContext) -> Library | None:

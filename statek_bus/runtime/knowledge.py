@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 
 from statek_bus.authoring.agents import AnyAgent
 from statek_bus.authoring.knowledge import Knowledge, KnowledgeView, build_knowledge
+from statek_bus.authoring.library import serve_library
 from statek_bus.jobs.knowledge import KnowledgeStore, RawFile, read_directory, version_of
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings, SettingsError
@@ -103,6 +104,7 @@ class KnowledgeWatcher:
                     f"executor: {view} (publish a fixed version with `statek-bus knowledge publish`)"
                 )
             self.view = view
+        serve_library(self.view)
         await self._mark(self.view.version)
         self._task = asyncio.create_task(self._watch(), name="statek-knowledge-watch")
         return self
@@ -161,6 +163,7 @@ class KnowledgeWatcher:
                         await self._mark(self.view.version, f"version {manifest.version} refused: {view}")
                         continue
                     self.view = view  # one assignment: a running step keeps the view it read
+                    serve_library(view)
                     log.info("serving knowledge version %s", view.version)
                     if self.on_change is not None:
                         result = self.on_change(view)

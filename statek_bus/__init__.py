@@ -8,6 +8,7 @@ from __future__ import annotations
 from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
 from statek_bus.authoring.futures import temporal
 from statek_bus.authoring.postprocess import FinalCheck, LLMStep, PostProcessor, post_processor
+from statek_bus.authoring.prompts import PromptStyle
 from statek_bus.authoring.tools import current_job, exit_job, tool
 from statek_bus.authoring.waiting import subtask
 from statek_bus.client.core import AsyncStatekClient, StatekClient
@@ -39,6 +40,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PostProcessor",
+    "PromptStyle",
     "ServiceUnavailableError",
     "Settings",
     "State",

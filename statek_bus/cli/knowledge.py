@@ -23,7 +23,8 @@ from statek_bus.cli.output import EXIT_ERROR, EXIT_OK, UsageError, print_json, t
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.knowledge import KINDS, KnowledgeStore, read_directory, version_of
 from statek_bus.mesh.settings import Settings
-from statek_bus.wire.messages import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed, decode
+from statek_bus.wire.knowledge import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
+from statek_bus.wire.messages import decode
 from statek_bus.wire.subjects import KNOWLEDGE_SERVED_KEYS, knowledge_served_key
 
 __all__ = ["register", "wait_served"]

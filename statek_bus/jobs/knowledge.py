@@ -30,23 +30,15 @@ from nats.js.kv import KeyValue
 
 from statek_bus.jobs.store import utcnow
 from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
+from statek_bus.wire.knowledge import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
 from statek_bus.wire.limits import MAX_KNOWLEDGE_BYTES, MAX_KNOWLEDGE_FILE_BYTES, MAX_KNOWLEDGE_FILES
-from statek_bus.wire.messages import (
-    KnowledgeFile,
-    KnowledgeKind,
-    KnowledgeManifest,
-    KnowledgeServed,
-    decode,
-    encode,
-)
+from statek_bus.wire.messages import decode, encode
 from statek_bus.wire.subjects import (
     KNOWLEDGE_BUCKET,
     KNOWLEDGE_MANIFEST_KEY,
+    KNOWLEDGE_SERVED_KEYS,
     knowledge_file_key,
     knowledge_served_key,
-)
-from statek_bus.wire.subjects import (
-    KNOWLEDGE_SERVED_KEYS as SERVED_KEYS,
 )
 
 __all__ = ["KINDS", "KnowledgeStore", "RawFile", "read_directory", "version_of"]
@@ -232,7 +224,7 @@ class KnowledgeStore:
     async def served(self) -> Mapping[str, KnowledgeServed]:
         """What each running executor serves, by instance."""
         out: dict[str, KnowledgeServed] = {}
-        watcher = await self.kv.watch(SERVED_KEYS)
+        watcher = await self.kv.watch(KNOWLEDGE_SERVED_KEYS)
         try:
             async for entry in watcher:  # the current values, then None
                 if entry is None:

@@ -31,7 +31,7 @@ from statek_bus.authoring.library import serve_library
 from statek_bus.jobs.knowledge import KnowledgeStore, RawFile, read_directory, version_of
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings, SettingsError
-from statek_bus.wire.messages import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
+from statek_bus.wire.knowledge import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
 
 __all__ = ["KnowledgeWatcher", "setting_dirs"]
 

@@ -38,10 +38,6 @@ __all__ = [
     "JobSendMessageRequest",
     "JobSendNotificationRequest",
     "JobStatus",
-    "KnowledgeFile",
-    "KnowledgeKind",
-    "KnowledgeManifest",
-    "KnowledgeServed",
     "LLMUsage",
     "ModelInfo",
     "ModelsReply",
@@ -730,49 +726,6 @@ class ExecutorStatus(_Record, kw_only=True):
     """Isolation of model code: layer → ``on`` or why it is off (``process`` off: in-process runner)."""
     knowledge: str = ""
     """The knowledge version (prompt files, warmups, examples, documents) this replica serves; ``""``: none."""
-
-
-KnowledgeKind = Literal["prompts", "warmups", "examples", "documents"]
-"""What a knowledge file is: a prompt file, a warmup def, an example or a document."""
-
-
-class KnowledgeFile(_Record, kw_only=True):
-    """One file of a published knowledge version."""
-
-    kind: KnowledgeKind
-    """Its kind (the directory it was published from)."""
-    path: str
-    """Its path inside that directory, ``/``-separated (``triage.md``, ``triage/refunds/one.md``)."""
-    sha256: str
-    """SHA-256 of its bytes (hex); the content is the key ``file.<sha256>`` of ``statek_knowledge``."""
-    size: int
-    """Its size in bytes."""
-
-
-class KnowledgeManifest(_Record, kw_only=True):
-    """Key ``manifest`` of ``statek_knowledge``: the version every executor serves."""
-
-    version: str
-    """Content hash of the whole version (the first 16 hex digits of a SHA-256 over its files)."""
-    files: list[KnowledgeFile] = []
-    """Its files, sorted by kind and path."""
-    published_at: datetime | None = None
-    """When it was published (UTC)."""
-    source: str = ""
-    """Who published it (``statek-bus knowledge publish``, or an executor from its STATEK_*_DIR settings)."""
-
-
-class KnowledgeServed(_Record, kw_only=True):
-    """Key ``served.<instance>`` of ``statek_knowledge``: the version one executor has swapped in."""
-
-    instance: str
-    """The executor's id."""
-    version: str
-    """The knowledge version it serves from its next step on."""
-    at: datetime
-    """When it swapped it in (UTC)."""
-    error: str = ""
-    """Why it refused the newest published version (it keeps serving ``version``); ``""``: none."""
 
 
 # ==================================================================================================

@@ -17,17 +17,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client
+
 from statek_bus.authoring.knowledge import build_knowledge
 from statek_bus.cli import run_async
 from statek_bus.cli.output import EXIT_ERROR, EXIT_OK, UsageError, print_json, table
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.knowledge import KINDS, KnowledgeStore, read_directory, version_of
+from statek_bus.mesh.discovery import ping
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.knowledge import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
 from statek_bus.wire.messages import decode
-from statek_bus.wire.subjects import KNOWLEDGE_SERVED_KEYS, knowledge_served_key
+from statek_bus.wire.subjects import KNOWLEDGE_SERVED_KEYS, SERVICE_EXECUTOR, knowledge_served_key
 
-__all__ = ["register", "wait_served"]
+__all__ = ["live_executors", "register", "wait_served"]
 
 
 def register(sub: Any) -> None:
@@ -87,31 +90,48 @@ def _publish(args: argparse.Namespace) -> int:
         manifest = await store.publish(files, list(dirs), source="statek-bus knowledge publish")
         print(f"published knowledge version {manifest.version} ({len(manifest.files)} files)")
         if args.wait > 0:
-            served = await wait_served(store, manifest.version, args.wait)
-            refused = [s for s in served.values() if s.version != manifest.version]
+            live = await live_executors(await client.connection())
+            served = await wait_served(store, manifest.version, args.wait, live)
             for s in served.values():
                 print(f"executor {s.instance}: {s.version}" + (f" ({s.error})" if s.error else ""))
-            return EXIT_ERROR if refused else EXIT_OK
+            behind = len(live) - sum(s.version == manifest.version for s in served.values())
+            if behind:
+                print(f"statek-bus: {behind} of {len(live)} executors do not serve it", file=sys.stderr)
+            return EXIT_ERROR if behind else EXIT_OK
         return EXIT_OK
 
     return _run(args, go)
 
 
-async def wait_served(store: KnowledgeStore, version: str, timeout: float) -> dict[str, KnowledgeServed]:
-    """What each running executor serves, once all serve ``version`` or refused it (or at ``timeout``)."""
-    served = {knowledge_served_key(s.instance): s for s in (await store.served()).values()}
+async def live_executors(nc: Client) -> set[str]:
+    """The ``served.<instance>`` ids of the executors answering ``$SRV.PING`` now."""
+    replies = await ping(nc, SERVICE_EXECUTOR, wait=0.5)
+    return {str((r.get("metadata") or {}).get("knowledge_id")) for r in replies} - {"", "None"}
+
+
+async def wait_served(
+    store: KnowledgeStore, version: str, timeout: float, live: set[str]
+) -> dict[str, KnowledgeServed]:
+    """What each live executor serves, once all serve ``version`` or refused it (or at ``timeout``).
+
+    Args:
+        store: the knowledge bucket.
+        version: the version published.
+        timeout: seconds to wait at most.
+        live: the executors to wait for (:func:`live_executors`); a killed one left its entry behind.
+    """
+    keys = {knowledge_served_key(i) for i in live}
+    served: dict[str, KnowledgeServed] = {}
     watcher = await store.kv.watch(KNOWLEDGE_SERVED_KEYS)
 
     def settled() -> bool:
-        return all(s.version == version or s.error for s in served.values())
+        return len(served) == len(keys) and all(s.version == version or s.error for s in served.values())
 
     try:
         async with asyncio.timeout(timeout):
             async for entry in watcher:
-                if entry is not None and entry.value:
+                if entry is not None and entry.key in keys and entry.value:
                     served[entry.key] = decode(entry.value, KnowledgeServed)
-                elif entry is not None:
-                    served.pop(entry.key, None)  # that executor stopped
                 if settled():
                     break
     except TimeoutError:
@@ -126,14 +146,23 @@ def _show(args: argparse.Namespace) -> int:
         store = await KnowledgeStore.open(await client.jetstream())
         manifest, _ = await store.manifest()
         served = await store.served()
+        live = await live_executors(await client.connection())
         if args.json:
-            print_json({"manifest": manifest, "served": list(served.values())})
+            print_json({"manifest": manifest, "served": list(served.values()), "running": sorted(live)})
             return EXIT_OK
         _show_manifest(manifest)
         if served:
             table(
                 ["EXECUTOR", "SERVES", "SINCE", "ERROR"],
-                [(s.instance, s.version, f"{s.at:%Y-%m-%d %H:%M:%S}", s.error) for s in served.values()],
+                [
+                    (
+                        s.instance + ("" if s.instance in live else " (not running)"),
+                        s.version,
+                        f"{s.at:%Y-%m-%d %H:%M:%S}",
+                        s.error,
+                    )
+                    for s in served.values()
+                ],
             )
         return EXIT_OK
 

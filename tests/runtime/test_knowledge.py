@@ -169,7 +169,9 @@ async def test_a_file_without_the_system_prompt_header_stops_the_executor_at_sta
     s, _, _ = bus
     prompts = _tree(tmp_path / "prompts", {"k_prompt.md": "# MODEL: scripted/x\nno header here\n"})
     executor = _executor(s, tmp_path / "executor.log", {"STATEK_PROMPT_FILES_DIR": str(prompts)})
-    with pytest.raises(LauncherError, match=r"STATEK_PROMPT_FILES_DIR: .*prompts/k_prompt\.md: no '# System Prompt'"):
+    with pytest.raises(
+        LauncherError, match=r"STATEK_PROMPT_FILES_DIR: .*prompts/k_prompt\.md: no '# System Prompt'"
+    ):
         await executor.start()
     executor.kill()
 
@@ -239,3 +241,30 @@ async def test_examples_and_documents_update_on_two_running_executors_without_a_
     assert [r.metadata["DIFFICULTY"] for r in requests.seen[before.id]] == ["M", "H", "H"]
     assert {r.metadata["KNOWLEDGE"] for r in requests.seen[before.id]} == {manifest.version}
     assert {r.metadata["KNOWLEDGE"] for r in requests.seen[after.id]} == {manifest2.version}
+
+
+async def test_publishing_a_bad_file_names_it_and_publishes_nothing(
+    bus: tuple[Settings, Client, Requests], tmp_path: Path
+) -> None:
+    s, nc, _ = bus
+    root = _tree(
+        tmp_path / "k", {"examples/k_library/x.md": "# name: X\nprose first\n```python\nx = 1\n```\n"}
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "statek_bus",
+        "knowledge",
+        "--nats-url",
+        s.nats_url,
+        "publish",
+        str(root),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert (
+        "nothing published: " in err.decode()
+        and "examples/k_library/x.md: line 2: text before the first code block" in err.decode()
+    )
+    assert (await (await KnowledgeStore.open(nc.jetstream())).manifest())[0] is None

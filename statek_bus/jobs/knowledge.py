@@ -17,6 +17,7 @@ more are deleted after the new manifest is in. The bytes here are raw: what they
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -45,6 +46,8 @@ __all__ = ["KINDS", "KnowledgeStore", "RawFile", "read_directory", "version_of"]
 
 KINDS: tuple[KnowledgeKind, ...] = get_args(KnowledgeKind)
 """Every kind, in manifest order."""
+_FETCH_BATCH = 64
+"""Files fetched at once when a version is read."""
 _SUFFIXES: dict[str, tuple[str, ...]] = {
     "prompts": (".md",),
     "warmups": (".py",),
@@ -139,15 +142,31 @@ class KnowledgeStore:
             return None, entry.revision or 0
         return decode(entry.value, KnowledgeManifest), entry.revision or 0
 
-    async def files(self, manifest: KnowledgeManifest) -> list[RawFile]:
-        """The bytes of every file of ``manifest``; ``KeyError`` if one is gone (a newer version replaced it)."""
-        out = []
-        for f in manifest.files:
+    async def files(self, manifest: KnowledgeManifest, cache: dict[str, bytes] | None = None) -> list[RawFile]:
+        """The bytes of every file of ``manifest``; ``KeyError`` if one is gone (a newer version replaced it).
+
+        Args:
+            manifest: the version to read.
+            cache: bytes already read, by SHA-256; only the others are fetched (in parallel), and
+                the cache is left holding exactly this version's files.
+        """
+        known = cache if cache is not None else {}
+        missing = sorted({f.sha256 for f in manifest.files} - known.keys())
+
+        async def fetch(sha: str) -> tuple[str, bytes]:
             try:
-                entry = await self.kv.get(knowledge_file_key(f.sha256))
+                entry = await self.kv.get(knowledge_file_key(sha))
             except (KeyNotFoundError, NotFoundError):
-                raise KeyError(f"{f.kind}/{f.path}") from None
-            out.append(RawFile(f.kind, f.path, entry.value or b""))
+                where = next(f"{f.kind}/{f.path}" for f in manifest.files if f.sha256 == sha)
+                raise KeyError(where) from None
+            return sha, entry.value or b""
+
+        for start in range(0, len(missing), _FETCH_BATCH):
+            known.update(await asyncio.gather(*(fetch(sha) for sha in missing[start : start + _FETCH_BATCH])))
+        out = [RawFile(f.kind, f.path, known[f.sha256]) for f in manifest.files]
+        if cache is not None:
+            for sha in set(cache) - {f.sha256 for f in manifest.files}:
+                del cache[sha]
         return out
 
     async def publish(

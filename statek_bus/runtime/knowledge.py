@@ -37,6 +37,9 @@ __all__ = ["KnowledgeWatcher", "setting_dirs"]
 
 log = logging.getLogger(__name__)
 
+_LOAD_ATTEMPTS = 5
+"""Reads of the newest version when publishers keep replacing it while it is read."""
+
 
 _SETTING_NAMES: dict[KnowledgeKind, str] = {
     "prompts": "STATEK_PROMPT_FILES_DIR",
@@ -89,6 +92,7 @@ class KnowledgeWatcher:
         """The version steps run with; replaced whole, never changed in place."""
         self.store: KnowledgeStore | None = None
         self._task: asyncio.Task[None] | None = None
+        self._cache: dict[str, bytes] = {}  # the served version's files, by SHA-256
 
     async def __aenter__(self) -> KnowledgeWatcher:
         self.store = await KnowledgeStore.open(self.js)
@@ -139,16 +143,23 @@ class KnowledgeWatcher:
         log.info("published knowledge version %s from %s", published.version, ", ".join(dirs.values()))
 
     async def _load(self, manifest: KnowledgeManifest) -> KnowledgeView | str:
-        """The view of ``manifest``, or why it cannot be served."""
+        """The view of ``manifest`` (or of a newer one, when a publisher replaced it while it was
+        read), or why it cannot be served."""
         assert self.store is not None
-        try:
-            files = await self.store.files(manifest)
-        except KeyError as exc:
-            return f"file {exc.args[0]} is gone (a newer version replaced it)"
-        try:
-            return KnowledgeView(build_knowledge(manifest.version, files), self.base)
-        except ValueError as exc:
-            return str(exc)
+        for _ in range(_LOAD_ATTEMPTS):
+            try:
+                files = await self.store.files(manifest, self._cache)
+            except KeyError as exc:  # replaced meanwhile: its files are being collected
+                latest, _ = await self.store.manifest()
+                if latest is None or latest.version == manifest.version:
+                    return f"file {exc.args[0]} of version {manifest.version} is missing from the bucket"
+                manifest = latest
+                continue
+            try:
+                return KnowledgeView(build_knowledge(manifest.version, files), self.base)
+            except ValueError as exc:
+                return str(exc)
+        return f"the published version kept changing while it was read ({_LOAD_ATTEMPTS} attempts)"
 
     async def _watch(self) -> None:
         assert self.store is not None

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statek_bus.authoring.agents import Agent, AnyAgent, parse_warmup
-from statek_bus.authoring.prompts import parse_difficulty, parse_levels, parse_sections
+from statek_bus.authoring.postprocess import agent_post_processors
+from statek_bus.authoring.prompts import PromptStyle, parse_difficulty, parse_levels, parse_sections
 from statek_bus.jobs.knowledge import RawFile
 from statek_bus.wire.difficulty import DIFFICULTIES, Difficulty
 
@@ -392,6 +393,16 @@ def build_knowledge(version: str, files: Iterable[RawFile]) -> Knowledge:
     )
 
 
+def _check_metadata(agent: Agent, where: str) -> None:
+    """A prompt file's metadata that the executor reads is checked when the file is applied."""
+    try:
+        PromptStyle.of(agent.metadata.get("PROMPT_STYLE"))
+        parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
+        agent_post_processors(agent)
+    except ValueError as exc:
+        raise KnowledgeError(where, None, str(exc)) from None
+
+
 class KnowledgeView:
     """One knowledge version applied to the served agents (immutable once built: a step holds one).
 
@@ -410,9 +421,14 @@ class KnowledgeView:
         for role, agent in agents.items():
             p, w = knowledge.prompts.get(role), knowledge.warmups.get(role)
             if isinstance(agent, Agent) and (p is not None or w is not None):
-                agent = agent.derived(
-                    prompt=p.system if p else None, metadata=p.metadata if p else None, warmup=w
-                )
+                try:
+                    agent = agent.derived(
+                        prompt=p.system if p else None, metadata=p.metadata if p else None, warmup=w
+                    )
+                except ValueError as exc:
+                    raise KnowledgeError(f"warmups/{role}.py", None, str(exc)) from None
+                if p is not None:
+                    _check_metadata(agent, f"prompts/{role}.md")
             self.agents[role] = agent
         self._groups: dict[str, list[tuple[Difficulty, tuple[str, ...]]]] = {}
         for role, agent in self.agents.items():

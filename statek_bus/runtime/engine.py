@@ -510,7 +510,7 @@ def _raise_difficulty(state: EngineState, difficulty: str, step: int) -> None:
         LogItem(
             kind="difficulty",
             step=step,
-            text=f"{previous} -> {difficulty} at {state.tokens} tokens (limit +{state.tokens})",
+            text=f"Difficulty {previous} -> {difficulty} at {state.tokens} tokens; token limit +{state.tokens}",
             executed=True,
         )
     )

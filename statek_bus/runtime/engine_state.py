@@ -156,7 +156,7 @@ def step_events(record: JobRecord, state: EngineState | None = None) -> list[Job
             ev("chat", role="user", text=item.text)
         elif item.kind == "llm":
             ev("chat", role="assistant", text=item.text or format_value([c.name for c in item.calls]))
-        elif item.kind in ("system", "notification"):
+        elif item.kind in ("system", "notification", "difficulty"):
             ev("chat", role="system", text=item.text)
     if JobStatus.DONE in trace.statuses:
         ev("status", status=JobStatus.DONE, exit_status=record.exit_status)

@@ -262,3 +262,18 @@ def test_get_examples_names_the_agents_own_examples_in_the_served_version(job: J
     helper = job.extras["knowledge"].agents["helper"]
     assert helper.get_examples() == ["Easy one", "Hard one"]
     assert Agent("stranger", "p").get_examples() == []
+
+
+def test_a_prompt_files_metadata_is_checked_when_it_is_applied() -> None:
+    agent = SupervisedAgent("t", "p", [], {"MODEL": "m"})
+    for line, error in [
+        ("# PROMPT_STYLE: fancy", "unknown PROMPT_STYLE 'fancy'"),
+        ("# DEFAULT_DIFFICULTY: extreme", "unknown difficulty 'extreme'"),
+        ("# POST_PROCESSORS: Nope()", "Nope"),
+    ]:
+        files = [RawFile("prompts", "t.md", f"{line}\n# System Prompt\nHi.\n".encode())]
+        with pytest.raises(KnowledgeError, match=rf"^prompts/t\.md: .*{error}"):
+            KnowledgeView(build_knowledge("v", files), {"t": agent})
+    warm = [RawFile("warmups", "plain.py", b"x = 1\n")]
+    with pytest.raises(KnowledgeError, match=r"^warmups/plain\.py: agent 'plain' is not a SupervisedAgent"):
+        KnowledgeView(build_knowledge("v", warm), {"plain": Agent("plain", "p")})

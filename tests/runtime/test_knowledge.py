@@ -139,7 +139,7 @@ async def test_a_prompt_file_section_for_high_difficulty_appears_only_after_pani
     assert at_high == "You are the file prompt.\n<HARD>\nOnly at high difficulty.\n</HARD>"
     assert [r.metadata["DIFFICULTY"] for r in requests.seen[record.id]] == ["M", "H"]
     changes = [i.text for i in chat_log(record) if i.kind == "difficulty"]
-    assert len(changes) == 1 and changes[0].startswith("M -> H")
+    assert len(changes) == 1 and changes[0].startswith("Difficulty M -> H at ")
     agents = await nc.jetstream().key_value("statek_agents")
     assert b"Reads its prompt from a file" in (await agents.get("k_prompt")).value  # DESCRIPTION
 

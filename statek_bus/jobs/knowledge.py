@@ -47,7 +47,7 @@ __all__ = ["KINDS", "KnowledgeStore", "RawFile", "read_directory", "version_of"]
 KINDS: tuple[KnowledgeKind, ...] = get_args(KnowledgeKind)
 """Every kind, in manifest order."""
 _FETCH_BATCH = 64
-"""Files fetched at once when a version is read."""
+"""Files read (or written) at once when a version is read (or published)."""
 _SUFFIXES: dict[str, tuple[str, ...]] = {
     "prompts": (".md",),
     "warmups": (".py",),
@@ -184,8 +184,13 @@ class KnowledgeStore:
         for f in new:
             if len(f.data) > MAX_KNOWLEDGE_FILE_BYTES:
                 raise _too_large(f"{f.kind}/{f.path}", len(f.data), MAX_KNOWLEDGE_FILE_BYTES)
-        for f in {f.sha256: f for f in new}.values():
-            await self.kv.put(knowledge_file_key(f.sha256), f.data)
+        current, _ = await self.manifest()
+        stored = {f.sha256 for f in current.files} if current is not None else set()
+        fresh = [f for f in {f.sha256: f for f in new}.values() if f.sha256 not in stored]
+        for start in range(0, len(fresh), _FETCH_BATCH):  # only what the bucket does not hold yet
+            await asyncio.gather(
+                *(self.kv.put(knowledge_file_key(f.sha256), f.data) for f in fresh[start : start + _FETCH_BATCH])
+            )
         for _ in range(attempts):
             current, revision = await self.manifest()
             kept = [f for f in (current.files if current else []) if f.kind not in replaced]

@@ -4,15 +4,20 @@ Layout (names in :mod:`statek_bus.wire.subjects`):
 
 - ``file.<sha256>``: one file's bytes, content-addressed, so equal files are stored once and a
   version's files can be written before anyone can see the version;
-- ``manifest``: the :class:`~statek_bus.wire.messages.KnowledgeManifest` naming every file of the
+- ``manifest``: the :class:`~statek_bus.wire.knowledge.KnowledgeManifest` naming every file of the
   version; written last, with a compare-and-set, so a reader sees either the old version or the
   new one whole, never a mix;
 - ``served.<instance>``: which version each executor has swapped in (or why it refused one).
 
 A publication names the kinds it replaces (``prompts``, ``warmups``, ``examples``,
-``documents``); the other kinds of the current version are kept. Files no version references any
-more are deleted after the new manifest is in. The bytes here are raw: what they mean is
-:mod:`statek_bus.authoring.knowledge`'s business (this room sits below it).
+``documents``); the other kinds of the current version are kept. The files a version drops stay
+one more generation (``retired``: an executor still reading the previous version finds them) and
+are deleted by the publication after. Two publishers racing retry their compare-and-set; a file
+retired two generations back and re-added by one while the other deletes it is the one case a
+version can miss a file, and executors then keep serving the version they have.
+
+The bytes here are raw: what they mean is :mod:`statek_bus.authoring.knowledge`'s business (this
+room sits below it).
 """
 
 from __future__ import annotations
@@ -142,7 +147,9 @@ class KnowledgeStore:
             return None, entry.revision or 0
         return decode(entry.value, KnowledgeManifest), entry.revision or 0
 
-    async def files(self, manifest: KnowledgeManifest, cache: dict[str, bytes] | None = None) -> list[RawFile]:
+    async def files(
+        self, manifest: KnowledgeManifest, cache: dict[str, bytes] | None = None
+    ) -> list[RawFile]:
         """The bytes of every file of ``manifest``; ``KeyError`` if one is gone (a newer version replaced it).
 
         Args:
@@ -184,13 +191,6 @@ class KnowledgeStore:
         for f in new:
             if len(f.data) > MAX_KNOWLEDGE_FILE_BYTES:
                 raise _too_large(f"{f.kind}/{f.path}", len(f.data), MAX_KNOWLEDGE_FILE_BYTES)
-        current, _ = await self.manifest()
-        stored = {f.sha256 for f in current.files} if current is not None else set()
-        fresh = [f for f in {f.sha256: f for f in new}.values() if f.sha256 not in stored]
-        for start in range(0, len(fresh), _FETCH_BATCH):  # only what the bucket does not hold yet
-            await asyncio.gather(
-                *(self.kv.put(knowledge_file_key(f.sha256), f.data) for f in fresh[start : start + _FETCH_BATCH])
-            )
         for _ in range(attempts):
             current, revision = await self.manifest()
             kept = [f for f in (current.files if current else []) if f.kind not in replaced]
@@ -206,23 +206,39 @@ class KnowledgeStore:
             version = version_of(entries)
             if current is not None and current.version == version:
                 return current
-            manifest = KnowledgeManifest(version=version, files=entries, published_at=utcnow(), source=source)
+            shas = {f.sha256 for f in entries}
+            missing = [
+                f for f in {f.sha256: f for f in new}.values() if f.sha256 not in self._stored(current)
+            ]
+            await self._put_files(missing)
+            old = {f.sha256 for f in current.files} if current is not None else set()
+            manifest = KnowledgeManifest(
+                version=version,
+                files=entries,
+                published_at=utcnow(),
+                source=source,
+                retired=sorted(old - shas),
+            )
             try:
                 await self.kv.update(KNOWLEDGE_MANIFEST_KEY, encode(manifest), last=revision)
             except KeyWrongLastSequenceError:
                 continue  # another publisher got there first: merge onto its version
-            await self._collect(current, manifest)
+            if current is not None:  # the generation before: nobody reads it any more
+                for sha in set(current.retired) - shas:
+                    with contextlib.suppress(KeyNotFoundError, NotFoundError):
+                        await self.kv.delete(knowledge_file_key(sha))
             return manifest
         raise RuntimeError("the knowledge manifest kept changing while publishing; try again")
 
-    async def _collect(self, old: KnowledgeManifest | None, new: KnowledgeManifest) -> None:
-        """Delete the files only ``old`` referenced (an executor reading ``old`` then reads ``new``)."""
-        if old is None:
-            return
-        keep = {f.sha256 for f in new.files}
-        for sha in {f.sha256 for f in old.files} - keep:
-            with contextlib.suppress(KeyNotFoundError, NotFoundError):
-                await self.kv.delete(knowledge_file_key(sha))
+    @staticmethod
+    def _stored(manifest: KnowledgeManifest | None) -> set[str]:
+        """The files the bucket holds for ``manifest``: its own and the ones it retired."""
+        return {f.sha256 for f in manifest.files} | set(manifest.retired) if manifest is not None else set()
+
+    async def _put_files(self, files: list[RawFile]) -> None:
+        for start in range(0, len(files), _FETCH_BATCH):
+            batch = files[start : start + _FETCH_BATCH]
+            await asyncio.gather(*(self.kv.put(knowledge_file_key(f.sha256), f.data) for f in batch))
 
     async def watch_manifest(self) -> AsyncIterator[tuple[KnowledgeManifest | None, int]]:
         """Each published manifest, from the current one on, as it is written."""

@@ -42,6 +42,9 @@ class KnowledgeManifest(msgspec.Struct, kw_only=True):
     """When it was published (UTC)."""
     source: str = ""
     """Who published it (``statek-bus knowledge publish``, or an executor from its STATEK_*_DIR settings)."""
+    retired: list[str] = []
+    """SHA-256s of the files the previous version had and this one dropped: still stored, so an
+    executor reading the previous version finds them; the next publication deletes them."""
 
 
 class KnowledgeServed(msgspec.Struct, kw_only=True):

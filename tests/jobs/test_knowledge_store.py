@@ -40,7 +40,7 @@ async def test_versions_keep_other_kinds_and_dropped_files_for_one_generation(
         cache: dict[str, bytes] = {}
         assert [f.data for f in await store.files(third, cache)] == [prompt.data, doc3.data]
         assert set(cache) == {prompt.sha256, doc3.sha256}
-        with pytest.raises(KeyError, match="documents/d.md"):  # two generations back: collected
+        with pytest.raises(KeyError, match=r"documents/d\.md"):  # two generations back: collected
             await store.files(first)
     finally:
         await nc.close()

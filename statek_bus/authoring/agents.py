@@ -252,7 +252,7 @@ class Agent:
         if not self.prompt:
             return ""
         style = (chat_style or self.chat_style).upper()
-        key = (self.prompt, style, difficulty, self._tools_key())
+        key = (self.prompt, style, difficulty, self._tools_key(), str(self.metadata.get("PROMPT_STYLE") or ""))
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:  # prompts or tools replaced many times: start again

@@ -163,6 +163,8 @@ class _InFlight:
 
 _flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar("statek_flight", default=None)
 """The in-flight entry of the step the current task runs."""
+_step_view: contextvars.ContextVar[KnowledgeView | None] = contextvars.ContextVar("statek_knowledge", default=None)
+"""The knowledge version the current task's step runs with (read once, when the step starts)."""
 
 
 class Executor:
@@ -462,7 +464,8 @@ class Executor:
             await msg.ack()
             return
         started = time.perf_counter()
-        outcome = await self._run_step(record, agent, view)
+        _step_view.set(view)
+        outcome = await self._run_step(record, agent)
         committed = await self._commit(record, rev, outcome)
         metrics.STEP_SECONDS.labels(agent=record.agent).observe(time.perf_counter() - started)
         metrics.STEPS.labels(agent=record.agent, outcome=_outcome(committed)).inc()
@@ -489,7 +492,7 @@ class Executor:
             except Exception:
                 log.warning("job %s: send_message failed", record.id, exc_info=True)
 
-    async def _run_step(self, record: JobRecord, agent: AnyAgent, view: KnowledgeView | None = None) -> StepOutcome:
+    async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
         if isinstance(agent, HandlerAgent):
             return await run_handler_step(record, agent, self.nc, self.settings)
         assert self.store is not None
@@ -502,7 +505,7 @@ class Executor:
             params=record.params,
             namespace={},
             loop=loop,
-            extras={"locale": record.locale, "env": env, "knowledge": view},
+            extras={"locale": record.locale, "env": env, "knowledge": _step_view.get()},
         )
         return await self.engine.run(record, agent, ctx)
 

@@ -102,7 +102,7 @@ def _executor(s: Settings, log: Path, env: dict[str, str] | None = None) -> Serv
     return ServiceProcess("executor", s.nats_url, args=["--agents", SPEC], env=env or {}, log_path=log)
 
 
-async def _publish_cli(url: str, root: Path, *extra: str) -> str:
+async def _publish_cli(url: str, root: Path, *extra: str, code: int = 0) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -117,7 +117,7 @@ async def _publish_cli(url: str, root: Path, *extra: str) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    assert proc.returncode == code, err.decode()
     return out.decode()
 
 
@@ -220,6 +220,12 @@ async def test_examples_and_documents_update_on_two_running_executors_without_a_
         assert manifest2 is not None and manifest2.version != manifest.version
         assert second.count(f": {manifest2.version}") == 2  # --wait: each executor serves the new one
         after = await wait_done(js, await submit(js, "k_library"))
+
+        # a version these executors cannot apply (a donor they do not serve) is refused by both
+        files["prompts/k_library.md"] = LIBRARY_PROMPT.replace("k_donor", "k_nobody")
+        refused = await _publish_cli(s.nats_url, _tree(tmp_path / "v3", files), "--wait", "30", code=1)
+        assert refused.count(f": {manifest2.version} (version ") == 2 and "'k_nobody'" in refused
+        still = await wait_done(js, await submit(js, "k_library"))
     finally:
         for e in executors:
             await e.stop()
@@ -241,6 +247,7 @@ async def test_examples_and_documents_update_on_two_running_executors_without_a_
     assert [r.metadata["DIFFICULTY"] for r in requests.seen[before.id]] == ["M", "H", "H"]
     assert {r.metadata["KNOWLEDGE"] for r in requests.seen[before.id]} == {manifest.version}
     assert {r.metadata["KNOWLEDGE"] for r in requests.seen[after.id]} == {manifest2.version}
+    assert {r.metadata["KNOWLEDGE"] for r in requests.seen[still.id]} == {manifest2.version}
 
 
 async def test_publishing_a_bad_file_names_it_and_publishes_nothing(

@@ -28,6 +28,8 @@ __all__ = [
     "MAX_KNOWLEDGE_FILES",
     "MAX_KNOWLEDGE_FILE_BYTES",
     "MAX_NAME_LENGTH",
+    "MAX_OPTION_TEXT",
+    "MAX_WARMUP_CODE",
 ]
 
 MAX_NAME_LENGTH = 256
@@ -40,6 +42,10 @@ MAX_ERROR_MESSAGE = 4096
 """Most characters of the ``message`` of an error's JSON body (it may list, say, the known agents)."""
 MAX_ERROR_FIELD = 200
 """Most characters of the JSON path an error's ``field`` names."""
+MAX_WARMUP_CODE = 64 * 1024
+"""Most characters of a job's own ``warmup_code`` (it is stored once, in the job's definition)."""
+MAX_OPTION_TEXT = 1024
+"""Most characters of a job's ``post_processing`` or ``extra_resources`` text."""
 MAX_KNOWLEDGE_FILE_BYTES = 256 * 1024
 """Largest prompt file, warmup def, example or document published to ``statek_knowledge`` (one KV value,
 well under the server's 1 MB ``max_payload``)."""

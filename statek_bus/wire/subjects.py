@@ -19,6 +19,7 @@ __all__ = [
     "EXECUTOR_STATUS",
     "EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER",
     "INDEX_PREFIX",
+    "JOBDEFS_BUCKET",
     "JOBS_BUCKET",
     "JOBS_CANCEL",
     "JOBS_GET",
@@ -109,6 +110,8 @@ WORK_SCHEDULE_PREFIX = "statek.work.sched"
 JOBS_BUCKET = "statek_jobs"
 AGENTS_BUCKET = "statek_agents"
 STATES_BUCKET = "statek_states"
+JOBDEFS_BUCKET = "statek_jobdefs"
+"""Job definitions (a job's own options), stored once under the sha-256 of their content."""
 OBJECT_STORE_BUCKET = "statek_blobs"
 KNOWLEDGE_BUCKET = "statek_knowledge"
 """Prompt files, warmup defs, examples and documents every executor serves (one published version)."""

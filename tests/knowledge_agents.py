@@ -75,4 +75,7 @@ LIBRARY = _scripted(
 WARMED = _scripted("k_warm", ["exit(str(greeting))"])
 """Its warmup comes from a warmup def."""
 
-AGENTS = [PROMPTED, DONOR, RECEIVER, LIBRARY, WARMED]
+PLAIN = _scripted("k_plain", ["print(donor_tool(4))\nexit('job donors')"])
+"""No EXTRA_RESOURCES of its own: a job brings them."""
+
+AGENTS = [PROMPTED, DONOR, RECEIVER, LIBRARY, WARMED, PLAIN]

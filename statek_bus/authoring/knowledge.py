@@ -60,6 +60,8 @@ _HEADER = re.compile(r"^#\s*System\s+Prompt\s*$", re.IGNORECASE)
 _SPLIT = re.compile(r"^\s*#\s*-{10,}\s*$")
 _FENCE = re.compile(r"^\s*```\s*([\w+-]*)\s*$")
 _PY = {"python", "py", "python3"}
+_MAX_VIEWS = 256
+"""Agents with donor tools kept per version (one per role, difficulty and job ``extra_resources``)."""
 _GROUP = re.compile(r"\(\s*([A-Za-z]+)\s*:\s*([^()]*)\)")
 
 
@@ -435,27 +437,31 @@ class KnowledgeView:
             if not isinstance(agent, Agent):
                 continue
             groups = parse_extra_resources(agent.metadata.get("EXTRA_RESOURCES"), agent=role)
-            for _, donors in groups:
-                for donor in donors:
-                    if not isinstance(self.agents.get(donor), Agent):
-                        served = ", ".join(sorted(r for r, a in self.agents.items() if isinstance(a, Agent)))
-                        raise ValueError(
-                            f"agent {role!r}: EXTRA_RESOURCES names role {donor!r}, which is not a "
-                            f"code-first agent of this executor (served: {served})"
-                        )
+            self._check_donors(role, groups, "EXTRA_RESOURCES")
             self._groups[role] = groups
-        self._at: dict[tuple[str, str], Agent] = {}
+        self._at: dict[tuple[str, str, str | None], Agent] = {}
+        self._jobs: dict[str, list[tuple[Difficulty, tuple[str, ...]]]] = {}
 
     @property
     def version(self) -> str:
         """The knowledge version."""
         return self.knowledge.version
 
-    def donors(self, role: str, difficulty: str) -> list[Agent]:
-        """The donor agents of ``role`` active at ``difficulty``, in ``EXTRA_RESOURCES`` order."""
+    def donors(self, role: str, difficulty: str, extra: str | None = None) -> list[Agent]:
+        """The donor agents of ``role`` active at ``difficulty``, in ``EXTRA_RESOURCES`` order.
+
+        Args:
+            role: the receiver.
+            difficulty: the job's difficulty.
+            extra: the job's own ``extra_resources`` (instead of the agent's ``EXTRA_RESOURCES``).
+
+        Raises:
+            ValueError: ``extra`` is malformed or names a role this executor does not serve.
+        """
+        groups = self._groups.get(role, []) if extra is None else self._extra(role, extra)
         level = DIFFICULTIES.index(Difficulty(difficulty)) if difficulty in DIFFICULTIES else 1
         out: list[Agent] = []
-        for lowest, roles in self._groups.get(role, []):
+        for lowest, roles in groups:
             if DIFFICULTIES.index(lowest) <= level:
                 for r in roles:
                     donor = self.agents[r]
@@ -463,24 +469,52 @@ class KnowledgeView:
                         out.append(donor)
         return out
 
-    def at(self, agent: Agent, difficulty: str) -> Agent:
-        """``agent`` (as this version makes it) with its donors' tools at ``difficulty``."""
-        own = self.agents.get(agent.role)
-        base = own if isinstance(own, Agent) else agent
-        donors = self.donors(agent.role, difficulty)
-        if not donors:
-            return base
-        key = (agent.role, difficulty)
-        found = self._at.get(key)
+    def _extra(self, role: str, extra: str) -> list[tuple[Difficulty, tuple[str, ...]]]:
+        found = self._jobs.get(extra)
         if found is None:
-            extra = [t for d in donors for t in (*d.tools, *d.internal_tools)]
-            found = self._at[key] = base.derived(extra_tools=extra)
+            if len(self._jobs) >= _MAX_VIEWS:
+                self._jobs.clear()
+            found = parse_extra_resources(extra, agent=role)
+            self._check_donors(role, found, "extra_resources")
+            self._jobs[extra] = found
         return found
 
-    def examples(self, role: str, difficulty: str) -> list[Example]:
+    def _check_donors(self, role: str, groups: list[tuple[Difficulty, tuple[str, ...]]], what: str) -> None:
+        for _, donors in groups:
+            for donor in donors:
+                if not isinstance(self.agents.get(donor), Agent):
+                    served = ", ".join(sorted(r for r, a in self.agents.items() if isinstance(a, Agent)))
+                    raise ValueError(
+                        f"agent {role!r}: {what} names role {donor!r}, which is not a "
+                        f"code-first agent of this executor (served: {served})"
+                    )
+
+    def at(self, agent: Agent, difficulty: str, extra: str | None = None) -> Agent:
+        """``agent`` (as this version makes it) with its donors' tools at ``difficulty``.
+
+        Args:
+            agent: the job's agent.
+            difficulty: the job's difficulty.
+            extra: the job's own ``extra_resources``, if it has them.
+        """
+        own = self.agents.get(agent.role)
+        base = own if isinstance(own, Agent) else agent
+        donors = self.donors(agent.role, difficulty, extra)
+        if not donors:
+            return base
+        key = (agent.role, difficulty, extra)
+        found = self._at.get(key)
+        if found is None:
+            if len(self._at) >= _MAX_VIEWS:
+                self._at.clear()
+            extra_tools = [t for d in donors for t in (*d.tools, *d.internal_tools)]
+            found = self._at[key] = base.derived(extra_tools=extra_tools)
+        return found
+
+    def examples(self, role: str, difficulty: str, extra: str | None = None) -> list[Example]:
         """The examples a job of ``role`` sees: its own, then its active donors'."""
         out = list(self.knowledge.examples.get(role, ()))
-        for donor in self.donors(role, difficulty):
+        for donor in self.donors(role, difficulty, extra):
             out += self.knowledge.examples.get(donor.role, ())
         return out
 

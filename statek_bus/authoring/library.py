@@ -50,8 +50,8 @@ class Library(Protocol):
         """The served agents, by role."""
         ...
 
-    def examples(self, role: str, difficulty: str) -> list[Example]:
-        """The examples a job of ``role`` sees at ``difficulty``."""
+    def examples(self, role: str, difficulty: str, extra: str | None = None) -> list[Example]:
+        """The examples a job of ``role`` sees at ``difficulty`` (with the job's own ``extra_resources``)."""
         ...
 
     def documents(self, role: str) -> list[Document]:
@@ -77,6 +77,12 @@ def example_names(role: str) -> list[str]:
         view = None
     view = view or (_served[0] if _served else None)
     return [e.name for e in view.examples(role, "L") if e.role == role] if view else []
+
+
+def _extra(ctx: JobContext) -> str | None:
+    """The job's own ``extra_resources``, if it has them."""
+    extra = getattr(ctx.extras.get("job_options"), "extra_resources", None)
+    return extra if isinstance(extra, str) else None
 
 
 def _view(ctx: JobContext) -> Library | None:
@@ -138,7 +144,7 @@ def list_of_examples(start_index: int = 0, limit: int = 10) -> None:
     """
     ctx = current_job()
     view = _view(ctx)
-    examples = view.examples(ctx.agent, ctx.difficulty) if view else []
+    examples = view.examples(ctx.agent, ctx.difficulty, _extra(ctx)) if view else []
     if not examples:
         print("# No examples found")
         return
@@ -157,7 +163,7 @@ def show_example(example_id: int | None = None) -> None:
     """
     ctx = current_job()
     view = _view(ctx)
-    examples = view.examples(ctx.agent, ctx.difficulty) if view else []
+    examples = view.examples(ctx.agent, ctx.difficulty, _extra(ctx)) if view else []
     if example_id is None:
         example_id = ctx.namespace.get("default_example_id") if ctx.namespace else None
     if example_id is None:

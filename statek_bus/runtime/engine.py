@@ -170,12 +170,16 @@ class StepEngine:
         style = ChatStyle.of(agent.chat_style)
         if step == 0 and not record.engine:
             state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
+        options: JobOptions | None = ctx.extras.get("job_options")
         view = ctx.extras.get("knowledge")
+        extra = options.extra_resources if options is not None else None
         if isinstance(view, KnowledgeView):  # the step's one knowledge version, donors at its difficulty
-            agent = view.at(agent, state.difficulty)
+            try:
+                agent = view.at(agent, state.difficulty, extra)
+            except ValueError as exc:  # the job's own extra_resources name a role not served here
+                return finish(error_exit(str(exc)), str(exc))
             state.knowledge = view.version
         ctx.extras["library"] = dict(state.library)
-        options: JobOptions | None = ctx.extras.get("job_options")
         blocks = [*job_warmup(options), *agent.warmup_blocks()]  # the job's own code first, as STATEK runs it
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
@@ -220,7 +224,7 @@ class StepEngine:
                 if ctx.difficulty_changed:  # panic() or a harder example: a harder model, more budget
                     _raise_difficulty(state, ctx.difficulty, step)
                     if isinstance(view, KnowledgeView):
-                        agent = view.at(agent, state.difficulty)
+                        agent = view.at(agent, state.difficulty, extra)
                 if failed is not None and block is not None:
                     return finish(error_exit(f"warmup failed: {failed}"), f"warmup failed: {failed}")
                 if result.exited:

@@ -11,11 +11,14 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 from statek_bus.services import provider as provider_service
+from statek_bus.services import submission as submission_service
 
+from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.knowledge import KnowledgeStore
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.provision import provision
@@ -102,6 +105,16 @@ def _executor(s: Settings, log: Path, env: dict[str, str] | None = None) -> Serv
     return ServiceProcess("executor", s.nats_url, args=["--agents", SPEC], env=env or {}, log_path=log)
 
 
+async def _one_job(s: Settings, nc: Client, tmp: Path, role: str, env: dict[str, str] | None = None) -> Any:
+    """Run one job of ``role`` on an executor process started with ``env``; its final record."""
+    executor = _executor(s, tmp / "executor.log", env)
+    await executor.start()
+    try:
+        return await wait_done(nc.jetstream(), await submit(nc.jetstream(), role))
+    finally:
+        await executor.stop()
+
+
 async def _publish_cli(url: str, root: Path, *extra: str, code: int = 0) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -126,12 +139,7 @@ async def test_a_prompt_file_section_for_high_difficulty_appears_only_after_pani
 ) -> None:
     s, nc, requests = bus
     prompts = _tree(tmp_path / "prompts", {"k_prompt.md": PROMPT_FILE})
-    executor = _executor(s, tmp_path / "executor.log", {"STATEK_PROMPT_FILES_DIR": str(prompts)})
-    await executor.start()
-    try:
-        record = await wait_done(nc.jetstream(), await submit(nc.jetstream(), "k_prompt"))
-    finally:
-        await executor.stop()
+    record = await _one_job(s, nc, tmp_path, "k_prompt", {"STATEK_PROMPT_FILES_DIR": str(prompts)})
     assert record.exit_status == "done"
     at_medium, at_high = requests.system(record.id)
     assert at_medium.startswith("You are the file prompt.") and "Only at high difficulty" not in at_medium
@@ -148,12 +156,7 @@ async def test_extra_resources_give_the_donors_tool_at_high_difficulty_only(
     bus: tuple[Settings, Client, Requests], tmp_path: Path
 ) -> None:
     s, nc, requests = bus
-    executor = _executor(s, tmp_path / "executor.log")
-    await executor.start()
-    try:
-        record = await wait_done(nc.jetstream(), await submit(nc.jetstream(), "k_receiver"))
-    finally:
-        await executor.stop()
+    record = await _one_job(s, nc, tmp_path, "k_receiver")
     assert record.exit_status == "ok"
     lines = console(record)
     assert lines[0] == "NameError: name 'donor_tool' is not defined"  # at M the donor's tool is absent
@@ -181,12 +184,7 @@ async def test_a_warmup_def_becomes_the_agents_warmup(
 ) -> None:
     s, nc, _ = bus
     warmups = _tree(tmp_path / "warmups", {"k_warm.py": "greeting = 'warmed ' + str(6 * 7)\n"})
-    executor = _executor(s, tmp_path / "executor.log", {"STATEK_WARMUP_DEFS_DIR": str(warmups)})
-    await executor.start()
-    try:
-        record = await wait_done(nc.jetstream(), await submit(nc.jetstream(), "k_warm"))
-    finally:
-        await executor.stop()
+    record = await _one_job(s, nc, tmp_path, "k_warm", {"STATEK_WARMUP_DEFS_DIR": str(warmups)})
     assert record.exit_status == "warmed 42"
 
 
@@ -275,3 +273,22 @@ async def test_publishing_a_bad_file_names_it_and_publishes_nothing(
         and "examples/k_library/x.md: line 2: text before the first code block" in err.decode()
     )
     assert (await (await KnowledgeStore.open(nc.jetstream())).manifest())[0] is None
+
+
+async def test_a_jobs_own_extra_resources_give_it_the_donors_tools(
+    bus: tuple[Settings, Client, Requests], tmp_path: Path
+) -> None:
+    s, nc, _ = bus
+    executor = _executor(s, tmp_path / "executor.log")
+    await executor.start()
+    try:
+        async with running_service(submission_service.build, s, name="statek-submission"):
+            client = AsyncStatekClient(settings=s, nc=nc)
+            given = await client.jobs.submit_new_job("k_plain", extra_resources="(L:k_donor)")
+            unknown = await client.jobs.submit_new_job("k_plain", extra_resources="(L:k_nobody)")
+            done = await wait_done(nc.jetstream(), given.id)
+            failed = await wait_done(nc.jetstream(), unknown.id)
+    finally:
+        await executor.stop()
+    assert (done.exit_status, console(done)) == ("job donors", ["donor says 40"])
+    assert failed.error is not None and "extra_resources names role 'k_nobody'" in failed.error

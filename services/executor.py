@@ -56,6 +56,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         metadata={
             "agents": ",".join(sorted(executor.agents)),
             "max_concurrency": str(ctx.settings.max_concurrency),
+            "knowledge_id": executor.knowledge.instance if executor.knowledge is not None else "",
         },
     )
 

@@ -21,6 +21,7 @@ from statek_bus.authoring.context import (
 from statek_bus.authoring.dialog import DialogAgent, RecurringReminder, RecursiveReminder, Reminder
 from statek_bus.authoring.futures import temporal
 from statek_bus.authoring.postprocess import FinalCheck, LLMStep, PostProcessor, post_processor
+from statek_bus.authoring.prompts import PromptStyle
 from statek_bus.authoring.roles import MessageDispatcher, Researcher
 from statek_bus.authoring.shared_context import (
     ENTITY,
@@ -84,6 +85,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PostProcessor",
+    "PromptStyle",
     "RecurringReminder",
     "RecursiveReminder",
     "Reminder",

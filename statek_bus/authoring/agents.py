@@ -18,14 +18,16 @@ The executor imports the user's module (``--agents module:attr``) and registers 
 from __future__ import annotations
 
 import ast
+import copy as _copy
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from statek_bus.authoring.library import LIBRARY_TOOLS, example_names
 from statek_bus.authoring.messaging import check_send_message
-from statek_bus.authoring.prompts import render_prompt
+from statek_bus.authoring.prompts import fill_placeholders, render_prompt
 from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.shared_context import CONTEXT_TOOLS
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
@@ -248,16 +250,17 @@ class Agent:
     def _tools_key(self) -> tuple[Any, ...]:
         # Tools are read-only once built, so identity says everything about them; holding the
         # objects (not their ids) in the key means a freed tool's id cannot alias a new one.
-        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, CONTEXT_TOOLS, WAIT_TOOLS)
+        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, CONTEXT_TOOLS, LIBRARY_TOOLS, WAIT_TOOLS)
 
     def all_tools(self) -> list[Tool]:
         """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
-        tools, then the waiting tools of :mod:`statek_bus.authoring.waiting`."""
+        tools, the knowledge tools of :mod:`statek_bus.authoring.library`, then the waiting tools of
+        :mod:`statek_bus.authoring.waiting`."""
         key = self._tools_key()
         cached = self._all_tools
         if cached is None or cached[0] != key:
             seen: dict[str, Tool] = {}
-            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *CONTEXT_TOOLS, *WAIT_TOOLS]:
+            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *CONTEXT_TOOLS, *LIBRARY_TOOLS, *WAIT_TOOLS]:
                 seen.setdefault(t.name, t)
             cached = self._all_tools = (key, tuple(seen.values()))
         return list(cached[1])
@@ -289,7 +292,7 @@ class Agent:
         if not self.prompt:
             return ""
         style = (chat_style or self.chat_style).upper()
-        key = (self.prompt, style, difficulty, self._tools_key())
+        key = (self.prompt, style, difficulty, self._tools_key(), str(self.metadata.get("PROMPT_STYLE") or ""))
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:  # prompts or tools replaced many times: start again
@@ -304,15 +307,11 @@ class Agent:
             for name in plan.names:
                 if name not in values and name in params:
                     values[name] = str(params[name])
-
-        def fill(m: re.Match[str]) -> str:
-            return values.get(m.group(1), m.group(0))
-
-        return _PLACEHOLDER.sub(fill, plan.text)
+        return fill_placeholders(plan.text, values)
 
     def _plan(self, style: str, difficulty: str) -> _PromptPlan:
         """The prompt at ``difficulty`` and the agent-only placeholder values it uses."""
-        text = render_prompt(self.prompt, difficulty)
+        text = render_prompt(self.prompt, difficulty, self.metadata.get("PROMPT_STYLE"))
         names = frozenset(_PLACEHOLDER.findall(text))
         fixed: dict[str, str] = {}
         if names & {"tools", "brief_tools", "detailed_tools"}:
@@ -326,6 +325,43 @@ class Agent:
     def warmup_blocks(self) -> list[WarmupBlock]:
         """Warmup blocks run before the first LLM call (none for a plain agent)."""
         return []
+
+    def get_examples(self) -> list[str]:
+        """Names of this agent's examples (``examples/<role>/``) in the knowledge version being served."""
+        return example_names(self.role)
+
+    def derived(
+        self,
+        *,
+        prompt: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        extra_tools: Iterable[Tool] = (),
+        warmup: str | None = None,
+    ) -> Agent:
+        """A copy of this agent with a prompt file's prompt and metadata (merged over its own), donor
+        tools added after its own (its own win a name clash), or a warmup def; this agent is unchanged.
+
+        Raises:
+            ValueError: ``warmup`` for an agent without warmup (not a :class:`SupervisedAgent`).
+        """
+        if warmup is not None and not isinstance(self, SupervisedAgent):
+            raise ValueError(f"agent {self.role!r} is not a SupervisedAgent: it has no warmup to replace")
+        copy = _copy.copy(self)
+        copy.metadata = {**self.metadata, **(metadata or {})}
+        if prompt is not None:
+            copy.prompt = prompt
+        if metadata and "DESCRIPTION" in metadata:
+            copy.description_text = str(metadata["DESCRIPTION"])
+        own = {t.name for t in (*self.tools, *self.internal_tools)}
+        copy.tools, copy.internal_tools = list(self.tools), list(self.internal_tools)
+        for t in extra_tools:
+            if t.name not in own:
+                own.add(t.name)
+                (copy.internal_tools if t.name.startswith("_") else copy.tools).append(t)
+        copy._all_tools, copy._plans = None, {}
+        if warmup is not None and isinstance(copy, SupervisedAgent):
+            copy.update_warmup_def(warmup)
+        return copy
 
     def description(self) -> AgentDescription:
         """What the executor registers in ``statek_agents``."""

@@ -1,24 +1,70 @@
 """System prompts with difficulty-scoped sections (STATEK's prompt format, §1.9).
 
-A prompt is an intro followed by sections. A section starts with a title line in one of the forms
-``--- TITLE ---``, ``*** TITLE ***`` or a ``##`` to ``######`` heading. A title prefixed with
-difficulty letters, ``MH:Advanced tools`` or ``L: Basics``, is kept only at those difficulties
-(``L`` low, ``M`` medium, ``H`` high); a section without a prefix is kept at every difficulty. The
-kept text is left as written (the prefix removed), so a prompt with no prefixed section renders
-unchanged.
+A prompt is an intro followed by sections. A section starts with a title in one of these forms:
+
+- ``--- TITLE ---``, ``*** TITLE ***`` or a ``##`` to ``######`` heading; a title prefixed with
+  difficulty letters, ``MH:Advanced tools`` or ``L: Basics``, is kept only at those difficulties
+  (``L`` low, ``M`` medium, ``H`` high);
+- an XML box: ``<TAG difficulty="H">`` on a line of its own, the section's text, then ``</TAG>``;
+  the attribute ``difficulty`` (or ``target_difficulties``) holds the letters (``"MH"``, ``"L,M"``,
+  ``"high"``); a bad label is a ``ValueError`` naming it (STATEK's behaviour). The box ends at its
+  closing tag: text after it belongs to the intro's continuation, not to the box.
+
+A section without a restriction is kept at every difficulty. With no ``PROMPT_STYLE`` the kept text
+is left as written (the prefix or attribute removed), so a prompt without restrictions renders
+unchanged. A :class:`PromptStyle` (metadata ``PROMPT_STYLE``: ``XML``, ``DASHED``, ``ASTERISK`` or
+``MARKDOWN``) renders every kept title in that one form.
+
+:func:`fill_placeholders` fills ``{name}`` placeholders; a placeholder on a line starting with
+``#`` is rendered as a block comment (every line of its value starts with ``# ``), as STATEK does.
 """
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from statek_bus.wire.difficulty import DIFFICULTIES, difficulty_named
 
-__all__ = ["PromptSection", "parse_difficulty", "parse_sections", "render_prompt"]
+__all__ = [
+    "PromptSection",
+    "PromptStyle",
+    "fill_placeholders",
+    "parse_difficulty",
+    "parse_levels",
+    "parse_sections",
+    "render_prompt",
+]
 
 _TITLE = re.compile(r"^(?P<lead>-{3}\s+|\*{3}\s+|#{2,6}\s+)(?P<title>.*?)(?P<trail>\s+-{3}|\s+\*{3})?\s*$")
 _PREFIX = re.compile(r"^(?P<levels>[LMH]{1,3})\s*:\s*(?P<rest>.*)$")
+_XML_OPEN = re.compile(
+    r"^\s*<(?P<tag>[A-Za-z_][\w.-]*)(?P<attrs>(?:\s+[\w-]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*)\s*>\s*$"
+)
+_XML_ATTR = re.compile(r"([\w-]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+_LEVEL_ATTRS = ("difficulty", "target_difficulties")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+class PromptStyle(enum.StrEnum):
+    """How section titles are rendered (metadata ``PROMPT_STYLE``)."""
+
+    XML = "XML"
+    DASHED = "DASHED"
+    ASTERISK = "ASTERISK"
+    MARKDOWN = "MARKDOWN"
+
+    @classmethod
+    def of(cls, value: object) -> PromptStyle | None:
+        """The style ``value`` names (any case; ``None`` or ``""``: as written); ``ValueError`` otherwise."""
+        if value is None or value == "":
+            return None
+        try:
+            return cls(str(value).strip().upper())
+        except ValueError:
+            raise ValueError(f"unknown PROMPT_STYLE {value!r}; expected one of {', '.join(cls)}") from None
 
 
 def parse_difficulty(value: object, default: str = "M") -> str:
@@ -31,14 +77,35 @@ def parse_difficulty(value: object, default: str = "M") -> str:
     return str(found)
 
 
+def parse_levels(value: str) -> frozenset[str]:
+    """The difficulties an attribute or label names: ``"MH"``, ``"L,M"``, ``"high"``; ``ValueError`` otherwise."""
+    text = value.strip()
+    named = difficulty_named(text)
+    if named is not None:
+        return frozenset({str(named)})
+    parts = [p for p in re.split(r"[\s,;|]+", text) if p]
+    if len(parts) == 1 and re.fullmatch(r"[LMHlmh]+", parts[0]):
+        parts = list(parts[0])
+    levels = {difficulty_named(p) for p in parts}
+    if not parts or None in levels:
+        raise ValueError(
+            f"invalid difficulty label {value!r}; expected letters of L, M, H or low/medium/high"
+        )
+    return frozenset(str(d) for d in levels if d is not None)
+
+
 @dataclass(frozen=True)
 class PromptSection:
-    """One section: its text (title line included, prefix removed) and the difficulties keeping it."""
+    """One section: its title, its text (title line included, prefix removed) and the difficulties keeping it."""
 
     text: str
-    """The section as it will be rendered."""
+    """The section as written (the restriction removed)."""
     levels: frozenset[str]
     """Difficulties at which it is kept."""
+    title: str = ""
+    """The title (the XML tag of a box)."""
+    body: str = ""
+    """The text under the title."""
 
 
 def _is_title(line: str) -> re.Match[str] | None:
@@ -52,11 +119,36 @@ def _is_title(line: str) -> re.Match[str] | None:
     return m
 
 
+def _xml_open(line: str) -> tuple[str, frozenset[str]] | None:
+    m = _XML_OPEN.match(line)
+    if m is None:
+        return None
+    levels: frozenset[str] = frozenset(DIFFICULTIES)
+    for name, dq, sq in _XML_ATTR.findall(m.group("attrs") or ""):
+        if name.lower() in _LEVEL_ATTRS:
+            levels = parse_levels(dq or sq)
+    return m.group("tag"), levels
+
+
 def parse_sections(prompt: str) -> tuple[str, list[PromptSection]]:
-    """The intro and the sections of ``prompt``."""
+    """The intro and the sections of ``prompt``; ``ValueError`` for a bad difficulty in an XML box."""
     intro: list[str] = []
-    sections: list[tuple[list[str], frozenset[str]]] = []
+    sections: list[tuple[str, list[str], frozenset[str], str]] = []  # title, lines, levels, box tag
+    box: str | None = None
     for line in prompt.splitlines():
+        if box is not None:
+            if line.strip() == f"</{box}>":
+                sections[-1][1].append(f"</{box}>")
+                box = None
+            else:
+                sections[-1][1].append(line)
+            continue
+        opened = _xml_open(line)
+        if opened is not None and f"</{opened[0]}>" in prompt:
+            tag, levels = opened
+            sections.append((tag, [f"<{tag}>"], levels, tag))
+            box = tag
+            continue
         m = _is_title(line)
         if m is not None:
             title = m.group("title")
@@ -64,18 +156,70 @@ def parse_sections(prompt: str) -> tuple[str, list[PromptSection]]:
             levels = frozenset(p.group("levels")) if p else frozenset(DIFFICULTIES)
             if p:
                 line = line.replace(title, p.group("rest"), 1)
-            sections.append(([line], levels))
+                title = p.group("rest")
+            sections.append((title.strip(), [line], levels, ""))
         elif sections:
-            sections[-1][0].append(line)
+            sections[-1][1].append(line)
         else:
             intro.append(line)
-    return "\n".join(intro), [PromptSection("\n".join(lines), levels) for lines, levels in sections]
+    out = []
+    for title, lines, levels, tag in sections:
+        body = lines[1:-1] if tag and lines[-1] == f"</{tag}>" else lines[1:]
+        out.append(PromptSection("\n".join(lines), levels, title, "\n".join(body)))
+    return "\n".join(intro), out
 
 
-def render_prompt(prompt: str, difficulty: str) -> str:
-    """``prompt`` with the sections that do not apply at ``difficulty`` left out."""
+def _styled(section: PromptSection, style: PromptStyle) -> str:
+    body = section.body.strip("\n")
+    if style is PromptStyle.XML:
+        return f"<{section.title.replace(' ', '_')}>\n{body}\n</{section.title.replace(' ', '_')}>"
+    head = {
+        PromptStyle.DASHED: f"--- {section.title} ---",
+        PromptStyle.ASTERISK: f"*** {section.title} ***",
+        PromptStyle.MARKDOWN: f"## {section.title}",
+    }[style]
+    return f"{head}\n{body}" if body else head
+
+
+def render_prompt(prompt: str, difficulty: str, style: object = None) -> str:
+    """``prompt`` with the sections that do not apply at ``difficulty`` left out.
+
+    Args:
+        prompt: the prompt text.
+        difficulty: ``L``, ``M`` or ``H``.
+        style: a :class:`PromptStyle` (or its name) to render every title in; ``None``: as written.
+    """
+    chosen = PromptStyle.of(style)
     intro, sections = parse_sections(prompt)
-    if all(s.levels == frozenset(DIFFICULTIES) for s in sections):
+    if chosen is None and all(
+        s.levels == frozenset(DIFFICULTIES) and not s.text.startswith("<") for s in sections
+    ):
         return prompt
-    kept = [s.text for s in sections if difficulty in s.levels]
+    kept = [s.text if chosen is None else _styled(s, chosen) for s in sections if difficulty in s.levels]
     return "\n".join([intro, *kept]) if intro else "\n".join(kept)
+
+
+def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with each ``{name}`` of ``values`` filled; others are left as written.
+
+    On a line starting with ``#`` the value is a block comment: each of its lines gets ``# ``.
+    """
+    if "{" not in text:
+        return text
+
+    def fill(m: re.Match[str]) -> str:
+        return values.get(m.group(1), m.group(0))
+
+    def comment(m: re.Match[str]) -> str:
+        value = values.get(m.group(1))
+        if value is None:
+            return m.group(0)
+        return "\n# ".join(value.splitlines()) if value else ""
+
+    lines = []
+    for line in text.split("\n"):
+        if line.lstrip().startswith("#") and _PLACEHOLDER.search(line):
+            lines.append(_PLACEHOLDER.sub(comment, line))
+        else:
+            lines.append(_PLACEHOLDER.sub(fill, line))
+    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 Each area registers its own subcommands (``register(subparsers)`` in a module of this package):
 :mod:`.mesh` (``up``, ``serve``, ``status``, ``schemas``, ``demo``), :mod:`.states`
-(``states ...``), :mod:`.jobs` (``submit``, ``jobs ...``) and :mod:`.queues` (``queues ...``). A command returns an exit code
+(``states ...``), :mod:`.jobs` (``submit``, ``jobs ...``), :mod:`.queues` (``queues ...``) and :mod:`.knowledge` (``knowledge ...``). A command returns an exit code
 (:mod:`.output` lists them); a :class:`~statek_bus.wire.errors.StatekError` or a launcher error
 prints one clear ``statek-bus: ...`` line and exits 1, a bad value exits 2, Ctrl-C exits 130, and
 a reader that stops early (``statek-bus status | head``) ends the command quietly.
@@ -36,6 +36,7 @@ _AREAS = (
     "statek_bus.cli.jobs",
     "statek_bus.cli.queues",
     "statek_bus.cli.demo",
+    "statek_bus.cli.knowledge",
 )
 
 Command = Callable[[argparse.Namespace], int]

@@ -82,6 +82,7 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
         _kv(s.JOBDEFS_BUCKET, settings, 1, settings.jobdefs_max_bytes),
         _kv(s.STATES_BUCKET, settings, settings.state_history, settings.states_max_bytes),
         _kv(s.CONTEXT_BUCKET, settings, 4, settings.context_max_bytes),
+        _kv(s.KNOWLEDGE_BUCKET, settings, 1, settings.knowledge_max_bytes),
         StreamConfig(
             name=s.AGENT_EVENTS_STREAM,
             subjects=[f"{s.AGENT_EVENTS_PREFIX}.>"],

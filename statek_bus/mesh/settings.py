@@ -114,6 +114,9 @@ class Settings:
     """Storage cap of the ``statek_jobdefs`` bucket (one definition per distinct set of job options)."""
     context_max_bytes: int = 256 * 1024**2
     """Storage cap of the ``statek_context`` bucket (shared contexts)."""
+    knowledge_max_bytes: int = 512 * 1024**2
+    """Storage cap of the ``statek_knowledge`` bucket (a version is at most 64 MiB of files; a
+    dropped file is kept one more version)."""
     agent_events_max_bytes: int = 1024**3
     """Storage cap of the ``statek_agent_events`` queue (beyond it a new event is refused, not an
     old one dropped)."""
@@ -190,6 +193,15 @@ class Settings:
     """Rotated trace files kept (env ``FULL_AGENT_TRACE_BACKUP_COUNT``)."""
     workspace_inline_max: int = 256 * 1024
     """Encoded workspaces larger than this go to the object store."""
+    prompt_files_dir: str = ""
+    """Executor: a directory of STATEK prompt files (``<role>.md``) published to ``statek_knowledge`` at
+    start (:mod:`statek_bus.runtime.knowledge`); every executor then serves the published version."""
+    warmup_defs_dir: str = ""
+    """Executor: a directory of STATEK warmup defs (``<role>.py``), published the same way."""
+    examples_dir: str = ""
+    """Executor: a directory of STATEK examples (``<role>/**/*.md``), published the same way."""
+    documents_dir: str = ""
+    """Executor: a directory of STATEK documents (``**/*.txt``, ``**/*.md``), published the same way."""
 
     # --- provider ---------------------------------------------------------------------------------
     llm_timeout: float = 120.0
@@ -267,9 +279,6 @@ _PROVIDER_OPTIONS = re.compile(r"(?!STATEK_)[A-Z][A-Z0-9]*_(RESPONSE_FORMAT_FILE
 _PROVIDER_OPTION = "STATEK's per-provider option: statek-bus's provider has no such setting"
 _PROVIDER_VARS = "provider endpoints and keys live in the provider service: litellm's own variables"
 REFUSED_STATEK_VARIABLES: dict[str, str] = {
-    "STATEK_PROMPT_FILES_DIR": "prompts are Python values of the agent: load the file in your agents module",
-    "STATEK_EXAMPLES_DIR": "not supported yet by statek-bus",
-    "STATEK_DOCUMENTS_DIR": "not supported yet by statek-bus",
     "STATEK_CHAT_STYLE": "set CHAT_STYLE in the agent's metadata",
     "STATEK_EXAMPLES_STYLE": "not supported yet by statek-bus",
     "STATEK_XML_BOX_EXAMPLE": "not supported yet by statek-bus",
@@ -277,7 +286,6 @@ REFUSED_STATEK_VARIABLES: dict[str, str] = {
     "STATEK_RPC_HOST": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
     "STATEK_RPC_PORT": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
     "STATEK_MODEL_INFO_DIR": "the provider's models come from litellm's map or STATEK_LLM_PRICE_TABLE",
-    "STATEK_WARMUP_DEFS_DIR": "warmup code is a Python value of the agent (warmup=...)",
     "DEFAULT_LLM_API_PROVIDER": "name the model with its provider prefix (openrouter/..., openai/...)",
 }
 """STATEK 1.4.2 variables refused at start, each with what to use instead (STATEK's others are honoured)."""

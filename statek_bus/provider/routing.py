@@ -64,6 +64,9 @@ AGENT_KEYS: frozenset[str] = frozenset(
         "AUTO_LANG_HINT",
         "DESCRIPTION",
         "XML_BOX_CONSOLE",
+        "XML_BOX_EXAMPLE",
+        "PROMPT_STYLE",
+        "KNOWLEDGE",
     }
 )
 """STATEK agent metadata keys that belong to the executor: accepted here and ignored."""

@@ -89,8 +89,9 @@ class LoggedCall(msgspec.Struct, kw_only=True, omit_defaults=True):
 class LogItem(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One turn of a job's chat log."""
 
-    kind: Literal["user", "warmup", "llm", "notification", "system"]
-    """What it is."""
+    kind: Literal["user", "warmup", "llm", "notification", "system", "difficulty"]
+    """What it is (``difficulty``: the job's difficulty changed, STATEK's ``DifficultyChangeLogItem``;
+    not part of the model's history)."""
     step: int
     """The step that wrote it."""
     text: str = ""
@@ -233,6 +234,8 @@ def build_messages(
             msgs.append(ChatMessage(role="user", content=item.text + suffix))
         elif item.kind == "system":
             msgs.append(ChatMessage(role="system", content=item.text))
+        elif item.kind == "difficulty":
+            continue
         elif item.kind == "notification" and item.calls:  # a sub-task's completion (STATEK's SubTaskLogItem)
             msgs.append(ChatMessage(role="system", content=item.text))
             calls = [ToolCall(name=c.name, arguments=c.arguments, id=c.id) for c in item.calls]

@@ -29,6 +29,7 @@ from statek_bus.authoring.agents import Agent, WarmupBlock, job_warmup
 from statek_bus.authoring.console import format_value
 from statek_bus.authoring.context import PERM_KEY
 from statek_bus.authoring.dialog import agent_reminder, dialog_turns
+from statek_bus.authoring.knowledge import KnowledgeView
 from statek_bus.authoring.postprocess import (
     LLMStep,
     ProcessedStep,
@@ -175,6 +176,15 @@ class StepEngine:
                 agent.metadata.get("DEFAULT_DIFFICULTY"), self.settings.default_difficulty
             )
         options: JobOptions | None = ctx.extras.get("job_options")
+        view = ctx.extras.get("knowledge")
+        extra = options.extra_resources if options is not None else None
+        if isinstance(view, KnowledgeView):  # the step's one knowledge version, donors at its difficulty
+            try:
+                agent = view.at(agent, state.difficulty, extra)
+            except ValueError as exc:  # the job's own extra_resources name a role not served here
+                return finish(error_exit(str(exc)), str(exc))
+            state.knowledge = view.version
+        ctx.extras["library"] = dict(state.library)
         blocks = [*job_warmup(options), *agent.warmup_blocks()]  # the job's own code first, as STATEK runs it
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
@@ -202,6 +212,7 @@ class StepEngine:
                     app_code=block is not None and not _brings_code(options) and not _model_code_ran(state),
                 )  # fmt: skip
                 state.perm = dict(ctx.extras.get(PERM_KEY) or {})
+                state.library = dict(ctx.extras.get("library") or {})
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:
@@ -217,9 +228,10 @@ class StepEngine:
                 state.held = []
                 for name, value in ctx.error_handlers:
                     state.error_handlers.append({"tool": name, "context": _context_json(value)})
-                if ctx.difficulty_changed:  # panic(): a harder model and the budget used so far again
-                    state.difficulty = ctx.difficulty
-                    state.token_extension += state.tokens
+                if ctx.difficulty_changed:  # panic() or a harder example: a harder model, more budget
+                    _raise_difficulty(state, ctx.difficulty, step)
+                    if isinstance(view, KnowledgeView):
+                        agent = view.at(agent, state.difficulty, extra)
                 if failed is not None and block is not None:
                     return finish(error_exit(f"warmup failed: {failed}"), f"warmup failed: {failed}")
                 if result.exited:
@@ -508,6 +520,8 @@ class StepEngine:
             k: v for k, v in agent.metadata.items() if isinstance(v, str | int | float | bool | list | dict)
         }
         meta["DIFFICULTY"] = state.difficulty
+        if state.knowledge:
+            meta["KNOWLEDGE"] = state.knowledge
         temperature = agent.metadata.get("TEMPERATURE")
         request = CompleteRequest(
             model=agent.model or "",
@@ -565,6 +579,22 @@ class StepEngine:
 def _shown(limit: float) -> str:
     """A harness limit in a message: ``5``, or ``3.50`` once extended per completion."""
     return str(int(limit)) if float(limit).is_integer() else f"{limit:.2f}"
+
+
+def _raise_difficulty(state: EngineState, difficulty: str, step: int) -> None:
+    """Record a difficulty change (STATEK's ``DifficultyChangeLogItem``) and extend the token limit
+    by the tokens used so far, as STATEK does."""
+    previous = state.difficulty
+    state.difficulty = difficulty
+    state.token_extension += state.tokens
+    state.log.append(
+        LogItem(
+            kind="difficulty",
+            step=step,
+            text=f"Difficulty {previous} -> {difficulty} at {state.tokens} tokens; token limit +{state.tokens}",
+            executed=True,
+        )
+    )
 
 
 def _context_json(value: Any) -> Any:

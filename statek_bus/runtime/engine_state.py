@@ -107,6 +107,10 @@ class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The persistent per-job context (``perm_ctx_set``, the shared-context binding), tagged JSON by key."""
     child_usage: dict[str, list[float]] = {}
     """Per child: the usage totals already summed into this job's usage (keeps reports idempotent)."""
+    library: dict[str, Any] = {}
+    """What the knowledge tools remember (``last_example_id``, ``last_topic_id``)."""
+    knowledge: str = ""
+    """The knowledge version the last step ran with (:mod:`statek_bus.runtime.knowledge`)."""
 
 
 def load_state(record: JobRecord) -> EngineState:
@@ -154,7 +158,7 @@ def step_events(record: JobRecord, state: EngineState | None = None) -> list[Job
             ev("chat", role="user", text=item.text)
         elif item.kind == "llm":
             ev("chat", role="assistant", text=item.text or format_value([c.name for c in item.calls]))
-        elif item.kind in ("system", "notification"):
+        elif item.kind in ("system", "notification", "difficulty"):
             ev("chat", role="system", text=item.text)
     if JobStatus.DONE in trace.statuses:
         ev("status", status=JobStatus.DONE, exit_status=record.exit_status)

@@ -48,6 +48,7 @@ from nats.js import JetStreamContext
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.authoring.console import error_line
 from statek_bus.authoring.futures import StepRuntime
+from statek_bus.authoring.knowledge import KnowledgeView
 from statek_bus.authoring.messaging import deliver_message, split_media
 from statek_bus.authoring.shared_context import is_bound, lookup_shared
 from statek_bus.authoring.tools import JobContext
@@ -63,6 +64,7 @@ from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
 from statek_bus.runtime.engine import StepEngine
 from statek_bus.runtime.engine_state import EngineState, load_state, step_events
 from statek_bus.runtime.handler_step import run_handler_step
+from statek_bus.runtime.knowledge import KnowledgeWatcher
 from statek_bus.runtime.loading import load_agents
 from statek_bus.runtime.merge import Rebase
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
@@ -179,6 +181,8 @@ class _InFlight:
 
 _flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar("statek_flight", default=None)
 """The in-flight entry of the step the current task runs."""
+_step_view: contextvars.ContextVar[KnowledgeView | None] = contextvars.ContextVar("statek_knowledge", default=None)
+"""The knowledge version the current task's step runs with (read once, when the step starts)."""
 
 
 class Executor:
@@ -233,11 +237,17 @@ class Executor:
         self._recent: dict[str, tuple[JobRecord, int, float]] = {}
         self._recent_max = 4 * settings.max_concurrency
         self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any]] = {}
+        self.knowledge: KnowledgeWatcher | None = None
+        """The knowledge version steps run with (prompt files, warmups, examples, documents)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> Executor:
         install_stdout_capture()
         self.store = await JobStore.open(self.js)
+        watcher = KnowledgeWatcher(
+            self.js, self.settings, self.agents, uuid.uuid4().hex[:16], on_change=lambda _: self.register_agents()
+        )
+        self.knowledge = await watcher.__aenter__()
         await self.register_agents()
         self._deliver = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._deliver, cb=self._on_msg)
@@ -280,6 +290,9 @@ class Executor:
             self._sub = None
         await self.runner.aclose()
         self.tracer.close()
+        if self.knowledge is not None:
+            await self.knowledge.__aexit__(None, None, None)
+            self.knowledge = None
 
     def _stopped(self) -> bool:
         return self._stopping.is_set() or (self._external_stop is not None and self._external_stop.is_set())
@@ -288,7 +301,8 @@ class Executor:
         """Put every served agent's description in ``statek_agents`` (key: token(role))."""
         kv = await self.js.key_value(AGENTS_BUCKET)
         now = utcnow()
-        for agent in self.agents.values():
+        served = self.knowledge.view.agents if self.knowledge is not None else self.agents
+        for agent in served.values():
             desc = agent.description()
             desc.updated_at = now
             await kv.put(token(agent.role), encode(desc))
@@ -484,12 +498,14 @@ class Executor:
             await self._stale(record, work)
             await msg.ack()
             return
-        agent = self.agents.get(record.agent)
+        view = self.knowledge.view if self.knowledge is not None else None  # one version for the step
+        agent = (view.agents if view is not None else self.agents).get(record.agent)
         if agent is None:
             await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
             await msg.ack()
             return
         started = time.perf_counter()
+        _step_view.set(view)
         outcome = await self._run_step(record, agent)
         committed = await self._commit(record, rev, outcome)
         if committed is not None and self.tracer.active:
@@ -544,7 +560,7 @@ class Executor:
             params=record.params,
             namespace={},
             loop=loop,
-            extras={"locale": record.locale, "env": env, "agent": agent},
+            extras={"locale": record.locale, "env": env, "agent": agent, "knowledge": _step_view.get()},
         )
         if record.jobdef is not None:  # the job's own options (immutable: read once per executor)
             ctx.extras["job_options"] = (await self.jobdefs.get(record.jobdef)).options

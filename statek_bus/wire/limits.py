@@ -30,6 +30,9 @@ __all__ = [
     "MAX_ERROR_TEXT",
     "MAX_EVENT_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_KNOWLEDGE_BYTES",
+    "MAX_KNOWLEDGE_FILES",
+    "MAX_KNOWLEDGE_FILE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_OPTION_TEXT",
     "MAX_PERM_CONTEXT_BYTES",
@@ -67,3 +70,10 @@ MAX_PERM_CONTEXT_BYTES = 64 * 1024
 """Largest encoded persistent per-job context (``perm_ctx_set``), kept in the job record."""
 MAX_EVENT_BYTES = 256 * 1024
 """Largest agent-queue event; a bigger one is acknowledged and dropped with a warning naming it."""
+MAX_KNOWLEDGE_FILE_BYTES = 256 * 1024
+"""Largest prompt file, warmup def, example or document published to ``statek_knowledge`` (one KV value,
+well under the server's 1 MB ``max_payload``)."""
+MAX_KNOWLEDGE_FILES = 2000
+"""Most files in one published knowledge version (its manifest is one KV value too)."""
+MAX_KNOWLEDGE_BYTES = 64 * 1024 * 1024
+"""Most bytes of all the files of one knowledge version (every executor holds them in memory)."""

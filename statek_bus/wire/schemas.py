@@ -1,5 +1,5 @@
 """JSON Schema of every wire message, generated from the msgspec types in :mod:`statek_bus.wire.messages`
-(and :mod:`statek_bus.wire.shared_context`).
+(and :mod:`statek_bus.wire.shared_context`, and the stored records of :mod:`statek_bus.wire.knowledge`).
 
 ``statek-bus schemas export`` writes one file per message into ``schemas/``; a test fails when
 the checked-in files differ from what the code generates.
@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.wire import messages, options, shared_context
+from statek_bus.wire import knowledge, messages, options, shared_context
 from statek_bus.wire.errors import ErrorBody
 
 __all__ = ["all_schemas", "export"]
@@ -22,7 +22,7 @@ __all__ = ["all_schemas", "export"]
 
 def _message_types() -> dict[str, type]:
     found: dict[str, type] = {"ErrorBody": ErrorBody}
-    for module in (messages, options, shared_context):
+    for module in (messages, options, shared_context, knowledge):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, msgspec.Struct):

@@ -36,6 +36,9 @@ __all__ = [
     "JOBS_SUBMIT",
     "JOBS_SUBMIT_BATCH",
     "JOB_LOG_STREAM",
+    "KNOWLEDGE_BUCKET",
+    "KNOWLEDGE_MANIFEST_KEY",
+    "KNOWLEDGE_SERVED_KEYS",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
@@ -69,6 +72,8 @@ __all__ = [
     "event_job_id",
     "job_events_subject",
     "job_key",
+    "knowledge_file_key",
+    "knowledge_served_key",
     "token",
     "untoken",
     "work_run_subject",
@@ -122,6 +127,12 @@ STATES_BUCKET = "statek_states"
 JOBDEFS_BUCKET = "statek_jobdefs"
 """Job definitions (a job's own options), stored once under the sha-256 of their content."""
 OBJECT_STORE_BUCKET = "statek_blobs"
+KNOWLEDGE_BUCKET = "statek_knowledge"
+"""Prompt files, warmup defs, examples and documents every executor serves (one published version)."""
+KNOWLEDGE_MANIFEST_KEY = "manifest"
+"""``statek_knowledge`` key of the published version: the list of its files (written last)."""
+KNOWLEDGE_SERVED_KEYS = "served.*"
+"""``statek_knowledge`` keys ``served.<instance>``: what each executor serves (:func:`knowledge_served_key`)."""
 WORK_STREAM = "statek_work"
 """WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
 WORK_CONSUMER = "statek_executors"
@@ -199,6 +210,16 @@ def batch_job_ids(batch_id: str, count: int) -> list[str]:
 def job_key(job_id: str) -> str:
     """Key of a job record in :data:`JOBS_BUCKET`."""
     return f"job.{token(job_id)}"
+
+
+def knowledge_file_key(sha256: str) -> str:
+    """``statek_knowledge`` key of one file's content, by its SHA-256 (content-addressed)."""
+    return f"file.{sha256}"
+
+
+def knowledge_served_key(instance: str) -> str:
+    """``statek_knowledge`` key where executor ``instance`` says which version it serves."""
+    return f"served.{token(instance)}"
 
 
 def job_events_subject(job_id: str) -> str:

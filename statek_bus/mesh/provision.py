@@ -49,6 +49,7 @@ _COMPARED = (
     "allow_msg_ttl",
     "allow_msg_schedules",
     "discard",
+    "discard_new_per_subject",
 )
 
 
@@ -94,7 +95,28 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
             allow_direct=True,
             max_age=0,
         ),
+        _inbox_stream(settings),
     ]
+
+
+def _inbox_stream(settings: Settings) -> StreamConfig:
+    # Every job's inbox, one subject per job. The server enforces the per-job limit: a publish
+    # over ``inbox_limit`` stored messages on the subject is refused (10077) and stores nothing.
+    # No max_age: an unconsumed message stays until its job consumes it; the consuming step (or
+    # the recovery sweep) purges what the job has consumed (docs/architecture.md, "Inbox").
+    return StreamConfig(
+        name=s.INBOX_STREAM,
+        subjects=[f"{s.INBOX_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_msgs_per_subject=settings.inbox_limit,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        duplicate_window=settings.dedup_window,
+        allow_direct=True,
+        max_age=0,
+    )
 
 
 def work_consumer(settings: Settings) -> ConsumerConfig:

@@ -85,6 +85,11 @@ class Settings:
     """Revisions kept per job record."""
     dedup_window: float = 120.0
     """Seconds the work stream deduplicates by ``Nats-Msg-Id``."""
+    inbox_limit: int = 10_000
+    """Undelivered messages and notifications one job's inbox holds; a send over it is a 413.
+
+    Enforced by the server (``max_msgs_per_subject`` of ``statek_inbox``), so every service of a
+    mesh must use the same value (a differing one is a provisioning error naming it)."""
     recovery_interval: float = 30.0
     """Seconds between submission's passes that enqueue READY jobs lacking a work message."""
     reconcile_interval: float = 600.0

@@ -19,7 +19,15 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 
 from __future__ import annotations
 
-__all__ = ["MAX_ERROR_FIELD", "MAX_ERROR_MESSAGE", "MAX_ERROR_TEXT", "MAX_JSON_DEPTH", "MAX_NAME_LENGTH"]
+__all__ = [
+    "INBOX_DRAIN_MAX",
+    "MAX_ERROR_FIELD",
+    "MAX_ERROR_MESSAGE",
+    "MAX_ERROR_TEXT",
+    "MAX_JSON_DEPTH",
+    "MAX_NAME_LENGTH",
+    "RECORD_HEADROOM",
+]
 
 MAX_NAME_LENGTH = 256
 """Most characters in any id or name of a request (job, batch, parent, state, task, agent, model)."""
@@ -31,3 +39,7 @@ MAX_ERROR_MESSAGE = 4096
 """Most characters of the ``message`` of an error's JSON body (it may list, say, the known agents)."""
 MAX_ERROR_FIELD = 200
 """Most characters of the JSON path an error's ``field`` names."""
+RECORD_HEADROOM = 4096
+"""Bytes a job record keeps below the server's ``max_payload`` (headers, escaping): its size limit."""
+INBOX_DRAIN_MAX = 1000
+"""Most inbox items one step consumes; the rest wait for the job's next step."""

@@ -18,6 +18,8 @@ __all__ = [
     "EVENTS_PREFIX",
     "EXECUTOR_STATUS",
     "EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER",
+    "INBOX_PREFIX",
+    "INBOX_STREAM",
     "INDEX_PREFIX",
     "JOBS_BUCKET",
     "JOBS_CANCEL",
@@ -29,6 +31,7 @@ __all__ = [
     "JOBS_SUBMIT",
     "JOBS_SUBMIT_BATCH",
     "JOB_LOG_STREAM",
+    "KV_OPERATION_HEADER",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
@@ -54,6 +57,7 @@ __all__ = [
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
     "batch_job_ids",
+    "inbox_subject",
     "job_events_subject",
     "job_key",
     "token",
@@ -99,6 +103,8 @@ WORK_RUN_PREFIX = "statek.work.run"
 """Work-queue messages that run a job's next step: ``statek.work.run.<token(job_id)>``."""
 WORK_SCHEDULE_PREFIX = "statek.work.sched"
 """Scheduled (delayed) work messages; outside the consumer's filter, they fire into ``WORK_RUN_PREFIX``."""
+INBOX_PREFIX = "statek.inbox"
+"""Messages and notifications sent to a job, appended to ``statek.inbox.<token(job_id)>``."""
 
 # --- storage ---------------------------------------------------------------------------------------
 JOBS_BUCKET = "statek_jobs"
@@ -110,6 +116,8 @@ WORK_STREAM = "statek_work"
 WORK_CONSUMER = "statek_executors"
 JOB_LOG_STREAM = "statek_job_log"
 """Append-only stream capturing every job event subject: the durable chat log and console of each job."""
+INBOX_STREAM = "statek_inbox"
+"""Append-only stream of every job's inbox (:data:`INBOX_PREFIX`); a job record keeps how far it consumed."""
 
 PENDING_PREFIX = "pending"
 """``statek_jobs`` keys ``pending.<nuid>``: jobs whose step-0 work message may not be persisted yet."""
@@ -124,6 +132,8 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 TRACE_ID_HEADER = "Statek-Trace-Id"
+KV_OPERATION_HEADER = "KV-Operation"
+"""Marks a KV delete or purge tombstone (``DEL`` / ``PURGE``) on a message read from a bucket's stream."""
 
 # --- id escaping -----------------------------------------------------------------------------------
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
@@ -189,3 +199,8 @@ def work_run_subject(job_id: str) -> str:
 def work_schedule_subject(job_id: str) -> str:
     """Schedule subject for a delayed wake-up of ``job_id`` (ADR-51 message scheduling)."""
     return f"{WORK_SCHEDULE_PREFIX}.{token(job_id)}"
+
+
+def inbox_subject(job_id: str) -> str:
+    """Subject of ``job_id``'s inbox in :data:`INBOX_STREAM`."""
+    return f"{INBOX_PREFIX}.{token(job_id)}"

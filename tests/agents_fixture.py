@@ -470,6 +470,35 @@ async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
     return await wait_status(js, job_id, JobStatus.DONE, timeout)
 
 
+async def wait_consumed(nc: Any, job_id: str, timeout: float = 120.0) -> Any:
+    """The job's record once it is DONE with every inbox item stored so far consumed (a KV watch).
+
+    Call it after the sends it waits for returned: the newest item's sequence is read first.
+    """
+    import asyncio
+
+    from statek_bus.jobs.inbox import JobInbox
+    from statek_bus.jobs.store import JobStore
+    from statek_bus.mesh.settings import Settings
+    from statek_bus.wire.messages import JobRecord, JobStatus, decode
+    from statek_bus.wire.subjects import job_key
+
+    js = nc.jetstream()
+    last_seq = await JobInbox(nc, js, Settings()).last_seq(job_id)
+    watcher = await (await JobStore.open(js)).kv.watch(job_key(job_id))
+    try:
+        async with asyncio.timeout(timeout):
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue
+                record = decode(entry.value, JobRecord)
+                if record.status is JobStatus.DONE and record.inbox_seq >= last_seq:
+                    return record
+    finally:
+        await watcher.stop()
+    raise AssertionError("the watch ended")
+
+
 def chat_log(record: Any) -> Any:
     """The engine's chat log of a record."""
     from statek_bus.runtime.engine_state import load_state

@@ -29,9 +29,12 @@ only a send that reads the cancelled record afterwards restarts it, as before.
 **Bounds.** The server refuses a publish once a job's subject holds ``inbox_limit`` messages
 (``max_msgs_per_subject`` with ``discard_new_per_subject``): a 413 naming the limit, and nothing
 stored. A message is also refused (413) when it could not fit in the job's record beside what the
-record holds already, since delivering it copies it into the chat log. A step consumes at most
-:data:`~statek_bus.wire.limits.INBOX_DRAIN_MAX` items and only as many bytes as its record has room
-for; the rest wait for the next step.
+record holds already, since delivering it copies it into the chat log; a large one (over an
+eighth of that room) is also checked against the bytes still undelivered before it (one read,
+which small messages skip: they are bounded by count). Concurrent large senders may pass that
+check together, so a step consumes at most :data:`~statek_bus.wire.limits.INBOX_DRAIN_MAX` items
+and only as many bytes as its record has room for; the rest wait for the next step, and an item
+too large for an emptied record is delivered cut, with a note saying how much was cut.
 
 **Retention.** Consumed items are purged by the executor after the step that consumed them
 commits (and by submission's recovery sweep if that purge was lost); an unconsumed item stays
@@ -167,6 +170,11 @@ class JobInbox:
             InboxItem(int((m.headers or {}).get("Nats-Sequence") or 0), decode(m.data, JobEvent))
             for m in batch.messages
         ]
+
+    async def undelivered_bytes(self, job_id: str, after: int, *, up_to: int) -> int:
+        """Bytes of the items after ``after`` (counted up to about ``up_to``)."""
+        items = await self.fetch(job_id, after, max_bytes=up_to)
+        return sum(len(encode(i.event)) for i in items if i.seq > after)
 
     async def last_seq(self, job_id: str) -> int:
         """Sequence of the newest item in the job's inbox (0: none stored), read from the leader."""

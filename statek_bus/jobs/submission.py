@@ -126,6 +126,7 @@ DEFAULT_CANCEL_REASON = "no reason given"
 _MARKER_GRACE = timedelta(seconds=30)  # younger markers may belong to a submit still in flight
 _PURGE_TTL = 60  # seconds a purge tombstone lives before the server removes it
 _CHUNK = 256  # records read or checked at once
+_LARGE_SHARE = 8  # a message over 1/8 of its job's record room is checked against the undelivered bytes
 
 
 async def gather_chunked(
@@ -603,11 +604,16 @@ class Submission:
         with json_paths():
             current, _ = await self.store.get(job_id)
         room = room_for(current, self.nc.max_payload)
-        if len(encode(event)) > room:
+        size = len(encode(event))
+        if size <= room and size > room // _LARGE_SHARE:
+            # a large one is checked against what waits before it (a small one costs no read)
+            room -= await self.inbox.undelivered_bytes(job_id, current.inbox_seq, up_to=room)
+        if size > room:
             raise PayloadTooLargeError(
-                f"the {kind} would not fit in job {job_id!r}'s record ({room} bytes left)",
+                f"the {kind} would not fit in job {job_id!r}'s record beside its undelivered "
+                f"messages ({max(room, 0)} bytes left)",
                 field=field,
-                details={"limit": room},
+                details={"limit": max(room, 0)},
             )
         seq = await self.inbox.append(event, message_id=message_id, field=field)
         woken = await wake(self.store, self.inbox, job_id, seq, restart_cancelled=True)

@@ -80,6 +80,10 @@ _READ_TIMEOUT = 5.0
 _LIST_PAGE = 100_000  # subjects the server lists in one stream info (its own page size)
 
 
+class _Full(Exception):
+    """The job's inbox subject holds ``inbox_limit`` messages (the server refused the publish)."""
+
+
 @dataclass(frozen=True)
 class InboxItem:
     """One message or notification in a job's inbox."""
@@ -131,10 +135,13 @@ class JobInbox:
         headers = {MSG_ID_HEADER: f"{token(event.job_id)}:{message_id}"} if message_id else None
         try:
             with unavailable_as_503(f"storing a message for job {event.job_id!r}"):
-                ack = await self.js.publish(inbox_subject(event.job_id), encode(event), headers=headers)
-        except APIError as exc:
-            if exc.err_code != _SUBJECT_FULL:
-                raise
+                try:
+                    ack = await self.js.publish(inbox_subject(event.job_id), encode(event), headers=headers)
+                except APIError as exc:  # nats-py raises this one as a 503: it is not an outage
+                    if exc.err_code == _SUBJECT_FULL:
+                        raise _Full from None
+                    raise
+        except _Full:
             raise PayloadTooLargeError(
                 f"job {event.job_id!r} has {self.limit} undelivered messages, its inbox limit "
                 "(inbox_limit, STATEK_INBOX_LIMIT); send again once it has consumed some",

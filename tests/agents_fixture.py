@@ -236,6 +236,16 @@ async def _counter_event(ctx: HandlerContext, event: HandlerEvent) -> None:
     await ctx.send_message(f"count is {state.state['count'] + 1}")
 
 
+SLOW_COUNTER = HandlerAgent("t_slow_counter", "Takes 50 ms per event: a crash lands in the middle of a step.")
+
+
+@SLOW_COUNTER.on_event
+async def _slow_event(ctx: HandlerContext, event: HandlerEvent) -> None:
+    import asyncio
+
+    await asyncio.sleep(0.05)
+
+
 # --- waiting: child jobs, futures, timers, sub-tasks (tests/runtime/test_waits*.py) --------------------------
 
 
@@ -398,6 +408,7 @@ AGENTS: list[Agent | HandlerAgent] = [
     PANIC,
     WARMUP_TOOL,
     COUNTER,
+    SLOW_COUNTER,
     *WAIT_AGENTS,
     *FAULT_AGENTS,
 ]

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from statek_bus.services import provider as provider_service
+from statek_bus.services import submission as submission_service
 
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.store import JobStore
@@ -37,6 +38,7 @@ from tests.agents_fixture import (
     submit,
     wait_consumed,
     wait_done,
+    wait_status,
 )
 
 
@@ -209,6 +211,31 @@ async def test_handler_agent_counts_50_events(mesh: Settings, nc: Client) -> Non
     assert state is not None
     assert state.state["count"] == 50
     assert sorted(state.state["history"]) == sorted(f"event {i}" for i in range(50))
+
+
+async def test_every_message_is_consumed_once_across_an_executor_crash(
+    crash_mesh: tuple[Settings, Client], tmp_path: Path
+) -> None:
+    s, nc = crash_mesh
+    js = nc.jetstream()
+    victim = executor_process(s, tmp_path, "victim")
+    await victim.start()
+    survivor = executor_process(s, tmp_path, "survivor")
+    async with running_service(submission_service.build, s, name="statek-submission"):
+        client = AsyncStatekClient(settings=s, nc=nc)
+        job = await submit(js, "t_slow_counter")
+        await wait_done(js, job)
+        await asyncio.gather(*(client.jobs.send_message(job, f"event {i}") for i in range(40)))
+        await wait_status(js, job, JobStatus.STARTED)
+        await asyncio.sleep(0.5)  # where the crash lands does not matter: anywhere, each is consumed once
+        victim.kill()
+        await survivor.start()
+        try:
+            record = await wait_consumed(nc, job)
+        finally:
+            await survivor.stop()
+    seen = [i.text for i in chat_log(record) if i.kind == "user"]
+    assert sorted(seen) == sorted(f"event {i}" for i in range(40))
 
 
 async def test_status_endpoint_lists_agents(mesh: Settings, nc: Client) -> None:

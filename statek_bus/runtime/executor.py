@@ -454,6 +454,8 @@ class Executor:
             await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
             await msg.ack()
             return
+        if fetched and fetched[-1].seq <= record.inbox_seq:  # a window of consumed items not purged yet
+            fetched = await self.inbox.fetch(record.id, record.inbox_seq, max_bytes=self.nc.max_payload)
         started = time.perf_counter()
         outcome = await self._run_step(self._with_inbox(record, fetched), agent)
         outcome.consumed = len(record.inbox)  # the record's own items: the rest came from the stream

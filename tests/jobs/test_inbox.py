@@ -14,8 +14,8 @@ from nats.aio.client import Client
 from statek_bus.services.submission import build
 
 from statek_bus.client.core import AsyncStatekClient
-from statek_bus.jobs.inbox import JobInbox
-from statek_bus.jobs.store import JobStore
+from statek_bus.jobs.inbox import InboxItem, JobInbox, fit
+from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.jobs.submission import Submission
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.provision import provision
@@ -156,3 +156,18 @@ async def test_the_sweep_leaves_a_cancelled_job_cancelled(nc: Client, settings: 
     await sub.sweep_inboxes()
     record, _ = await (await JobStore.open(js)).get(job.id)
     assert (record.status, record.exit_status) == (JobStatus.DONE, "Cancelled: stop")
+
+
+def test_a_step_takes_what_fits_its_record_and_cuts_an_item_too_large_alone() -> None:
+    at = utcnow()
+    items = [
+        InboxItem(seq, JobEvent(job_id="j", kind="message", at=at, text=t))
+        for seq, t in ((4, "a" * 3000), (5, "b" * 100))
+    ]
+    assert [i.seq for i in fit(items, 0, 10_000)] == [4, 5]
+    assert [i.seq for i in fit(items, 4, 10_000)] == [5]  # consumed ones are skipped
+    assert [i.seq for i in fit(items, 0, 4_000)] == [4]  # the next one waits for the next step
+    (cut,) = fit(items, 0, 2_000)  # alone, and too large: delivered cut, saying so
+    assert cut.seq == 4 and cut.event.text is not None
+    assert cut.event.text.startswith("a" * 100) and "did not fit the job's record" in cut.event.text
+    assert len(cut.event.text) < 2_000

@@ -447,7 +447,7 @@ async def submit(
     return record.id
 
 
-async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 30.0) -> Any:
+async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 150.0) -> Any:
     """The job's record once it has ``status``: a KV watch on its key, woken by each commit (no polling)."""
     import asyncio
 
@@ -474,7 +474,7 @@ async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 30.0) 
     raise AssertionError("the watch ended")
 
 
-async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
+async def wait_done(js: Any, job_id: str, timeout: float = 150.0) -> Any:
     """The job's record once it is DONE (event-driven, see :func:`wait_status`)."""
     from statek_bus.wire.messages import JobStatus
 

@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded (discard new per subject)
 _ITEM_OVERHEAD = 512  # bytes a delivered item adds to the record beyond its text (chat log entry)
 _READ_TIMEOUT = 5.0
-_LIST_PAGE = 100_000  # subjects the server lists in one stream info (its own page size)
 
 
 class _Full(Exception):
@@ -202,8 +201,7 @@ class JobInbox:
         """Jobs whose inbox holds items (consumed ones not purged yet included)."""
         info = await retry_transient(lambda: self.js.stream_info(INBOX_STREAM, subjects_filter=f"{INBOX_PREFIX}.>"))
         prefix = len(INBOX_PREFIX) + 1
-        subjects = list((info.state.subjects or {}).keys())[:_LIST_PAGE]
-        return [untoken(subj[prefix:]) for subj in subjects]
+        return [untoken(subj[prefix:]) for subj in info.state.subjects or {}]
 
     async def latest_record(self, store: JobStore, job_id: str) -> tuple[JobRecord, int] | None:
         """The job's record as the hand-off needs it: no older than any write acknowledged before."""

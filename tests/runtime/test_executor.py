@@ -145,7 +145,7 @@ async def test_sigkill_mid_step_resumes_on_another_replica(
     survivor = executor_process(s, tmp_path, "survivor")
     await survivor.start()
     try:
-        record = await wait_done(js, job, timeout=60)
+        record = await wait_done(js, job)
     finally:
         await survivor.stop()
     assert record.exit_status == "total=2"
@@ -166,7 +166,7 @@ async def test_two_executors_finish_each_of_200_jobs_once(
     await asyncio.gather(*(r.start() for r in replicas))
     try:
         jobs = await asyncio.gather(*(submit(js, "t_quick", {"n": i}) for i in range(200)))
-        records = await asyncio.gather(*(wait_done(js, j, timeout=60) for j in jobs))
+        records = await asyncio.gather(*(wait_done(js, j) for j in jobs))
     finally:
         await asyncio.gather(*(r.stop() for r in replicas))
     assert [r.exit_status for r in records] == [f"done {i}" for i in range(200)]
@@ -203,7 +203,7 @@ async def job_log(nc: Client, job_id: str | None) -> list[JobEvent]:
 async def test_handler_agent_counts_50_events(mesh: Settings, nc: Client) -> None:
     client = AsyncStatekClient(settings=mesh, nc=nc)
     job = await client.jobs.submit("t_counter")
-    await client.jobs.wait(job.id, timeout=20)
+    await client.jobs.wait(job.id, timeout=150)
     await asyncio.gather(*(client.jobs.send_message(job.id, f"event {i}") for i in range(50)))
     record = await wait_consumed(nc, job.id)  # every send was accepted: none contends with another
     assert [i.text for i in chat_log(record) if i.kind == "user"].count("event 7") == 1
@@ -259,7 +259,7 @@ async def test_cancel_ends_a_running_job_at_the_step_boundary(mesh: Settings, nc
     job = await client.jobs.submit("t_slow")
     await wait_step(nc, job.id, 2)  # step 2 sleeps for 3 s
     await client.jobs.cancel(job.id, reason="user asked")
-    done = await client.jobs.wait(job.id, timeout=20)
+    done = await client.jobs.wait(job.id, timeout=150)
     assert done.exit_status == "Cancelled: user asked"
     assert done.usage.llm_calls == 3  # the running step finished (and was committed) first
 
@@ -269,7 +269,7 @@ async def test_exit_waits_for_a_pending_notification(mesh: Settings, nc: Client)
     job = await client.jobs.submit("t_note")
     await wait_step(nc, job.id, 1)  # step 1 sleeps, then calls exit("early")
     await client.jobs.send_notification(job.id, "child finished")
-    done = await client.jobs.wait(job.id, timeout=20)
+    done = await client.jobs.wait(job.id, timeout=150)
     assert done.exit_status == "after note"
     record, _ = await (await JobStore.open(nc.jetstream())).get(job.id)
     kinds = [i.kind for i in chat_log(record)]

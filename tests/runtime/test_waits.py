@@ -22,8 +22,11 @@ from tests.agents_fixture import chat_log, console, services, submit, wait_done,
 
 @pytest.fixture
 async def mesh(settings: Settings) -> AsyncIterator[Settings]:
-    """Provider, submission and an executor (the fixture agents) on the session server."""
-    async with services(settings, "provider", "submission", "executor") as s:
+    """Provider, submission and an executor (the fixture agents) on the session server.
+
+    No step here tests the step limit: it is wide, so a warmup block submitting a child among a
+    thousand others on a loaded machine is not cut off (it was, at the default 10 s)."""
+    async with services(settings.replace(step_timeout=120.0), "provider", "submission", "executor") as s:
         yield s
 
 

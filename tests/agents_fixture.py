@@ -236,6 +236,16 @@ async def _counter_event(ctx: HandlerContext, event: HandlerEvent) -> None:
     await ctx.send_message(f"count is {state.state['count'] + 1}")
 
 
+SLOW_COUNTER = HandlerAgent("t_slow_counter", "Takes 50 ms per event: a crash lands in the middle of a step.")
+
+
+@SLOW_COUNTER.on_event
+async def _slow_event(ctx: HandlerContext, event: HandlerEvent) -> None:
+    import asyncio
+
+    await asyncio.sleep(0.05)
+
+
 # --- waiting: child jobs, futures, timers, sub-tasks (tests/runtime/test_waits*.py) --------------------------
 
 
@@ -400,6 +410,7 @@ AGENTS: list[Agent | HandlerAgent] = [
     PANIC,
     WARMUP_TOOL,
     COUNTER,
+    SLOW_COUNTER,
     *WAIT_AGENTS,
     *FAULT_AGENTS,
 ]
@@ -438,7 +449,7 @@ async def submit(
     return record.id
 
 
-async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 30.0) -> Any:
+async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 150.0) -> Any:
     """The job's record once it has ``status``: a KV watch on its key, woken by each commit (no polling)."""
     import asyncio
 
@@ -465,11 +476,40 @@ async def wait_status(js: Any, job_id: str, status: Any, timeout: float = 30.0) 
     raise AssertionError("the watch ended")
 
 
-async def wait_done(js: Any, job_id: str, timeout: float = 30.0) -> Any:
+async def wait_done(js: Any, job_id: str, timeout: float = 150.0) -> Any:
     """The job's record once it is DONE (event-driven, see :func:`wait_status`)."""
     from statek_bus.wire.messages import JobStatus
 
     return await wait_status(js, job_id, JobStatus.DONE, timeout)
+
+
+async def wait_consumed(nc: Any, job_id: str, timeout: float = 120.0) -> Any:
+    """The job's record once it is DONE with every inbox item stored so far consumed (a KV watch).
+
+    Call it after the sends it waits for returned: the newest item's sequence is read first.
+    """
+    import asyncio
+
+    from statek_bus.jobs.inbox import JobInbox
+    from statek_bus.jobs.store import JobStore
+    from statek_bus.mesh.settings import Settings
+    from statek_bus.wire.messages import JobRecord, JobStatus, decode
+    from statek_bus.wire.subjects import job_key
+
+    js = nc.jetstream()
+    last_seq = await JobInbox(nc, js, Settings()).last_seq(job_id)
+    watcher = await (await JobStore.open(js)).kv.watch(job_key(job_id))
+    try:
+        async with asyncio.timeout(timeout):
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue
+                record = decode(entry.value, JobRecord)
+                if record.status is JobStatus.DONE and record.inbox_seq >= last_seq:
+                    return record
+    finally:
+        await watcher.stop()
+    raise AssertionError("the watch ended")
 
 
 def chat_log(record: Any) -> Any:

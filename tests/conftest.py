@@ -27,8 +27,12 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 @pytest.fixture
 def settings(nats_server: NatsServer) -> Settings:
-    """Settings pointing at the session server, with short drain/request timeouts."""
-    return Settings.from_env({}, nats_url=nats_server.url, drain_timeout=3.0, request_timeout=5.0)
+    """Settings pointing at the session server, with a short drain timeout.
+
+    The request timeout is how long a caller waits for a reply before a 503, never what a test
+    asserts: on a loaded 2-core machine a reply may take far longer than 5 s (a child submit from a
+    warmup block then failed its job), so it is generous; tests of timeouts set their own."""
+    return Settings.from_env({}, nats_url=nats_server.url, drain_timeout=3.0, request_timeout=30.0)
 
 
 @pytest.fixture

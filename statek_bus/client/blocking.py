@@ -160,13 +160,13 @@ class BlockingJobs:
         """Blocking :meth:`AsyncJobs.cancel`."""
         return self._run(self.aio.cancel(job_id, reason))
 
-    def send_message(self, job_id: str, message: str) -> Job:
+    def send_message(self, job_id: str, message: str, *, message_id: str | None = None) -> Job:
         """Blocking :meth:`AsyncJobs.send_message`."""
-        return self._run(self.aio.send_message(job_id, message))
+        return self._run(self.aio.send_message(job_id, message, message_id=message_id))
 
-    def send_notification(self, job_id: str, text: str) -> Job:
+    def send_notification(self, job_id: str, text: str, *, message_id: str | None = None) -> Job:
         """Blocking :meth:`AsyncJobs.send_notification`."""
-        return self._run(self.aio.send_notification(job_id, text))
+        return self._run(self.aio.send_notification(job_id, text, message_id=message_id))
 
     def history(self, job_id: str) -> JobHistory:
         """Blocking :meth:`AsyncJobs.history`."""

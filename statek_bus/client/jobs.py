@@ -292,15 +292,24 @@ class AsyncJobs:
         """Cancel: a READY/SUSPENDED job ends now, a running one at its next step; DONE is 409."""
         return await self._client.request(JOBS_CANCEL, JobCancelRequest(job_id=job_id, reason=reason), Job)
 
-    async def send_message(self, job_id: str, message: str) -> Job:
-        """Send a chat message to the job; a DONE job restarts (DONE → STARTED)."""
-        req = JobSendMessageRequest(job_id=job_id, message=message)
-        return await self._client.request(JOBS_SEND_MESSAGE, req, Job)
+    async def send_message(self, job_id: str, message: str, *, message_id: str | None = None) -> Job:
+        """Send a chat message to the job; a DONE job restarts (DONE → STARTED).
 
-    async def send_notification(self, job_id: str, text: str) -> Job:
-        """Send a notification to the job; a DONE job restarts (DONE → STARTED)."""
-        req = JobSendNotificationRequest(job_id=job_id, text=text)
-        return await self._client.request(JOBS_SEND_NOTIFICATION, req, Job)
+        ``message_id`` is the send's idempotency key (a uuid4 when omitted): a 503 is retried with
+        it, and the job receives the message once.
+        """
+        req = JobSendMessageRequest(job_id=job_id, message=message, message_id=message_id or uuid.uuid4().hex)
+        job: Job = await self._submit(JOBS_SEND_MESSAGE, req, Job)
+        return job
+
+    async def send_notification(self, job_id: str, text: str, *, message_id: str | None = None) -> Job:
+        """Send a notification to the job; a DONE job restarts (DONE → STARTED).
+
+        ``message_id``: as for :meth:`send_message`.
+        """
+        req = JobSendNotificationRequest(job_id=job_id, text=text, message_id=message_id or uuid.uuid4().hex)
+        job: Job = await self._submit(JOBS_SEND_NOTIFICATION, req, Job)
+        return job
 
     async def history(self, job_id: str) -> JobHistory:
         """The job's chat log and console output."""

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KeyValue
 
 from statek_bus.mesh import tracing
@@ -29,6 +30,7 @@ from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, e
 from statek_bus.wire.subjects import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     JOBS_BUCKET,
+    KV_OPERATION_HEADER,
     MSG_ID_HEADER,
     TIMER_DUE_HEADER,
     job_events_subject,
@@ -76,6 +78,23 @@ class JobStore:
         if entry.value is None:  # an expired/purged marker reads as an empty entry
             return None
         return decode(entry.value, JobRecord), int(entry.revision or 0)
+
+    async def find_latest(self, job_id: str) -> tuple[JobRecord, int] | None:
+        """:meth:`find` answered by the stream leader: it sees every write acknowledged before it.
+
+        A direct get may be answered by a replica that has not applied the newest write yet; a
+        reader that must see every commit acknowledged before its read (the inbox's hand-off
+        between a sender and the executor, :mod:`statek_bus.jobs.inbox`) reads here.
+        """
+        try:
+            msg = await retry_transient(
+                lambda: self.js.get_msg(f"KV_{JOBS_BUCKET}", subject=f"$KV.{JOBS_BUCKET}.{job_key(job_id)}")
+            )
+        except JsNotFoundError:
+            return None
+        if not msg.data or (msg.headers or {}).get(KV_OPERATION_HEADER) in ("DEL", "PURGE"):
+            return None
+        return decode(msg.data, JobRecord), int(msg.seq or 0)
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:
         """The record and its revision; :class:`NotFoundError` when missing."""

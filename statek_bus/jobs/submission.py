@@ -16,12 +16,8 @@ Where a submitted job goes (one pipelined burst, then one publish burst)::
 
 Why markers and not a scan: a stranded job (the service died between a record write and the work
 message it needs) is found through a ``pending.<nuid>`` marker written *before* that record write,
-so the recovery pass costs O(writes in flight), never O(all jobs). Two writes leave markers:
-
-- a submit: the marker names the jobs (or the batch); a stranded job is READY at step 0;
-- a message or notification that restarts a DONE job or wakes a SUSPENDED one
-  (:meth:`Submission.send_message`): the marker names the job, written before the compare-and-set
-  that makes it STARTED (or adds to a SUSPENDED job's inbox).
+so the recovery pass costs O(writes in flight), never O(all jobs). A submit leaves one: the
+marker names the jobs (or the batch); a stranded job is READY at step 0.
 
 For each marked job the pass reads the record and, if it is READY, STARTED, or SUSPENDED with
 undelivered inbox items, publishes its current step with ``if_absent`` — stored only when the
@@ -29,6 +25,11 @@ job's work subject holds no message, checked by the server in the same step as t
 running job keeps its unacknowledged work message on that subject, and a publish racing with the
 original one carries the same ``Nats-Msg-Id`` and is deduplicated, so nothing runs twice. A
 retried submit or message does the same for the jobs it finds already written.
+
+A message or notification needs no marker: it is appended to the job's inbox subject
+(:mod:`statek_bus.jobs.inbox`) before anything else, so the item itself is the durable trace. The
+same pass sweeps the inbox stream's subjects (O(jobs with unconsumed items)) and wakes a job a
+sender left unwoken (:meth:`Submission.sweep_inboxes`).
 
 Conflicts (a ``job_id`` of another agent's job) are detected before anything is written: the
 batch's existing records are read first (``multi_last`` direct gets, 256 ids per round trip), and
@@ -64,6 +65,7 @@ from statek_bus.jobs.checks import (
     conflict,
     json_paths,
 )
+from statek_bus.jobs.inbox import JobInbox, publish_restart, room_for, wake, wake_if_pending
 from statek_bus.jobs.jobdefs import JobDefStore, check_options
 from statek_bus.jobs.listing import list_jobs, read_in_order, read_records
 from statek_bus.jobs.log import read_job_log
@@ -82,6 +84,7 @@ from statek_bus.wire.errors import (
     ServiceUnavailableError,
     StatekError,
 )
+from statek_bus.wire.limits import RECORD_HEADROOM
 from statek_bus.wire.locale import resolve_locale
 from statek_bus.wire.messages import (
     AgentDescription,
@@ -127,7 +130,7 @@ DEFAULT_CANCEL_REASON = "no reason given"
 _MARKER_GRACE = timedelta(seconds=30)  # younger markers may belong to a submit still in flight
 _PURGE_TTL = 60  # seconds a purge tombstone lives before the server removes it
 _CHUNK = 256  # records read or checked at once
-_RECORD_HEADROOM = 4096  # headers and escaping on top of a record, below the server's max_payload
+_LARGE_SHARE = 8  # a message over 1/8 of its job's record room is checked against the undelivered bytes
 
 
 async def gather_chunked(
@@ -157,6 +160,7 @@ class Submission:
         self.agents = agents
         self.settings = settings
         self.jobdefs = JobDefStore(store.js)
+        self.inbox = JobInbox(nc, store.js, settings)
         self._purge_queue: asyncio.Queue[str] = asyncio.Queue()
         self._stop = asyncio.Event()
 
@@ -279,7 +283,7 @@ class Submission:
         if options is not None and len(existing) < len(ids):  # stored before a record names it
             jobdef = await self.jobdefs.put(JobDef(agent=agent, options=options))
         now = utcnow()
-        limit = self.nc.max_payload - _RECORD_HEADROOM
+        limit = self.nc.max_payload - RECORD_HEADROOM
         new: list[tuple[JobRecord, bytes, str]] = []
         for i, (job_id, sv, tok) in enumerate(zip(ids, shared_vars, toks, strict=True)):
             if job_id in existing:
@@ -410,7 +414,27 @@ class Submission:
                 if marker.index_keys and not records:
                     await asyncio.gather(*(self.kv.purge(k, msg_ttl=_PURGE_TTL) for k in marker.index_keys))
                 await self.kv.purge(key, msg_ttl=_PURGE_TTL)
-        return enqueued
+        return enqueued + await self.sweep_inboxes()
+
+    async def sweep_inboxes(self) -> int:
+        """Wake every job with unconsumed inbox items that nothing will run; purge consumed ones.
+
+        It repairs a sender that died between its append and its wake-up (the item is durable;
+        nothing else names the job). A cancelled job is left alone: a cancel wins over a message
+        that was on its way. Returns how many work messages it stored.
+        """
+        stored = 0
+        for job_id in await self.inbox.job_ids():
+            found = await self.store.find(job_id)
+            if found is None:
+                continue
+            record = found[0]
+            if await wake_if_pending(self.store, self.inbox, record):
+                stored += 1
+                log.debug("job %r had undelivered inbox items and no step to run: woken", job_id)
+            elif record.inbox_seq:
+                await self.inbox.purge(job_id, record.inbox_seq)
+        return stored
 
     async def _enqueue_stranded(self, records: dict[str, tuple[JobRecord, int]]) -> int:
         """Queue the current step of each job that may lack its work message; returns how many.
@@ -556,7 +580,7 @@ class Submission:
         """READY/SUSPENDED → DONE now; a running job stops at its next step boundary; DONE is 409."""
         check_id(req.job_id, "$.job_id")
         reason = req.reason if req.reason else DEFAULT_CANCEL_REASON
-        limit = self.nc.max_payload - _RECORD_HEADROOM
+        limit = self.nc.max_payload - RECORD_HEADROOM
 
         def fits(rec: JobRecord) -> JobRecord:
             # the reason is stored twice (cancel_reason, exit_status): refuse what cannot be stored
@@ -593,65 +617,49 @@ class Submission:
 
     async def send_message(self, req: JobSendMessageRequest) -> Job:
         """Queue a chat message for the job; a DONE job restarts, a SUSPENDED one is woken."""
-        return await self._deliver(req.job_id, "message", req.message, "$.message")
+        return await self._deliver(req.job_id, "message", req.message, "$.message", req.message_id)
 
     async def send_notification(self, req: JobSendNotificationRequest) -> Job:
         """Queue a notification for the job; a DONE job restarts, a SUSPENDED one is woken."""
-        return await self._deliver(req.job_id, "notification", req.text, "$.text")
+        return await self._deliver(req.job_id, "notification", req.text, "$.text", req.message_id)
 
-    async def _deliver(self, job_id: str, kind: Any, text: str, field: str) -> Job:
-        """Add ``text`` to the job's inbox; make sure a restarted or waiting job has its work message.
+    async def _deliver(self, job_id: str, kind: Any, text: str, field: str, message_id: str | None) -> Job:
+        """Append ``text`` to the job's inbox, then make sure a step will consume it.
 
-        A ``pending.<nuid>`` marker naming the job is stored *before* the compare-and-set, so a crash
-        between the CAS and the enqueue is repaired by the recovery pass; a retried call repairs it
-        too (the job is then STARTED or SUSPENDED and is enqueued with ``if_absent``).
+        The append is one publish to the job's inbox subject (:mod:`statek_bus.jobs.inbox`): it
+        never contends with other senders or the executor. An unknown job (404), a message that
+        could not fit in the job's record (413) and a full inbox (413, refused by the server)
+        store nothing. A sender that dies after the append leaves a durable item that the
+        recovery sweep finds; a retry with the same ``message_id`` stores nothing new.
         """
         check_id(job_id, "$.job_id")
+        if message_id is not None:
+            check_id(message_id, "$.message_id")
         if not text.strip():
             raise BadRequestError(f"{field.removeprefix('$.')} must not be empty", field=field)
         event = JobEvent(job_id=job_id, kind=kind, at=utcnow(), text=text)
-        limit = self.nc.max_payload - _RECORD_HEADROOM
-        before: list[JobStatus] = []
-
-        def change(rec: JobRecord) -> JobRecord:
-            before[:] = [rec.status]
-            rec.inbox = [*rec.inbox, event]
-            if rec.status is JobStatus.DONE:  # STATEK's DONE → STARTED
-                rec.restart()
-            if len(encode(rec)) > limit:
-                raise PayloadTooLargeError(
-                    f"job {job_id!r} has too many undelivered messages", field=field, details={"limit": limit}
-                )
-            return rec
-
-        # Refuse before writing anything: an unknown job (404) or a full inbox (413) must leave no
-        # marker (nor its purge tombstone) behind. The compare-and-set below checks again.
         with json_paths():
             current, _ = await self.store.get(job_id)
-        change(current)
-
-        marker_key = f"{PENDING_PREFIX}.{uuid.uuid4().hex}"
-        marker = PendingMarker(job_ids=[job_id], count=1, created_at=event.at)
-        with unavailable_as_503(f"recording a message for job {job_id!r}"):
-            await self.kv.put(marker_key, encode(marker))
-        try:
-            with json_paths():
-                rec, rev, _ = await self.store.transition(job_id, change)
-        except BaseException:
-            self._purge_queue.put_nowait(marker_key)  # nothing changed: nothing to recover
-            raise
-        if before[0] is JobStatus.DONE:  # it may run again: back in the live index
-            await self._create_index(f"{LIVE_INDEX_PREFIX}.j.{token(job_id)}", encode(IndexEntry(job_id=job_id)))
-        if before[0] in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await self.store.enqueue(job_id, rec.step)  # a fresh step (DONE) or a wake-up
-        elif rec.status in (JobStatus.READY, JobStatus.STARTED, JobStatus.SUSPENDED):
-            # running (its unacked message keeps the subject busy: nothing is stored), or left
-            # without a message by an earlier call that died after its CAS: enqueue it now
-            await self.store.enqueue(job_id, rec.step, if_absent=True)
-        self._purge_queue.put_nowait(marker_key)
+        room = room_for(current, self.nc.max_payload)
+        size = len(encode(event))
+        if size <= room and size > room // _LARGE_SHARE:
+            # a large one is checked against what waits before it (a small one costs no read)
+            room -= await self.inbox.undelivered_bytes(job_id, current.inbox_seq, up_to=room)
+        if size > room:
+            raise PayloadTooLargeError(
+                f"the {kind} would not fit in job {job_id!r}'s record beside its undelivered "
+                f"messages ({max(room, 0)} bytes left)",
+                field=field,
+                details={"limit": max(room, 0)},
+            )
+        seq = await self.inbox.append(event, message_id=message_id, field=field)
+        woken = await wake(self.store, self.inbox, job_id, seq, restart_cancelled=True)
+        if woken is None:  # deleted meanwhile
+            raise NotFoundError(f"job {job_id!r} not found", field="$.job_id")
+        rec, rev = woken.record, woken.revision
         await self.store.publish(msgspec.structs.replace(event, step=rec.step))
-        if before[0] is JobStatus.DONE:
-            await self._status_event(rec, rev)
+        if woken.restarted:
+            await publish_restart(self.store, rec)
         return rec.public(rev)
 
     async def _status_event(self, rec: JobRecord, rev: int) -> None:

@@ -42,6 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_READY_TIMEOUT = 10.0  # seconds the server may take to confirm the subscriptions
+
 SRV_PREFIX = "$SRV"
 """ADR-32 discovery prefix."""
 QUEUE_GROUP = "q"
@@ -211,7 +213,12 @@ class MicroService:
             ):
                 self._control.append(await self.nc.subscribe(subject, cb=handler))
         self._started = datetime.now(UTC)
-        await self.nc.flush()
+        # Not ``nc.flush()``: nats-py writes its PING straight to the socket, ahead of the SUBs
+        # still in its write buffer, so the PONG can come back before the server has them, and a
+        # request sent right after "ready" got no responders (seen under CPU load). A request to
+        # our own PING goes through that buffer behind every SUB: its reply means the server has
+        # processed them all, endpoints included (they were subscribed before).
+        await self.nc.request(f"{SRV_PREFIX}.PING.{self.name}.{self.id}", b"", timeout=_READY_TIMEOUT)
 
     async def add_endpoint(self, endpoint: EndpointStats, handler: MsgHandler) -> None:
         """Subscribe ``handler`` to ``endpoint.subject`` in the shared queue group; ``endpoint``

@@ -52,6 +52,7 @@ _COMPARED = (
     "discard",
     "max_bytes",
     "compression",
+    "discard_new_per_subject",
 )
 
 
@@ -121,7 +122,30 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
             discard=DiscardPolicy.OLD,  # a full log drops its oldest events; retention reaps per job
             compression=StoreCompression.S2,
         ),
+        _inbox_stream(settings),
     ]
+
+
+def _inbox_stream(settings: Settings) -> StreamConfig:
+    # Every job's inbox, one subject per job. The server enforces the per-job limit: a publish
+    # over ``inbox_limit`` stored messages on the subject is refused (10077) and stores nothing.
+    # No max_age: an unconsumed message stays until its job consumes it; the consuming step (or
+    # the recovery sweep) purges what the job has consumed (docs/architecture.md, "Inbox").
+    return StreamConfig(
+        name=s.INBOX_STREAM,
+        subjects=[f"{s.INBOX_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_msgs_per_subject=settings.inbox_limit,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        duplicate_window=settings.dedup_window,
+        allow_direct=True,
+        max_age=0,
+        max_bytes=settings.inbox_max_bytes,  # full: a send is refused (discard new), never one dropped
+        compression=StoreCompression.S2,
+    )
 
 
 def work_consumer(settings: Settings) -> ConsumerConfig:

@@ -87,6 +87,11 @@ class Settings:
     """Revisions kept per job record."""
     dedup_window: float = 120.0
     """Seconds the work stream deduplicates by ``Nats-Msg-Id``."""
+    inbox_limit: int = 10_000
+    """Undelivered messages and notifications one job's inbox holds; a send over it is a 413.
+
+    Enforced by the server (``max_msgs_per_subject`` of ``statek_inbox``), so every service of a
+    mesh must use the same value (a differing one is a provisioning error naming it)."""
     recovery_interval: float = 30.0
     """Seconds between submission's passes that enqueue READY jobs lacking a work message."""
     reconcile_interval: float = 600.0
@@ -117,6 +122,9 @@ class Settings:
     knowledge_max_bytes: int = 512 * 1024**2
     """Storage cap of the ``statek_knowledge`` bucket (a version is at most 64 MiB of files; a
     dropped file is kept one more version)."""
+    inbox_max_bytes: int = 1024**3
+    """Storage cap of the ``statek_inbox`` stream (messages sent to jobs and not consumed yet; when
+    full a send is refused with a 503, nothing is dropped)."""
     agent_events_max_bytes: int = 1024**3
     """Storage cap of the ``statek_agent_events`` queue (beyond it a new event is refused, not an
     old one dropped)."""

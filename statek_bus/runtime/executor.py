@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,7 @@ from statek_bus.authoring.messaging import deliver_message, split_media
 from statek_bus.authoring.shared_context import is_bound, lookup_shared
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
+from statek_bus.jobs.inbox import InboxItem, JobInbox, fit, room_for
 from statek_bus.jobs.jobdefs import JobDefStore
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics, tracing
@@ -66,7 +67,7 @@ from statek_bus.runtime.engine_state import EngineState, load_state, step_events
 from statek_bus.runtime.handler_step import run_handler_step
 from statek_bus.runtime.knowledge import KnowledgeWatcher
 from statek_bus.runtime.loading import load_agents
-from statek_bus.runtime.merge import Rebase
+from statek_bus.runtime.merge import Rebase, keep_running
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.runtime.resume import StoreJobs
@@ -214,6 +215,7 @@ class Executor:
         self.instance_id = ""
         self.store: JobStore | None = None
         self.jobdefs = JobDefStore(js)
+        self.inbox = JobInbox(nc, js, settings)
         self.runner = make_code_runner(settings)
         self.model = ProviderModel(nc, settings)
         self.tracer = Tracer(nc, settings)
@@ -236,6 +238,7 @@ class Executor:
         self._ids = 0
         self._recent: dict[str, tuple[JobRecord, int, float]] = {}
         self._recent_max = 4 * settings.max_concurrency
+        self._inbox_pos: dict[str, int] = {}  # job -> an inbox position its record has reached
         self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any]] = {}
         self.knowledge: KnowledgeWatcher | None = None
         """The knowledge version steps run with (prompt files, warmups, examples, documents)."""
@@ -486,10 +489,14 @@ class Executor:
         assert self.store is not None
         cached = self._recent.pop(work.job_id, None)
         found: tuple[JobRecord, int] | None = None
+        # the inbox is read beside the record, from a position it has reached (positions only grow)
+        after = self._inbox_pos.get(work.job_id, 0)
+        fetch = self.inbox.fetch(work.job_id, after, max_bytes=self.nc.max_payload)
         if cached is not None and cached[0].step == work.step and time.monotonic() - cached[2] <= _RECENT_AGE:
             found = cached[0], cached[1]  # the successor this replica queued a moment ago
+            fetched = await fetch
         else:
-            found = await self.store.find(work.job_id)
+            found, fetched = await asyncio.gather(self.store.find(work.job_id), fetch)
         if found is None:
             await msg.ack()
             return
@@ -504,9 +511,12 @@ class Executor:
             await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
             await msg.ack()
             return
+        if fetched and fetched[-1].seq <= record.inbox_seq:  # a window of consumed items not purged yet
+            fetched = await self.inbox.fetch(record.id, record.inbox_seq, max_bytes=self.nc.max_payload)
         started = time.perf_counter()
         _step_view.set(view)
-        outcome = await self._run_step(record, agent)
+        outcome = await self._run_step(self._with_inbox(record, fetched), agent)
+        outcome.consumed = len(record.inbox)  # the record's own items: the rest came from the stream
         committed = await self._commit(record, rev, outcome)
         if committed is not None and self.tracer.active:
             await self.tracer.committed(committed, work.step, outcome.trace)
@@ -518,12 +528,25 @@ class Executor:
             # the user gets the prose before the next step can run: messages arrive in order
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
                 await self._send_dialog(agent, committed, outcome.dialog)
-            await self._after_commit(committed, outcome.state if committed is outcome.record else None)
+            await self._after_commit(
+                committed, outcome.state if committed is outcome.record else None, consumed_from=record.inbox_seq
+            )
         else:  # committed elsewhere (a duplicate delivery): that replica may have died before queueing
             fresh = await self.store.find(work.job_id)
             if fresh is not None:
                 await self._stale(fresh[0], work)
         await msg.ack()
+
+    def _with_inbox(self, record: JobRecord, fetched: list[InboxItem]) -> JobRecord:
+        """The record the step runs on: its own inbox items plus the inbox subject's items since
+        ``inbox_seq`` that fit it; ``inbox_seq`` moves to the last one taken, committed with the
+        step (:mod:`statek_bus.jobs.inbox`)."""
+        items = fit(fetched, record.inbox_seq, room_for(record, self.nc.max_payload))
+        if not items:
+            return record
+        return msgspec.structs.replace(
+            record, inbox=[*record.inbox, *(i.event for i in items)], inbox_seq=items[-1].seq
+        )
 
     async def _send_dialog(self, agent: Agent, record: JobRecord, texts: list[str]) -> None:
         """Hand dialog prose to the agent's ``send_message`` (after the commit: once per step)."""
@@ -576,12 +599,16 @@ class Executor:
         if record.step > work.step and record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
             await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
         elif record.step > work.step:  # DONE or SUSPENDED: repeat the wake-ups it owes (idempotent)
-            await asyncio.gather(self._publish_events(record), waits.on_stale(self.store, record))
+            await asyncio.gather(self._publish_events(record), waits.on_stale(self.store, self.inbox, record))
 
     async def _commit(self, base: JobRecord, rev: int, outcome: StepOutcome) -> JobRecord | None:
         """CAS the outcome over ``rev``; merge concurrent inbox/cancel changes; None if superseded."""
         assert self.store is not None
         rebase = Rebase(outcome.record, base, outcome.consumed)
+        final = rebase.record
+        ending = final.status is JobStatus.DONE and final.cancel_reason is None and not base.cancel_reason
+        if ending and await self.inbox.last_seq(base.id) > final.inbox_seq:  # sent while the step ran
+            rebase.record = keep_running(final, base)
         while True:
             new = rebase.record
             try:
@@ -599,6 +626,15 @@ class Executor:
             return new
 
     def _remember(self, record: JobRecord, revision: int) -> None:
+        """Keep what the next step of a committed record may use: its inbox position, its record."""
+        if record.inbox_seq:
+            self._inbox_pos.pop(record.id, None)
+            self._inbox_pos[record.id] = record.inbox_seq
+            while len(self._inbox_pos) > self._recent_max:
+                self._inbox_pos.pop(next(iter(self._inbox_pos)))
+        self._remember_record(record, revision)
+
+    def _remember_record(self, record: JobRecord, revision: int) -> None:
         """Keep the committed record: its next step, if pulled here soon, skips one KV read.
 
         Every commit is a compare-and-set, so a change by another writer (a message, a cancel) is
@@ -613,19 +649,28 @@ class Executor:
         while len(self._recent) > self._recent_max:
             self._recent.pop(next(iter(self._recent)))
 
-    async def _after_commit(self, record: JobRecord, state: EngineState | None = None) -> None:
+    async def _after_commit(
+        self, record: JobRecord, state: EngineState | None = None, *, consumed_from: int | None = None
+    ) -> None:
+        """Publish a committed step's events, queue what it owes; purge the inbox items it consumed
+        (``consumed_from``: the position before the step)."""
         assert self.store is not None
         state = state or load_state(record)
-        if record.status in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await asyncio.gather(
-                self._publish_events(record, state), waits.after_commit(self.store, record, state)
-            )
-        else:
-            await asyncio.gather(
-                self._publish_events(record, state),
-                self.store.enqueue(record.id, record.step),
-                waits.after_commit(self.store, record, state),
-            )
+        work: list[Awaitable[object]] = [
+            self._publish_events(record, state),
+            waits.after_commit(self.store, self.inbox, record, state),
+        ]
+        if record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
+            work.append(self.store.enqueue(record.id, record.step))
+        if consumed_from is not None and record.inbox_seq > consumed_from:
+            work.append(self._purge_inbox(record))
+        await asyncio.gather(*work)
+
+    async def _purge_inbox(self, record: JobRecord) -> None:
+        try:
+            await self.inbox.purge(record.id, record.inbox_seq)
+        except Exception:  # consumed items only: the next step or the recovery sweep purges them
+            log.warning("job %s: purging consumed inbox items failed", record.id, exc_info=True)
 
     async def _publish_events(self, record: JobRecord, state: EngineState | None = None) -> None:
         """Publish the committed step's events, each with a ``Nats-Msg-Id`` of its own.

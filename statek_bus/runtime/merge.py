@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import msgspec
 
-from statek_bus.runtime.engine_state import load_state, store_state
+from statek_bus.runtime.engine_state import StepTrace, load_state, store_state
 from statek_bus.wire.messages import JobRecord, JobStatus, Usage, cancelled_exit
 
-__all__ = ["USAGE_FIELDS", "Rebase", "add_usage", "merge_concurrent", "merge_external", "usage_vector"]
+__all__ = [
+    "USAGE_FIELDS",
+    "Rebase",
+    "add_usage",
+    "keep_running",
+    "merge_concurrent",
+    "merge_external",
+    "usage_vector",
+]
 
 USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost", "bytes_sent", "bytes_received")
 """The additive fields of :class:`~statek_bus.wire.messages.Usage`."""
@@ -34,13 +42,31 @@ def merge_concurrent(new: JobRecord, fresh: JobRecord, consumed: int) -> JobReco
         if trace is not None:
             trace.statuses = [*trace.statuses, JobStatus.DONE]
     elif merged.status is JobStatus.DONE and merged.inbox and not merged.cancel_reason:
-        merged.restart()  # a message arrived while the step ran: keep going
-        if trace is not None:
-            trace.statuses = [st for st in trace.statuses if st is not JobStatus.DONE]
-            if fresh.status is not JobStatus.STARTED and JobStatus.STARTED not in trace.statuses:
-                trace.statuses.append(JobStatus.STARTED)
+        _go_on(merged, fresh.status, trace)  # a note arrived while the step ran: keep going
     merged.engine = msgspec.to_builtins(state)
     return merged
+
+
+def keep_running(new: JobRecord, base: JobRecord) -> JobRecord:
+    """A step ending DONE while its job's inbox holds items it did not consume: it goes on instead.
+
+    The executor's check before committing a final step (messages sent while the step ran), so
+    an ``exit`` with a message on its way does not end the job, as a message merged into the
+    commit does not (:func:`merge_concurrent`).
+    """
+    out = msgspec.structs.replace(new)
+    state = load_state(out)
+    _go_on(out, base.status, state.last)
+    out.engine = msgspec.to_builtins(state)
+    return out
+
+
+def _go_on(record: JobRecord, was: JobStatus, trace: StepTrace | None) -> None:
+    record.restart()
+    if trace is not None:
+        trace.statuses = [st for st in trace.statuses if st is not JobStatus.DONE]
+        if was is not JobStatus.STARTED and JobStatus.STARTED not in trace.statuses:
+            trace.statuses.append(JobStatus.STARTED)
 
 
 def usage_vector(u: Usage) -> list[float]:

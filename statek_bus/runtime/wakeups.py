@@ -8,7 +8,8 @@ its engine state); every wake-up publishes its current step to the work queue, w
   record (compare-and-set): the child's usage summed in (idempotent: per child, the totals already
   added are kept) and, unless the parent is DONE, a completion note in its inbox. If the record it
   wrote over was SUSPENDED waiting for that child, it queues the parent's step.
-- **a message or notification**: the submission service queues the step of a SUSPENDED job.
+- **a message or notification**: the sender queues the step of a SUSPENDED job; a message sent
+  while a step ran is found by the executor after that step's commit (:mod:`statek_bus.jobs.inbox`).
 - **a sub-task's completion**: like a child's DONE, plus the handler's result in the parent's
   state and a notification; a DONE parent restarts (STATEK's DONE → STARTED).
 - **a timer**: after committing SUSPENDED, the executor publishes an ADR-51 scheduled message
@@ -41,6 +42,7 @@ import logging
 from datetime import timedelta
 
 from statek_bus.authoring.futures import SubTask, SubTaskState
+from statek_bus.jobs.inbox import JobInbox, wake_if_pending
 from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.runtime.engine_state import EngineState, load_state, store_state
 from statek_bus.runtime.merge import USAGE_FIELDS, add_usage, usage_vector
@@ -56,28 +58,36 @@ _NOW_MARGIN = timedelta(milliseconds=2)
 """A timer due within this margin is queued at once instead of scheduled."""
 
 
-async def after_commit(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
+async def after_commit(
+    store: JobStore, inbox: JobInbox, record: JobRecord, state: EngineState | None = None
+) -> None:
     """The wake-ups a committed step owes: re-arm a waiting job, notify a finished child's parent.
 
+    A job that ends DONE (not cancelled) with inbox items sent while the step ran restarts
+    (:func:`~statek_bus.jobs.inbox.wake_if_pending`: the executor's half of the inbox hand-off).
     ``state``: ``record``'s engine state when the caller has it decoded already.
     """
     state = state or load_state(record)
     if record.status is JobStatus.SUSPENDED:
-        await rearm(store, record, state)
+        await rearm(store, inbox, record, state)
     if state.subtask_done is not None and state.last is not None and state.last.subtask:
         await deliver_subtask(store, record)
     if record.status is JobStatus.DONE and record.parent_id:
         await child_done(store, record)
+    if record.status is JobStatus.DONE and record.cancel_reason is None:
+        await wake_if_pending(store, inbox, record)
 
 
-async def on_stale(store: JobStore, record: JobRecord) -> None:
+async def on_stale(store: JobStore, inbox: JobInbox, record: JobRecord) -> None:
     """A redelivered or duplicate message for an older step: repeat the wake-ups (idempotent)."""
-    await after_commit(store, record)
+    await after_commit(store, inbox, record)
 
 
-async def rearm(store: JobStore, record: JobRecord, state: EngineState | None = None) -> None:
+async def rearm(
+    store: JobStore, inbox: JobInbox, record: JobRecord, state: EngineState | None = None
+) -> None:
     """Queue a SUSPENDED job now if something already woke it, else arm its timer, if any."""
-    if record.inbox:
+    if record.inbox or await inbox.last_seq(record.id) > record.inbox_seq:
         await store.enqueue(record.id, record.step)
         return
     wait = (state or load_state(record)).wait

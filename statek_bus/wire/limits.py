@@ -20,6 +20,7 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 from __future__ import annotations
 
 __all__ = [
+    "INBOX_DRAIN_MAX",
     "MAX_CONTEXT_BYTES",
     "MAX_CONTEXT_SPECS",
     "MAX_CONTEXT_TEXT",
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_OPTION_TEXT",
     "MAX_PERM_CONTEXT_BYTES",
     "MAX_WARMUP_CODE",
+    "RECORD_HEADROOM",
 ]
 
 MAX_NAME_LENGTH = 256
@@ -77,3 +79,7 @@ MAX_KNOWLEDGE_FILES = 2000
 """Most files in one published knowledge version (its manifest is one KV value too)."""
 MAX_KNOWLEDGE_BYTES = 64 * 1024 * 1024
 """Most bytes of all the files of one knowledge version (every executor holds them in memory)."""
+RECORD_HEADROOM = 4096
+"""Bytes a job record keeps below the server's ``max_payload`` (headers, escaping): its size limit."""
+INBOX_DRAIN_MAX = 1000
+"""Most inbox items one step consumes; the rest wait for the job's next step."""

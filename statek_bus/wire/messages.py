@@ -188,12 +188,14 @@ class JobRecord(_Record, kw_only=True):
     cancel_reason: str | None = None
     """Set by cancel; the executor ends the job at its next step boundary."""
     inbox: list[JobEvent] = []
-    """Messages and notifications waiting for the job's next safe point.
+    """What other jobs reported since the last step: child completion notes and sub-task reports.
 
-    Two conventions ride on it without schema changes: a ``status`` event with ``status=DONE``
-    whose ``job_id`` is a child's is that child's completion note; a ``notification`` whose
-    ``role`` is ``subtask:<id>`` reports a sub-task's completion.
+    A ``status`` event with ``status=DONE`` whose ``job_id`` is a child's is that child's
+    completion note; a ``notification`` whose ``role`` is ``subtask:<id>`` reports a sub-task's
+    completion. (Messages and notifications sent to the job live in its ``statek_inbox`` subject.)
     """
+    inbox_seq: int = 0
+    """``statek_inbox`` stream sequence up to which the job consumed its inbox subject (0: nothing yet)."""
     engine: dict[str, Any] = {}
     """Engine-private run state (pending code, counters, waits); opaque outside the executor."""
     jobdef: str | None = None
@@ -302,6 +304,8 @@ class JobSendMessageRequest(_Request, kw_only=True, frozen=True):
     """The job."""
     message: str
     """The message text."""
+    message_id: Name | None = None
+    """Idempotency key: a send repeated with the same id within the dedup window is stored once."""
 
 
 class JobSendNotificationRequest(_Request, kw_only=True, frozen=True):
@@ -311,6 +315,8 @@ class JobSendNotificationRequest(_Request, kw_only=True, frozen=True):
     """The job."""
     text: str
     """The notification text."""
+    message_id: Name | None = None
+    """Idempotency key: a send repeated with the same id within the dedup window is stored once."""
 
 
 class WorkMessage(_Record, kw_only=True):

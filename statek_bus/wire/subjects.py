@@ -24,6 +24,8 @@ __all__ = [
     "EVENTS_PREFIX",
     "EXECUTOR_STATUS",
     "EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER",
+    "INBOX_PREFIX",
+    "INBOX_STREAM",
     "INDEX_PREFIX",
     "JOBDEFS_BUCKET",
     "JOBS_BUCKET",
@@ -39,6 +41,7 @@ __all__ = [
     "KNOWLEDGE_BUCKET",
     "KNOWLEDGE_MANIFEST_KEY",
     "KNOWLEDGE_SERVED_KEYS",
+    "KV_OPERATION_HEADER",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
@@ -70,6 +73,7 @@ __all__ = [
     "batch_job_ids",
     "context_key",
     "event_job_id",
+    "inbox_subject",
     "job_events_subject",
     "job_key",
     "knowledge_file_key",
@@ -119,6 +123,8 @@ WORK_SCHEDULE_PREFIX = "statek.work.sched"
 """Scheduled (delayed) work messages; outside the consumer's filter, they fire into ``WORK_RUN_PREFIX``."""
 AGENT_EVENTS_PREFIX = "statek.agents.events"
 """An agent's queue: ``statek.agents.events.<token(role)>``; each event (any JSON) creates one job."""
+INBOX_PREFIX = "statek.inbox"
+"""Messages and notifications sent to a job, appended to ``statek.inbox.<token(job_id)>``."""
 
 # --- storage ---------------------------------------------------------------------------------------
 JOBS_BUCKET = "statek_jobs"
@@ -142,6 +148,8 @@ AGENT_EVENTS_STREAM = "statek_agent_events"
 """WorkQueue stream of agents' queues; one durable consumer per agent (:func:`agent_events_consumer`)."""
 JOB_LOG_STREAM = "statek_job_log"
 """Append-only stream capturing every job event subject: the durable chat log and console of each job."""
+INBOX_STREAM = "statek_inbox"
+"""Append-only stream of every job's inbox (:data:`INBOX_PREFIX`); a job record keeps how far it consumed."""
 
 PENDING_PREFIX = "pending"
 """``statek_jobs`` keys ``pending.<nuid>``: jobs whose step-0 work message may not be persisted yet."""
@@ -160,6 +168,8 @@ TRACEPARENT_HEADER = "traceparent"
 """W3C Trace Context header, carried on requests and work messages (:mod:`statek_bus.mesh.tracing`)."""
 TIMER_DUE_HEADER = "Statek-Due"
 """On a timer's scheduled work message: its due time (RFC 3339), so the executor measures lateness."""
+KV_OPERATION_HEADER = "KV-Operation"
+"""Marks a KV delete or purge tombstone (``DEL`` / ``PURGE``) on a message read from a bucket's stream."""
 
 # --- id escaping -----------------------------------------------------------------------------------
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
@@ -262,3 +272,6 @@ def event_job_id(role: str, event_id: str) -> str:
     if len(plain) <= MAX_NAME_LENGTH:
         return plain
     return f"event:{role}:sha256-{hashlib.sha256(event_id.encode()).hexdigest()}"
+def inbox_subject(job_id: str) -> str:
+    """Subject of ``job_id``'s inbox in :data:`INBOX_STREAM`."""
+    return f"{INBOX_PREFIX}.{token(job_id)}"

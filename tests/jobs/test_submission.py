@@ -25,6 +25,7 @@ from statek_bus.services.submission import build
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs import checks as jobchecks
 from statek_bus.jobs import listing as joblist
+from statek_bus.jobs.inbox import JobInbox
 from statek_bus.jobs.store import JobStore
 from statek_bus.jobs.submission import MAX_BATCH, Submission
 from statek_bus.mesh.provision import provision
@@ -327,7 +328,8 @@ async def test_message_to_done_job_restarts_it_and_wakes_suspended(
     assert (restarted.status, restarted.exit_status) == (JobStatus.STARTED, None)
     store = await JobStore.open(js)
     rec, _ = await store.get(job.id)
-    assert [(e.kind, e.text) for e in rec.inbox] == [("message", "Thanks! One more thing…")]
+    queued = await JobInbox(service.nc, js, Settings()).read(job.id, rec.inbox_seq, room=100_000)
+    assert [(i.event.kind, i.event.text) for i in queued] == [("message", "Thanks! One more thing…")]
     info = await js.stream_info(WORK_STREAM, subjects_filter=work_run_subject(job.id))
     assert (info.state.subjects or {})[work_run_subject(job.id)] == 2  # step 0, then the restart
 

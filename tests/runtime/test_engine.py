@@ -23,7 +23,8 @@ from tests.agents_fixture import chat_log, console, services, submit, wait_done
 @pytest.fixture
 async def mesh(settings: Settings) -> AsyncIterator[Settings]:
     """A provider and an executor (serving the fixture agents) on the session server."""
-    async with services(settings.replace(step_timeout=1.0), "provider", "executor") as s:
+    # a step limit that ends t_loop's endless loop, yet lets a loaded machine finish a real step
+    async with services(settings.replace(step_timeout=8.0), "provider", "executor") as s:
         yield s
 
 

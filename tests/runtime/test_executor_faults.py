@@ -71,7 +71,7 @@ async def _last_work(js: Any, job_id: str) -> WorkMessage | None:
 async def test_a_class_body_that_exits_on_replay_does_not_strand_the_job(mesh: Settings, nc: Client) -> None:
     js = nc.jetstream()
     job = await submit(js, "t_f_poison")
-    record = await wait_done(js, job, timeout=20)
+    record = await wait_done(js, job)
     assert record.exit_status == "done", record.error
     lines = console(record)
     assert any("could not restore P: ReplayRefused: exit() cannot run" in line for line in lines), lines
@@ -102,7 +102,7 @@ async def test_replayed_class_bodies_and_decorators_call_no_tool(mesh: Settings,
     js = nc.jetstream()
     MARKS.clear()
     job = await submit(js, "t_f_replay")
-    record = await wait_done(js, job, timeout=20)
+    record = await wait_done(js, job)
     assert record.exit_status == "replayed", record.error
     assert MARKS == ["class body", "decorator", "called"]  # once each: never again on a replay
     lines = console(record)

@@ -70,7 +70,17 @@ from statek_bus.wire.subjects import (
     untoken,
 )
 
-__all__ = ["InboxItem", "JobInbox", "Woken", "fit", "publish_restart", "room_for", "wake", "wake_if_pending"]
+__all__ = [
+    "InboxItem", "JobInbox", "Woken", "fit", "last_seq", "publish_restart", "room_for", "wake", "wake_if_pending"]
+    "JobInbox",
+    "Woken",
+    "fit",
+    "last_seq",
+    "publish_restart",
+    "room_for",
+    "wake",
+    "wake_if_pending",
+]
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +194,7 @@ class JobInbox:
 
     async def last_seq(self, job_id: str) -> int:
         """Sequence of the newest item in the job's inbox (0: none stored), read from the leader."""
-        try:
-            msg = await retry_transient(
-                lambda: self.js.get_msg(INBOX_STREAM, subject=inbox_subject(job_id), direct=self.direct_is_leader)
-            )
-        except JsNotFoundError:
-            return 0
-        return int(msg.seq or 0)
+        return await last_seq(self.js, job_id, direct=self.direct_is_leader)
 
     async def purge(self, job_id: str, through: int) -> None:
         """Drop the job's items up to and including ``through`` (consumed ones)."""
@@ -206,6 +210,16 @@ class JobInbox:
     async def latest_record(self, store: JobStore, job_id: str) -> tuple[JobRecord, int] | None:
         """The job's record as the hand-off needs it: no older than any write acknowledged before."""
         return await (store.find(job_id) if self.direct_is_leader else store.find_latest(job_id))
+
+
+async def last_seq(js: JetStreamContext, job_id: str, *, direct: bool = False) -> int:
+    """Sequence of the newest item in ``job_id``'s inbox (0: none stored); ``direct``: a direct get
+    (the leader's answer only with one replica), else the JetStream API's, from the leader."""
+    try:
+        msg = await retry_transient(lambda: js.get_msg(INBOX_STREAM, subject=inbox_subject(job_id), direct=direct))
+    except JsNotFoundError:
+        return 0
+    return int(msg.seq or 0)
 
 
 def fit(items: list[InboxItem], after: int, room: int) -> list[InboxItem]:

@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
+from statek_bus.jobs.inbox import last_seq
 from statek_bus.jobs.store import JobStore
 from statek_bus.wire.errors import PayloadTooLargeError
 from statek_bus.wire.limits import MAX_EVENT_BYTES
@@ -135,4 +136,7 @@ async def pop(js: JetStreamContext, role: str, count: int = 1, timeout: float = 
 async def has_job(js: JetStreamContext, job_id: str) -> bool:
     """Whether messages or notifications sent to ``job_id`` wait for it (not yet read by a step)."""
     found = await (await JobStore.open(js)).find(job_id)
-    return found is not None and bool(found[0].inbox)
+    if found is None:
+        return False
+    record = found[0]
+    return bool(record.inbox) or await last_seq(js, job_id) > record.inbox_seq  # sent, not yet consumed

@@ -71,7 +71,7 @@ from statek_bus.wire.subjects import (
 )
 
 __all__ = [
-    "InboxItem", "JobInbox", "Woken", "fit", "last_seq", "publish_restart", "room_for", "wake", "wake_if_pending"]
+    "InboxItem",
     "JobInbox",
     "Woken",
     "fit",

@@ -75,6 +75,7 @@ async def connect(
             reconnected_cb=_reconnected_cb,
             closed_cb=closed_cb,
             pending_size=64 * 1024 * 1024,
+            inbox_prefix=settings.inbox_prefix,
             **connect_options(settings),
         )
         holder.append(nc)

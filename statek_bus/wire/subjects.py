@@ -29,6 +29,7 @@ __all__ = [
     "JOBS_SUBMIT",
     "JOBS_SUBMIT_BATCH",
     "JOB_LOG_STREAM",
+    "LEGACY_WORK_CONSUMER",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
@@ -49,7 +50,7 @@ __all__ = [
     "STATES_RETRIEVE",
     "STATES_UPDATE",
     "TRACE_ID_HEADER",
-    "WORK_CONSUMER",
+    "WORK_CONSUMER_PREFIX",
     "WORK_RUN_PREFIX",
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
@@ -58,6 +59,8 @@ __all__ = [
     "job_key",
     "token",
     "untoken",
+    "work_consumer",
+    "work_filter",
     "work_run_subject",
     "work_schedule_subject",
 ]
@@ -96,9 +99,10 @@ EXECUTOR_STATUS = "statek.executor.status"
 EVENTS_PREFIX = "statek.events.jobs"
 """Job events (status changes, console lines, chat messages): ``statek.events.jobs.<token(job_id)>``."""
 WORK_RUN_PREFIX = "statek.work.run"
-"""Work-queue messages that run a job's next step: ``statek.work.run.<token(job_id)>``."""
+"""Work-queue messages that run a job's next step: ``statek.work.run.<token(agent)>.<token(job_id)>``."""
 WORK_SCHEDULE_PREFIX = "statek.work.sched"
-"""Scheduled (delayed) work messages; outside the consumer's filter, they fire into ``WORK_RUN_PREFIX``."""
+"""Scheduled (delayed) work messages ``statek.work.sched.<token(agent)>.<token(job_id)>``; outside every
+consumer's filter, they fire into the job's ``WORK_RUN_PREFIX`` subject."""
 
 # --- storage ---------------------------------------------------------------------------------------
 JOBS_BUCKET = "statek_jobs"
@@ -106,8 +110,11 @@ AGENTS_BUCKET = "statek_agents"
 STATES_BUCKET = "statek_states"
 OBJECT_STORE_BUCKET = "statek_blobs"
 WORK_STREAM = "statek_work"
-"""WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
-WORK_CONSUMER = "statek_executors"
+"""WorkQueue stream of job steps; one durable pull consumer per agent (:func:`work_consumer`)."""
+WORK_CONSUMER_PREFIX = "statek_agent_"
+"""Durable work consumers are ``statek_agent_<token(agent)>``, filtered on that agent's work subjects."""
+LEGACY_WORK_CONSUMER = "statek_executors"
+"""The single work consumer of versions before executor pools (``statek-bus provision`` removes it)."""
 JOB_LOG_STREAM = "statek_job_log"
 """Append-only stream capturing every job event subject: the durable chat log and console of each job."""
 
@@ -181,11 +188,21 @@ def job_events_subject(job_id: str) -> str:
     return f"{EVENTS_PREFIX}.{token(job_id)}"
 
 
-def work_run_subject(job_id: str) -> str:
-    """Work-queue subject that runs ``job_id``'s next step."""
-    return f"{WORK_RUN_PREFIX}.{token(job_id)}"
+def work_run_subject(agent: str, job_id: str) -> str:
+    """Work-queue subject that runs ``job_id``'s next step; only executors serving ``agent`` consume it."""
+    return f"{WORK_RUN_PREFIX}.{token(agent)}.{token(job_id)}"
 
 
-def work_schedule_subject(job_id: str) -> str:
+def work_schedule_subject(agent: str, job_id: str) -> str:
     """Schedule subject for a delayed wake-up of ``job_id`` (ADR-51 message scheduling)."""
-    return f"{WORK_SCHEDULE_PREFIX}.{token(job_id)}"
+    return f"{WORK_SCHEDULE_PREFIX}.{token(agent)}.{token(job_id)}"
+
+
+def work_filter(agent: str) -> str:
+    """The filter subject of ``agent``'s work consumer: every job of that agent."""
+    return f"{WORK_RUN_PREFIX}.{token(agent)}.*"
+
+
+def work_consumer(agent: str) -> str:
+    """Name of the durable work consumer every executor serving ``agent`` pulls from."""
+    return f"{WORK_CONSUMER_PREFIX}{token(agent)}"

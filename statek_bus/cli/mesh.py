@@ -41,6 +41,13 @@ def register(sub: Any) -> None:
     p.add_argument("--nats-url", default=None, help="default: NATS_URL")
     p.set_defaults(func=_provision)
 
+    p = sub.add_parser(
+        "credentials",
+        help="write an nkey seed per role (mode 0600), the NATS server config and users.env (public keys)",
+    )
+    p.add_argument("directory", help="where to write them (kept: existing seeds are reused)")
+    p.set_defaults(func=_credentials)
+
     p = sub.add_parser("serve", help="run one service against NATS_URL (what a Kubernetes Deployment runs)")
     p.add_argument("kind", choices=list(SERVICE_KINDS))
     p.add_argument("--nats-url", default=None, help="default: NATS_URL")
@@ -85,6 +92,14 @@ def _up(args: argparse.Namespace) -> int:
         )
     )
     return EXIT_OK if served else EXIT_INTERRUPTED
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from statek_bus.ops.credentials import identities
+
+    ids = identities(args.directory, directory=args.directory)
+    print(f"wrote the seeds, {ids.server_config.name} and users.env to {ids.directory}/")
+    return EXIT_OK
 
 
 def _provision(args: argparse.Namespace) -> int:

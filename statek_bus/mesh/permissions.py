@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 
 from statek_bus.wire import subjects as s
 
-__all__ = ["ADMIN", "CLIENT", "ROLES", "SERVICE_ROLES", "Role", "markdown", "role", "server_config"]
+__all__ = [
+    "ADMIN",
+    "CLIENT",
+    "ROLES",
+    "SERVICE_ROLES",
+    "Role",
+    "helm_users",
+    "markdown",
+    "nkey_variable",
+    "role",
+    "server_config",
+]
 
 
 def _stream_api(stream: str) -> tuple[str, ...]:
@@ -103,6 +114,7 @@ ADMIN = "admin"
 """The role of ``statek-bus provision``: creates and migrates storage, nothing else runs as it."""
 
 _SERVICE_COMMON_SUB = ("$SRV.>",)
+_JS_COMMON = ("$JS.API.INFO", "$JS.API.STREAM.NAMES")  # account info, and a stream found by its subject
 
 
 def _inbox(name: str) -> str:
@@ -122,6 +134,7 @@ ROLES: tuple[Role, ...] = (
             *_stream_api(_AGENTS),
             *_stream_api(s.WORK_STREAM),
             *_stream_api(s.JOB_LOG_STREAM),
+            *_JS_COMMON,
         ),
         subscribe=(_JOBS_REQ, _AGENTS_REQ, *_SERVICE_COMMON_SUB, _inbox("submission")),
         streams=(_JOBS, _AGENTS, s.WORK_STREAM, s.JOB_LOG_STREAM),
@@ -149,6 +162,7 @@ ROLES: tuple[Role, ...] = (
             *_stream_api(s.WORK_STREAM),
             *_stream_api(s.JOB_LOG_STREAM),
             *_stream_api(_BLOBS),
+            *_JS_COMMON,
             f"$JS.API.STREAM.PURGE.{_BLOBS}",
         ),
         subscribe=(s.EXECUTOR_STATUS, *_SERVICE_COMMON_SUB, _inbox("executor")),
@@ -162,7 +176,7 @@ ROLES: tuple[Role, ...] = (
     Role(
         name="state",
         summary="statek-state: the States API over its bucket",
-        publish=(f"$KV.{s.STATES_BUCKET}.>", *_stream_api(_STATES)),
+        publish=(f"$KV.{s.STATES_BUCKET}.>", *_stream_api(_STATES), *_JS_COMMON),
         subscribe=(_STATES_REQ, *_SERVICE_COMMON_SUB, _inbox("state")),
         streams=(_STATES,),
         responses=True,
@@ -186,12 +200,14 @@ ROLES: tuple[Role, ...] = (
             "$SRV.>",
             f"$JS.API.DIRECT.GET.{s.JOB_LOG_STREAM}",
             f"$JS.API.DIRECT.GET.{_STATES}",
-            f"$JS.API.STREAM.INFO.{s.JOB_LOG_STREAM}",
+            f"$JS.API.DIRECT.GET.{_STATES}.>",
+            f"$JS.API.STREAM.INFO.{_STATES}",
         ),
         subscribe=("_INBOX.>", _EVENTS, f"$KV.{s.STATES_BUCKET}.>"),
         notes=(
             "`wait()`/`watch()` subscribe `statek.events.jobs.<job>` and read the job's log with direct gets",
-            "`states.watch()` subscribes the state bucket's subjects and replays with direct gets",
+            "`states.watch()` subscribes the state bucket's subjects (a wake-up per commit) and reads the "
+            "commits with direct gets",
             "may not publish `$KV.*`, `statek.work.*` or `statek.llm.*`, nor create a consumer",
         ),
     ),
@@ -230,6 +246,23 @@ def server_config(users: dict[str, str], *, account: str = "STATEK") -> str:
         entries.append(entry)
     block = {account: {"jetstream": "enabled", "users": entries}}
     return "accounts: " + json.dumps(block, indent=2) + "\n"
+
+
+def nkey_variable(name: str) -> str:
+    """The environment variable holding role ``name``'s public nkey in a NATS pod (Kubernetes)."""
+    return f"STATEK_NKEY_{name.upper()}"
+
+
+def helm_users() -> list[dict[str, object]]:
+    """The account's users as the NATS Helm chart's values write them (``deploy/helm/nats-values.yaml``).
+
+    Each public key is the NATS pod's environment variable :func:`nkey_variable` (``<< $VAR >>`` is
+    the chart's syntax for a value written unquoted, which nats-server reads as a variable).
+    """
+    out: list[dict[str, object]] = [{"nkey": f"<< ${nkey_variable(ADMIN)} >>"}]
+    for r in ROLES:
+        out.append({"nkey": f"<< ${nkey_variable(r.name)} >>", "permissions": r.permissions()})
+    return out
 
 
 def markdown() -> str:

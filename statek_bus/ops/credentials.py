@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nkeys
 
-from statek_bus.mesh.permissions import ADMIN, ROLES, server_config
+from statek_bus.mesh.permissions import ADMIN, ROLES, nkey_variable, server_config
 
 __all__ = ["AUTH_DIR", "Identities", "identities"]
 
@@ -48,9 +48,14 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
 
 
-def identities(data_dir: str | Path) -> Identities:
-    """Create (or reuse) the seeds of every role under ``data_dir`` and write the server config."""
-    ids = Identities(Path(data_dir) / AUTH_DIR)
+def identities(data_dir: str | Path, *, directory: str | Path | None = None) -> Identities:
+    """Create (or reuse) the seeds of every role under ``data_dir`` and write the server config.
+
+    ``directory``: write them there instead of ``<data_dir>/auth`` (``statek-bus credentials``,
+    for Kubernetes Secrets). Beside them, ``users.env`` maps each role to its public key
+    (``STATEK_NKEY_<ROLE>=U...``), what the NATS pods read (deploy/helm/nats-values.yaml).
+    """
+    ids = Identities(Path(directory) if directory is not None else Path(data_dir) / AUTH_DIR)
     ids.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(ids.directory, 0o700)
     users: dict[str, str] = {}
@@ -63,4 +68,5 @@ def identities(data_dir: str | Path) -> Identities:
             _write_private(path, seed.decode() + "\n")
         users[name] = nkeys.from_seed(bytearray(seed)).public_key.decode()
     _write_private(ids.server_config, server_config(users))
+    _write_private(ids.directory / "users.env", "".join(f"{nkey_variable(n)}={k}\n" for n, k in users.items()))
     return ids

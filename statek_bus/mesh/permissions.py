@@ -132,7 +132,7 @@ ROLES: tuple[Role, ...] = (
             f"$SRV.INFO.{s.SERVICE_EXECUTOR}",
             *_stream_api(_JOBS),
             *_stream_api(_AGENTS),
-            *_stream_api(s.WORK_STREAM),
+            f"$JS.API.STREAM.INFO.{s.WORK_STREAM}",  # it only publishes work: no consumer of the queue
             *_stream_api(s.JOB_LOG_STREAM),
             *_JS_COMMON,
         ),

@@ -160,10 +160,19 @@ async def configure_work_consumers(js: JetStreamContext, settings: Settings, age
 
 
 async def prepare(js: JetStreamContext, settings: Settings, streams: Iterable[str]) -> None:
-    """What a service does at start: provision (``auto``), then verify the ``streams`` it uses."""
+    """What a service does at start: check the ``streams`` it uses; with ``auto``, provision first.
+
+    The check comes first either way, all streams at once: an identity that may not even read
+    them fails here, in one line, instead of in a series of create requests the server drops.
+    """
+    names = list(dict.fromkeys(streams))
     if settings.provision == "auto":
+        problems = await _problems(js, settings, names)
+        forbidden = [text for kind, text in problems if kind == "forbidden"]
+        if forbidden:
+            raise ProvisionError(_not_ready(forbidden))
         await provision(js, settings)
-    await verify(js, settings, streams)
+    await verify(js, settings, names)
 
 
 async def _retrying(op: Any, attempts: int) -> None:
@@ -275,25 +284,41 @@ async def verify(js: JetStreamContext, settings: Settings, streams: Iterable[str
         ProvisionError: one line naming every stream that is missing, unreadable or different,
             and what to do.
     """
+    problems = await _problems(js, settings, list(dict.fromkeys(streams)))
+    if problems:
+        raise ProvisionError(_not_ready([text for _, text in problems]))
+
+
+def _not_ready(problems: list[str]) -> str:
+    return (
+        "storage not ready: " + "; ".join(problems) + " (run `statek-bus provision` with administrator "
+        "credentials, or check this identity's permissions: docs/permissions.md)"
+    )
+
+
+async def _problems(js: JetStreamContext, settings: Settings, names: list[str]) -> list[tuple[str, str]]:
+    """(kind, text) of each stream that is ``missing``, ``forbidden`` or ``different``, asked all at once."""
     wanted = {cfg.name: cfg for cfg in desired_streams(settings)}
-    names = list(dict.fromkeys(streams))
-    problems = await asyncio.gather(*(_check(js, settings, wanted.get(n), n) for n in names))
-    found = [p for p in problems if p]
-    if found:
-        raise ProvisionError(
-            "storage not ready: " + "; ".join(found) + " (run `statek-bus provision` with administrator "
-            "credentials, or check this identity's permissions: docs/permissions.md)"
-        )
+    found = await asyncio.gather(*(_check(js, settings, wanted.get(n), n) for n in names))
+    return [p for p in found if p is not None]
 
 
-async def _check(js: JetStreamContext, settings: Settings, want: StreamConfig | None, name: str) -> str:
-    try:
-        info = await asyncio.wait_for(js.stream_info(name), timeout=settings.request_timeout)
-    except NotFoundError:
-        return f"{_what(name)} is missing"
-    except (TimeoutError, ServiceUnavailableError):
-        return f"{_what(name)}: no answer to $JS.API.STREAM.INFO.{name} (forbidden to this user, or no JetStream)"
-    if want is None:
-        return ""
-    diffs = _differences(want, info.config)
-    return f"{_what(name)} differs: {'; '.join(diffs)}" if diffs else ""
+async def _check(
+    js: JetStreamContext, settings: Settings, want: StreamConfig | None, name: str
+) -> tuple[str, str] | None:
+    for attempt in range(20):  # a cluster without a meta leader yet answers 503 for a moment
+        try:
+            info = await asyncio.wait_for(js.stream_info(name), timeout=settings.request_timeout)
+            break
+        except NotFoundError:
+            return "missing", f"{_what(name)} is missing"
+        except TimeoutError:  # nats-server drops a request this identity may not send: no answer
+            return "forbidden", (
+                f"{_what(name)}: no answer to $JS.API.STREAM.INFO.{name} (forbidden to this user, or no JetStream)"
+            )
+        except ServiceUnavailableError:
+            if attempt == 19:
+                return "unavailable", f"{_what(name)}: JetStream is unavailable"
+            await asyncio.sleep(0.25)
+    diffs = _differences(want, info.config) if want is not None else []
+    return ("different", f"{_what(name)} differs: {'; '.join(diffs)}") if diffs else None

@@ -99,6 +99,7 @@ def test_credentials_are_private_files(auth_mesh: AuthMesh) -> None:
     files = sorted(p.name for p in auth.iterdir())
     assert files == [
         "admin.nk", "client.nk", "executor.nk", "nats-server.conf", "provider.nk", "state.nk", "submission.nk",
+        "users.env",
     ]  # fmt: skip
     assert all(stat.S_IMODE((auth / f).stat().st_mode) == 0o600 for f in files)
     assert auth_mesh.creds == str(auth / "client.nk")
@@ -209,3 +210,25 @@ def test_no_secret_is_printed(auth_mesh: AuthMesh) -> None:
     seeds = [p.read_text().strip() for p in (auth_mesh.data_dir / "auth").glob("*.nk")]
     printed = auth_mesh.output.read_text() + (auth_mesh.data_dir / "nats-server.log").read_text()
     assert len(seeds) == 6 and all(seed.startswith("SU") and seed not in printed for seed in seeds)
+
+
+@pytest.mark.parametrize("mode", ["verify", "auto"])
+async def test_a_service_without_the_rights_it_needs_stops_in_one_line(auth_mesh: AuthMesh, mode: str) -> None:
+    # the state service started with the provider's identity, which may not touch any stream
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("NATS_CREDS", "STATEK_CREDS_FILE")},
+        "NATS_URL": auth_mesh.url,
+        "STATEK_CREDS_FILE": str(auth_mesh.data_dir / "auth" / "provider.nk"),
+        "STATEK_INBOX_PREFIX": "_INBOX_provider",
+        "STATEK_PROVISION": mode,
+        "STATEK_REQUEST_TIMEOUT": "2",
+    }
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "statek_bus", "serve", "state", cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(run.communicate(), timeout=60)
+    assert run.returncode == 1
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("statek-bus: storage not ready: bucket statek_states: no answer to "), last
+    assert "forbidden to this user" in last and "Traceback" not in err.decode()

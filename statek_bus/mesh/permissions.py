@@ -67,10 +67,10 @@ _AGENTS = _kv(s.AGENTS_BUCKET)
 _STATES = _kv(s.STATES_BUCKET)
 _BLOBS = f"OBJ_{s.OBJECT_STORE_BUCKET}"
 _EVENTS = f"{s.EVENTS_PREFIX}.*"
-_JOBS_REQ = "statek.jobs.*"
-_AGENTS_REQ = "statek.agents.*"
-_STATES_REQ = "statek.states.*"
-_LLM_REQ = "statek.llm.*"
+_JOBS_REQ = s.JOBS_REQUESTS
+_AGENTS_REQ = s.AGENTS_REQUESTS
+_STATES_REQ = s.STATES_REQUESTS
+_LLM_REQ = s.LLM_REQUESTS
 
 
 @dataclass(frozen=True)

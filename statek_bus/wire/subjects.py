@@ -13,6 +13,7 @@ __all__ = [
     "AGENTS_BUCKET",
     "AGENTS_GET",
     "AGENTS_LIST",
+    "AGENTS_REQUESTS",
     "ERROR_CODE_HEADER",
     "ERROR_HEADER",
     "EVENTS_PREFIX",
@@ -24,6 +25,7 @@ __all__ = [
     "JOBS_GET",
     "JOBS_HISTORY",
     "JOBS_LIST",
+    "JOBS_REQUESTS",
     "JOBS_SEND_MESSAGE",
     "JOBS_SEND_NOTIFICATION",
     "JOBS_SUBMIT",
@@ -33,6 +35,7 @@ __all__ = [
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
+    "LLM_REQUESTS",
     "MSG_ID_HEADER",
     "OBJECT_STORE_BUCKET",
     "PENDING_PREFIX",
@@ -47,6 +50,7 @@ __all__ = [
     "STATES_GET_OR_CREATE",
     "STATES_HISTORY",
     "STATES_LIST",
+    "STATES_REQUESTS",
     "STATES_RETRIEVE",
     "STATES_UPDATE",
     "TRACE_ID_HEADER",
@@ -94,6 +98,16 @@ STATES_HISTORY = "statek.states.history"
 LLM_COMPLETE = "statek.llm.complete"
 LLM_MODELS = "statek.llm.models"
 EXECUTOR_STATUS = "statek.executor.status"
+
+# --- request families (permissions: docs/permissions.md) -------------------------------------------
+JOBS_REQUESTS = "statek.jobs.*"
+"""Every jobs request subject."""
+AGENTS_REQUESTS = "statek.agents.*"
+"""Every agents request subject."""
+STATES_REQUESTS = "statek.states.*"
+"""Every States API request subject."""
+LLM_REQUESTS = "statek.llm.*"
+"""Every provider request subject."""
 
 # --- published subjects ----------------------------------------------------------------------------
 EVENTS_PREFIX = "statek.events.jobs"

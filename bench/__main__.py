@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.common import print_tables, progress
 
-ALL = ["floor", "states", "submission", "provider", "executor", "waits", "sandbox", "peer", "llm"]
+ALL = ["floor", "states", "submission", "provider", "executor", "pools", "waits", "sandbox", "peer", "llm"]
 
 
 def _run(coro: Any) -> Any:

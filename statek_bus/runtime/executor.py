@@ -229,7 +229,7 @@ _flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar("stat
 
 
 class Executor:
-    """Runs job steps from the shared work queue (an async context manager).
+    """Runs job steps of the agents it serves, from their work queues (an async context manager).
 
     Args:
         nc: the service's connection.

@@ -22,7 +22,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from statek_bus.client.core import AsyncStatekClient
+from statek_bus.client.core import AsyncStatekClient, StatekClient
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError
@@ -232,3 +232,13 @@ async def test_a_service_without_the_rights_it_needs_stops_in_one_line(auth_mesh
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("statek-bus: storage not ready: bucket statek_states: no answer to "), last
     assert "forbidden to this user" in last and "Traceback" not in err.decode()
+
+
+def test_the_blocking_client_takes_nats_creds(auth_mesh: AuthMesh) -> None:
+    settings = Settings.from_env({"NATS_URL": auth_mesh.url, "NATS_CREDS": auth_mesh.creds})
+    assert settings.creds_file == auth_mesh.creds
+    with StatekClient(settings=settings) as client:
+        job = client.jobs.submit("t_quick", shared_vars={"n": 3})
+        assert client.jobs.wait(job.id, timeout=60).exit_status == "done 3"
+        state = client.states.create(task_id=job.id, agent_id="blocking", state={"ok": True})
+        assert state.state == {"ok": True}

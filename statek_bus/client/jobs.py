@@ -355,6 +355,7 @@ class AsyncJobs:
         subject = job_events_subject(job_id)
         sub = await nc.subscribe(subject, cb=on_event)
         try:
+            first = await self.get(job_id)  # NotFoundError now for a job that is not there
             replayed: set[bytes] = set()
             if replay:
                 async for data, last in self._replay(subject):
@@ -363,7 +364,7 @@ class AsyncJobs:
                     yield event
                     if last and _is_done(data):
                         return
-            checked_done: Job | None = None
+            checked_done: Job | None = first if first.status is JobStatus.DONE else None
             while True:
                 try:
                     data = await asyncio.wait_for(

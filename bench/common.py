@@ -15,6 +15,8 @@ __all__ = [
     "Result",
     "closed_loop",
     "cpu_seconds",
+    "minor_faults",
+    "own_cpu_seconds",
     "percentile",
     "print_table",
     "print_tables",
@@ -110,10 +112,44 @@ def progress(text: str) -> None:
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` alone (no child's)."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of the children ``pid`` has reaped (a fork server's finished workers)."""
+    return int(_stat(pid)[8])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and everything it started, so far.
+
+    A process's own time plus what its reaped children used, and the same for every live child:
+    an executor's sandbox fork server and the per-step workers it reaped count as the executor's
+    (they are part of running a step; leaving them out hides the process boundary's cost).
+    """
+    try:
+        fields = _stat(pid)
+    except OSError:  # ended meanwhile: what it used is in its parent's reaped-children time
+        return 0.0
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / _CLK
+    return total + sum(cpu_seconds(child) for child in _children(pid))
 
 
 async def settle(pids: dict[str, int], *, idle_share: float = 0.05, timeout: float = 90.0) -> float:

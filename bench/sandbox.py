@@ -3,7 +3,9 @@
 The process rows run the same step through :class:`ProcessCodeRunner` (a fresh locked-down worker
 per step) and :class:`ThreadCodeRunner` (in-process) in the same run: a trivial step, a step making
 10 tool calls (per call), both one at a time and 8 in flight, with the ratio (process ÷ in-process, x
-slower). Then the pieces: a fork from the fork server, and the lock-down of a worker.
+slower). Then the pieces: a fork from the fork server, the lock-down of a worker, and the floor: a
+fork + exit of a bare interpreter. A second table splits the CPU of one trivial step by process
+(executor, fork server, worker) with the workers' page faults, beside the in-process runner.
 
 Rows compare the same code compiled plainly (``compile``) and through :func:`compile_block` with a
 deadline set, per iteration or per call; plus ``compile_block`` uncached and cached, and a
@@ -15,12 +17,13 @@ workspace of 20 definitions and 200 values through snapshot → bytes → restor
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import print_table
+from bench.common import cpu_seconds, minor_faults, own_cpu_seconds, print_tables
 from statek_bus.authoring.tools import tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
 from statek_bus.runtime.procrunner import ProcessCodeRunner
@@ -132,14 +135,18 @@ def _session() -> Any:
     )  # fmt: skip
 
 
+async def _step(runner: Any, code: str) -> None:
+    unit = ExecUnit(kind="code", code=code, site="0.0")
+    await runner.run(ExecRequest(session=_session(), units=[unit], deadline_seconds=10))
+
+
 async def _steps(runner: Any, code: str, steps: int, in_flight: int) -> float:
     """Seconds per step, ``steps`` steps with ``in_flight`` at once."""
     sem = asyncio.Semaphore(in_flight)
 
     async def one() -> None:
         async with sem:
-            unit = ExecUnit(kind="code", code=code, site="0.0")
-            await runner.run(ExecRequest(session=_session(), units=[unit], deadline_seconds=10))
+            await _step(runner, code)
 
     await one()  # warm
     t0 = time.perf_counter()
@@ -147,7 +154,7 @@ async def _steps(runner: Any, code: str, steps: int, in_flight: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-async def _process_rows(steps: int) -> list[dict[str, Any]]:
+async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     process = ProcessCodeRunner(workers=8)
     thread = ThreadCodeRunner(threads=8)
     await asyncio.to_thread(process.wait_started)
@@ -166,30 +173,93 @@ async def _process_rows(steps: int) -> list[dict[str, Any]]:
         for _ in range(steps):
             sock, _, _ = process._server.spawn()
             sock.close()
-        rows.append({"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6})
+        rows.append(
+            {"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6}
+        )
+        costs = await _cost_rows(process, thread, steps)
     finally:
         await process.aclose()
         await thread.aclose()
     rows.append({"case": "lock-down of one worker (in a fork)", "process µs": _lockdown_cost(steps) * 1e6})
+    rows.append({"case": "fork + exit of a bare interpreter (floor)", "process µs": _bare_fork_cost(steps) * 1e6})
+    return rows, costs
+
+
+async def _cost_rows(
+    process: ProcessCodeRunner, thread: ThreadCodeRunner, steps: int
+) -> list[dict[str, Any]]:
+    """CPU per trivial step in each process, one step at a time, beside the in-process runner's."""
+    me = os.getpid()
+    assert process._server._proc is not None
+    server = process._server._proc.pid
+
+    async def measure(runner: Any) -> dict[str, float]:
+        for _ in range(5):
+            await _step(runner, "y = n + 1")
+        await asyncio.sleep(0.5)  # the spares forked meanwhile count before, not during
+        before = (own_cpu_seconds(me), own_cpu_seconds(server), cpu_seconds(server), minor_faults(server))
+        for _ in range(steps):
+            await _step(runner, "y = n + 1")
+        await asyncio.sleep(0.5)  # the spares that replace the used workers count too
+        after = (own_cpu_seconds(me), own_cpu_seconds(server), cpu_seconds(server), minor_faults(server))
+        d = [(b - a) / steps for a, b in zip(before, after, strict=True)]
+        return {"executor": d[0], "server": d[1], "workers": d[2] - d[1], "faults": d[3]}
+
+    base = await measure(thread)
+    cost = await measure(process)
+    floor = base["executor"]
+    rows = [{"runner": "in-process (threads of the executor)", "total CPU ms": floor * 1e3,
+             "executor ms": floor * 1e3, "x in-process (higher = costlier)": 1.0}]  # fmt: skip
+    total = cost["executor"] + cost["server"] + cost["workers"]
+    rows.append({
+        "runner": "process (a fresh worker per step)", "total CPU ms": total * 1e3,
+        "executor ms": cost["executor"] * 1e3, "fork server ms": cost["server"] * 1e3,
+        "worker ms": cost["workers"] * 1e3, "worker page faults": cost["faults"],
+        "x in-process (higher = costlier)": total / floor,
+    })  # fmt: skip
     return rows
+
+
+_BARE_FORKS = """
+import os, sys, time
+n = int(sys.argv[1])
+t0 = time.perf_counter()
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print((time.perf_counter() - t0) / n)
+"""
+
+
+def _bare_fork_cost(n: int) -> float:
+    """Seconds per fork + exit + wait of a bare interpreter (``python -I``, nothing imported): the
+    floor of any design that gives each step a fresh process on this machine."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-I", "-c", _BARE_FORKS, str(n)], capture_output=True, check=True)
+    return float(out.stdout)
 
 
 def _lockdown_cost(n: int) -> float:
     import os
 
-    from statek_bus.sandbox.isolation import Limits, lock_down, prepare
+    from statek_bus.sandbox.isolation import Limits, address_space_cap, lock_down, prepare, seal_server
 
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # measure in a child: prepare() enters a network namespace
+    if pid == 0:  # measure in a child: prepare() and seal_server() change the process for good
         prepared = prepare()
+        sealed = seal_server(prepared)
         total = 0.0
         r2, w2 = os.pipe()
         for _ in range(n):
+            cap = address_space_cap(Limits())
             child = os.fork()
             if child == 0:
                 t0 = time.perf_counter()
-                lock_down(Limits(), prepared)
+                lock_down(Limits(), prepared, cap, sealed)
                 os.write(w2, str(time.perf_counter() - t0).encode().ljust(32))
                 os._exit(0)
             total += float(os.read(r2, 32))
@@ -203,13 +273,15 @@ def _lockdown_cost(n: int) -> float:
     return result
 
 
-async def run(quick: bool) -> list[dict[str, Any]]:
-    """Rows: the process boundary against in-process, loop costs, then compile and workspace costs."""
+async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """Tables: the process boundary against in-process (time, then CPU per step by process), then
+    loop, compile and workspace costs."""
     n, repeat = (20_000, 3) if quick else (200_000, 7)
-    rows = await _process_rows(50 if quick else 300)
-    return rows + await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
+    rows, costs = await _process_rows(50 if quick else 300)
+    rows += await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
+    return {"sandbox: time per step and piece": rows, "sandbox: CPU per trivial step by process": costs}
 
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
-    print_table(f"sandbox{' (quick)' if quick else ''}", asyncio.run(run(quick)))
+    print_tables(f"sandbox{' (quick)' if quick else ''}", asyncio.run(run(quick)))

@@ -3,6 +3,8 @@
 The floor is what nats-py alone does for a job: one KV create plus one work-stream publish,
 pipelined the same way (gather the creates, then the publishes) at the same batch size. The
 service adds validation, the pending marker, list indexes, READY events and a request/reply hop.
+Jobs with options of their own add a definition in ``statek_jobdefs``: stored once per content
+(the "same options" rows find it stored), one more KV create when the content is new.
 
 Run: ``python -m bench.submission`` (``--quick`` for a short run). It starts its own nats-server
 and a submission service process, so nothing else on the machine is touched.
@@ -23,7 +25,7 @@ from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
-from statek_bus.wire.messages import AgentDescription, WorkMessage, encode
+from statek_bus.wire.messages import AgentDescription, JobOptions, WorkMessage, encode
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     JOBS_BUCKET,
@@ -80,9 +82,20 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                     t = time.perf_counter()
                     await client.jobs.submit(ROLE, {"event": {"n": 1}})
                     lat.append(time.perf_counter() - t)
+                shared: list[float] = []
+                distinct: list[float] = []
+                for n in range(latency_n):  # a job's own options: one stored definition per content
+                    t = time.perf_counter()
+                    await client.jobs.submit(ROLE, {"event": {"n": 1}}, options=JobOptions(warmup_code="x = 1"))
+                    shared.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    await client.jobs.submit(ROLE, {"event": {"n": 1}}, options=JobOptions(warmup_code=f"x = {n}"))
+                    distinct.append(time.perf_counter() - t)
                 for q in (50, 99):
-                    value, floor = percentile(lat, q) * 1000, percentile(floor_lat, q) * 1000
-                    rows.append(_row(f"submit p{q} latency (ms)", value, floor, floor / value))
+                    floor = percentile(floor_lat, q) * 1000
+                    for label, series in (("", lat), (", same options", shared), (", new options each", distinct)):
+                        value = percentile(series, q) * 1000
+                        rows.append(_row(f"submit p{q} latency{label} (ms)", value, floor, floor / value))
                 for size, total in totals.items():
                     batches = max(1, total // size)
                     t = time.perf_counter()

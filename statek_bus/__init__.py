@@ -6,8 +6,10 @@ This module is the front door; every public name is listed in ``__all__``.
 from __future__ import annotations
 
 from statek_bus.authoring.agents import Agent, HandlerAgent, SupervisedAgent
+from statek_bus.authoring.dialog import DialogAgent, RecurringReminder, RecursiveReminder, Reminder
 from statek_bus.authoring.futures import temporal
 from statek_bus.authoring.postprocess import FinalCheck, LLMStep, PostProcessor, post_processor
+from statek_bus.authoring.roles import MessageDispatcher, Researcher
 from statek_bus.authoring.tools import current_job, exit_job, tool
 from statek_bus.authoring.waiting import subtask
 from statek_bus.client.core import AsyncStatekClient, StatekClient
@@ -22,7 +24,7 @@ from statek_bus.wire.errors import (
     ServiceUnavailableError,
     StatekError,
 )
-from statek_bus.wire.messages import Job, JobStatus, State, Usage
+from statek_bus.wire.messages import Job, JobOptions, JobStatus, State, Usage
 from statek_bus.wire.subjects import SERVICE_VERSION as _SERVICE_VERSION
 
 __all__ = [
@@ -30,15 +32,22 @@ __all__ = [
     "AsyncStatekClient",
     "BadRequestError",
     "ConflictError",
+    "DialogAgent",
     "FinalCheck",
     "HandlerAgent",
     "InternalError",
     "Job",
+    "JobOptions",
     "JobStatus",
     "LLMStep",
+    "MessageDispatcher",
     "NotFoundError",
     "PayloadTooLargeError",
     "PostProcessor",
+    "RecurringReminder",
+    "RecursiveReminder",
+    "Reminder",
+    "Researcher",
     "ServiceUnavailableError",
     "Settings",
     "State",

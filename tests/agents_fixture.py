@@ -482,9 +482,9 @@ def console(record: Any) -> list[str]:
     return [line for item in chat_log(record) for line in item.console]
 
 
-def services(settings: Any, *kinds: str) -> Any:
-    """An async context manager running the given services in this process (``executor`` gets the
-    fixture agents), in order; for the ``mesh`` fixtures of the executor tests."""
+def services(settings: Any, *kinds: str, agents: str = AGENTS_SPEC) -> Any:
+    """An async context manager running the given services in this process (``executor`` serves
+    ``agents``, by default the fixture agents), in order; for the ``mesh`` fixtures of the tests."""
     import contextlib
     import importlib
 
@@ -493,7 +493,7 @@ def services(settings: Any, *kinds: str) -> Any:
 
     @contextlib.asynccontextmanager
     async def run() -> Any:
-        s = settings.replace(agents=AGENTS_SPEC)
+        s = settings.replace(agents=agents)
         async with contextlib.AsyncExitStack() as stack:
             for kind in kinds:
                 factory = importlib.import_module(f"statek_bus.services.{kind}").build

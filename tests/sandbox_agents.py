@@ -81,6 +81,12 @@ UNRESTRICTED = [
     hostile("sb_probe", PROBE),
     hostile("sb_register", "import fractions\nfractions.Fraction.register(str)\nprint(isinstance('a', fractions.Fraction))"),
     hostile("sb_isinstance", "import fractions\nprint(isinstance('a', fractions.Fraction))"),
+    SupervisedAgent(
+        "sb_where",
+        "You write Python.",
+        metadata={"MODEL": "scripted/sb_where", "SCRIPT": ["import os\nprint('model', os.getpid())\nexit('ok')"]},
+        warmup="import os\nprint('warmup', os.getpid())\nw = 1",
+    ),
 ]
 """Run by an executor with ``restricted_mode`` off."""
 

@@ -1,1 +1,1 @@
-"""The authoring API: what users write (agents, tools, prompts) and what model code calls (futures, the waiting tools)."""
+"""The authoring API: what users write (agents, dialog agents and STATEK's ready-made roles, tools, prompts) and what model code calls (futures, the waiting tools)."""

@@ -18,15 +18,18 @@ The executor imports the user's module (``--agents module:attr``) and registers 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from statek_bus.authoring.messaging import check_send_message
 from statek_bus.authoring.prompts import render_prompt
+from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
-from statek_bus.wire.messages import AgentDescription, ParamDescription
+from statek_bus.wire.messages import AgentDescription, JobOptions, ParamDescription
 
 __all__ = [
     "Agent",
@@ -36,6 +39,7 @@ __all__ = [
     "SupervisedAgent",
     "WarmupBlock",
     "WarmupCall",
+    "job_warmup",
     "parse_warmup",
 ]
 
@@ -139,6 +143,22 @@ def parse_warmup(source: str) -> list[WarmupBlock]:
     return blocks
 
 
+@functools.lru_cache(maxsize=256)
+def _job_blocks(code: str) -> tuple[WarmupBlock, ...]:
+    return tuple(
+        WarmupBlock(code=b.code, calls=b.calls, metadata={k: v for k, v in b.metadata.items() if k != "hidden"})
+        for b in parse_warmup(code)
+    )
+
+
+def job_warmup(options: JobOptions | None) -> list[WarmupBlock]:
+    """The warmup blocks of a job's own ``warmup_code`` (none without): never hidden, so they run as
+    untrusted code in the sandbox, as model code does (the code came from a client)."""
+    if options is None or not options.warmup_code:
+        return []
+    return list(_job_blocks(options.warmup_code))
+
+
 class Agent:
     """A code-first agent: the model writes Python that runs in the job's workspace.
 
@@ -152,7 +172,9 @@ class Agent:
         description: what the agent does (shown by ``statek.agents.list``).
         params: job parameters the agent declares.
         types: dataclasses/Structs/Enums its workspace may hold (besides those of its module).
-        send_message: callable ``(body, media=None)`` receiving dialog prose (MD_DIALOG/DIRECT).
+        send_message: callable ``(body, media=None)`` receiving dialog prose (MD_DIALOG/DIRECT),
+            split into a body and a media reference; checked here
+            (:func:`~statek_bus.authoring.messaging.check_send_message`).
     """
 
     kind = "code"
@@ -177,7 +199,7 @@ class Agent:
         self.description_text = description or str(self.metadata.get("DESCRIPTION", ""))
         self.params = list(params)
         self.types = list(types)
-        self.send_message = send_message
+        self.send_message = check_send_message(send_message) if send_message is not None else None
         self.tools: list[Tool] = []
         self.internal_tools: list[Tool] = []
         self._all_tools: tuple[tuple[Any, ...], tuple[Tool, ...]] | None = None
@@ -198,6 +220,25 @@ class Agent:
     def chat_style(self) -> str:
         """``CHAT_STYLE`` metadata (default ``CONSOLE``)."""
         return str(self.metadata.get("CHAT_STYLE") or "CONSOLE").upper()
+
+    def update_system_prompt(self, prompt: str) -> bool:
+        """Replace the system prompt; returns whether it changed."""
+        changed = prompt != self.prompt
+        self.prompt = prompt
+        return changed
+
+    def update_metadata(self, metadata: dict[str, Any]) -> bool:
+        """Replace the metadata; returns whether it changed."""
+        new = dict(metadata)
+        changed = new != self.metadata
+        self.metadata = new
+        return changed
+
+    def update_description(self, description: str) -> bool:
+        """Replace the description; returns whether it changed."""
+        changed = description != self.description_text
+        self.description_text = description
+        return changed
 
     def add_tool(self, fn: Callable[..., Any] | Tool) -> Tool:
         """Add a tool; a name starting with ``_`` makes it internal (not described)."""
@@ -328,6 +369,13 @@ class SupervisedAgent(Agent):
     def warmup_blocks(self) -> list[WarmupBlock]:
         """The parsed warmup blocks."""
         return list(self._blocks)
+
+    @property
+    def referenced_locals(self) -> list[str]:
+        """Names the warmup reads but never binds (nor are tools or builtins), in order of first use:
+        the shared variables a job of this agent must start with."""
+        tools = {t.name for t in self.all_tools()}
+        return referenced_locals(self.warmup_code, exclude=tools)
 
 
 # ==================================================================================================

@@ -34,6 +34,7 @@ __all__ = [
     "StepContext",
     "agent_post_processors",
     "apply_post_processors",
+    "job_post_processors",
     "parse_post_processors",
     "post_processor",
 ]
@@ -216,6 +217,17 @@ def apply_post_processors(
 
 
 _PARSED: dict[tuple[str, str], tuple[PostProcessor, ...]] = {}
+
+
+def job_post_processors(spec: str, role: str) -> tuple[PostProcessor, ...]:
+    """The processors a job's own ``post_processing`` names (parsed once per value; ``ValueError``)."""
+    key = (f"job:{role}", spec)
+    found = _PARSED.get(key)
+    if found is None:
+        if len(_PARSED) >= 1024:  # jobs' specs come from clients: keep the cache bounded
+            _PARSED.clear()
+        found = _PARSED[key] = tuple(parse_post_processors(spec, role))
+    return found
 
 
 def agent_post_processors(agent: Any) -> tuple[PostProcessor, ...]:

@@ -34,6 +34,7 @@ __all__ = [
     "JobContext",
     "Tool",
     "ToolHandle",
+    "await_result",
     "brief",
     "current_job",
     "describe",
@@ -253,7 +254,7 @@ class Tool:
         bound = self._bind(args, kwargs)
         result = self.fn(*bound.args, **bound.kwargs)
         if inspect.isawaitable(result):
-            result = _await(result)
+            result = await_result(result)
         if self.error_handler is not None:
             ctx = _current.get()
             if ctx is not None:
@@ -400,7 +401,8 @@ def unwrap_tool(obj: Any) -> Any:
     return obj._tool if type(obj) is ToolHandle else obj
 
 
-def _await(awaitable: Any) -> Any:
+def await_result(awaitable: Any) -> Any:
+    """Wait for ``awaitable`` from a tool's thread, on the executor's loop (a new loop outside a step)."""
     ctx = _current.get()
     loop = ctx.loop if ctx else None
     if loop is None or not loop.is_running():

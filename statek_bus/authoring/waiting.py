@@ -45,8 +45,9 @@ from statek_bus.authoring.futures import (
     TimerFuture,
     current_env,
 )
+from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.tools import Tool, current_job, tool
-from statek_bus.client.jobs import agent_role
+from statek_bus.client.jobs import agent_role, option_fields, split_options
 from statek_bus.wire.messages import Job, JobSendNotificationRequest, SubmitRequest
 from statek_bus.wire.subjects import JOBS_SEND_NOTIFICATION, JOBS_SUBMIT
 from statek_bus.wire.values import from_json, to_json
@@ -69,13 +70,25 @@ __all__ = [
     "wait_until",
 ]
 
-def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, params: dict[str, Any]) -> JobHandle:
-    """Submit a child job under a deterministic id (re-running the statement finds the same job)."""
+def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, kwargs: dict[str, Any]) -> JobHandle:
+    """Submit a child job under a deterministic id (re-running the statement finds the same job).
+
+    ``kwargs`` are the child's parameters, except STATEK's per-job options (``warmup_code``...),
+    which become its :class:`~statek_bus.wire.messages.JobOptions`.
+    """
+    options, params = split_options(kwargs)
     env = current_env()
     site = env.sites.next()
     child_id = f"{env.job_id}/{site}"
     role = agent_role(agent)
     shared = dict(shared_vars or {})
+    if options is not None and options.warmup_code:  # STATEK: the caller's variables its warmup reads
+        namespace = current_job().namespace
+        for name in referenced_locals(options.warmup_code):
+            if name not in shared and name in namespace:
+                value = namespace[name]
+                if not callable(value) and not inspect.ismodule(value):
+                    shared[name] = value
     handler = env.pending_handler
     if handler is not None:
         env.pending_handler = None
@@ -94,6 +107,7 @@ def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, params:
         params=params or None,
         job_id=child_id,
         parent_id=env.job_id,
+        **option_fields(options),
     )
     env.run(env.mesh().request(JOBS_SUBMIT, request, Job))
     return JobHandle(child_id, role)
@@ -115,6 +129,7 @@ def create_new_job(
     shared_vars: dict[str, Any] | None = None,
     locale: Any = None,
     warmup_code: str | None = None,
+    post_processing: str | None = None,
     **kwargs: Any,
 ) -> JobHandle:
     """Create a child job (READY) and return it; it runs on its own, the parent does not wait.
@@ -123,12 +138,12 @@ def create_new_job(
         agent: the agent role (or agent object).
         shared_vars: variables in the child's workspace when it starts.
         locale: ``LANG-COUNTRY``; default: this job's locale.
-        warmup_code: not supported (an agent's warmup is part of the agent).
-        **kwargs: the child's parameters.
+        warmup_code: code the child runs (sandboxed) before its agent's warmup; the variables of
+            this job that it reads are copied into the child's workspace.
+        post_processing: post-processors added to the agent's (``FinalCheck(max_llm_actions=2)``).
+        **kwargs: the child's parameters (``provider_config`` and ``extra_resources`` are options).
     """
-    if warmup_code is not None:
-        raise ValueError("warmup_code is not supported per job: give the agent its warmup")
-    return _create(agent, shared_vars, locale, kwargs)
+    return _create(agent, shared_vars, locale, {**kwargs, "warmup_code": warmup_code, "post_processing": post_processing})
 
 
 @tool(system=True)

@@ -20,6 +20,7 @@ from statek_bus.wire.messages import (
     Job,
     JobEvent,
     JobHistory,
+    JobOptions,
     JobStatus,
     State,
     StateChange,
@@ -87,10 +88,13 @@ class BlockingJobs:
         params: Mapping[str, Any] | None = None,
         job_id: str | None = None,
         parent_id: str | None = None,
+        options: JobOptions | None = None,
     ) -> Job:
         """Blocking :meth:`AsyncJobs.submit`."""
         return self._run(
-            self.aio.submit(agent, shared_vars, locale, params=params, job_id=job_id, parent_id=parent_id)
+            self.aio.submit(
+                agent, shared_vars, locale, params=params, job_id=job_id, parent_id=parent_id, options=options
+            )
         )
 
     def submit_batch(
@@ -102,11 +106,18 @@ class BlockingJobs:
         params: Mapping[str, Any] | None = None,
         batch_id: str | None = None,
         parent_id: str | None = None,
+        options: JobOptions | None = None,
     ) -> _Jobs:
         """Blocking :meth:`AsyncJobs.submit_batch`."""
         return self._run(
             self.aio.submit_batch(
-                agent, shared_vars_batch, locale, params=params, batch_id=batch_id, parent_id=parent_id
+                agent,
+                shared_vars_batch,
+                locale,
+                params=params,
+                batch_id=batch_id,
+                parent_id=parent_id,
+                options=options,
             )
         )
 

@@ -41,6 +41,7 @@ from statek_bus.wire.messages import (
     JobGetRequest,
     JobHistory,
     JobListRequest,
+    JobOptions,
     JobSendMessageRequest,
     JobSendNotificationRequest,
     JobStatus,
@@ -65,7 +66,7 @@ from statek_bus.wire.subjects import (
 )
 from statek_bus.wire.values import to_json
 
-__all__ = ["AsyncJobs", "agent_role", "encode_shared_vars"]
+__all__ = ["OPTION_NAMES", "AsyncJobs", "agent_role", "encode_shared_vars", "option_fields", "split_options"]
 
 Jobs = list[Job]
 Agents = list[AgentDescription]
@@ -121,6 +122,25 @@ def encode_shared_vars(
     return out
 
 
+OPTION_NAMES = ("warmup_code", "post_processing", "provider_config", "extra_resources")
+"""STATEK's per-job option keywords of ``submit_new_job`` / ``create_new_job``."""
+
+
+def split_options(kwargs: Mapping[str, Any]) -> tuple[JobOptions | None, dict[str, Any]]:
+    """``(options, params)`` of STATEK-style keywords: the :data:`OPTION_NAMES` set (not ``None``)
+    become :class:`~statek_bus.wire.messages.JobOptions`, the rest the job's parameters."""
+    params = {k: v for k, v in kwargs.items() if k not in OPTION_NAMES}
+    given = {k: kwargs[k] for k in OPTION_NAMES if kwargs.get(k) is not None}
+    return (JobOptions(**given) if given else None), params
+
+
+def option_fields(options: JobOptions | None) -> dict[str, Any]:
+    """The :class:`~statek_bus.wire.messages.SubmitRequest` fields that carry ``options``."""
+    if options is None:
+        return {}
+    return {name: getattr(options, name) for name in OPTION_NAMES}
+
+
 class AsyncJobs:
     """Submit, query, cancel, message, wait for and watch jobs.
 
@@ -141,6 +161,7 @@ class AsyncJobs:
         params: Mapping[str, Any] | None = None,
         job_id: str | None = None,
         parent_id: str | None = None,
+        options: JobOptions | None = None,
     ) -> Job:
         """Create one job; the same ``job_id`` twice returns the first job.
 
@@ -151,6 +172,9 @@ class AsyncJobs:
             params: agent-specific parameters (``**kwargs`` of ``submit_new_job``).
             job_id: idempotency key (generated when omitted, so retries are safe).
             parent_id: the parent job, for a child job.
+            options: the job's own warmup code, post-processors, provider config and extra
+                resources (:class:`~statek_bus.wire.messages.JobOptions`); jobs with the same
+                options share one stored definition.
         """
         req = SubmitRequest(
             agent=agent_role(agent),
@@ -159,6 +183,7 @@ class AsyncJobs:
             params=dict(params) if params else None,
             job_id=job_id if job_id is not None else uuid.uuid4().hex,
             parent_id=parent_id,
+            **option_fields(options),
         )
         job: Job = await self._submit(JOBS_SUBMIT, req, Job)
         return job
@@ -172,8 +197,10 @@ class AsyncJobs:
         params: Mapping[str, Any] | None = None,
         batch_id: str | None = None,
         parent_id: str | None = None,
+        options: JobOptions | None = None,
     ) -> Jobs:
-        """Create one job per ``shared_vars_batch`` entry (ids ``<batch_id>-<index>``).
+        """Create one job per ``shared_vars_batch`` entry (ids ``<batch_id>-<index>``); ``options``
+        apply to every job (they share one definition).
 
         Retrying with the same ``batch_id`` completes an interrupted batch exactly once. A batch
         over :data:`~statek_bus.jobs.checks.MAX_BATCH` entries is sent as parts ``p = 0, 1, ...`` of
@@ -206,6 +233,7 @@ class AsyncJobs:
                 params=params_,
                 batch_id=part_id,
                 parent_id=parent_id,
+                **option_fields(options),
             )
             jobs: Jobs = await self._submit(JOBS_SUBMIT_BATCH, req, Jobs)
             out.extend(jobs)
@@ -218,8 +246,10 @@ class AsyncJobs:
         locale: StatekLocale | str | None = None,
         **kwargs: Any,
     ) -> Job:
-        """STATEK's signature: ``**kwargs`` become the job's ``params``."""
-        return await self.submit(agent, shared_vars, locale, params=kwargs)
+        """STATEK's signature: ``warmup_code``, ``post_processing``, ``provider_config`` and
+        ``extra_resources`` are the job's options (:func:`split_options`), other ``**kwargs`` its ``params``."""
+        options, params = split_options(kwargs)
+        return await self.submit(agent, shared_vars, locale, params=params, options=options)
 
     async def submit_new_jobs_batch(
         self,
@@ -228,8 +258,10 @@ class AsyncJobs:
         locale: StatekLocale | str | None = None,
         **kwargs: Any,
     ) -> Jobs:
-        """STATEK's signature: ``**kwargs`` become every job's ``params``."""
-        return await self.submit_batch(agent, shared_vars_batch, locale, params=kwargs)
+        """STATEK's signature: the per-job options (:func:`split_options`) apply to every job, other
+        ``**kwargs`` become every job's ``params``."""
+        options, params = split_options(kwargs)
+        return await self.submit_batch(agent, shared_vars_batch, locale, params=params, options=options)
 
     async def _submit(self, subject: str, req: Any, reply: Any) -> Any:
         body = encode(req)

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from statek_bus.client.core import StatekClient
+from statek_bus.client.jobs import split_options
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.locale import StatekLocale
 from statek_bus.wire.messages import Job
@@ -93,12 +94,16 @@ class StatekClientAPI:
                 bytes... survive); an unencodable value is a ``TypeError`` naming the variable.
             locale: a :class:`~statek_bus.wire.locale.StatekLocale` or ``"LANG-COUNTRY"`` (resolved by
                 :func:`~statek_bus.wire.locale.resolve_locale`; an unknown one raises before sending).
-            **kwargs: agent-specific job parameters (the job's ``params``).
+            **kwargs: agent-specific job parameters (the job's ``params``), except STATEK's
+                per-job options ``warmup_code`` (run sandboxed, before the agent's warmup),
+                ``post_processing``, ``provider_config`` and ``extra_resources``: jobs with the same
+                options share one stored definition.
 
         Returns:
             The new job (READY), durably stored and queued to run.
         """
-        job: Job = self.client.jobs.submit(agent, shared_vars, locale, params=kwargs)
+        options, params = split_options(kwargs)
+        job: Job = self.client.jobs.submit(agent, shared_vars, locale, params=params, options=options)
         return job
 
     def submit_new_jobs_batch(
@@ -110,10 +115,14 @@ class StatekClientAPI:
     ) -> list[Job]:
         """Create one job per ``shared_vars_batch`` entry (entries may be ``None``).
 
-        ``locale`` and ``**kwargs`` apply to every job. The batch is one request; if it has to
-        be retried, the service completes it exactly once.
+        ``locale`` and ``**kwargs`` apply to every job (STATEK's per-job options among them, see
+        :meth:`submit_new_job`). The batch is one request; if it has to be retried, the service
+        completes it exactly once.
         """
-        jobs: list[Job] = self.client.jobs.submit_batch(agent, shared_vars_batch, locale, params=kwargs)
+        options, params = split_options(kwargs)
+        jobs: list[Job] = self.client.jobs.submit_batch(
+            agent, shared_vars_batch, locale, params=params, options=options
+        )
         return jobs
 
     def close(self) -> None:

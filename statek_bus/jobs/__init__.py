@@ -1,1 +1,1 @@
-"""Jobs as stored data: the job store, listing, the event log, request checks, the agent registry, submission."""
+"""Jobs as stored data: the job store, listing, the event log, request checks, the agent registry, job definitions (a job's own options), submission."""

@@ -65,6 +65,7 @@ from statek_bus.jobs.checks import (
     conflict,
     json_paths,
 )
+from statek_bus.jobs.jobdefs import JobDefStore, check_options
 from statek_bus.jobs.listing import list_jobs, read_in_order, read_records
 from statek_bus.jobs.log import read_job_log
 from statek_bus.jobs.registry import AgentDirectory
@@ -89,10 +90,12 @@ from statek_bus.wire.messages import (
     IndexEntry,
     Job,
     JobCancelRequest,
+    JobDef,
     JobEvent,
     JobGetRequest,
     JobHistory,
     JobListRequest,
+    JobOptions,
     JobRecord,
     JobSendMessageRequest,
     JobSendNotificationRequest,
@@ -153,6 +156,7 @@ class Submission:
         self.kv = store.kv
         self.agents = agents
         self.settings = settings
+        self.jobdefs = JobDefStore(store.js)
         self._purge_queue: asyncio.Queue[str] = asyncio.Queue()
         self._stop = asyncio.Event()
 
@@ -192,6 +196,7 @@ class Submission:
             parent_id=req.parent_id,
             index=IndexEntry(job_id=job_id),
             vars_field="$.shared_vars",
+            options=check_options(req),
         )
         if await self.agents.served(req.agent) is False:  # accepted; it waits until one serves it
             jobs[0].agent_served = False
@@ -219,6 +224,7 @@ class Submission:
             parent_id=req.parent_id,
             index=IndexEntry(batch_id=batch_id, count=n),
             vars_field="$.shared_vars_batch",
+            options=check_options(req),
         )
 
     async def _create(
@@ -232,6 +238,7 @@ class Submission:
         parent_id: str | None,
         index: IndexEntry,
         vars_field: str,
+        options: JobOptions | None = None,
     ) -> list[Job]:
         check_id(agent, "$.agent")
         with json_paths():
@@ -266,6 +273,9 @@ class Submission:
         conflicts = [j for j in ids if j in existing and existing[j][0].agent != agent]
         if conflicts:
             raise conflict(conflicts, single)
+        jobdef = None
+        if options is not None and len(existing) < len(ids):  # stored before a record names it
+            jobdef = await self.jobdefs.put(JobDef(agent=agent, options=options))
         now = utcnow()
         limit = self.nc.max_payload - _RECORD_HEADROOM
         new: list[tuple[JobRecord, bytes, str]] = []
@@ -281,6 +291,7 @@ class Submission:
                 created_at=now,
                 updated_at=now,
                 shared_vars=sv or {},
+                jobdef=jobdef,
             )
             body = encode(rec)
             if len(body) > limit:

@@ -64,6 +64,7 @@ def _kv(bucket: str) -> str:
 
 _JOBS = _kv(s.JOBS_BUCKET)
 _AGENTS = _kv(s.AGENTS_BUCKET)
+_JOBDEFS = _kv(s.JOBDEFS_BUCKET)
 _STATES = _kv(s.STATES_BUCKET)
 _BLOBS = f"OBJ_{s.OBJECT_STORE_BUCKET}"
 _EVENTS = f"{s.EVENTS_PREFIX}.*"
@@ -127,21 +128,24 @@ ROLES: tuple[Role, ...] = (
         summary="statek-submission: records jobs, enqueues their work, answers job queries",
         publish=(
             f"$KV.{s.JOBS_BUCKET}.>",
+            f"$KV.{s.JOBDEFS_BUCKET}.>",
             f"{s.WORK_RUN_PREFIX}.>",
             _EVENTS,
             f"$SRV.INFO.{s.SERVICE_EXECUTOR}",
             *_stream_api(_JOBS),
             *_stream_api(_AGENTS),
+            *_stream_api(_JOBDEFS),
             f"$JS.API.STREAM.INFO.{s.WORK_STREAM}",  # it only publishes work: no consumer of the queue
             *_stream_api(s.JOB_LOG_STREAM),
             *_JS_COMMON,
         ),
         subscribe=(_JOBS_REQ, _AGENTS_REQ, *_SERVICE_COMMON_SUB, _inbox("submission")),
-        streams=(_JOBS, _AGENTS, s.WORK_STREAM, s.JOB_LOG_STREAM),
+        streams=(_JOBS, _AGENTS, _JOBDEFS, s.WORK_STREAM, s.JOB_LOG_STREAM),
         responses=True,
         notes=(
             "asks live executors for their agents (`$SRV.INFO.statek-executor`)",
             "publishes step 0 of each job and the wake-up of a message (`statek.work.run.<agent>.<job>`)",
+            "stores a job's own options once per content (`statek_jobdefs`)",
         ),
     ),
     Role(
@@ -162,11 +166,12 @@ ROLES: tuple[Role, ...] = (
             *_stream_api(s.WORK_STREAM),
             *_stream_api(s.JOB_LOG_STREAM),
             *_stream_api(_BLOBS),
+            *_stream_api(_JOBDEFS),  # reads a job's own options (it writes none)
             *_JS_COMMON,
             f"$JS.API.STREAM.PURGE.{_BLOBS}",
         ),
         subscribe=(s.EXECUTOR_STATUS, *_SERVICE_COMMON_SUB, _inbox("executor")),
-        streams=(_JOBS, _AGENTS, s.WORK_STREAM, s.JOB_LOG_STREAM, _BLOBS),
+        streams=(_JOBS, _AGENTS, _JOBDEFS, s.WORK_STREAM, s.JOB_LOG_STREAM, _BLOBS),
         responses=True,
         notes=(
             "creates and updates the work consumers of its own agents (`statek_agent_<agent>`)",

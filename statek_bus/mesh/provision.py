@@ -101,6 +101,7 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
     return [
         _kv(s.JOBS_BUCKET, settings, settings.job_history),
         _kv(s.AGENTS_BUCKET, settings, 1),
+        _kv(s.JOBDEFS_BUCKET, settings, 1),
         _kv(s.STATES_BUCKET, settings, settings.state_history),
         StreamConfig(
             name=s.WORK_STREAM,

@@ -130,6 +130,10 @@ class Settings:
     """Where model code runs: ``process`` (a locked-down worker process per step, the default) or
     ``in-process`` (threads of the executor: no memory or CPU limit, for trusted development only;
     the executor warns loudly at start)."""
+    app_code_in_process: bool = True
+    """Run an agent's warmup in the executor while nothing model-written has run in the job (it is
+    application code against data; a worker process would cost a fork and protect nothing). Off:
+    every step's code runs in a worker process."""
     sandbox_workers: int = 32
     """Steps whose model code runs at once in worker processes (one process each)."""
     sandbox_memory_mb: int = 512
@@ -166,6 +170,9 @@ class Settings:
     """Directory of provider key files, one per variable (a mounted Secret); empty: keys from the env."""
     script_dir: str = ""
     """Directory of ``.json`` scripts the scripted model's ``SCRIPT_FILE`` may name (empty: disabled)."""
+    provider_config: str = ""
+    """JSON file of STATEK's provider config (reasoning-level payloads per model), read by the provider
+    at start (:mod:`statek_bus.provider.params`); empty: none."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -226,7 +233,6 @@ REFUSED_STATEK_VARIABLES: dict[str, str] = {
     "STATEK_RPC_PORT": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
     "STATEK_DEFAULT_DIFFICULTY": "not supported yet by statek-bus",
     "STATEK_MODEL_INFO_DIR": "the provider's models come from litellm's map or STATEK_LLM_PRICE_TABLE",
-    "STATEK_PROVIDER_CONFIG": _PROVIDER_VARS,
     "STATEK_WARMUP_DEFS_DIR": "warmup code is a Python value of the agent (warmup=...)",
     "DEFAULT_LLM_API_PROVIDER": "name the model with its provider prefix (openrouter/..., openai/...)",
 }

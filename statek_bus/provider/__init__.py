@@ -4,6 +4,8 @@
 (``statek.llm.complete``, ``statek.llm.models``). Modules, one concern each:
 
 - :mod:`.routing`: model strings, ``L:a,M:b,H:c`` difficulty mapping, metadata validation;
+- :mod:`.params`: model-string parameters, reasoning levels from the provider config,
+  ``<P>_RESPONSE_FORMAT_FILE``;
 - :mod:`.scripted`: the scripted model (``scripted/<name>`` with ``SCRIPT`` / ``SCRIPT_FILE``);
 - :mod:`.llm`: loading and calling litellm, reading its responses, mapping its errors;
 - :mod:`.retry`: backoff with full jitter, ``Retry-After``;

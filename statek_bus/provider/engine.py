@@ -14,10 +14,12 @@ of keys.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +39,13 @@ from statek_bus.provider.llm import (
     to_error,
     to_reply,
 )
+from statek_bus.provider.params import (
+    ResponseFormats,
+    load_provider_config,
+    merge_config,
+    python_code_of,
+    request_params,
+)
 from statek_bus.provider.pricing import PriceTable
 from statek_bus.provider.redaction import Redactor, install_log_redaction
 from statek_bus.provider.retry import RetryPolicy, retry_call
@@ -52,6 +61,7 @@ from statek_bus.wire.messages import (
     ModelsReply,
     encode,
 )
+from statek_bus.wire.provider_config import check_provider_config
 
 __all__ = ["Provider"]
 
@@ -78,10 +88,16 @@ class Provider:
         prices: a price table (default: loaded from ``settings.llm_price_table``).
         litellm: the litellm loader (default: a new one; loading starts on first use or
             :meth:`start_loading`).
+        environ: where ``<P>_RESPONSE_FORMAT_FILE`` variables are read (default ``os.environ``).
     """
 
     def __init__(
-        self, settings: Settings, *, prices: PriceTable | None = None, litellm: LiteLLM | None = None
+        self,
+        settings: Settings,
+        *,
+        prices: PriceTable | None = None,
+        litellm: LiteLLM | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.prices = prices if prices is not None else PriceTable.load(settings.llm_price_table)
@@ -92,6 +108,8 @@ class Provider:
         self.redact = Redactor()
         self.calls = CallLedger()
         self._unpriced: set[str] = set()
+        self.provider_config = load_provider_config(settings.provider_config)
+        self.formats = ResponseFormats(environ)
 
     async def __aenter__(self) -> Provider:
         install_log_redaction(redactor=self.redact)
@@ -123,6 +141,7 @@ class Provider:
         """
         deadline = Deadline(req.deadline_s)  # counted from receipt: queueing here counts against it
         r = route(req)
+        r, req = self._prepare(req, r)
         started = time.perf_counter()
         try:
             if r.scripted:
@@ -140,6 +159,24 @@ class Provider:
         metrics.LLM_TOKENS.labels(model=r.model, kind="cached").inc(usage.cached_tokens)
         metrics.LLM_COST.labels(model=r.model).inc(usage.cost or 0.0)
         return self._redacted(reply)
+
+    def _prepare(self, req: CompleteRequest, r: Route) -> tuple[Route, CompleteRequest]:
+        """Resolve the call's extra arguments (model-string parameters, the provider configs, a
+        response-format file) and keep only the reasoning this model produced in the history."""
+        config = self.provider_config
+        if req.provider_config is not None:
+            config = merge_config(config, check_provider_config(req.provider_config, "$.provider_config"))
+        params = request_params(r.model, r.params, config)
+        fmt = self.formats.for_model(r.model)
+        if fmt is not None:
+            params.setdefault("response_format", fmt)
+        messages = [
+            m
+            if m.reasoning is None or m.reasoning_model == r.model
+            else msgspec.structs.replace(m, reasoning=None, reasoning_model=None)
+            for m in req.messages
+        ]
+        return dataclasses.replace(r, params=params), msgspec.structs.replace(req, messages=messages)
 
     def _redacted(self, reply: CompleteReply) -> CompleteReply:
         """``reply`` with every string redacted of keys: whatever the upstream says, no reply of
@@ -182,7 +219,9 @@ class Provider:
             script, field = await self.scripts.load(r.script_file), "$.metadata.SCRIPT_FILE"
         else:
             script, field = parse_script(r.script, "$.metadata.SCRIPT"), "$.metadata.SCRIPT"
-        reply = scripted_reply(req, r.model, script, field=field)
+        reply = scripted_reply(req, r.model, script, field=field, params=r.params)
+        if "response_format" in r.params:
+            reply.text = python_code_of(reply.text)
         if r.script_latency:  # a model's latency, for benchmarks: a timer, no thread held
             await asyncio.sleep(r.script_latency)
         price = self.prices.lookup(r.model)
@@ -224,6 +263,8 @@ class Provider:
                 raise self._internal(exc, r.model) from None
             raise mapped from None
         reply = to_reply(response, r.model)
+        if "response_format" in r.params:
+            reply.text = python_code_of(reply.text)
         reply.usage.cost = self._cost(litellm, response, r.model, reply.usage)
         return reply
 

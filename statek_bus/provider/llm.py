@@ -325,6 +325,8 @@ def to_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             msg["tool_call_id"] = m.tool_call_id
         if m.name is not None:
             msg["name"] = m.name
+        if m.reasoning is not None:  # the provider left only this model's own reasoning in
+            msg["reasoning_content"] = m.reasoning
         out.append(msg)
     return out
 
@@ -352,6 +354,7 @@ def build_kwargs(route: Route, req: CompleteRequest, timeout: float) -> dict[str
         kwargs["reasoning_effort"] = route.reasoning_effort
     if route.mock_response is not None:
         kwargs["mock_response"] = route.mock_response
+    kwargs.update(route.params)  # checked against params.ALLOWED_PARAMS: nothing that routes or authenticates
     return kwargs
 
 

@@ -13,12 +13,14 @@ grouped, ``LM:a,H:b``; every difficulty must be covered exactly once) resolved w
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from statek_bus.provider.params import split_model_params
 from statek_bus.wire.difficulty import Difficulty, difficulty_named
 from statek_bus.wire.errors import BadRequestError
 from statek_bus.wire.messages import CompleteRequest
@@ -93,6 +95,9 @@ class Route:
     """``MAX_TOKENS``."""
     reasoning_effort: str | None = None
     """``REASONING_EFFORT``."""
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The model string's ``/k=v&...`` parameters; once the provider resolved them
+    (:func:`~.params.request_params`), the extra litellm arguments of the call."""
 
     @property
     def scripted(self) -> bool:
@@ -244,6 +249,7 @@ def route(req: CompleteRequest) -> Route:
         model = parsed[difficulty]
     else:
         model = parsed
+    model, params = split_model_params(model, field)
     provider = _string(meta, "PROVIDER")
     if provider and not model.startswith(SCRIPTED_PREFIX) and not model.startswith(f"{provider.lower()}/"):
         model = f"{provider.lower()}/{model}"
@@ -264,6 +270,7 @@ def route(req: CompleteRequest) -> Route:
         mock_response=meta.get("MOCK_RESPONSE"),
         max_tokens=_positive_int(meta, "MAX_TOKENS"),
         reasoning_effort=_string(meta, "REASONING_EFFORT"),
+        params=params,
     )
     _check_consistency(result)
     return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import re
 import stat
@@ -223,9 +224,18 @@ def _messages_size(messages: list[ChatMessage]) -> int:
 
 
 def scripted_reply(
-    req: CompleteRequest, model: str, script: tuple[ScriptReply, ...], *, field: str
+    req: CompleteRequest,
+    model: str,
+    script: tuple[ScriptReply, ...],
+    *,
+    field: str,
+    params: dict[str, Any] | None = None,
 ) -> CompleteReply:
     """The reply of the scripted ``model`` to ``req`` (usage without cost).
+
+    A reply's text may show what the model received: ``{{params}}`` becomes the JSON of the call's
+    extra arguments (``params``: model-string parameters, reasoning payloads, response format) and
+    ``{{reasoning}}`` the JSON list of the reasoning replayed to it in ``req``'s history.
 
     Raises:
         BadRequestError: the script has no reply for this call (``details``: ``index``, ``length``).
@@ -240,13 +250,19 @@ def scripted_reply(
             details={"index": index, "length": len(script)},
         )
     item = script[index]
+    text = item.text
+    if "{{params}}" in text:
+        text = text.replace("{{params}}", json.dumps(params or {}, sort_keys=True))
+    if "{{reasoning}}" in text:
+        replayed = [m.reasoning for m in req.messages if m.role == "assistant" and m.reasoning is not None]
+        text = text.replace("{{reasoning}}", json.dumps(replayed))
     calls = [
         ToolCall(name=c.name, arguments=dict(c.arguments), id=c.id or f"call_{index}_{n}")
         for n, c in enumerate(item.tool_calls)
     ]
-    out_size = len(item.text.encode("utf-8")) + (len(_encoder.encode(item.tool_calls)) if calls else 0)
+    out_size = len(text.encode("utf-8")) + (len(_encoder.encode(item.tool_calls)) if calls else 0)
     usage = LLMUsage(
         input_tokens=(_messages_size(req.messages) + 3) // 4,
         output_tokens=(out_size + 3) // 4,
     )
-    return CompleteReply(text=item.text, tool_calls=calls, reasoning=item.reasoning, usage=usage, model=model)
+    return CompleteReply(text=text, tool_calls=calls, reasoning=item.reasoning, usage=usage, model=model)

@@ -111,7 +111,11 @@ class LogItem(msgspec.Struct, kw_only=True, omit_defaults=True):
     dialog: str = ""
     """Prose sent to the user (dialog styles)."""
     reasoning: str | None = None
-    """Provider reasoning text, replayed as it came."""
+    """Provider reasoning text, replayed as it came to the model that produced it."""
+    reasoning_model: str | None = None
+    """The model that produced ``reasoning``: it is replayed only to that model."""
+    reminder: bool = False
+    """A system item that is a dialog agent's reminder."""
 
     @property
     def source(self) -> str:
@@ -268,7 +272,15 @@ def _turn(item: LogItem, style: ChatStyle, box: str | None, warmup_id: str | Non
         content = _fenced(item.source) if item.source.strip() else (item.text or None)
     if content is None and not calls:
         content = item.text or "(empty reply)"
-    out = [ChatMessage(role="assistant", content=content, tool_calls=calls or None)]
+    out = [
+        ChatMessage(
+            role="assistant",
+            content=content,
+            tool_calls=calls or None,
+            reasoning=item.reasoning,
+            reasoning_model=item.reasoning_model if item.reasoning else None,
+        )
+    ]
     for c in item.calls:
         out.append(
             ChatMessage(role="tool", content=c.result if c.result is not None else "", tool_call_id=c.id)

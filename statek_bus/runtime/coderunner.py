@@ -286,6 +286,9 @@ class ExecRequest:
     """What to run, in order."""
     deadline_seconds: float
     """Wall-clock budget of all units together."""
+    app_code: bool = False
+    """Only application code runs, in a namespace nothing model-written has reached (an agent's
+    warmup before the job's first model-written code): a runner may run it in the executor."""
 
 
 @dataclasses.dataclass

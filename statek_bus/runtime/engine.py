@@ -25,14 +25,16 @@ from typing import Any, Protocol
 
 import msgspec
 
-from statek_bus.authoring.agents import Agent, WarmupBlock
+from statek_bus.authoring.agents import Agent, WarmupBlock, job_warmup
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.dialog import agent_reminder, dialog_turns
 from statek_bus.authoring.postprocess import (
     LLMStep,
     ProcessedStep,
     StepContext,
     agent_post_processors,
     apply_post_processors,
+    job_post_processors,
 )
 from statek_bus.authoring.prompts import parse_difficulty
 from statek_bus.authoring.tools import JobContext, select_tools
@@ -47,6 +49,7 @@ from statek_bus.wire.errors import ServiceUnavailableError, StatekError
 from statek_bus.wire.messages import (
     CompleteReply,
     CompleteRequest,
+    JobOptions,
     JobRecord,
     JobStatus,
     cancelled_exit,
@@ -80,6 +83,18 @@ SessionFactory = Callable[[JobContext, Agent, dict[str, Any] | None, dict[str, A
 
 WorkspaceSaver = Callable[[str, int, Any], Awaitable[dict[str, Any] | None]]
 """Saves a workspace snapshot: (job id, step, data) → reference stored in the engine state."""
+
+
+def _brings_code(options: JobOptions | None) -> bool:
+    """Whether the job brought code of its own (``warmup_code``: written by a client or by a
+    parent's model code, so it runs where model code runs, and so does everything after it)."""
+    return bool(job_warmup(options))
+
+
+def _model_code_ran(state: EngineState) -> bool:
+    """Whether model-written code may have run in the job (its namespace may hold what it made):
+    once the model has replied at all, whether or not that reply's code ran to its end."""
+    return any(item.kind == "llm" for item in state.log)
 
 
 class StepEngine:
@@ -151,10 +166,11 @@ class StepEngine:
         if record.cancel_reason:
             return finish(cancelled_exit(record.cancel_reason))
         absorb_inbox(state, record, step)
-        style = ChatStyle.of(agent.metadata.get("CHAT_STYLE"))
+        style = ChatStyle.of(agent.chat_style)
         if step == 0 and not record.engine:
             state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
-        blocks = agent.warmup_blocks()
+        options: JobOptions | None = ctx.extras.get("job_options")
+        blocks = [*job_warmup(options), *agent.warmup_blocks()]  # the job's own code first, as STATEK runs it
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
 
@@ -177,8 +193,9 @@ class StepEngine:
                 for i, unit in enumerate(units):
                     unit.site = f"{trace.ran}.{i}"
                 result = await self._execute(
-                    ctx, agent, state, record, units, trusted=bool(block and block.hidden)
-                )
+                    ctx, agent, state, record, units, trusted=bool(block and block.hidden),
+                    app_code=block is not None and not _brings_code(options) and not _model_code_ran(state),
+                )  # fmt: skip
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:
@@ -214,13 +231,13 @@ class StepEngine:
                     f"Maximum number of turns exceeded: {state.turns + 1}/{self.settings.max_turns}"
                 )
             self._deliver_notifications(state, step)
-            reply = await self._call_model(ctx, agent, new, state, style)
+            reply = await self._call_model(ctx, agent, new, state, style, options)
             if len(reply.text) > _MAX_REPLY_CHARS:
                 raise HarnessError(
                     f"LLM reply too large: {len(reply.text)} characters (limit {_MAX_REPLY_CHARS})"
                 )
             parsed = parse_reply(reply.text, bool(reply.tool_calls), style)
-            processed = self._post_process(agent, record, state, step, reply, parsed)
+            processed = self._post_process(agent, options, record, state, step, reply, parsed)
             if processed is not None and processed.step is None:  # held back: asked again next step
                 return self._done(new, state, trace, consumed)
             text = reply.text
@@ -239,6 +256,7 @@ class StepEngine:
                 calls=calls,
                 dialog=parsed.dialog,
                 reasoning=reply.reasoning,
+                reasoning_model=(reply.model or agent.model) if reply.reasoning else None,
             )
             state.log.append(llm_item)
             budget = self.settings.max_token_usage + state.token_extension
@@ -247,6 +265,8 @@ class StepEngine:
             acted = processed is not None and processed.acted
             if parsed.final and not acted and not state.notifications and not state.pending_subtasks:
                 llm_item.executed, llm_item.ran_at = True, step
+                if self._remind(agent, state, step):  # the reminder goes in and the job goes on
+                    return self._done(new, state, trace, consumed)
                 return finish(None)
             return self._done(new, state, trace, consumed)
         except HarnessError as exc:
@@ -254,9 +274,26 @@ class StepEngine:
             return finish(error_exit(str(exc)), str(exc))
 
     # --- pieces ------------------------------------------------------------------------------------
+    @staticmethod
+    def _remind(agent: Agent, state: EngineState, step: int) -> bool:
+        """Add the agent's reminder to the chat if it is ready and has not fired since the last user turn."""
+        reminder = agent_reminder(agent)
+        if reminder is None:
+            return False
+        for item in reversed(state.log):
+            if item.kind == "user":
+                break
+            if item.reminder:
+                return False
+        if not reminder.ready(dialog_turns([(i.kind, bool(i.dialog)) for i in state.log])):
+            return False
+        state.log.append(LogItem(kind="system", step=step, text=reminder.text, executed=True, reminder=True))
+        return True
+
     def _post_process(
         self,
         agent: Agent,
+        options: JobOptions | None,
         record: JobRecord,
         state: EngineState,
         step: int,
@@ -265,6 +302,11 @@ class StepEngine:
     ) -> ProcessedStep | None:
         """Run the agent's post-processors over the reply (None: it has none); their messages join the chat."""
         processors = agent_post_processors(agent)
+        if options is not None and options.post_processing:
+            try:
+                processors = (*processors, *job_post_processors(options.post_processing, agent.role))
+            except ValueError as exc:
+                raise HarnessError(f"post_processing of this job: {exc}") from None
         if not processors:
             return None
         draft = LLMStep(
@@ -346,11 +388,13 @@ class StepEngine:
         units: list[ExecUnit],
         *,
         trusted: bool,
+        app_code: bool = False,
     ) -> ExecResult:
         session = await self.session_factory(ctx, agent, state.workspace, record.shared_vars, trusted)
-        result = await self.runner.run(
-            ExecRequest(session=session, units=units, deadline_seconds=self.settings.step_timeout)
+        request = ExecRequest(
+            session=session, units=units, deadline_seconds=self.settings.step_timeout, app_code=app_code
         )
+        result = await self.runner.run(request)
         if result.workspace is not None:
             state.workspace = await self.save_workspace(record.id, record.step, result.workspace)
         return result
@@ -431,7 +475,13 @@ class StepEngine:
         deliver_subtasks(state, step)
 
     async def _call_model(
-        self, ctx: JobContext, agent: Agent, record: JobRecord, state: EngineState, style: ChatStyle
+        self,
+        ctx: JobContext,
+        agent: Agent,
+        record: JobRecord,
+        state: EngineState,
+        style: ChatStyle,
+        options: JobOptions | None,
     ) -> CompleteReply:
         prompt, hint = _prompt_and_hint(agent, record, style, state.difficulty)
         shared = ", ".join(sorted(record.shared_vars)) if record.shared_vars else ""
@@ -459,6 +509,7 @@ class StepEngine:
             job_id=record.id,
             metadata=meta,
             call_index=state.calls,
+            provider_config=options.provider_config if options is not None else None,
         )
         try:
             reply = await self.model.complete(request)

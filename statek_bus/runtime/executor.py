@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import time
@@ -49,9 +50,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
+from statek_bus.authoring.console import error_line
 from statek_bus.authoring.futures import StepRuntime
+from statek_bus.authoring.messaging import deliver_message, split_media
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
+from statek_bus.jobs.jobdefs import JobDefStore
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics
 from statek_bus.mesh.logs import job_context
@@ -256,6 +260,7 @@ class Executor:
         self.agents: dict[str, AnyAgent] = {a.role: a for a in agent_list}
         self.instance_id = ""
         self.store: JobStore | None = None
+        self.jobdefs = JobDefStore(js)
         self.runner = make_code_runner(settings)
         self.model = ProviderModel(nc, settings)
         from statek_bus.client.core import AsyncStatekClient
@@ -556,9 +561,10 @@ class Executor:
         if committed is not None and committed.status is JobStatus.DONE and committed.error is not None:
             log.warning("job %s (%s) ended with an error: %s", committed.id, committed.agent, committed.error)
         if committed is not None:
-            await self._after_commit(committed, outcome.state if committed is outcome.record else None)
+            # the user gets the prose before the next step can run: messages arrive in order
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
                 await self._send_dialog(agent, committed, outcome.dialog)
+            await self._after_commit(committed, outcome.state if committed is outcome.record else None)
         else:  # committed elsewhere (a duplicate delivery): that replica may have died before queueing
             fresh = await self.store.find(work.job_id)
             if fresh is not None:
@@ -569,12 +575,23 @@ class Executor:
         """Hand dialog prose to the agent's ``send_message`` (after the commit: once per step)."""
         assert agent.send_message is not None
         for text in texts:
+            body, media = split_media(text)
             try:
-                result = await asyncio.to_thread(agent.send_message, text)
-                if asyncio.iscoroutine(result):
+                result = await asyncio.to_thread(deliver_message, agent.send_message, body, media)
+                if inspect.isawaitable(result):
                     await result
-            except Exception:
+            except Exception as exc:  # the user never got it: say so where the job's watchers look
                 log.warning("job %s: send_message failed", record.id, exc_info=True)
+                assert self.store is not None
+                await self.store.publish(
+                    JobEvent(
+                        job_id=record.id,
+                        kind="console",
+                        at=utcnow(),
+                        step=record.step - 1,
+                        text=f"Error: send_message failed: {error_line(exc)}",
+                    )
+                )
 
     async def _run_step(self, record: JobRecord, agent: AnyAgent) -> StepOutcome:
         if isinstance(agent, HandlerAgent):
@@ -591,6 +608,8 @@ class Executor:
             loop=loop,
             extras={"locale": record.locale, "env": env},
         )
+        if record.jobdef is not None:  # the job's own options (immutable: read once per executor)
+            ctx.extras["job_options"] = (await self.jobdefs.get(record.jobdef)).options
         return await self.engine.run(record, agent, ctx)
 
     async def _stale(self, record: JobRecord, work: WorkMessage) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 
 from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.authoring.postprocess import agent_post_processors
+from statek_bus.provider.routing import parse_model_spec
+from statek_bus.wire.errors import StatekError
 from statek_bus.wire.values import TypeRegistry
 
-__all__ = ["load_agents"]
+__all__ = ["check_model", "load_agents"]
 
 
 _WAIT_CLASSES: list[type] = []
@@ -38,6 +40,8 @@ def load_agents(spec: str) -> tuple[list[AnyAgent], dict[str, TypeRegistry]]:
         if not isinstance(a, Agent | HandlerAgent):
             raise TypeError(f"{spec}: {a!r} is not an Agent")
         agent_post_processors(a)  # a bad POST_PROCESSORS value stops the executor here, naming it
+        if isinstance(a, Agent):
+            check_model(a)
     registries: dict[str, TypeRegistry] = {}
     for a in agents:
         reg = TypeRegistry.from_module(importlib.import_module(type(a).__module__))
@@ -46,6 +50,17 @@ def load_agents(spec: str) -> tuple[list[AnyAgent], dict[str, TypeRegistry]]:
             reg.register(cls)
         registries[a.role] = reg
     return agents, registries
+
+
+def check_model(agent: Agent) -> None:
+    """``ValueError`` naming the agent if its ``MODEL`` metadata is missing or malformed (STATEK found
+    out at the job's first LLM call; an executor finds out when it loads the agent)."""
+    if not agent.model or not agent.model.strip():
+        raise ValueError(f"Agent '{agent.role}' is missing required metadata field 'MODEL'")
+    try:
+        parse_model_spec(agent.model, "MODEL")
+    except StatekError as exc:
+        raise ValueError(f"Agent '{agent.role}': metadata MODEL: {exc.message}") from None
 
 
 def _wait_classes() -> list[type]:

@@ -79,6 +79,7 @@ from statek_bus.sandbox.protocol import (
 from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
 __all__ = [
+    "AppCodeRouter",
     "ProcessCodeRunner",
     "ToolRef",
     "describe_layers",
@@ -762,8 +763,38 @@ def describe_layers(layers: dict[str, str]) -> str:
 
 
 
-def make_code_runner(settings: Any) -> ProcessCodeRunner | ThreadCodeRunner:
-    """The code runner ``settings.code_runner`` names (``process`` unless told otherwise)."""
+class AppCodeRouter:
+    """A process runner that runs application code in threads of the executor instead.
+
+    A request marked :attr:`~statek_bus.runtime.coderunner.ExecRequest.app_code` holds only code
+    the application wrote (an agent's warmup) running against values that are data (the job's
+    parameters, what earlier warmup blocks made): nothing model-written is in its namespace, so a
+    worker process would protect nothing and cost a fork. Everything else goes to the process
+    runner.
+    """
+
+    def __init__(self, process: ProcessCodeRunner, threads: ThreadCodeRunner) -> None:
+        self.process = process
+        self.threads = threads
+
+    @property
+    def layers(self) -> dict[str, str]:
+        """The process runner's layers (model code's)."""
+        return self.process.layers
+
+    async def run(self, request: ExecRequest) -> ExecResult:
+        """Run ``request`` in a thread when it is application code, else in a worker process."""
+        return await (self.threads if request.app_code else self.process).run(request)
+
+    async def aclose(self) -> None:
+        """Close both runners."""
+        await self.threads.aclose()
+        await self.process.aclose()
+
+
+def make_code_runner(settings: Any) -> ProcessCodeRunner | ThreadCodeRunner | AppCodeRouter:
+    """The code runner ``settings.code_runner`` names (``process`` unless told otherwise), with
+    application code routed to threads unless ``settings.app_code_in_process`` is off."""
     if settings.code_runner == "in-process":
         log.warning(
             "sandbox: code_runner=in-process: MODEL CODE RUNS INSIDE THE EXECUTOR with no memory, CPU "
@@ -775,7 +806,10 @@ def make_code_runner(settings: Any) -> ProcessCodeRunner | ThreadCodeRunner:
     cpu = settings.sandbox_cpu_seconds or int(settings.step_timeout + 0.999) + 1
     limits = Limits(memory_bytes=settings.sandbox_memory_mb * 1024 * 1024, cpu_seconds=cpu)
     preload = tuple(n.strip() for n in settings.python_sandbox_allowed_imports.split(",") if n.strip())
-    return ProcessCodeRunner(workers=settings.sandbox_workers, limits=limits, preload=preload)
+    process = ProcessCodeRunner(workers=settings.sandbox_workers, limits=limits, preload=preload)
+    if not settings.app_code_in_process:
+        return process
+    return AppCodeRouter(process, ThreadCodeRunner(threads=max(2, min(8, settings.max_concurrency // 8))))
 
 
 def runner_layers(runner: Any) -> dict[str, str]:

@@ -1,1 +1,1 @@
-"""The wire contract: subject names, messages, the error tree, schemas, value and locale encodings."""
+"""The wire contract: subject names, messages, the error tree, schemas, the provider-config shape, value and locale encodings."""

@@ -19,7 +19,15 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 
 from __future__ import annotations
 
-__all__ = ["MAX_ERROR_FIELD", "MAX_ERROR_MESSAGE", "MAX_ERROR_TEXT", "MAX_JSON_DEPTH", "MAX_NAME_LENGTH"]
+__all__ = [
+    "MAX_ERROR_FIELD",
+    "MAX_ERROR_MESSAGE",
+    "MAX_ERROR_TEXT",
+    "MAX_JSON_DEPTH",
+    "MAX_NAME_LENGTH",
+    "MAX_OPTION_TEXT",
+    "MAX_WARMUP_CODE",
+]
 
 MAX_NAME_LENGTH = 256
 """Most characters in any id or name of a request (job, batch, parent, state, task, agent, model)."""
@@ -31,3 +39,7 @@ MAX_ERROR_MESSAGE = 4096
 """Most characters of the ``message`` of an error's JSON body (it may list, say, the known agents)."""
 MAX_ERROR_FIELD = 200
 """Most characters of the JSON path an error's ``field`` names."""
+MAX_WARMUP_CODE = 64 * 1024
+"""Most characters of a job's own ``warmup_code`` (it is stored once, in the job's definition)."""
+MAX_OPTION_TEXT = 1024
+"""Most characters of a job's ``post_processing`` or ``extra_resources`` text."""

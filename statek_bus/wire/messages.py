@@ -30,10 +30,12 @@ __all__ = [
     "IndexEntry",
     "Job",
     "JobCancelRequest",
+    "JobDef",
     "JobEvent",
     "JobGetRequest",
     "JobHistory",
     "JobListRequest",
+    "JobOptions",
     "JobRecord",
     "JobSendMessageRequest",
     "JobSendNotificationRequest",
@@ -191,6 +193,8 @@ class JobRecord(_Record, kw_only=True):
     """
     engine: dict[str, Any] = {}
     """Engine-private run state (pending code, counters, waits); opaque outside the executor."""
+    jobdef: str | None = None
+    """Key of the job's definition in ``statek_jobdefs`` (its own options), if it has options."""
 
     def end(self, exit_status: Any, error: str | None = None) -> None:
         """The job is DONE with ``exit_status`` (see :func:`error_exit`, :func:`cancelled_exit`) and ``error``."""
@@ -219,6 +223,29 @@ class JobRecord(_Record, kw_only=True):
         )
 
 
+class JobOptions(_Record, kw_only=True, omit_defaults=True):
+    """A job's own options (STATEK's ``create_job_def`` arguments), checked by submission."""
+
+    warmup_code: str | None = None
+    """Warmup code run before the agent's own, as untrusted (sandboxed) code: it came from a client."""
+    post_processing: str | None = None
+    """Post-processors added to the agent's, in ``POST_PROCESSORS`` syntax (``FinalCheck(max_llm_actions=2)``)."""
+    provider_config: dict[str, Any] | None = None
+    """A provider config (reasoning-level payloads) merged over the provider's own."""
+    extra_resources: str | None = None
+    """Donor agents, in ``EXTRA_RESOURCES`` syntax (``(LM:assistant,researcher),(H:helpdesk)``)."""
+
+
+class JobDef(_Record, kw_only=True):
+    """A job definition in ``statek_jobdefs``: stored once, under the sha-256 of its JSON, for every
+    job of the agent with the same options."""
+
+    agent: str
+    """Agent role."""
+    options: JobOptions
+    """The options."""
+
+
 class SubmitRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.submit``: create one job."""
 
@@ -234,6 +261,14 @@ class SubmitRequest(_Request, kw_only=True, frozen=True):
     """Idempotency key: the same id twice returns the first job."""
     parent_id: Name | None = None
     """The parent job, for child jobs."""
+    warmup_code: str | None = None
+    """The job's own warmup code, run (sandboxed) before the agent's (:class:`JobOptions`)."""
+    post_processing: str | None = None
+    """Post-processors added to the agent's (:class:`JobOptions`)."""
+    provider_config: dict[str, Any] | None = None
+    """A provider config merged over the provider's (:class:`JobOptions`)."""
+    extra_resources: str | None = None
+    """Donor agents (:class:`JobOptions`)."""
 
 
 class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
@@ -251,6 +286,14 @@ class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
     """Idempotency key of the batch: job ids derive from it and the index."""
     parent_id: Name | None = None
     """The parent job of every job in the batch."""
+    warmup_code: str | None = None
+    """Every job's own warmup code (:class:`JobOptions`); the batch shares one definition."""
+    post_processing: str | None = None
+    """Post-processors added to the agent's (:class:`JobOptions`)."""
+    provider_config: dict[str, Any] | None = None
+    """A provider config merged over the provider's (:class:`JobOptions`)."""
+    extra_resources: str | None = None
+    """Donor agents (:class:`JobOptions`)."""
 
 
 class JobGetRequest(_Request, kw_only=True, frozen=True):
@@ -618,6 +661,10 @@ class ChatMessage(_Record, kw_only=True):
     """For ``tool``: the call this answers."""
     name: str | None = None
     """Optional speaker or tool name."""
+    reasoning: str | None = None
+    """For ``assistant``: the reasoning the model returned with this turn, replayed to it."""
+    reasoning_model: str | None = None
+    """The model that produced ``reasoning``; the provider replays it only to that model."""
 
 
 class CompleteRequest(_Request, kw_only=True, frozen=True):
@@ -643,6 +690,8 @@ class CompleteRequest(_Request, kw_only=True, frozen=True):
     call_id: Name | None = None
     """The call's identity (the executor's: job, call index, content). A repeat, such as a retried
     step's call, gets the first call's result instead of a second paid call."""
+    provider_config: dict[str, Any] | None = None
+    """The job's own provider config (reasoning-level payloads), merged over the provider's."""
 
 
 class LLMUsage(_Record, kw_only=True):

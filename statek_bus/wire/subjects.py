@@ -20,6 +20,7 @@ __all__ = [
     "EXECUTOR_STATUS",
     "EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER",
     "INDEX_PREFIX",
+    "JOBDEFS_BUCKET",
     "JOBS_BUCKET",
     "JOBS_CANCEL",
     "JOBS_GET",
@@ -122,6 +123,8 @@ consumer's filter, they fire into the job's ``WORK_RUN_PREFIX`` subject."""
 JOBS_BUCKET = "statek_jobs"
 AGENTS_BUCKET = "statek_agents"
 STATES_BUCKET = "statek_states"
+JOBDEFS_BUCKET = "statek_jobdefs"
+"""Job definitions (a job's own options), stored once under the sha-256 of their content."""
 OBJECT_STORE_BUCKET = "statek_blobs"
 WORK_STREAM = "statek_work"
 """WorkQueue stream of job steps; one durable pull consumer per agent (:func:`work_consumer`)."""

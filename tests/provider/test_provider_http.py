@@ -319,3 +319,25 @@ async def test_a_reused_call_id_with_other_content_is_a_call_of_its_own(
         "first question",
         "another question",
     ]
+
+
+async def test_model_parameters_and_reasoning_reach_the_upstream_request(
+    client: AsyncStatekClient, fake: FakeOpenAI
+) -> None:
+    history = [
+        ChatMessage(role="user", content="hi"),
+        ChatMessage(role="assistant", content="x = 1", reasoning="mine", reasoning_model="openai/params"),
+        ChatMessage(role="user", content="ok"),
+        ChatMessage(role="assistant", content="y = 2", reasoning="theirs", reasoning_model="openai/other"),
+        ChatMessage(role="user", content="go on"),
+    ]
+    reply = await complete(client, "params/top_p=0.5&seed=7", messages=history)
+    assert reply.text == "hello from params"
+    sent = fake.bodies[-1]
+    assert sent["model"] == "params" and sent["top_p"] == 0.5 and sent["seed"] == 7
+    assert sent["messages"][1].get("reasoning_content") == "mine"
+    assert "reasoning_content" not in sent["messages"][3]  # another model's reasoning is not replayed
+    before = len(fake.bodies)
+    with pytest.raises(BadRequestError) as err:
+        await complete(client, "params/api_base=http://127.0.0.1:9")
+    assert err.value.field == "$.model" and len(fake.bodies) == before  # refused before any call

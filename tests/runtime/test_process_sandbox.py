@@ -104,6 +104,38 @@ async def test_host_class_state_does_not_carry_to_the_next_job(open_mesh: Settin
     assert console(second) == ["False"]
 
 
+async def test_an_agents_warmup_runs_in_the_executor_and_model_code_in_a_worker(
+    open_mesh: Settings, nc: Client
+) -> None:
+    js = nc.jetstream()
+    lines = console(await wait_done(js, await submit(js, "sb_where")))
+    assert lines == [f"warmup {os.getpid()}", lines[1]], lines  # this process runs the executor
+    assert lines[1].startswith("model ") and lines[1] != f"model {os.getpid()}", lines
+
+
+async def test_a_job_bringing_its_own_warmup_code_runs_every_warmup_in_a_worker(
+    open_mesh: Settings, nc: Client
+) -> None:
+    from statek_bus.client.core import AsyncStatekClient
+
+    submission = importlib.import_module("statek_bus.services.submission").build
+    async with running_service(submission, open_mesh, name=SERVICE_KINDS["submission"]):
+        client = AsyncStatekClient(settings=open_mesh, nc=nc)
+        job = await client.jobs.submit_new_job("sb_where", warmup_code="import os\nprint('own', os.getpid())")
+    lines = console(await wait_done(nc.jetstream(), job.id))
+    assert [line.split()[0] for line in lines] == ["own", "warmup", "model"], lines
+    assert os.getpid() not in {int(line.split()[1]) for line in lines}, lines  # the job's code came first
+
+
+async def test_with_app_code_in_process_off_the_warmup_runs_in_a_worker_too(settings: Settings, nc: Client) -> None:
+    s = settings.replace(restricted_mode=False, app_code_in_process=False)
+    async with _mesh(s, "tests.sandbox_agents:UNRESTRICTED"):
+        js = nc.jetstream()
+        lines = console(await wait_done(js, await submit(js, "sb_where")))
+    assert [line.split()[0] for line in lines] == ["warmup", "model"], lines
+    assert os.getpid() not in {int(line.split()[1]) for line in lines}, lines
+
+
 @pytest.mark.parametrize("name", sorted(ESCAPES))
 async def test_each_escape_is_refused_through_the_mesh(mesh: Settings, nc: Client, name: str) -> None:
     js = nc.jetstream()
@@ -233,6 +265,43 @@ async def test_a_compromised_worker_cannot_call_a_hidden_tool() -> None:
     try:
         result = await runner.run(_request(code, 5.0, secret_tool))
         assert result.units[0].console == ["NameError: tool 'secret_tool' is not exposed to this job"]
+    finally:
+        await runner.aclose()
+
+
+async def test_a_compromised_worker_can_signal_only_itself() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    # Restricted mode off stands for a full escape. Spare workers (same uid, same process group)
+    # are waiting beside it: on their own they would be reachable by kill(0) and kill(-1).
+    code = (
+        "import os\n"
+        f"for target in (0, -1, os.getppid(), {os.getpid()}):\n"
+        "    try:\n"
+        "        os.kill(target, 0)\n"
+        "        print('reached', target)\n"
+        "    except PermissionError:\n"
+        "        print('refused')\n"
+        "os.kill(os.getpid(), 0)\n"
+        "print('itself: reached')"
+    )
+    runner = ProcessCodeRunner(workers=1, spare=2)
+    try:
+        assert (await asyncio.to_thread(runner.wait_started))["seccomp"] == "on"
+        result = await runner.run(_request(code))
+        assert result.units[0].console == ["refused"] * 4 + ["itself: reached"], result.units
+    finally:
+        await runner.aclose()
+
+
+async def test_steps_in_fresh_workers_draw_different_random_numbers() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1, spare=2)
+    try:
+        code = "import random\nprint(random.getrandbits(64))"
+        draws = [(await runner.run(_request(code))).units[0].console[0] for _ in range(3)]
+        assert len(set(draws)) == 3, draws  # every worker reseeds: no two steps share a stream
     finally:
         await runner.aclose()
 

@@ -166,6 +166,7 @@ async def test_a_notification_to_a_running_job_is_delivered_at_its_next_safe_poi
     assert log[1].text == "stop soon"
 
 
+@pytest.mark.timeout(900)  # 4,000 steps: minutes on a loaded 2-core machine; the bound is the run's own
 async def test_a_thousand_parents_each_waiting_on_a_child_all_complete(
     mesh: Settings, nc: Client, uid: str
 ) -> None:
@@ -173,10 +174,8 @@ async def test_a_thousand_parents_each_waiting_on_a_child_all_complete(
     ids = [f"many-{uid}-{i}" for i in range(1000)]
     await asyncio.gather(*(submit(js, "t_w_many", job_id=j) for j in ids))
     store = await JobStore.open(js)
-    deadline = asyncio.get_running_loop().time() + 60
     pending = set(ids)
-    while pending:
-        assert asyncio.get_running_loop().time() < deadline, f"{len(pending)} parents not DONE"
+    while pending:  # every parent ends DONE with its child's result, however long the machine takes
         found = await asyncio.gather(*(store.get(j) for j in list(pending)[:200]))
         for record, _ in found:
             if record.status is JobStatus.DONE:

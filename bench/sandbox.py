@@ -9,7 +9,8 @@ fork + exit of a bare interpreter. A second table splits the CPU of one trivial 
 
 Rows compare the same code compiled plainly (``compile``) and through :func:`compile_block` with a
 deadline set, per iteration or per call; plus ``compile_block`` uncached and cached, and a
-workspace of 20 definitions and 200 values through snapshot → bytes → restore.
+workspace of 20 definitions and 200 values through snapshot → bytes → restore; and a builtins-heavy
+loop with the shared-context fallback builtins against plain ones (ratio: x slower).
 
 ``python -m bench sandbox [--quick]`` (or ``python -m bench.sandbox``).
 """
@@ -28,6 +29,7 @@ from statek_bus.authoring.tools import tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
 from statek_bus.runtime.procrunner import ProcessCodeRunner
 from statek_bus.runtime.workspace import Workspace, decode_workspace, encode_workspace
+from statek_bus.sandbox.fallback import FallbackBuiltins
 from statek_bus.sandbox.restricted import SandboxPolicy, compile_block, sandbox_globals
 from statek_bus.wire.values import TypeRegistry
 
@@ -273,12 +275,47 @@ def _lockdown_cost(n: int) -> float:
     return result
 
 
+def _no_shared_variable(name: str) -> object:
+    raise KeyError(name)
+
+
+def _fallback_rows(n: int, repeat: int) -> list[dict[str, Any]]:
+    """A builtins-heavy loop with plain builtins and with a shared context's :class:`FallbackBuiltins`
+    (why only a bound job's namespace gets them)."""
+    block = compile_block("for i in range(N):\n    x = len(s) + abs(i)", POLICY)
+    far = time.monotonic() + 3600
+
+    def loop(fallback: bool) -> Callable[[], None]:
+        def go() -> None:
+            ns = sandbox_globals(POLICY, deadline=lambda: far)
+            if fallback:
+                ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], _no_shared_variable)
+            ns.update({"N": n, "s": "abc"})
+            for stmt in block.statements:
+                exec(stmt.code, ns)
+
+        return go
+
+    plain, fallback = (_best(loop(f), repeat) / n * 1e9 for f in (False, True))
+    return [
+        {
+            "case": "len()+abs() loop, fallback builtins",
+            "plain ns/iter": plain,
+            "sandboxed ns/iter": fallback,
+            "overhead ns": fallback - plain,
+            "ratio": fallback / plain,
+        }
+    ]
+
+
 async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
     """Tables: the process boundary against in-process (time, then CPU per step by process), then
-    loop, compile and workspace costs."""
+    loop, compile, fallback-builtins and workspace costs."""
     n, repeat = (20_000, 3) if quick else (200_000, 7)
     rows, costs = await _process_rows(50 if quick else 300)
-    rows += await asyncio.to_thread(lambda: _loop_rows(n, repeat) + _workspace_rows(repeat))
+    rows += await asyncio.to_thread(
+        lambda: _loop_rows(n, repeat) + _fallback_rows(n, repeat) + _workspace_rows(repeat)
+    )
     return {"sandbox: time per step and piece": rows, "sandbox: CPU per trivial step by process": costs}
 
 

@@ -75,22 +75,20 @@ async def run(quick: bool) -> list[dict[str, Any]]:
             async with AsyncStatekClient(settings=settings) as client:
                 floor_lat: list[float] = []
                 lat: list[float] = []
-                for _ in range(latency_n):
+                shared: list[float] = []  # a job's own options: one stored definition per content
+                distinct: list[float] = []
+                for n in range(latency_n):  # interleaved, so load and warm-up weigh on each alike
                     t = time.perf_counter()
                     await _floor_batch(js, kv, 1)
                     floor_lat.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    await client.jobs.submit(ROLE, {"event": {"n": 1}})
-                    lat.append(time.perf_counter() - t)
-                shared: list[float] = []
-                distinct: list[float] = []
-                for n in range(latency_n):  # a job's own options: one stored definition per content
-                    t = time.perf_counter()
-                    await client.jobs.submit(ROLE, {"event": {"n": 1}}, options=JobOptions(warmup_code="x = 1"))
-                    shared.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    await client.jobs.submit(ROLE, {"event": {"n": 1}}, options=JobOptions(warmup_code=f"x = {n}"))
-                    distinct.append(time.perf_counter() - t)
+                    for series, options in (
+                        (lat, None),
+                        (shared, JobOptions(warmup_code="x = 1")),
+                        (distinct, JobOptions(warmup_code=f"x = {n}")),
+                    ):
+                        t = time.perf_counter()
+                        await client.jobs.submit(ROLE, {"event": {"n": 1}}, options=options)
+                        series.append(time.perf_counter() - t)
                 for q in (50, 99):
                     floor = percentile(floor_lat, q) * 1000
                     for label, series in (("", lat), (", same options", shared), (", new options each", distinct)):

@@ -2,7 +2,9 @@
 
 Wiring only: the consumer loop is :class:`statek_bus.runtime.executor.Executor`, entered on the service's
 exit stack (it stops pulling when the stack closes, finishes in-flight steps within
-``drain_timeout`` and leaves the rest for redelivery). The one endpoint reports this replica.
+``drain_timeout`` and leaves the rest for redelivery), then the
+:class:`~statek_bus.runtime.queues.AgentEventPump` that turns agent-queue events into jobs. The one
+endpoint reports this replica.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 
 from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
 from statek_bus.runtime.executor import Executor
+from statek_bus.runtime.queues import AgentEventPump
 from statek_bus.wire.messages import Empty
 from statek_bus.wire.subjects import EXECUTOR_STATUS, SERVICE_EXECUTOR
 
@@ -24,8 +27,12 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         Executor(ctx.nc, ctx.js, ctx.settings, agents=ctx.settings.agents, stopping=ctx.stopping)
     )
 
+    pump = await ctx.stack.enter_async_context(
+        AgentEventPump(ctx.js, executor.client, executor.agents, ctx.settings)
+    )
+
     if ctx.settings.burst:  # stop once the queue is idle: the runner then drains and exits
-        ctx.stack.push_async_callback(_cancel, asyncio.create_task(_finish_when_idle(ctx, executor)))
+        ctx.stack.push_async_callback(_cancel, asyncio.create_task(_finish_when_idle(ctx, executor, pump)))
 
     async def status(request: Empty) -> object:
         executor.instance_id = ctx.instance_id
@@ -50,9 +57,11 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     )
 
 
-async def _finish_when_idle(ctx: ServiceContext, executor: Executor) -> None:
+async def _finish_when_idle(ctx: ServiceContext, executor: Executor, pump: AgentEventPump) -> None:
     await ctx.ready.wait()
     await executor.wait_idle()
+    while await pump.busy():  # queued events are work too: each becomes a job to run
+        await executor.wait_idle()
     ctx.finished.set()
 
 

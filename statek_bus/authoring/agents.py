@@ -27,9 +27,11 @@ from typing import Any
 from statek_bus.authoring.messaging import check_send_message
 from statek_bus.authoring.prompts import render_prompt
 from statek_bus.authoring.referenced import referenced_locals
+from statek_bus.authoring.shared_context import CONTEXT_TOOLS
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
-from statek_bus.wire.messages import AgentDescription, JobOptions, ParamDescription
+from statek_bus.wire.messages import AgentDescription, ParamDescription
+from statek_bus.wire.options import JobOptions
 
 __all__ = [
     "Agent",
@@ -222,22 +224,19 @@ class Agent:
         return str(self.metadata.get("CHAT_STYLE") or "CONSOLE").upper()
 
     def update_system_prompt(self, prompt: str) -> bool:
-        """Replace the system prompt; returns whether it changed."""
-        changed = prompt != self.prompt
-        self.prompt = prompt
+        """Replace the system prompt (STATEK's name); returns whether it changed."""
+        changed, self.prompt = prompt != self.prompt, prompt
         return changed
 
     def update_metadata(self, metadata: dict[str, Any]) -> bool:
-        """Replace the metadata; returns whether it changed."""
-        new = dict(metadata)
-        changed = new != self.metadata
-        self.metadata = new
+        """Merge ``metadata`` into the agent's (STATEK's name); returns whether anything changed."""
+        merged = {**self.metadata, **metadata}
+        changed, self.metadata = merged != self.metadata, merged
         return changed
 
     def update_description(self, description: str) -> bool:
-        """Replace the description; returns whether it changed."""
-        changed = description != self.description_text
-        self.description_text = description
+        """Replace the description (STATEK's name); returns whether it changed."""
+        changed, self.description_text = description != self.description_text, description
         return changed
 
     def add_tool(self, fn: Callable[..., Any] | Tool) -> Tool:
@@ -249,7 +248,7 @@ class Agent:
     def _tools_key(self) -> tuple[Any, ...]:
         # Tools are read-only once built, so identity says everything about them; holding the
         # objects (not their ids) in the key means a freed tool's id cannot alias a new one.
-        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, WAIT_TOOLS)
+        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, CONTEXT_TOOLS, WAIT_TOOLS)
 
     def all_tools(self) -> list[Tool]:
         """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
@@ -258,7 +257,7 @@ class Agent:
         cached = self._all_tools
         if cached is None or cached[0] != key:
             seen: dict[str, Tool] = {}
-            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *WAIT_TOOLS]:
+            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *CONTEXT_TOOLS, *WAIT_TOOLS]:
                 seen.setdefault(t.name, t)
             cached = self._all_tools = (key, tuple(seen.values()))
         return list(cached[1])

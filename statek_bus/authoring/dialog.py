@@ -39,6 +39,7 @@ __all__ = [
 MD_DIALOG = "MD_DIALOG"
 """The chat style a :class:`DialogAgent` uses unless told otherwise."""
 
+
 class Reminder:
     """Base class of reminders: a text that joins the chat when :meth:`ready` says so."""
 

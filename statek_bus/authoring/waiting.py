@@ -47,7 +47,7 @@ from statek_bus.authoring.futures import (
 )
 from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.tools import Tool, current_job, tool
-from statek_bus.client.jobs import agent_role, option_fields, split_options
+from statek_bus.client.jobs import agent_role, split_options
 from statek_bus.wire.messages import Job, JobSendNotificationRequest, SubmitRequest
 from statek_bus.wire.subjects import JOBS_SEND_NOTIFICATION, JOBS_SUBMIT
 from statek_bus.wire.values import from_json, to_json
@@ -107,7 +107,7 @@ def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, kwargs:
         params=params or None,
         job_id=child_id,
         parent_id=env.job_id,
-        **option_fields(options),
+        options=options,
     )
     env.run(env.mesh().request(JOBS_SUBMIT, request, Job))
     return JobHandle(child_id, role)

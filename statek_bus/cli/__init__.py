@@ -2,7 +2,7 @@
 
 Each area registers its own subcommands (``register(subparsers)`` in a module of this package):
 :mod:`.mesh` (``up``, ``serve``, ``status``, ``schemas``, ``demo``), :mod:`.states`
-(``states ...``) and :mod:`.jobs` (``submit``, ``jobs ...``). A command returns an exit code
+(``states ...``), :mod:`.jobs` (``submit``, ``jobs ...``) and :mod:`.queues` (``queues ...``). A command returns an exit code
 (:mod:`.output` lists them); a :class:`~statek_bus.wire.errors.StatekError` or a launcher error
 prints one clear ``statek-bus: ...`` line and exits 1, a bad value exits 2, Ctrl-C exits 130, and
 a reader that stops early (``statek-bus status | head``) ends the command quietly.
@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from statek_bus.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
@@ -28,9 +28,15 @@ from statek_bus.ops.launcher import LauncherError
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.subjects import SERVICE_VERSION
 
-__all__ = ["main", "run_async"]
+__all__ = ["main", "run_async", "run_with_client"]
 
-_AREAS = ("statek_bus.cli.mesh", "statek_bus.cli.states", "statek_bus.cli.jobs", "statek_bus.cli.demo")
+_AREAS = (
+    "statek_bus.cli.mesh",
+    "statek_bus.cli.states",
+    "statek_bus.cli.jobs",
+    "statek_bus.cli.queues",
+    "statek_bus.cli.demo",
+)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -44,6 +50,23 @@ def run_async(coro: Any) -> Any:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def run_with_client(nats_url: str | None, call: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``call(client)`` with an :class:`~statek_bus.client.core.AsyncStatekClient` (``nats_url``, else
+    ``NATS_URL``) and return its exit code."""
+    from statek_bus.client.core import AsyncStatekClient
+    from statek_bus.mesh.settings import Settings
+
+    settings = Settings.from_env()
+    if nats_url:
+        settings = settings.replace(nats_url=nats_url)
+
+    async def go() -> int:
+        async with AsyncStatekClient(settings=settings) as client:
+            return int(await call(client))
+
+    return int(run_async(go()))
 
 
 def _parser() -> argparse.ArgumentParser:

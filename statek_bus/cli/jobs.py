@@ -334,4 +334,10 @@ def format_event(e: JobEvent) -> str:
         return f"{at} [{e.role or 'chat'}] {(e.text or '').rstrip()}".replace("\n", "\n" + " " * 9)
     if e.kind == "console":
         return f"{at} > {e.text or ''}"
+    if e.kind == "trace":  # FULL_AGENT_TRACE: the entry's name, then its fields (cut to one screen line)
+        return f"{at} [trace] {e.name} {json.dumps(e.data, default=str)[:_TRACE_WIDTH]}"
     return f"{at} [{e.kind}] {e.text or ''}"
+
+
+_TRACE_WIDTH = 200
+"""Characters of a trace entry's fields ``jobs watch`` shows (the job-log stream keeps them whole)."""

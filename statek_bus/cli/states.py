@@ -15,10 +15,8 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.cli import run_async
+from statek_bus.cli import run_with_client
 from statek_bus.cli.output import UsageError, table
-from statek_bus.client.core import AsyncStatekClient
-from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import BadRequestError
 
 __all__ = ["register"]
@@ -140,13 +138,7 @@ def _rows(states: Any) -> None:
 
 
 def _run(args: argparse.Namespace, call: Any) -> int:
-    settings = Settings.from_env(**({"nats_url": args.nats_url} if args.nats_url else {}))
-
-    async def go() -> int:
-        async with AsyncStatekClient(settings=settings) as client:
-            return int(await call(client.states))
-
-    return int(run_async(go()))
+    return run_with_client(args.nats_url, lambda client: call(client.states))
 
 
 def _create(args: argparse.Namespace) -> int:

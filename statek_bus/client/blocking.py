@@ -20,11 +20,11 @@ from statek_bus.wire.messages import (
     Job,
     JobEvent,
     JobHistory,
-    JobOptions,
     JobStatus,
     State,
     StateChange,
 )
+from statek_bus.wire.options import JobOptions
 
 __all__ = ["BlockingJobs", "BlockingStates", "BlockingTaskState", "LoopThread"]
 

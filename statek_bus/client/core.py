@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 
 from statek_bus.client.blocking import BlockingJobs, BlockingStates, LoopThread
 from statek_bus.client.jobs import AsyncJobs
+from statek_bus.client.queues import AsyncQueues, BlockingQueues
 from statek_bus.client.states import AsyncStates
 from statek_bus.client.transport import request_reply
 from statek_bus.mesh.connection import connect
@@ -100,6 +101,11 @@ class AsyncStatekClient:
         """Jobs: submit, get, list, cancel, messages, wait, watch."""
         return AsyncJobs(self)
 
+    @functools.cached_property
+    def queues(self) -> AsyncQueues:
+        """Agents' event queues: each event pushed makes one job."""
+        return AsyncQueues(self)
+
 
 class StatekClient:
     """Synchronous client: the same namespaces as :class:`AsyncStatekClient`, blocking calls.
@@ -138,6 +144,11 @@ class StatekClient:
     def jobs(self) -> BlockingJobs:
         """Jobs, blocking."""
         return BlockingJobs(self._async.jobs, self._runner)
+
+    @functools.cached_property
+    def queues(self) -> BlockingQueues:
+        """Agents' event queues, blocking."""
+        return BlockingQueues(self._async.queues, self._runner.run)
 
     def close(self) -> None:
         """Close the connection and stop the loop thread."""

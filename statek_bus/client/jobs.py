@@ -41,7 +41,6 @@ from statek_bus.wire.messages import (
     JobGetRequest,
     JobHistory,
     JobListRequest,
-    JobOptions,
     JobSendMessageRequest,
     JobSendNotificationRequest,
     JobStatus,
@@ -50,6 +49,7 @@ from statek_bus.wire.messages import (
     decode,
     encode,
 )
+from statek_bus.wire.options import JobOptions
 from statek_bus.wire.subjects import (
     AGENTS_GET,
     AGENTS_LIST,
@@ -66,7 +66,7 @@ from statek_bus.wire.subjects import (
 )
 from statek_bus.wire.values import to_json
 
-__all__ = ["OPTION_NAMES", "AsyncJobs", "agent_role", "encode_shared_vars", "option_fields", "split_options"]
+__all__ = ["OPTION_NAMES", "AsyncJobs", "agent_role", "encode_shared_vars", "split_options"]
 
 Jobs = list[Job]
 Agents = list[AgentDescription]
@@ -134,13 +134,6 @@ def split_options(kwargs: Mapping[str, Any]) -> tuple[JobOptions | None, dict[st
     return (JobOptions(**given) if given else None), params
 
 
-def option_fields(options: JobOptions | None) -> dict[str, Any]:
-    """The :class:`~statek_bus.wire.messages.SubmitRequest` fields that carry ``options``."""
-    if options is None:
-        return {}
-    return {name: getattr(options, name) for name in OPTION_NAMES}
-
-
 class AsyncJobs:
     """Submit, query, cancel, message, wait for and watch jobs.
 
@@ -183,7 +176,7 @@ class AsyncJobs:
             params=dict(params) if params else None,
             job_id=job_id if job_id is not None else uuid.uuid4().hex,
             parent_id=parent_id,
-            **option_fields(options),
+            options=options,
         )
         job: Job = await self._submit(JOBS_SUBMIT, req, Job)
         return job
@@ -233,7 +226,7 @@ class AsyncJobs:
                 params=params_,
                 batch_id=part_id,
                 parent_id=parent_id,
-                **option_fields(options),
+                options=options,
             )
             jobs: Jobs = await self._submit(JOBS_SUBMIT_BATCH, req, Jobs)
             out.extend(jobs)

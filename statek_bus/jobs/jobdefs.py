@@ -29,7 +29,8 @@ from nats.js.kv import KeyValue
 from statek_bus.mesh.availability import unavailable_as_503
 from statek_bus.wire.errors import BadRequestError, NotFoundError
 from statek_bus.wire.limits import MAX_OPTION_TEXT, MAX_WARMUP_CODE
-from statek_bus.wire.messages import JobDef, JobOptions, SubmitBatchRequest, SubmitRequest, decode
+from statek_bus.wire.messages import decode
+from statek_bus.wire.options import JobDef, JobOptions
 from statek_bus.wire.provider_config import check_provider_config
 from statek_bus.wire.subjects import JOBDEFS_BUCKET
 
@@ -39,6 +40,7 @@ _HIDDEN = re.compile(r"^\s*#\s*STATEK\s*:\s*hidden\b", re.MULTILINE | re.IGNOREC
 _RESOURCE_GROUP = r"\(\s*[LMHlmh]+\s*:\s*[\w.-]+(?:\s*,\s*[\w.-]+)*\s*\)"
 _RESOURCES = re.compile(rf"^\s*{_RESOURCE_GROUP}(?:\s*,\s*{_RESOURCE_GROUP})*\s*$")
 _encoder = msgspec.json.Encoder(order="sorted")
+_AT = "$.options"
 _MAX_CACHED = 4096
 """Definitions an instance keeps in memory (they never change; past this the cache starts again)."""
 
@@ -52,7 +54,7 @@ def _text(value: str | None, field: str, limit: int) -> str | None:
 
 
 def _check_warmup(code: str) -> None:
-    field = "$.warmup_code"
+    field = f"{_AT}.warmup_code"
     if _HIDDEN.search(code):
         raise BadRequestError(
             "a job's warmup_code runs as untrusted code: it cannot mark a block '#STATEK: hidden'", field=field
@@ -64,7 +66,7 @@ def _check_warmup(code: str) -> None:
 
 
 def _check_post_processing(spec: str) -> None:
-    field = "$.post_processing"
+    field = f"{_AT}.post_processing"
     try:
         node = ast.parse(f"[{spec}]", mode="eval").body
     except SyntaxError:
@@ -89,17 +91,19 @@ def _check_post_processing(spec: str) -> None:
                 ) from None
 
 
-def check_options(req: SubmitRequest | SubmitBatchRequest) -> JobOptions | None:
-    """The job options of ``req``, checked (``None`` when it sets none).
+def check_options(options: JobOptions | None) -> JobOptions | None:
+    """A request's ``options``, checked (``None`` when it sets none).
 
     Raises:
         BadRequestError: an option too long, code that does not parse (or claims to be hidden), a
             post-processor list or extra-resources text of the wrong syntax, or a malformed provider
-            config; ``field`` names it.
+            config; ``field`` names it (``$.options.warmup_code``...).
     """
-    warmup = _text(req.warmup_code, "$.warmup_code", MAX_WARMUP_CODE)
-    post = _text(req.post_processing, "$.post_processing", MAX_OPTION_TEXT)
-    extra = _text(req.extra_resources, "$.extra_resources", MAX_OPTION_TEXT)
+    if options is None:
+        return None
+    warmup = _text(options.warmup_code, f"{_AT}.warmup_code", MAX_WARMUP_CODE)
+    post = _text(options.post_processing, f"{_AT}.post_processing", MAX_OPTION_TEXT)
+    extra = _text(options.extra_resources, f"{_AT}.extra_resources", MAX_OPTION_TEXT)
     if warmup is not None:
         _check_warmup(warmup)
     if post is not None:
@@ -107,11 +111,11 @@ def check_options(req: SubmitRequest | SubmitBatchRequest) -> JobOptions | None:
     if extra is not None and not _RESOURCES.match(extra):
         raise BadRequestError(
             f"extra_resources {extra!r}: expected (LABELS:role,...),... e.g. (LM:assistant,researcher),(H:helpdesk)",
-            field="$.extra_resources",
+            field=f"{_AT}.extra_resources",
         )
     config = None
-    if req.provider_config is not None:
-        config = check_provider_config(req.provider_config, "$.provider_config") or None
+    if options.provider_config is not None:
+        config = check_provider_config(options.provider_config, f"{_AT}.provider_config") or None
     if warmup is None and post is None and extra is None and config is None:
         return None
     return JobOptions(warmup_code=warmup, post_processing=post, provider_config=config, extra_resources=extra)

@@ -90,12 +90,10 @@ from statek_bus.wire.messages import (
     IndexEntry,
     Job,
     JobCancelRequest,
-    JobDef,
     JobEvent,
     JobGetRequest,
     JobHistory,
     JobListRequest,
-    JobOptions,
     JobRecord,
     JobSendMessageRequest,
     JobSendNotificationRequest,
@@ -106,6 +104,7 @@ from statek_bus.wire.messages import (
     cancelled_exit,
     encode,
 )
+from statek_bus.wire.options import JobDef, JobOptions
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     EVENTS_PREFIX,
@@ -196,7 +195,7 @@ class Submission:
             parent_id=req.parent_id,
             index=IndexEntry(job_id=job_id),
             vars_field="$.shared_vars",
-            options=check_options(req),
+            options=check_options(req.options),
         )
         if await self.agents.served(req.agent) is False:  # accepted; it waits until one serves it
             jobs[0].agent_served = False
@@ -224,7 +223,7 @@ class Submission:
             parent_id=req.parent_id,
             index=IndexEntry(batch_id=batch_id, count=n),
             vars_field="$.shared_vars_batch",
-            options=check_options(req),
+            options=check_options(req.options),
         )
 
     async def _create(

@@ -65,6 +65,7 @@ def _kv(bucket: str) -> str:
 _JOBS = _kv(s.JOBS_BUCKET)
 _AGENTS = _kv(s.AGENTS_BUCKET)
 _JOBDEFS = _kv(s.JOBDEFS_BUCKET)
+_CONTEXT = _kv(s.CONTEXT_BUCKET)
 _STATES = _kv(s.STATES_BUCKET)
 _BLOBS = f"OBJ_{s.OBJECT_STORE_BUCKET}"
 _EVENTS = f"{s.EVENTS_PREFIX}.*"
@@ -154,6 +155,7 @@ ROLES: tuple[Role, ...] = (
         publish=(
             f"$KV.{s.JOBS_BUCKET}.>",
             f"$KV.{s.AGENTS_BUCKET}.>",
+            f"$KV.{s.CONTEXT_BUCKET}.>",
             f"$O.{s.OBJECT_STORE_BUCKET}.>",
             f"{s.WORK_RUN_PREFIX}.>",
             f"{s.WORK_SCHEDULE_PREFIX}.>",
@@ -167,15 +169,19 @@ ROLES: tuple[Role, ...] = (
             *_stream_api(s.JOB_LOG_STREAM),
             *_stream_api(_BLOBS),
             *_stream_api(_JOBDEFS),  # reads a job's own options (it writes none)
+            *_stream_api(_CONTEXT),
+            *_stream_api(s.AGENT_EVENTS_STREAM),
             *_JS_COMMON,
             f"$JS.API.STREAM.PURGE.{_BLOBS}",
         ),
         subscribe=(s.EXECUTOR_STATUS, *_SERVICE_COMMON_SUB, _inbox("executor")),
-        streams=(_JOBS, _AGENTS, _JOBDEFS, s.WORK_STREAM, s.JOB_LOG_STREAM, _BLOBS),
+        streams=(_JOBS, _AGENTS, _JOBDEFS, _CONTEXT, s.WORK_STREAM, s.JOB_LOG_STREAM, _BLOBS, s.AGENT_EVENTS_STREAM),
         responses=True,
         notes=(
             "creates and updates the work consumers of its own agents (`statek_agent_<agent>`)",
             "calls the provider (`statek.llm.complete`) and, for steps, the job and state services",
+            "turns its agents' queued events (`statek_agent_events`) into jobs through `statek.jobs.submit`",
+            "keeps shared contexts in `statek_context`",
         ),
     ),
     Role(
@@ -201,6 +207,7 @@ ROLES: tuple[Role, ...] = (
             _JOBS_REQ,
             _AGENTS_REQ,
             _STATES_REQ,
+            f"{s.AGENT_EVENTS_PREFIX}.*",
             s.EXECUTOR_STATUS,
             "$SRV.>",
             f"$JS.API.DIRECT.GET.{s.JOB_LOG_STREAM}",
@@ -213,6 +220,7 @@ ROLES: tuple[Role, ...] = (
             "`wait()`/`watch()` subscribe `statek.events.jobs.<job>` and read the job's log with direct gets",
             "`states.watch()` subscribes the state bucket's subjects (a wake-up per commit) and reads the "
             "commits with direct gets",
+            "publishes events to an agent's queue (`statek.agents.events.<agent>`: each becomes a job)",
             "may not publish `$KV.*`, `statek.work.*` or `statek.llm.*`, nor create a consumer",
         ),
     ),

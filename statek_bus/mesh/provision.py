@@ -103,6 +103,16 @@ def desired_streams(settings: Settings) -> list[StreamConfig]:
         _kv(s.AGENTS_BUCKET, settings, 1),
         _kv(s.JOBDEFS_BUCKET, settings, 1),
         _kv(s.STATES_BUCKET, settings, settings.state_history),
+        _kv(s.CONTEXT_BUCKET, settings, 4),
+        StreamConfig(
+            name=s.AGENT_EVENTS_STREAM,
+            subjects=[f"{s.AGENT_EVENTS_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.dedup_window,
+            max_age=0,
+        ),
         StreamConfig(
             name=s.WORK_STREAM,
             subjects=[f"{s.WORK_RUN_PREFIX}.>", f"{s.WORK_SCHEDULE_PREFIX}.>"],

@@ -1,7 +1,8 @@
 """Settings: every tunable of statek-bus, in one place, read from the environment (12-factor).
 
 Each field is read from ``STATEK_<FIELD NAME IN UPPER CASE>`` (``nats_url`` from ``NATS_URL``, as
-the ``nats`` CLI does), with the typed default below. A malformed value is a clear error naming the
+the ``nats`` CLI does, and STATEK's ``FULL_AGENT_TRACE*`` under their own names), with the typed
+default below. A malformed value is a clear error naming the
 variable. Services, the CLI, tests and benchmarks all take a :class:`Settings`; tests build one with
 ``Settings.from_env({...})`` or ``dataclasses.replace`` rather than mutating the process environment.
 """
@@ -148,6 +149,23 @@ class Settings:
     """Harness limit: consecutive runtime errors before the job ends."""
     max_token_usage: int = 10_000
     """Harness limit: tokens per job run."""
+    limit_extension_per_completion: float = 0.0
+    """Every harness limit is multiplied by ``1 + this * <LLM calls so far in the run>`` (STATEK's)."""
+    default_difficulty: str = "M"
+    """Difficulty of a job whose agent has no ``DEFAULT_DIFFICULTY`` metadata (``L``, ``M``, ``H``)."""
+    xml_box_console: str = ""
+    """Tag boxing console output in the model's history, for agents without ``XML_BOX_CONSOLE`` metadata."""
+    logs_path: str = ""
+    """Directory of per-job log files ``<role>_<job id>.log`` an executor appends each step's events to."""
+    full_agent_trace: bool = False
+    """Trace events (``llm.request``, ``llm.response``, ``tool.*``, ``python_cli.*``, secrets redacted) on
+    each job's event subject and in :attr:`full_agent_trace_path` (env ``FULL_AGENT_TRACE``)."""
+    full_agent_trace_path: str = "full_agent_trace.jsonl"
+    """JSONL file of trace events, per executor (env ``FULL_AGENT_TRACE_PATH``; empty: the stream only)."""
+    full_agent_trace_max_bytes: int = 10 * 1024 * 1024
+    """Size at which the trace file rotates (env ``FULL_AGENT_TRACE_MAX_BYTES``)."""
+    full_agent_trace_backup_count: int = 3
+    """Rotated trace files kept (env ``FULL_AGENT_TRACE_BACKUP_COUNT``)."""
     workspace_inline_max: int = 256 * 1024
     """Encoded workspaces larger than this go to the object store."""
 
@@ -186,6 +204,7 @@ class Settings:
         env = os.environ if environ is None else environ
         refused = [f"{n} ({why})" for n, why in REFUSED_STATEK_VARIABLES.items() if env.get(n)]
         refused += [f"{n} ({_PROVIDER_VARS})" for n in env if _PROVIDER_URL.fullmatch(n) and env.get(n)]
+        refused += [f"{n} ({_PROVIDER_OPTION})" for n in env if _PROVIDER_OPTIONS.fullmatch(n) and env.get(n)]
         if refused:
             raise SettingsError("STATEK settings statek-bus does not honour: " + "; ".join(refused))
         values: dict[str, Any] = {}
@@ -195,7 +214,7 @@ class Settings:
                 raise SettingsError(f"STATEK_PYTHON_SANDBOX_MODE={mode!r} is not 'restricted' or 'off'")
             values["restricted_mode"] = mode.strip().lower() == "restricted"
         for f in fields(cls):
-            name = "NATS_URL" if f.name == "nats_url" else ENV_PREFIX + f.name.upper()
+            name = _UNPREFIXED.get(f.name) or ENV_PREFIX + f.name.upper()
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
@@ -205,6 +224,11 @@ class Settings:
         values.update(overrides)
         if values.get("provision", "auto") not in ("auto", "verify"):
             raise SettingsError(f"STATEK_PROVISION={values['provision']!r} is not 'auto' or 'verify'")
+        raw_level = str(values.get("default_difficulty", "M")).strip().upper()
+        level = raw_level[:1]
+        if raw_level not in ("L", "M", "H", "LOW", "MEDIUM", "HIGH"):
+            raise SettingsError(f"STATEK_DEFAULT_DIFFICULTY={values['default_difficulty']!r} is not L, M or H")
+        values["default_difficulty"] = level
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -212,26 +236,28 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+_UNPREFIXED = {
+    "nats_url": "NATS_URL",
+    "full_agent_trace": "FULL_AGENT_TRACE",
+    "full_agent_trace_path": "FULL_AGENT_TRACE_PATH",
+    "full_agent_trace_max_bytes": "FULL_AGENT_TRACE_MAX_BYTES",
+    "full_agent_trace_backup_count": "FULL_AGENT_TRACE_BACKUP_COUNT",
+}
+"""Fields read from a variable without the ``STATEK_`` prefix (the ``nats`` CLI's, STATEK's trace ones)."""
 _PROVIDER_URL = re.compile(r"(?!STATEK_)[A-Z][A-Z0-9]*_API_URL")
+_PROVIDER_OPTIONS = re.compile(r"(?!STATEK_)[A-Z][A-Z0-9]*_(RESPONSE_FORMAT_FILE|USE_PROMPT_CACHING)")
+_PROVIDER_OPTION = "STATEK's per-provider option: statek-bus's provider has no such setting"
 _PROVIDER_VARS = "provider endpoints and keys live in the provider service: litellm's own variables"
 REFUSED_STATEK_VARIABLES: dict[str, str] = {
     "STATEK_PROMPT_FILES_DIR": "prompts are Python values of the agent: load the file in your agents module",
-    "STATEK_LOGS_PATH": "services log to stderr; set STATEK_LOG_FORMAT=json and follow `statek-bus jobs watch`",
     "STATEK_EXAMPLES_DIR": "not supported yet by statek-bus",
     "STATEK_DOCUMENTS_DIR": "not supported yet by statek-bus",
-    "STATEK_LIMIT_EXTENSION_PER_COMPLETION": "not supported yet by statek-bus",
     "STATEK_CHAT_STYLE": "set CHAT_STYLE in the agent's metadata",
     "STATEK_EXAMPLES_STYLE": "not supported yet by statek-bus",
-    "STATEK_XML_BOX_CONSOLE": "not supported yet by statek-bus",
     "STATEK_XML_BOX_EXAMPLE": "not supported yet by statek-bus",
-    "FULL_AGENT_TRACE": "every job's events are in its log stream: `statek-bus jobs watch` / `jobs history`",
-    "FULL_AGENT_TRACE_PATH": "see FULL_AGENT_TRACE",
-    "FULL_AGENT_TRACE_MAX_BYTES": "see FULL_AGENT_TRACE",
-    "FULL_AGENT_TRACE_BACKUP_COUNT": "see FULL_AGENT_TRACE",
     "STATEK_DEFAULT_ACL": "STATEK never applied it; statek-bus has no ACL setting",
     "STATEK_RPC_HOST": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
     "STATEK_RPC_PORT": "nothing in STATEK read it; statek-bus speaks NATS: set NATS_URL",
-    "STATEK_DEFAULT_DIFFICULTY": "not supported yet by statek-bus",
     "STATEK_MODEL_INFO_DIR": "the provider's models come from litellm's map or STATEK_LLM_PRICE_TABLE",
     "STATEK_WARMUP_DEFS_DIR": "warmup code is a Python value of the agent (warmup=...)",
     "DEFAULT_LLM_API_PROVIDER": "name the model with its provider prefix (openrouter/..., openai/...)",

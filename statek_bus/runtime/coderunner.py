@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from statek_bus.authoring.console import MAX_ITEMS, error_line, format_value
+from statek_bus.sandbox.fallback import FallbackBuiltins, assigned_names
 from statek_bus.sandbox.replay import replaying
 
 __all__ = [
@@ -220,6 +221,8 @@ class SessionInputs(Protocol):
     """Initial variables (no workspace yet)."""
     registry: Any
     """Classes workspace values may hold."""
+    context_bound: bool
+    """The job is bound to a shared context (missing names fall back to its variables)."""
 
 
 class StepSession(CodeSession, SessionInputs, Protocol):
@@ -488,6 +491,10 @@ class SandboxSession:
         workspace: the stored workspace data to restore, if any.
         shared_vars: the job's initial variables (used when there is no workspace yet).
         registry: classes the workspace may hold.
+        context_lookup: ``name -> value`` of the job's shared-context variables (``KeyError`` if
+            none): names missing from the workspace fall back to it while :attr:`context_bound`.
+        context_bound: the job is bound to a shared context (``init_shared_context`` then calls
+            :meth:`enable_context` through ``job.extras["bind_context"]``, or a worker's stub does).
     """
 
     def __init__(
@@ -500,7 +507,11 @@ class SandboxSession:
         workspace: Any,
         shared_vars: dict[str, Any],
         registry: Any,
+        context_lookup: Callable[[str], Any] | None = None,
+        context_bound: bool = False,
     ) -> None:
+        self.context_lookup = context_lookup
+        self.context_bound = context_bound
         self.policy = policy
         self.trusted_policy = trusted_policy
         self.tools = tools
@@ -526,6 +537,9 @@ class SandboxSession:
         self.deadline = deadline
         bind_job(self.job)
         ns = sandbox.sandbox_globals(self.policy, deadline=lambda: self.deadline)
+        if self.context_bound and self.context_lookup is not None:
+            ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], self._shared)
+        self.job.extras["bind_context"] = self.enable_context
         ns.update({n: ToolHandle(t) if isinstance(t, Tool) else t for n, t in self.tools.items()})
         ns["print"] = _console_print
         ns["exit"] = self._exit
@@ -554,6 +568,41 @@ class SandboxSession:
             ns.update(self.shared_vars)
         self.ns = ns
         self.job.namespace = ns
+
+    def enable_context(self) -> None:
+        """The job was just bound to a shared context: later statements fall back to its variables.
+
+        Only a bound job's namespace gets :class:`FallbackBuiltins`: builtins in a dict subclass
+        cost CPython its specialised global lookups (measured by ``python -m bench sandbox``: about
+        10 % on an instrumented loop of builtin calls, 2-4x on plain code).
+        """
+        self.context_bound = True
+        ns = self.ns
+        if self.context_lookup is not None and ns and not isinstance(ns.get("__builtins__"), FallbackBuiltins):
+            ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], self._shared)
+
+    def _shared(self, name: str) -> Any:
+        if not self.context_bound or self.context_lookup is None:
+            raise KeyError(name)
+        return self.context_lookup(name)
+
+    def _shared_assignment(self, stmt: Any) -> str | None:
+        """The error line of a statement assigning to a shared variable (STATEK's PermissionError)."""
+        candidates = [n for n in stmt.code.co_names if n not in self.ns]
+        if not candidates:
+            return None
+        for name in assigned_names(stmt.source):
+            if name not in candidates:
+                continue
+            try:
+                self._shared(name)
+            except KeyError:
+                continue
+            return (
+                f"PermissionError: Shared context variable is read-only: {name}. Use "
+                f"shared_context_set_var(category, {name!r}, value, description) to change it"
+            )
+        return None
 
     def _exit(self, value: Any = None) -> None:
         if value is None:  # a bare exit() does not end the job (STATEK)
@@ -589,6 +638,9 @@ class SandboxSession:
             if env is not None:
                 env.sites.enter(f"{unit.site}.{i}")
             text = None
+            if self.context_bound and (refused := self._shared_assignment(stmt)) is not None:
+                console.append(refused)
+                return UnitResult(console=console.entries, error=refused)
             try:
                 value = self._run_statement(stmt)
                 if value is not None:  # formatting may read a future too (``[sleep(5)]``): it waits

@@ -27,6 +27,7 @@ import msgspec
 
 from statek_bus.authoring.agents import Agent, WarmupBlock, job_warmup
 from statek_bus.authoring.console import format_value
+from statek_bus.authoring.context import PERM_KEY
 from statek_bus.authoring.dialog import agent_reminder, dialog_turns
 from statek_bus.authoring.postprocess import (
     LLMStep,
@@ -40,6 +41,7 @@ from statek_bus.authoring.prompts import parse_difficulty
 from statek_bus.authoring.tools import JobContext, select_tools
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings
+from statek_bus.runtime import trace as tracing
 from statek_bus.runtime.chat import ChatStyle, LoggedCall, LogItem, ParsedReply, build_messages, parse_reply
 from statek_bus.runtime.coderunner import CodeRunner, ExecRequest, ExecResult, ExecUnit
 from statek_bus.runtime.engine_state import EngineState, StepTrace, load_state, store_state
@@ -49,12 +51,12 @@ from statek_bus.wire.errors import ServiceUnavailableError, StatekError
 from statek_bus.wire.messages import (
     CompleteReply,
     CompleteRequest,
-    JobOptions,
     JobRecord,
     JobStatus,
     cancelled_exit,
     error_exit,
 )
+from statek_bus.wire.options import JobOptions
 from statek_bus.wire.values import from_json, to_json
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,9 @@ class StepEngine:
         absorb_inbox(state, record, step)
         style = ChatStyle.of(agent.chat_style)
         if step == 0 and not record.engine:
-            state.difficulty = parse_difficulty(agent.metadata.get("DEFAULT_DIFFICULTY"))
+            state.difficulty = parse_difficulty(
+                agent.metadata.get("DEFAULT_DIFFICULTY"), self.settings.default_difficulty
+            )
         options: JobOptions | None = ctx.extras.get("job_options")
         blocks = [*job_warmup(options), *agent.warmup_blocks()]  # the job's own code first, as STATEK runs it
         ctx.difficulty = state.difficulty
@@ -196,6 +200,7 @@ class StepEngine:
                     ctx, agent, state, record, units, trusted=bool(block and block.hidden),
                     app_code=block is not None and not _brings_code(options) and not _model_code_ran(state),
                 )  # fmt: skip
+                state.perm = dict(ctx.extras.get(PERM_KEY) or {})
                 if env is not None and env.subtask_done is not None and state.subtask_done is None:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:
@@ -205,6 +210,7 @@ class StepEngine:
                     return self._done(new, state, trace, consumed)
                 state.wait, state.memo = None, {}
                 failed = self._record_result(item, units, result, state, step)
+                tracing.add_calls(ctx, item)
                 for text in state.held:  # messages that arrived while it waited
                     state.log.append(LogItem(kind="user", step=step, text=text))
                 state.held = []
@@ -226,10 +232,8 @@ class StepEngine:
 
             # 2. At most one LLM call.
             set_status(JobStatus.STARTED)
-            if state.turns + 1 > self.settings.max_turns:
-                raise HarnessError(
-                    f"Maximum number of turns exceeded: {state.turns + 1}/{self.settings.max_turns}"
-                )
+            if state.turns + 1 > (turns := self._limit(self.settings.max_turns, state)):
+                raise HarnessError(f"Maximum number of turns exceeded: {state.turns + 1}/{_shown(turns)}")
             self._deliver_notifications(state, step)
             reply = await self._call_model(ctx, agent, new, state, style, options)
             if len(reply.text) > _MAX_REPLY_CHARS:
@@ -259,9 +263,9 @@ class StepEngine:
                 reasoning_model=(reply.model or agent.model) if reply.reasoning else None,
             )
             state.log.append(llm_item)
-            budget = self.settings.max_token_usage + state.token_extension
+            budget = self._limit(self.settings.max_token_usage, state) + state.token_extension
             if state.tokens > budget:
-                raise HarnessError(f"Maximum token usage exceeded: {state.tokens}/{budget}")
+                raise HarnessError(f"Maximum token usage exceeded: {state.tokens}/{_shown(budget)}")
             acted = processed is not None and processed.acted
             if parsed.final and not acted and not state.notifications and not state.pending_subtasks:
                 llm_item.executed, llm_item.ran_at = True, step
@@ -457,16 +461,17 @@ class StepEngine:
             state.consecutive = 0
         return code_error
 
+    def _limit(self, base: int, state: EngineState) -> float:
+        """A harness limit extended by ``limit_extension_per_completion`` per LLM call of this run."""
+        factor = 1.0 + self.settings.limit_extension_per_completion * state.turns
+        return base * factor if factor != 1.0 else base
+
     def _check_exceptions(self, state: EngineState) -> None:
         s = self.settings
-        if state.exceptions > s.max_exceptions:
-            raise HarnessError(
-                f"Maximum number of exceptions exceeded: {state.exceptions}/{s.max_exceptions}"
-            )
-        if state.consecutive > s.max_consecutive_exceptions:
-            raise HarnessError(
-                f"Maximum consecutive exceptions exceeded: {state.consecutive}/{s.max_consecutive_exceptions}"
-            )
+        if state.exceptions > (most := self._limit(s.max_exceptions, state)):
+            raise HarnessError(f"Maximum number of exceptions exceeded: {state.exceptions}/{_shown(most)}")
+        if state.consecutive > (row := self._limit(s.max_consecutive_exceptions, state)):
+            raise HarnessError(f"Maximum consecutive exceptions exceeded: {state.consecutive}/{_shown(row)}")
 
     def _deliver_notifications(self, state: EngineState, step: int) -> None:
         for text in state.notifications:
@@ -492,7 +497,7 @@ class StepEngine:
             system_prompt=prompt,
             opening=opening + (f" ({hint})" if hint else ""),
             hint=hint,
-            box=agent.metadata.get("XML_BOX_CONSOLE"),
+            box=agent.metadata.get("XML_BOX_CONSOLE") or self.settings.xml_box_console or None,
         )
         scope = agent.metadata.get("LLM_TOOLS_SCOPE")
         tools = select_tools(agent.all_tools(), scope, style.value) if scope else []
@@ -511,18 +516,31 @@ class StepEngine:
             call_index=state.calls,
             provider_config=options.provider_config if options is not None else None,
         )
+        traced = tracing.tracing(ctx)
+        if traced:
+            tracing.add(
+                ctx, "llm.request", model=request.model, messages=msgspec.to_builtins(messages),
+                tools=[t.name for t in tools], metadata=meta, temperature=request.temperature,
+            )
         try:
             reply = await self.model.complete(request)
         except ServiceUnavailableError as exc:
             raise RetryStep(str(exc)) from None
         except StatekError as exc:
             raise HarnessError(f"LLM call failed: {exc}") from None
+        if traced:
+            tracing.add(ctx, "llm.response", model=reply.model, text=reply.text, reasoning=reply.reasoning,
+                        usage=msgspec.to_builtins(reply.usage))
+            if reply.tool_calls:
+                tracing.add(ctx, "llm.parsed_tool_calls", calls=msgspec.to_builtins(reply.tool_calls))
         usage = record.usage
         usage.llm_calls += 1
         usage.input_tokens += reply.usage.input_tokens
         usage.output_tokens += reply.usage.output_tokens
         usage.cached_tokens += reply.usage.cached_tokens
         usage.cost += reply.usage.cost
+        usage.bytes_sent += len(msgspec.json.encode(request))
+        usage.bytes_received += len(msgspec.json.encode(reply))
         used = reply.usage.input_tokens + reply.usage.output_tokens
         if not used:
             sent = sum(len(m.content or "") for m in messages) + len(prompt)
@@ -539,6 +557,11 @@ class StepEngine:
         store_state(new, state)
         dialog = [i.dialog for i in state.log[trace.log_from :] if i.dialog]
         return StepOutcome(record=new, consumed=consumed, dialog=dialog, state=state)
+
+
+def _shown(limit: float) -> str:
+    """A harness limit in a message: ``5``, or ``3.50`` once extended per completion."""
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:.2f}"
 
 
 def _context_json(value: Any) -> Any:

@@ -103,6 +103,8 @@ class EngineState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Completed sub-task ids waiting for the next safe point."""
     subtask_done: SubTaskDone | None = None
     """This job's own sub-task completion, once reported."""
+    perm: dict[str, Any] = {}
+    """The persistent per-job context (``perm_ctx_set``, the shared-context binding), tagged JSON by key."""
     child_usage: dict[str, list[float]] = {}
     """Per child: the usage totals already summed into this job's usage (keeps reports idempotent)."""
 

@@ -53,6 +53,7 @@ from statek_bus.authoring.agents import Agent, AnyAgent, HandlerAgent
 from statek_bus.authoring.console import error_line
 from statek_bus.authoring.futures import StepRuntime
 from statek_bus.authoring.messaging import deliver_message, split_media
+from statek_bus.authoring.shared_context import is_bound, lookup_shared
 from statek_bus.authoring.tools import JobContext
 from statek_bus.client.llm import ProviderModel
 from statek_bus.jobs.jobdefs import JobDefStore
@@ -61,6 +62,7 @@ from statek_bus.mesh import metrics
 from statek_bus.mesh.logs import job_context
 from statek_bus.mesh.provision import configure_work_consumers
 from statek_bus.mesh.settings import Settings
+from statek_bus.runtime import trace as tracing
 from statek_bus.runtime import wakeups as waits
 from statek_bus.runtime.coderunner import SandboxSession, install_stdout_capture
 from statek_bus.runtime.engine import StepEngine
@@ -71,6 +73,7 @@ from statek_bus.runtime.merge import Rebase
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.runtime.resume import StoreJobs
+from statek_bus.runtime.trace import Tracer
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.messages import (
     CompleteReply,
@@ -263,6 +266,7 @@ class Executor:
         self.jobdefs = JobDefStore(js)
         self.runner = make_code_runner(settings)
         self.model = ProviderModel(nc, settings)
+        self.tracer = Tracer(nc, settings)
         from statek_bus.client.core import AsyncStatekClient
 
         self.client = AsyncStatekClient(settings=settings, nc=nc)
@@ -332,6 +336,7 @@ class Executor:
                 await self._sub.unsubscribe()
             self._sub = None
         await self.runner.aclose()
+        self.tracer.close()
 
     def _stopped(self) -> bool:
         return self._stopping.is_set() or (self._external_stop is not None and self._external_stop.is_set())
@@ -556,6 +561,8 @@ class Executor:
         started = time.perf_counter()
         outcome = await self._run_step(record, agent)
         committed = await self._commit(record, rev, outcome)
+        if committed is not None and self.tracer.active:
+            await self.tracer.committed(committed, work.step, outcome.trace)
         metrics.STEP_SECONDS.labels(agent=record.agent).observe(time.perf_counter() - started)
         metrics.STEPS.labels(agent=record.agent, outcome=_outcome(committed)).inc()
         if committed is not None and committed.status is JobStatus.DONE and committed.error is not None:
@@ -606,11 +613,15 @@ class Executor:
             params=record.params,
             namespace={},
             loop=loop,
-            extras={"locale": record.locale, "env": env},
+            extras={"locale": record.locale, "env": env, "agent": agent},
         )
         if record.jobdef is not None:  # the job's own options (immutable: read once per executor)
             ctx.extras["job_options"] = (await self.jobdefs.get(record.jobdef)).options
-        return await self.engine.run(record, agent, ctx)
+        if self.tracer.enabled:
+            tracing.begin(ctx)
+        outcome = await self.engine.run(record, agent, ctx)
+        outcome.trace = list(ctx.extras.get(tracing.TRACE_KEY) or [])
+        return outcome
 
     async def _stale(self, record: JobRecord, work: WorkMessage) -> None:
         """A redelivered or duplicate message: make sure a running job's current step is queued."""
@@ -741,6 +752,8 @@ class Executor:
             workspace=data,
             shared_vars=initial,
             registry=registry,
+            context_lookup=lookup_shared,
+            context_bound=is_bound(ctx),
         )
 
     async def _save_workspace(self, job_id: str, step: int, data: Any) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from statek_bus.wire.messages import JobRecord, JobStatus, Usage, cancelled_exit
 
 __all__ = ["USAGE_FIELDS", "Rebase", "add_usage", "merge_concurrent", "merge_external", "usage_vector"]
 
-USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost")
+USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost", "bytes_sent", "bytes_received")
 """The additive fields of :class:`~statek_bus.wire.messages.Usage`."""
 
 

@@ -7,6 +7,7 @@ Both the code-first engine (:mod:`statek_bus.runtime.engine`) and the handler st
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from statek_bus.runtime.engine_state import EngineState
 from statek_bus.wire.messages import JobRecord
@@ -34,3 +35,5 @@ class StepOutcome:
     """Prose sent to the user this step."""
     state: EngineState | None = None
     """The engine state stored in ``record.engine`` (saves decoding it again after the commit)."""
+    trace: list[Any] = dataclasses.field(default_factory=list)
+    """``(name, data)`` trace entries of the step (``FULL_AGENT_TRACE``, :mod:`statek_bus.runtime.trace`)."""

@@ -59,6 +59,7 @@ from statek_bus.sandbox.isolation import LAYERS, Limits, protect_executor
 from statek_bus.sandbox.protocol import (
     TOOL_REF,
     CallReply,
+    CtxGet,
     Exited,
     FrameError,
     Hello,
@@ -436,6 +437,8 @@ class ProcessCodeRunner:
                     reply = step.call(msg)
                 elif isinstance(msg, RemoteOp):
                     reply = step.remote(msg)
+                elif isinstance(msg, CtxGet):
+                    reply = step.shared(msg)
                 else:
                     raise FrameError(f"unexpected {type(msg).__name__} from a worker")
                 deadline += time.monotonic() - called  # time in a tool is not the model code's
@@ -614,6 +617,7 @@ class _Step:
             workspace=ws,
             shared_vars=shared,
             job_id=s.job.job_id,
+            context_bound=bool(getattr(s, "context_bound", False)),
         )
 
     def _enter(self, site: str) -> None:
@@ -667,6 +671,13 @@ class _Step:
             return CallReply(error=f"arguments of '{msg.tool}' cannot cross: {exc}", error_type="TypeError")
         self._enter(msg.site)
         return self._outcome(lambda: t(*args, **kwargs), console)
+
+    def shared(self, msg: CtxGet) -> CallReply:
+        """The shared-context value model code read (``KeyError``: there is none, a ``NameError``)."""
+        lookup = getattr(self.session, "context_lookup", None)
+        if lookup is None:
+            return CallReply(error=msg.name, error_type="KeyError")
+        return self._outcome(lambda: _shared_value(lookup, msg.name), Console())
 
     def remote(self, msg: RemoteOp) -> CallReply:
         """Resolve a future or read a job handle for the worker."""
@@ -748,6 +759,13 @@ class _Step:
             units.append(UnitResult(console=[line], error=line, timeout=timeout))
             break
         return ExecResult(units=units, seconds=seconds, exited=self.exited, exit_value=self.exit_value)
+
+
+def _shared_value(lookup: Any, name: str) -> Any:
+    try:
+        return lookup(name)
+    except KeyError:
+        raise KeyError(name) from None  # the worker raises it again: a NameError in model code
 
 
 def _entries(console: Console) -> list[str]:

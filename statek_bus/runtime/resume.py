@@ -14,6 +14,7 @@ import logging
 from datetime import datetime
 
 from statek_bus.authoring.agents import WarmupBlock
+from statek_bus.authoring.context import PERM_KEY
 from statek_bus.authoring.futures import (
     StepRuntime,
     SubTask,
@@ -100,6 +101,7 @@ def _abandon(state: EngineState, step: int) -> None:
 def bind_env(ctx: JobContext, env: StepRuntime | None, state: EngineState) -> None:
     """Give tools the job's notifications and the step runtime its state (memo, sub-tasks)."""
     ctx.notifications = [*state.notifications, *(subtask_message(state, s) for s in state.pending_subtasks)]
+    ctx.extras[PERM_KEY] = dict(state.perm)
     if env is not None:
         env.memo = dict(state.memo)
         env.subtasks = dict(state.subtasks)

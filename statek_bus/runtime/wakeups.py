@@ -110,7 +110,8 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
         nonlocal wake, usage_added
         wake = usage_added = False
         state = load_state(parent)
-        before = state.child_usage.get(child.id, [0.0] * len(USAGE_FIELDS))
+        before = state.child_usage.get(child.id, [])
+        before = [*before, *[0.0] * (len(USAGE_FIELDS) - len(before))]  # records before a field was added
         changed = False
         if total != before and total[0] >= before[0]:
             add_usage(parent.usage, [t - b for t, b in zip(total, before, strict=True)])

@@ -59,6 +59,7 @@ from statek_bus.sandbox.isolation import (
 from statek_bus.sandbox.protocol import (
     TOOL_REF,
     CallReply,
+    CtxGet,
     Exited,
     FrameError,
     Hello,
@@ -103,7 +104,7 @@ class _Channel:
         self.env: _WorkerEnv | None = None
         self.session: SandboxSession | None = None
 
-    def request(self, message: ToolCall | RemoteOp) -> Any:
+    def request(self, message: ToolCall | RemoteOp | CtxGet) -> Any:
         write_frame(self.sock, message)
         while isinstance(reply := read_frame(self.sock), NsGet):  # the tool reads the workspace
             write_frame(self.sock, self._lookup(reply.name))
@@ -209,7 +210,10 @@ class ToolStub:
             kwargs={k: ch.encode(v, k) for k, v in kwargs.items()},
             site=ch.site(),
         )
-        return ch.request(call)
+        result = ch.request(call)
+        if self.name == "init_shared_context" and ch.session is not None:
+            ch.session.enable_context()  # later statements of this step read its variables too
+        return result
 
 
 class _Remote:
@@ -343,6 +347,8 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
         workspace=workspace,
         shared_vars={k: from_json(v, ch.registry) for k, v in start.shared_vars.items()},
         registry=ch.registry,
+        context_lookup=lambda name: ch.request(CtxGet(name=name)),
+        context_bound=start.context_bound,
     )
     units = [
         ExecUnit(

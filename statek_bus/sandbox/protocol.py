@@ -11,7 +11,7 @@ One step, seen from the executor::
     executor                                  worker (a fresh process per step)
       StepStart  ───────────────────────────▶  restore workspace, run units
                  ◀───────────────────────────  ToolCall / RemoteOp   (model code called a tool,
-      CallReply  ───────────────────────────▶                         or read a future)
+      CallReply  ───────────────────────────▶        / CtxGet          read a future or a shared variable)
                  ◀───────────────────────────  StepDone              (results, new workspace)
 
 The control channel to the fork server (:mod:`statek_bus.runtime.worker`) carries :class:`Spawned`
@@ -30,6 +30,7 @@ __all__ = [
     "MAX_FRAME",
     "TOOL_REF",
     "CallReply",
+    "CtxGet",
     "Exited",
     "FrameError",
     "Hello",
@@ -144,6 +145,8 @@ class StepStart(msgspec.Struct, kw_only=True, frozen=True, tag="start", tag_fiel
     """Tagged-JSON initial variables (used when there is no workspace)."""
     job_id: str = ""
     """The job (for ``repr`` only)."""
+    context_bound: bool = False
+    """The job is bound to a shared context: names missing from the workspace are asked with :class:`CtxGet`."""
 
 
 class CallReply(msgspec.Struct, kw_only=True, frozen=True, tag="reply", tag_field="k"):
@@ -191,6 +194,14 @@ class RemoteOp(msgspec.Struct, kw_only=True, frozen=True, tag="op", tag_field="k
     """Tagged-JSON arguments."""
     site: str = ""
     """The statement's call-site prefix."""
+
+
+class CtxGet(msgspec.Struct, kw_only=True, frozen=True, tag="ctxget", tag_field="k"):
+    """Worker → executor: model code read a name the workspace lacks; the reply is its shared-context
+    value, or a ``KeyError`` (then it is a ``NameError``)."""
+
+    name: str
+    """The variable."""
 
 
 class NsGet(msgspec.Struct, kw_only=True, frozen=True, tag="nsget", tag_field="k"):
@@ -273,7 +284,7 @@ class Exited(msgspec.Struct, kw_only=True, frozen=True, tag="exited", tag_field=
 
 
 WorkerMessage = (
-    StepStart | CallReply | ToolCall | RemoteOp | NsGet | NsValue | StepDone | Hello | Spawned | Exited
+    StepStart | CallReply | ToolCall | RemoteOp | CtxGet | NsGet | NsValue | StepDone | Hello | Spawned | Exited
 )
 """Every message of the protocol."""
 

@@ -20,12 +20,19 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 from __future__ import annotations
 
 __all__ = [
+    "MAX_CONTEXT_BYTES",
+    "MAX_CONTEXT_SPECS",
+    "MAX_CONTEXT_TEXT",
+    "MAX_CONTEXT_VALUE_BYTES",
+    "MAX_CONTEXT_VARS",
     "MAX_ERROR_FIELD",
     "MAX_ERROR_MESSAGE",
     "MAX_ERROR_TEXT",
+    "MAX_EVENT_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_OPTION_TEXT",
+    "MAX_PERM_CONTEXT_BYTES",
     "MAX_WARMUP_CODE",
 ]
 
@@ -43,3 +50,20 @@ MAX_WARMUP_CODE = 64 * 1024
 """Most characters of a job's own ``warmup_code`` (it is stored once, in the job's definition)."""
 MAX_OPTION_TEXT = 1024
 """Most characters of a job's ``post_processing`` or ``extra_resources`` text."""
+
+# Shared contexts hold model-written values that every job bound to them reads: each bound is on
+# what one write may add, so no job can make a context unreadable or too large for its KV key.
+MAX_CONTEXT_SPECS = 6
+"""Most specifiers of one ``init_shared_context`` call (reads visit every subset: 63 keys at most)."""
+MAX_CONTEXT_VALUE_BYTES = 16 * 1024
+"""Largest encoded value of one shared-context variable."""
+MAX_CONTEXT_TEXT = 1000
+"""Most characters of a shared-context variable's description."""
+MAX_CONTEXT_VARS = 256
+"""Most variables in one shared context."""
+MAX_CONTEXT_BYTES = 512 * 1024
+"""Largest encoded shared context (one KV value)."""
+MAX_PERM_CONTEXT_BYTES = 64 * 1024
+"""Largest encoded persistent per-job context (``perm_ctx_set``), kept in the job record."""
+MAX_EVENT_BYTES = 256 * 1024
+"""Largest agent-queue event; a bigger one is acknowledged and dropped with a warning naming it."""

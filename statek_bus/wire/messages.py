@@ -16,6 +16,7 @@ import msgspec
 
 from statek_bus.wire.errors import BadRequestError
 from statek_bus.wire.limits import MAX_JSON_DEPTH, MAX_NAME_LENGTH
+from statek_bus.wire.options import JobOptions
 from statek_bus.wire.subjects import batch_job_ids
 
 __all__ = [
@@ -30,12 +31,10 @@ __all__ = [
     "IndexEntry",
     "Job",
     "JobCancelRequest",
-    "JobDef",
     "JobEvent",
     "JobGetRequest",
     "JobHistory",
     "JobListRequest",
-    "JobOptions",
     "JobRecord",
     "JobSendMessageRequest",
     "JobSendNotificationRequest",
@@ -117,6 +116,10 @@ class Usage(_Record, kw_only=True):
     """Prompt tokens served from the provider's cache."""
     cost: float = 0.0
     """Cost in USD, from the provider's price map or our price table."""
+    bytes_sent: int = 0
+    """Bytes of the LLM requests (JSON), STATEK's ``LLM_Usage`` figure."""
+    bytes_received: int = 0
+    """Bytes of the LLM replies (JSON)."""
 
 
 class Job(_Record, kw_only=True):
@@ -223,29 +226,6 @@ class JobRecord(_Record, kw_only=True):
         )
 
 
-class JobOptions(_Record, kw_only=True, omit_defaults=True):
-    """A job's own options (STATEK's ``create_job_def`` arguments), checked by submission."""
-
-    warmup_code: str | None = None
-    """Warmup code run before the agent's own, as untrusted (sandboxed) code: it came from a client."""
-    post_processing: str | None = None
-    """Post-processors added to the agent's, in ``POST_PROCESSORS`` syntax (``FinalCheck(max_llm_actions=2)``)."""
-    provider_config: dict[str, Any] | None = None
-    """A provider config (reasoning-level payloads) merged over the provider's own."""
-    extra_resources: str | None = None
-    """Donor agents, in ``EXTRA_RESOURCES`` syntax (``(LM:assistant,researcher),(H:helpdesk)``)."""
-
-
-class JobDef(_Record, kw_only=True):
-    """A job definition in ``statek_jobdefs``: stored once, under the sha-256 of its JSON, for every
-    job of the agent with the same options."""
-
-    agent: str
-    """Agent role."""
-    options: JobOptions
-    """The options."""
-
-
 class SubmitRequest(_Request, kw_only=True, frozen=True):
     """``statek.jobs.submit``: create one job."""
 
@@ -261,14 +241,8 @@ class SubmitRequest(_Request, kw_only=True, frozen=True):
     """Idempotency key: the same id twice returns the first job."""
     parent_id: Name | None = None
     """The parent job, for child jobs."""
-    warmup_code: str | None = None
-    """The job's own warmup code, run (sandboxed) before the agent's (:class:`JobOptions`)."""
-    post_processing: str | None = None
-    """Post-processors added to the agent's (:class:`JobOptions`)."""
-    provider_config: dict[str, Any] | None = None
-    """A provider config merged over the provider's (:class:`JobOptions`)."""
-    extra_resources: str | None = None
-    """Donor agents (:class:`JobOptions`)."""
+    options: JobOptions | None = None
+    """The job's own options (warmup code, post-processors, provider config, extra resources)."""
 
 
 class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
@@ -286,14 +260,8 @@ class SubmitBatchRequest(_Request, kw_only=True, frozen=True):
     """Idempotency key of the batch: job ids derive from it and the index."""
     parent_id: Name | None = None
     """The parent job of every job in the batch."""
-    warmup_code: str | None = None
-    """Every job's own warmup code (:class:`JobOptions`); the batch shares one definition."""
-    post_processing: str | None = None
-    """Post-processors added to the agent's (:class:`JobOptions`)."""
-    provider_config: dict[str, Any] | None = None
-    """A provider config merged over the provider's (:class:`JobOptions`)."""
-    extra_resources: str | None = None
-    """Donor agents (:class:`JobOptions`)."""
+    options: JobOptions | None = None
+    """Options of every job of the batch (they share one stored definition)."""
 
 
 class JobGetRequest(_Request, kw_only=True, frozen=True):
@@ -359,8 +327,8 @@ class JobEvent(_Record, kw_only=True):
 
     job_id: str
     """The job."""
-    kind: Literal["status", "console", "chat", "message", "notification"]
-    """What happened."""
+    kind: Literal["status", "console", "chat", "message", "notification", "trace"]
+    """What happened (``trace``: ``FULL_AGENT_TRACE`` is on; :attr:`name` says which)."""
     at: datetime
     """When (UTC)."""
     status: JobStatus | None = None
@@ -373,6 +341,10 @@ class JobEvent(_Record, kw_only=True):
     """The step that produced it."""
     exit_status: Any = None
     """For a ``status`` event to DONE: the exit value."""
+    name: str | None = None
+    """For ``trace``: ``llm.request``, ``llm.response``, ``tool.request``, ``tool.output``... (STATEK's)."""
+    data: Any = None
+    """For ``trace``: the event's fields, secrets redacted."""
 
 
 class ChatEntry(_Record, kw_only=True):

@@ -1,4 +1,5 @@
-"""JSON Schema of every wire message, generated from the msgspec types in :mod:`statek_bus.wire.messages`.
+"""JSON Schema of every wire message, generated from the msgspec types in :mod:`statek_bus.wire.messages`
+(and :mod:`statek_bus.wire.shared_context`).
 
 ``statek-bus schemas export`` writes one file per message into ``schemas/``; a test fails when
 the checked-in files differ from what the code generates.
@@ -13,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.wire import messages
+from statek_bus.wire import messages, options, shared_context
 from statek_bus.wire.errors import ErrorBody
 
 __all__ = ["all_schemas", "export"]
@@ -21,10 +22,11 @@ __all__ = ["all_schemas", "export"]
 
 def _message_types() -> dict[str, type]:
     found: dict[str, type] = {"ErrorBody": ErrorBody}
-    for name in messages.__all__:
-        obj = getattr(messages, name)
-        if isinstance(obj, type) and issubclass(obj, msgspec.Struct):
-            found[name] = obj
+    for module in (messages, options, shared_context):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, msgspec.Struct):
+                found[name] = obj
     return dict(sorted(found.items()))
 
 

@@ -7,13 +7,19 @@ into a single subject token / key segment, so no id can match or overwrite anoth
 
 from __future__ import annotations
 
+import hashlib
 import re
+
+from statek_bus.wire.limits import MAX_NAME_LENGTH
 
 __all__ = [
     "AGENTS_BUCKET",
     "AGENTS_GET",
     "AGENTS_LIST",
     "AGENTS_REQUESTS",
+    "AGENT_EVENTS_PREFIX",
+    "AGENT_EVENTS_STREAM",
+    "CONTEXT_BUCKET",
     "ERROR_CODE_HEADER",
     "ERROR_HEADER",
     "EVENTS_PREFIX",
@@ -59,7 +65,11 @@ __all__ = [
     "WORK_RUN_PREFIX",
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
+    "agent_events_consumer",
+    "agent_events_subject",
     "batch_job_ids",
+    "context_key",
+    "event_job_id",
     "job_events_subject",
     "job_key",
     "token",
@@ -118,6 +128,8 @@ WORK_RUN_PREFIX = "statek.work.run"
 WORK_SCHEDULE_PREFIX = "statek.work.sched"
 """Scheduled (delayed) work messages ``statek.work.sched.<token(agent)>.<token(job_id)>``; outside every
 consumer's filter, they fire into the job's ``WORK_RUN_PREFIX`` subject."""
+AGENT_EVENTS_PREFIX = "statek.agents.events"
+"""An agent's queue: ``statek.agents.events.<token(role)>``; each event (any JSON) creates one job."""
 
 # --- storage ---------------------------------------------------------------------------------------
 JOBS_BUCKET = "statek_jobs"
@@ -132,6 +144,10 @@ WORK_CONSUMER_PREFIX = "statek_agent_"
 """Durable work consumers are ``statek_agent_<token(agent)>``, filtered on that agent's work subjects."""
 LEGACY_WORK_CONSUMER = "statek_executors"
 """The single work consumer of versions before executor pools (``statek-bus provision`` removes it)."""
+CONTEXT_BUCKET = "statek_context"
+"""Shared contexts (STATEK's ``init_shared_context``): one key per context, ``ctx.<token(spec)>...``."""
+AGENT_EVENTS_STREAM = "statek_agent_events"
+"""WorkQueue stream of agents' queues; one durable consumer per agent (:func:`agent_events_consumer`)."""
 JOB_LOG_STREAM = "statek_job_log"
 """Append-only stream capturing every job event subject: the durable chat log and console of each job."""
 
@@ -223,3 +239,30 @@ def work_filter(agent: str) -> str:
 def work_consumer(agent: str) -> str:
     """Name of the durable work consumer every executor serving ``agent`` pulls from."""
     return f"{WORK_CONSUMER_PREFIX}{token(agent)}"
+
+
+def context_key(specs: list[str]) -> str:
+    """Key in :data:`CONTEXT_BUCKET` of the shared context bound to ``specs`` (sorted, unique)."""
+    return "ctx." + ".".join(token(s) for s in sorted(set(specs)))
+
+
+def agent_events_subject(role: str) -> str:
+    """Subject of ``role``'s queue in :data:`AGENT_EVENTS_STREAM` (``nats pub`` to it creates a job)."""
+    return f"{AGENT_EVENTS_PREFIX}.{token(role)}"
+
+
+def agent_events_consumer(role: str) -> str:
+    """Durable consumer of ``role``'s queue, shared by every executor serving the agent."""
+    return f"statek_events_{token(role)}"  # token() never yields ".", "*", ">" or whitespace
+
+
+def event_job_id(role: str, event_id: str) -> str:
+    """The job an agent-queue event creates: the same event id always names the same job.
+
+    ``event:<role>:<event id>``, or with the event id's SHA-256 when that would exceed
+    :data:`~statek_bus.wire.limits.MAX_NAME_LENGTH` (a job id's bound).
+    """
+    plain = f"event:{role}:{event_id}"
+    if len(plain) <= MAX_NAME_LENGTH:
+        return plain
+    return f"event:{role}:sha256-{hashlib.sha256(event_id.encode()).hexdigest()}"

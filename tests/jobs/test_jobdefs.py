@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from statek_bus import AsyncStatekClient, BadRequestError, JobOptions
 from statek_bus.jobs.store import JobStore
 from statek_bus.mesh.settings import Settings
-from statek_bus.wire.subjects import JOBDEFS_BUCKET
+from statek_bus.wire.subjects import JOBDEFS_BUCKET, JOBS_SUBMIT
 from tests import dialog_agents as fx
 from tests.agents_fixture import console, services, wait_done
 
@@ -103,13 +103,13 @@ async def test_a_jobs_provider_config_reaches_the_model(client: AsyncStatekClien
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"warmup_code": "x = (1"}, "$.warmup_code"),
-        ({"warmup_code": "#STATEK: hidden = True\nx = secret_tool()"}, "$.warmup_code"),
-        ({"warmup_code": "x = 1\n" * 20_000}, "$.warmup_code"),
-        ({"post_processing": "FinalCheck(2)"}, "$.post_processing"),
-        ({"post_processing": "FinalCheck(max_llm_actions=len('x'))"}, "$.post_processing"),
-        ({"extra_resources": "assistant, researcher"}, "$.extra_resources"),
-        ({"provider_config": {"openai": 3}}, "$.provider_config.openai"),
+        ({"warmup_code": "x = (1"}, "$.options.warmup_code"),
+        ({"warmup_code": "#STATEK: hidden = True\nx = secret_tool()"}, "$.options.warmup_code"),
+        ({"warmup_code": "x = 1\n" * 20_000}, "$.options.warmup_code"),
+        ({"post_processing": "FinalCheck(2)"}, "$.options.post_processing"),
+        ({"post_processing": "FinalCheck(max_llm_actions=len('x'))"}, "$.options.post_processing"),
+        ({"extra_resources": "assistant, researcher"}, "$.options.extra_resources"),
+        ({"provider_config": {"openai": 3}}, "$.options.provider_config.openai"),
     ],
 )
 async def test_bad_options_are_a_400_naming_the_field_and_write_nothing(
@@ -129,3 +129,11 @@ async def test_a_batch_shares_its_options_and_its_definition(client: AsyncStatek
     assert [r.exit_status for r in done] == ["12 agent"] * 3
     assert len({r.jobdef for r in done}) == 1 and done[0].jobdef is not None
     assert jobs[0].params == {"size": "s"}
+
+
+async def test_an_unknown_option_is_a_400_naming_it(mesh: Settings, nc: Client) -> None:
+    reply = await nc.request(
+        JOBS_SUBMIT, json.dumps({"agent": "t_d_job", "options": {"warmup": "x = 1"}}).encode(), timeout=10
+    )
+    error = json.loads(reply.data)["error"]
+    assert error["code"] == 400 and error["field"] == "$.options.warmup"

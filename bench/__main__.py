@@ -9,7 +9,10 @@ from typing import Any
 
 from bench.common import print_tables, progress
 
-ALL = ["floor", "states", "submission", "provider", "executor", "waits", "inbox", "sandbox", "peer", "llm", "storage", "knowledge"]
+ALL = [
+    "floor", "states", "submission", "provider", "executor", "pools", "waits", "inbox", "sandbox", "peer", "llm",
+    "storage", "knowledge",
+]
 
 
 def _run(coro: Any) -> Any:

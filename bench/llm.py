@@ -34,7 +34,7 @@ from bench.waits import rss_mib
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.mesh import Mesh, ServiceProcess
-from statek_bus.wire.subjects import WORK_CONSUMER, WORK_STREAM
+from statek_bus.wire.subjects import WORK_STREAM
 
 __all__ = ["run"]
 
@@ -77,8 +77,8 @@ async def _mesh(jobs: int, tmp: Path) -> dict[str, Any]:
             async def sample() -> None:
                 assert ex.proc is not None
                 while not stop.is_set():
-                    info = await js.consumer_info(WORK_STREAM, WORK_CONSUMER)
-                    peak["in_flight"] = max(peak["in_flight"], info.num_ack_pending)
+                    infos = await js.consumers_info(WORK_STREAM)  # one per agent
+                    peak["in_flight"] = max(peak["in_flight"], sum(i.num_ack_pending for i in infos))
                     peak["rss"] = max(peak["rss"], rss_mib(ex.proc.pid))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.5)

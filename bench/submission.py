@@ -47,7 +47,7 @@ async def _floor_batch(js: Any, kv: Any, size: int) -> None:
     await asyncio.gather(
         *(
             js.publish(
-                work_run_subject(i),
+                work_run_subject("bench_agent", i),
                 encode(WorkMessage(job_id=i, step=0)),
                 headers={MSG_ID_HEADER: f"{token(i)}:0"},
             )

@@ -37,7 +37,7 @@ from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.mesh import Mesh, ServiceProcess
 from statek_bus.wire.messages import JobEvent, decode
-from statek_bus.wire.subjects import EVENTS_PREFIX, WORK_CONSUMER, WORK_RUN_PREFIX, WORK_STREAM
+from statek_bus.wire.subjects import EVENTS_PREFIX, WORK_RUN_PREFIX, WORK_STREAM
 
 __all__ = ["AGENTS", "run"]
 
@@ -90,11 +90,9 @@ async def _settled(client: AsyncStatekClient, expect_messages: int, timeout: flo
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         info = await js.stream_info(WORK_STREAM)
-        consumer = await js.consumer_info(WORK_STREAM, WORK_CONSUMER)
-        if (
-            info.state.messages >= expect_messages
-            and not consumer.num_pending
-            and not consumer.num_ack_pending
+        consumers = await js.consumers_info(WORK_STREAM)  # one per agent
+        if info.state.messages >= expect_messages and not any(
+            c.num_pending or c.num_ack_pending for c in consumers
         ):
             return time.monotonic() - started
         await asyncio.sleep(0.5)

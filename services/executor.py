@@ -1,4 +1,4 @@
-"""The ``statek-executor`` micro service: runs job steps from the shared work queue.
+"""The ``statek-executor`` micro service: runs job steps of the agents it serves from their work queues.
 
 Wiring only: the consumer loop is :class:`statek_bus.runtime.executor.Executor`, entered on the service's
 exit stack (it stops pulling when the stack closes, finishes in-flight steps within
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from statek_bus.mesh.provision import configure_work_consumer
 from statek_bus.mesh.service import Endpoint, ServiceContext, ServiceSpec
 from statek_bus.runtime.executor import Executor
 from statek_bus.runtime.queues import AgentEventPump
@@ -24,7 +23,6 @@ __all__ = ["build"]
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     """Start the executor on ``ctx.stack`` and describe the status endpoint."""
-    await configure_work_consumer(ctx.js, ctx.settings)  # ack_wait, max_deliver: the executors' own
     executor = await ctx.stack.enter_async_context(
         Executor(ctx.nc, ctx.js, ctx.settings, agents=ctx.settings.agents, stopping=ctx.stopping)
     )
@@ -42,7 +40,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
 
     return ServiceSpec(
         name=SERVICE_EXECUTOR,
-        description="Runs STATEK job steps (code-first and handler agents) from the shared work queue",
+        description="Runs STATEK job steps (code-first and handler agents) of the agents it serves",
         endpoints=[
             Endpoint(
                 "status",

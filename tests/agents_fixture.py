@@ -445,7 +445,7 @@ async def submit(
         shared_vars={k: to_json(v, reg, k) for k, v in (shared_vars or {}).items()},
     )
     await store.create(record)
-    await store.enqueue(record.id, 0)
+    await store.enqueue(record.id, 0, agent=agent)
     return record.id
 
 

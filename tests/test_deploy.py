@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from statek_bus.wire.subjects import WORK_CONSUMER, WORK_STREAM
+from statek_bus.mesh.permissions import helm_users, role
+from statek_bus.wire.subjects import WORK_CONSUMER_PREFIX, WORK_STREAM
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -34,11 +35,17 @@ def render() -> list[dict[str, Any]]:
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": names[gen["name"]]}, "data": data}
         )
     for gen in kust.get("secretGenerator", []):
-        (env,) = gen["envs"]
-        path = K8S / env if (K8S / env).exists() else K8S / f"{env}.example"
-        keys = [ln.split("=", 1)[0] for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
-        names[gen["name"]] = f"{gen['name']}-{digest}"
+        if "files" in gen:  # generated, git-ignored files (nkey seeds): one key per file name
+            keys = [Path(f).name for f in gen["files"]]
+            digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:10]
+        else:
+            (env,) = gen["envs"]
+            path = K8S / env if (K8S / env).exists() else K8S / f"{env}.example"
+            lines = path.read_text().splitlines() if path.exists() else []
+            keys = [ln.split("=", 1)[0] for ln in lines if ln and not ln.startswith("#")]
+            digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
+        plain = gen.get("options", {}).get("disableNameSuffixHash")
+        names[gen["name"]] = gen["name"] if plain else f"{gen['name']}-{digest}"
         meta = {"name": names[gen["name"]]}
         docs.append(
             {
@@ -153,6 +160,45 @@ def test_executors_autoscale_on_the_work_backlog() -> None:
     assert so["spec"]["scaleTargetRef"]["name"] == "statek-executor"
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "nats-jetstream"
-    assert (trigger["metadata"]["stream"], trigger["metadata"]["consumer"]) == (WORK_STREAM, WORK_CONSUMER)
+    assert trigger["metadata"]["stream"] == WORK_STREAM
+    assert trigger["metadata"]["consumer"].startswith(WORK_CONSUMER_PREFIX)  # one consumer per agent
+    assert trigger["metadata"]["account"] == "STATEK"
     config = next(d for d in render() if d["kind"] == "ConfigMap")["data"]
     assert int(trigger["metadata"]["lagThreshold"]) <= int(config["STATEK_MAX_CONCURRENCY"])
+
+
+def test_the_nats_values_ship_the_permission_matrix() -> None:
+    values = yaml.safe_load((ROOT / "deploy" / "helm" / "nats-values.yaml").read_text())
+    account = values["config"]["merge"]["accounts"]["STATEK"]
+    assert account == {"jetstream": "enabled", "users": helm_users()}
+    env = values["container"]["env"]
+    for user in helm_users():
+        variable = str(user["nkey"]).removeprefix("<< $").removesuffix(" >>")
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "statek-nats-users", "key": variable}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_mounts_only_its_own_nats_identity(service: str) -> None:
+    pod = _deployments()[f"statek-{service}"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    (creds,) = [v for v in pod["volumes"] if v["name"] == "nats-creds"]
+    assert creds["secret"]["items"] == [{"key": f"{service}.nk", "path": f"{service}.nk"}]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "nats-creds")
+    assert mount["readOnly"] and env["STATEK_CREDS_FILE"] == f"{mount['mountPath']}/{service}.nk"
+    assert env["STATEK_INBOX_PREFIX"] == role(service).inbox_prefix
+    config = next(d for d in render() if d["kind"] == "ConfigMap")["data"]
+    assert config["STATEK_PROVISION"] == "verify"  # services only verify; the Job provisions
+
+
+def test_a_job_provisions_storage_as_the_administrator() -> None:
+    (job,) = [d for d in render() if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["provision"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    (creds,) = [v for v in pod["volumes"] if v["name"] == "nats-creds"]
+    assert creds["secret"]["items"] == [{"key": "admin.nk", "path": "admin.nk"}]
+    assert env["STATEK_CREDS_FILE"].endswith("/admin.nk")
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False

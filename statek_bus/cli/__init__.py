@@ -41,6 +41,8 @@ _AREAS = (
 
 Command = Callable[[argparse.Namespace], int]
 
+_CREDS_HELP = "NATS credentials file: a .creds (JWT + seed) or an nkey seed (default: NATS_CREDS)"
+
 
 def run_async(coro: Any) -> Any:
     """Run a coroutine on uvloop where available (about 20 % less CPU than asyncio's loop)."""
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="statek-bus", description="Durable code-first LLM agent jobs and a States API on NATS."
     )
     parser.add_argument("--version", action="version", version=f"statek-bus {SERVICE_VERSION}")
+    parser.add_argument("--creds", default=None, help=_CREDS_HELP)
     parser.add_argument(
         "--log-level",
         default=None,
@@ -87,7 +90,17 @@ def _parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _add_creds(sub)
     return parser
+
+
+def _add_creds(sub: Any) -> None:
+    """Give every command ``--creds FILE`` (before or after the command's name)."""
+    for command in set(sub.choices.values()):
+        command.add_argument("--creds", default=argparse.SUPPRESS, help=_CREDS_HELP)
+        for action in command._actions:  # argparse has no public walk of nested subcommands
+            if isinstance(action, argparse._SubParsersAction):
+                _add_creds(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--log-level / STATEK_LOG_LEVEL: unknown level {level!r} (DEBUG, INFO, WARNING, ERROR)")
     # one level for this process and every service process it starts (`up`, `demo`)
     os.environ["STATEK_LOG_LEVEL"] = level
+    if args.creds:  # wins over STATEK_CREDS_FILE and NATS_CREDS, for this process and what it starts
+        os.environ["STATEK_CREDS_FILE"] = args.creds
     fmt = os.environ.get("STATEK_LOG_FORMAT") or "text"
     if fmt not in ("text", "json"):
         parser.error(f"STATEK_LOG_FORMAT: unknown format {fmt!r} (text, json)")

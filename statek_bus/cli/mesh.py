@@ -1,4 +1,4 @@
-"""``statek-bus up | serve | status | schemas export``: running and inspecting the mesh."""
+"""``statek-bus up | provision | serve | status | schemas export``: running and inspecting the mesh."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from statek_bus.cli.output import EXIT_INTERRUPTED, EXIT_OK, print_json
 from statek_bus.mesh.auth import redact_url
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import status_report
+from statek_bus.mesh.provision import provision
 from statek_bus.mesh.service import EXIT_CONNECTION_LOST
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.mesh import SERVICE_KINDS, check_agents, serve, up
@@ -26,7 +27,26 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", default=None, help="JetStream storage (default ./.statek)")
     p.add_argument("--port", type=int, default=None, help="client port (default 4222; 0 picks a free one)")
     p.add_argument("--nats-url", default=None, help="join this server instead of starting one")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="authenticate every connection: a user per service and a client user (docs/permissions.md); "
+        "prints NATS_CREDS=<client credentials> after NATS_URL",
+    )
     p.set_defaults(func=_up)
+
+    p = sub.add_parser(
+        "provision", help="create or migrate every bucket and stream (administrator credentials), then exit"
+    )
+    p.add_argument("--nats-url", default=None, help="default: NATS_URL")
+    p.set_defaults(func=_provision)
+
+    p = sub.add_parser(
+        "credentials",
+        help="write an nkey seed per role (mode 0600), the NATS server config and users.env (public keys)",
+    )
+    p.add_argument("directory", help="where to write them (kept: existing seeds are reused)")
+    p.set_defaults(func=_credentials)
 
     p = sub.add_parser("serve", help="run one service against NATS_URL (what a Kubernetes Deployment runs)")
     p.add_argument("kind", choices=list(SERVICE_KINDS))
@@ -68,9 +88,33 @@ def _up(args: argparse.Namespace) -> int:
             data_dir=args.data_dir or settings.data_dir,
             port=settings.port if args.port is None else args.port,
             agents=args.agents or settings.agents or None,
+            auth=args.auth,
         )
     )
     return EXIT_OK if served else EXIT_INTERRUPTED
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from statek_bus.ops.credentials import identities
+
+    ids = identities(args.directory, directory=args.directory)
+    print(f"wrote the seeds, {ids.server_config.name} and users.env to {ids.directory}/")
+    return EXIT_OK
+
+
+def _provision(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run() -> None:
+        nc = await connect(settings, name="statek-provision")
+        try:
+            await provision(nc.jetstream(timeout=max(5.0, settings.request_timeout)), settings)
+        finally:
+            await nc.close()
+
+    run_async(run())
+    print(f"storage provisioned at {redact_url(settings.nats_url)}")
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

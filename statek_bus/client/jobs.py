@@ -10,8 +10,9 @@ datetimes, UUIDs, Decimals, bytes, sets... survive; a value that cannot be encod
 :class:`~statek_bus.wire.locale.UnknownLocaleError`, also before sending.
 
 :meth:`AsyncJobs.wait` and :meth:`AsyncJobs.watch` are event-driven: they watch the job's record
-(a KV watch delivers the current record first, then every change, so a completion can never fall
-between a read and a subscription) and its events in the job-log stream. No polling loop.
+through its events subject (subscribed before the job is read, so a completion can never fall
+between a read and a subscription) and its log in the job-log stream, read with direct gets. A
+client needs no permission on the jobs bucket or to create consumers (docs/permissions.md).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
-from nats.js.kv import KeyValue
 
 from statek_bus.client.transport import Transport
 from statek_bus.jobs import checks as jobchecks
-from statek_bus.wire.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
+from statek_bus.mesh.direct import direct_get
+from statek_bus.wire.errors import PayloadTooLargeError, ServiceUnavailableError
 from statek_bus.wire.locale import StatekLocale, resolve_locale
 from statek_bus.wire.messages import (
     AgentDescription,
@@ -41,7 +41,6 @@ from statek_bus.wire.messages import (
     JobGetRequest,
     JobHistory,
     JobListRequest,
-    JobRecord,
     JobSendMessageRequest,
     JobSendNotificationRequest,
     JobStatus,
@@ -55,7 +54,6 @@ from statek_bus.wire.subjects import (
     AGENTS_GET,
     AGENTS_LIST,
     JOB_LOG_STREAM,
-    JOBS_BUCKET,
     JOBS_CANCEL,
     JOBS_GET,
     JOBS_HISTORY,
@@ -65,7 +63,6 @@ from statek_bus.wire.subjects import (
     JOBS_SUBMIT,
     JOBS_SUBMIT_BATCH,
     job_events_subject,
-    job_key,
 )
 from statek_bus.wire.values import to_json
 
@@ -76,6 +73,18 @@ Agents = list[AgentDescription]
 _SUBMIT_ATTEMPTS = 3
 _RETRY_DELAYS = (0.2, 1.0)
 _DONE_GRACE = 2.0  # seconds watch() waits for the DONE event once the record says DONE
+_RECHECK = 5.0
+"""Seconds wait() and watch() go without an event before they read the job again (an event lost
+to a reconnect, or an executor that died between its commit and the event, would else be missed)."""
+_REPLAY_BATCH = 256
+
+
+def _is_done(data: bytes) -> bool:
+    """Whether an event's JSON is a DONE status (decoded only when it may be one)."""
+    if b'"DONE"' not in data:
+        return False
+    event = decode(data, JobEvent)
+    return event.kind == "status" and event.status is JobStatus.DONE
 
 
 def agent_role(agent: Any) -> str:
@@ -134,7 +143,6 @@ class AsyncJobs:
 
     def __init__(self, client: Transport) -> None:
         self._client = client
-        self._kv: KeyValue | None = None
 
     # --- submit ------------------------------------------------------------------------------------
     async def submit(
@@ -327,32 +335,37 @@ class AsyncJobs:
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Return the job once it is DONE (at once if it already is).
 
+        It subscribes the job's events subject first, then reads the job (``statek.jobs.get``)
+        and reads it again on each DONE event, so a completion can never fall between the two;
+        a re-read every :data:`_RECHECK` seconds covers an event lost to a reconnect. A client
+        needs no JetStream permission for it (docs/permissions.md).
+
         Raises:
             NotFoundError: there is no such job.
             TimeoutError: it is not DONE within ``timeout`` seconds.
         """
-        kv = await self._jobs_kv()
-        watcher = await kv.watch(job_key(job_id), inactive_threshold=30.0)
+        nc = await self._client.connection()
+        done = asyncio.Event()
+
+        async def on_event(msg: Msg) -> None:
+            if _is_done(msg.data):
+                done.set()
+
+        sub = await nc.subscribe(job_events_subject(job_id), cb=on_event)
         try:
             async with asyncio.timeout(timeout):
-                found = False
-                async for entry in watcher:
-                    if entry is None:
-                        if not found:
-                            raise NotFoundError(f"job {job_id!r} not found", field="job_id")
-                        continue
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        raise NotFoundError(f"job {job_id!r} was deleted", field="job_id")
-                    found = True
-                    record = decode(entry.value, JobRecord)
-                    if record.status is JobStatus.DONE:
-                        return record.public(int(entry.revision or 0))
+                while True:
+                    done.clear()
+                    job = await self.get(job_id)
+                    if job.status is JobStatus.DONE:
+                        return job
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), _RECHECK)
         except TimeoutError:
             raise TimeoutError(f"job {job_id!r} is not DONE after {timeout:g}s") from None
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        raise ServiceUnavailableError(f"watch of job {job_id!r} ended unexpectedly")
+                await sub.unsubscribe()
 
     async def watch(self, job_id: str, *, replay: bool = True) -> AsyncIterator[JobEvent]:
         """The job's events (status changes, console lines, chat messages) until it is DONE.
@@ -361,70 +374,71 @@ class AsyncJobs:
             job_id: the job.
             replay: start with the events the job already has (else only new ones).
 
-        The iterator ends after the DONE status event. If the record is DONE but its event never
-        comes (an executor that died between the two), a DONE event is made from the record.
+        It subscribes the job's events subject, then replays the job's log (``statek_job_log``)
+        with batched direct gets, and goes on with the live events it has not replayed: no
+        consumer on the server, no permission beyond reading. The iterator ends after the DONE
+        status event. If the job is DONE but its event never comes (an executor that died between
+        the two), a DONE event is made from the job.
         """
-        js = await self._client.jetstream()
-        kv = await self._jobs_kv()
-        queue: asyncio.Queue[tuple[JobEvent, int] | KeyValue.Entry | None] = asyncio.Queue()
+        nc = await self._client.connection()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def on_event(msg: Msg) -> None:
-            queue.put_nowait((decode(msg.data, JobEvent), msg.metadata.num_pending))
+            queue.put_nowait(msg.data)
 
-        sub = await js.subscribe(
-            job_events_subject(job_id),
-            stream=JOB_LOG_STREAM,
-            cb=on_event,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL if replay else DeliverPolicy.NEW,
-            inactive_threshold=30.0,
-        )
-        watcher = await kv.watch(job_key(job_id), inactive_threshold=30.0)
-
-        async def follow() -> None:
-            async for entry in watcher:
-                queue.put_nowait(entry)
-
-        task = asyncio.create_task(follow())
+        subject = job_events_subject(job_id)
+        sub = await nc.subscribe(subject, cb=on_event)
         try:
-            found = False
-            done: JobRecord | None = None
+            first = await self.get(job_id)  # NotFoundError now for a job that is not there
+            replayed: set[bytes] = set()
+            if replay:
+                async for data, last in self._replay(subject):
+                    replayed.add(data)
+                    event = decode(data, JobEvent)
+                    yield event
+                    if last and _is_done(data):
+                        return
+            checked_done: Job | None = first if first.status is JobStatus.DONE else None
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), _DONE_GRACE if done is not None else None)
-                except TimeoutError:
-                    assert done is not None
-                    yield JobEvent(
-                        job_id=job_id,
-                        kind="status",
-                        at=done.updated_at,
-                        status=JobStatus.DONE,
-                        step=done.step,
-                        exit_status=done.exit_status,
+                    data = await asyncio.wait_for(
+                        queue.get(), _DONE_GRACE if checked_done is not None else _RECHECK
                     )
-                    return
-                if isinstance(item, tuple):
-                    event, pending = item
-                    yield event
-                    if event.kind == "status" and event.status is JobStatus.DONE and pending == 0:
+                except TimeoutError:
+                    if checked_done is not None:
+                        yield JobEvent(
+                            job_id=job_id,
+                            kind="status",
+                            at=checked_done.updated_at,
+                            status=JobStatus.DONE,
+                            step=None,
+                            exit_status=checked_done.exit_status,
+                        )
                         return
-                elif item is None:
-                    if not found:
-                        raise NotFoundError(f"job {job_id!r} not found", field="job_id")
-                elif item.operation in ("DEL", "PURGE") or not item.value:
-                    raise NotFoundError(f"job {job_id!r} was deleted", field="job_id")
-                else:
-                    found = True
-                    record = decode(item.value, JobRecord)
-                    done = record if record.status is JobStatus.DONE else None
+                    job = await self.get(job_id)  # NotFoundError for a job that is not there
+                    checked_done = job if job.status is JobStatus.DONE else None
+                    continue
+                if data in replayed:  # published before the replay read it
+                    replayed.discard(data)
+                    continue
+                yield decode(data, JobEvent)
+                if _is_done(data):
+                    return
         finally:
-            task.cancel()
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _jobs_kv(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await (await self._client.jetstream()).key_value(JOBS_BUCKET)
-        return self._kv
+    async def _replay(self, subject: str) -> AsyncIterator[tuple[bytes, bool]]:
+        """Each stored event on ``subject`` in order, and whether it is the last one stored now."""
+        nc = await self._client.connection()
+        start = 1
+        timeout = self._client.settings.request_timeout
+        while True:
+            batch = await direct_get(
+                nc, JOB_LOG_STREAM, {"seq": start, "next_by_subj": subject, "batch": _REPLAY_BATCH}, timeout=timeout
+            )
+            for i, msg in enumerate(batch.messages):
+                yield msg.data, batch.pending == 0 and i == len(batch.messages) - 1
+            if not batch.messages or batch.pending == 0 or batch.last_sequence is None:
+                return
+            start = batch.last_sequence + 1

@@ -2,8 +2,10 @@
 
 Every call but :meth:`AsyncStates.watch` is one request to the ``statek-state`` service; errors
 come back as their :class:`~statek_bus.wire.errors.StatekError` class (404 :class:`NotFoundError`,
-409 :class:`ConflictError` with ``details["current_revision"]``...). ``watch`` reads the bucket
-directly with an ordered consumer, so changes arrive as they are committed, without polling.
+409 :class:`ConflictError` with ``details["current_revision"]``...). ``watch`` subscribes the
+bucket's subjects of the states it follows (each commit wakes it) and reads what was committed
+with batched direct gets, in order and with revisions: no consumer on the server, so a client
+needs only read permissions (docs/permissions.md).
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from statek_bus.client.transport import Transport
+from statek_bus.mesh.availability import retry_transient
+from statek_bus.mesh.direct import direct_get
 from statek_bus.states.store import STREAM, StateStore, change_from_msg, watch_subject
 from statek_bus.wire import subjects as s
 from statek_bus.wire.errors import ConflictError, NotFoundError
@@ -37,6 +41,8 @@ from statek_bus.wire.messages import (
 __all__ = ["AsyncStates", "StateListResponse", "StateWatch", "TaskState"]
 
 _States = list[State]
+_RECHECK = 5.0  # seconds a watch goes without a wake-up before it reads again (a reconnect may hide one)
+_SETTLE = (0.02, 0.1, 0.5)  # seconds between re-reads after a wake-up that found nothing stored yet
 
 Mutation = Callable[[dict[str, Any]], dict[str, Any]]
 """A pure function from the current object to the next (may be retried on conflict)."""
@@ -168,7 +174,7 @@ class AsyncStates:
         ``async for change in states.watch(task_id=t)``; ``w = await states.watch(...)`` subscribes
         before returning, so nothing committed afterwards is missed. See :class:`StateWatch`.
         """
-        return StateWatch(self._get_store, task_id, agent_id, state_id, since_revision)
+        return StateWatch(self._get_store, task_id, agent_id, state_id, since_revision, self._client.connection)
 
     def for_task(self, task_id: str, agent_id: str) -> TaskState:
         """The state of one (task, agent) pair: ``ctx.state`` of handler agents."""
@@ -243,14 +249,19 @@ class StateWatch:
         agent_id: str | None,
         state_id: str | None,
         since_revision: int | None,
+        connection: Callable[[], Awaitable[Client]],
     ) -> None:
         self._get_store = store
+        self._connection = connection
         self._filter = (task_id, agent_id)
         self._state_id = state_id
         self._since = since_revision
         self._queue: asyncio.Queue[StateChange | None] = asyncio.Queue()
         self._sub: Any = None
         self._done = False
+        self._wake = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._next = 1
 
     def __await__(self) -> Generator[Any, None, StateWatch]:
         return self.start().__await__()
@@ -280,21 +291,58 @@ class StateWatch:
         if self._sub is not None or self._done:
             return self
         store: StateStore = await self._get_store()
+        nc = await self._connection()
         task_id, agent_id = self._filter
         if self._state_id is not None:
             current = await store.retrieve(self._state_id)
             task_id, agent_id = current.task_id, current.agent_id
-        if self._since is None:
-            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        else:
-            cfg = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._since + 1
-            )
         subject = watch_subject(task_id, agent_id)
-        self._sub = await store.js.subscribe(
-            subject, stream=STREAM, cb=self._on_msg, ordered_consumer=True, config=cfg
-        )
+
+        async def wake(_: Msg) -> None:
+            self._wake.set()
+
+        self._sub = await nc.subscribe(subject, cb=wake)  # before the starting point is read
+        if self._since is None:
+            self._next = (await store.js.stream_info(STREAM)).state.last_seq + 1
+        else:
+            self._next = self._since + 1
+            self._wake.set()
+        self._reader = asyncio.create_task(self._read(nc, subject, store.settings.request_timeout))
         return self
+
+    async def _read(self, nc: Client, subject: str, timeout: float) -> None:
+        """Read what was committed after ``_next`` each time a commit wakes the watch.
+
+        A wake-up may come before the stream has stored its message, so a read that finds nothing
+        new is repeated after :data:`_SETTLE` delays; a read every :data:`_RECHECK` seconds
+        catches anything a reconnect hid.
+        """
+        while not self._done:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _RECHECK)
+            self._wake.clear()
+            for delay in (0.0, *_SETTLE):
+                if delay:
+                    await asyncio.sleep(delay)
+                if await self._read_new(nc, subject, timeout):
+                    break
+
+    async def _read_new(self, nc: Client, subject: str, timeout: float) -> bool:
+        found = False
+        while not self._done:
+            batch = await retry_transient(
+                lambda: direct_get(
+                    nc, STREAM, {"seq": self._next, "next_by_subj": subject, "batch": 256}, timeout=timeout
+                )
+            )
+            for msg in batch.messages:
+                seq = int((msg.headers or {}).get("Nats-Sequence") or 0)
+                self._next = max(self._next, seq + 1)
+                found = True
+                self._deliver(msg, seq)
+            if not batch.messages or not batch.pending:
+                return found
+        return found
 
     async def aclose(self) -> None:
         """Stop watching; changes already received are still yielded, then the iteration ends."""
@@ -302,12 +350,17 @@ class StateWatch:
         if not self._done:
             self._done = True
             self._queue.put_nowait(None)
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        change = change_from_msg(msg)
+    def _deliver(self, msg: Msg, seq: int) -> None:
+        change = change_from_msg(msg, seq)
         if change is None or self._done:
             return
         if self._state_id is None or change.state.id == self._state_id:

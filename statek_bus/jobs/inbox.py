@@ -296,13 +296,13 @@ async def wake(
         if not changed:
             return await wake(store, inbox, job_id, seq, restart_cancelled=restart_cancelled)
         await _live_again(store, job_id)
-        enqueued = await store.enqueue(job_id, record.step)
+        enqueued = await store.enqueue(job_id, record.step, agent=record.agent)
         return Woken(record, rev, restarted=True, enqueued=enqueued)
     if record.status is JobStatus.SUSPENDED:
-        return Woken(record, rev, enqueued=await store.enqueue(job_id, record.step))
+        return Woken(record, rev, enqueued=await store.enqueue(job_id, record.step, agent=record.agent))
     # READY, WARMING_UP or STARTED: queued or running. A running step holds its unacknowledged work
     # message on the subject (nothing is stored); a job left without one gets it now.
-    return Woken(record, rev, enqueued=await store.enqueue(job_id, record.step, if_absent=True))
+    return Woken(record, rev, enqueued=await store.enqueue(job_id, record.step, agent=record.agent, if_absent=True))
 
 
 async def wake_if_pending(store: JobStore, inbox: JobInbox, record: JobRecord) -> bool:

@@ -4,7 +4,8 @@
   Every change is a compare-and-set on that revision (:meth:`JobStore.transition`), so two
   writers (two executors, an executor and a cancel) can never both commit from the same state.
 - Step ``n`` of a job is run by one work message ``{"job_id", "step": n}`` on
-  ``statek.work.run.<token>``, published with ``Nats-Msg-Id: <token>:<n>`` so a re-publish inside
+  ``statek.work.run.<token(agent)>.<token(job)>`` (only the executors serving that agent consume
+  it; with none, it waits in the stream), published with ``Nats-Msg-Id: <token>:<n>`` so a re-publish inside
   the dedup window (a retried submit, a redelivered step re-queueing its successor) stores nothing.
   A delayed wake-up is an ADR-51 scheduled message that fires into the same subject.
 - Job events go to ``statek.events.jobs.<token>``; the job-log stream captures them, which makes
@@ -152,11 +153,14 @@ class JobStore:
         job_id: str,
         step: int,
         *,
+        agent: str,
         at: datetime | None = None,
         if_absent: bool = False,
         msg_id_suffix: str = "",
     ) -> bool:
-        """Queue step ``step`` of ``job_id`` now, or at ``at`` (a durable ADR-51 scheduled message).
+        """Queue step ``step`` of ``job_id`` (a job of ``agent``) now, or at ``at`` (a durable ADR-51 scheduled message).
+
+        The message goes to the agent's work subject: only executors serving ``agent`` receive it.
 
         With ``if_absent`` the publish is stored only when the job's work subject holds no message
         (``Nats-Expected-Last-Subject-Sequence: 0``: check and publish in one server-side step).
@@ -174,7 +178,7 @@ class JobStore:
                 headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
             try:
                 with unavailable_as_503(f"queueing job {job_id!r}"):
-                    ack = await self.js.publish(work_run_subject(job_id), body, headers=headers)
+                    ack = await self.js.publish(work_run_subject(agent, job_id), body, headers=headers)
             except APIError as exc:
                 if if_absent and exc.err_code == _WRONG_LAST_SEQUENCE:
                     return False  # queued, or being run
@@ -183,13 +187,13 @@ class JobStore:
         when = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
         with unavailable_as_503(f"scheduling job {job_id!r}"):
             await self.js.publish(
-                work_schedule_subject(job_id),
+                work_schedule_subject(agent, job_id),
                 body,
                 headers=tracing.inject(
                     {
                         MSG_ID_HEADER: f"{msg_id}:at",
                         "Nats-Schedule": f"@at {when}",
-                        "Nats-Schedule-Target": work_run_subject(job_id),
+                        "Nats-Schedule-Target": work_run_subject(agent, job_id),
                         TIMER_DUE_HEADER: when,  # passed on to the fired message: lateness
                     }
                 ),

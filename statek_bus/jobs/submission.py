@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -351,10 +352,10 @@ class Submission:
                 existing[rec.id] = (rec, rev)
                 if rec.status is JobStatus.READY and rec.step == 0:
                     retried.append(rec.id)
-        acks = await asyncio.gather(*(self.store.enqueue(j, 0) for j in fresh), return_exceptions=True)
+        acks = await asyncio.gather(*(self.store.enqueue(j, 0, agent=agent) for j in fresh), return_exceptions=True)
         _raise_first(acks)
         if retried:
-            await gather_chunked(retried, self._enqueue_first_step_if_absent)
+            await gather_chunked(retried, functools.partial(self._enqueue_first_step_if_absent, agent))
         self._purge_queue.put_nowait(marker_key)
         tok_of = {rec.id: tok for rec, _, tok in new}
         for job_id in fresh:  # an ack per event would double the round trips; the record is the truth
@@ -384,7 +385,7 @@ class Submission:
         except KeyWrongLastSequenceError:
             return await self.store.create(rec)
 
-    async def _enqueue_first_step_if_absent(self, job_id: str) -> bool:
+    async def _enqueue_first_step_if_absent(self, agent: str, job_id: str) -> bool:
         """Publish step 0 only if the job's work subject holds no message (one atomic publish).
 
         A work-queue message stays in the stream until an executor acks it, which it does only
@@ -392,7 +393,7 @@ class Submission:
         was never stored. The message id is the usual one, so a publish racing with the original
         one is deduplicated.
         """
-        stored = await self.store.enqueue(job_id, 0, if_absent=True)
+        stored = await self.store.enqueue(job_id, 0, agent=agent, if_absent=True)
         if stored:
             log.debug("job %r had no work message: enqueued its first step", job_id)
         return stored
@@ -448,17 +449,17 @@ class Submission:
         passed is stale, which the executor acknowledges without running anything.
         """
         steps = [
-            (rec.id, rec.step)
+            (rec.id, rec.step, rec.agent)
             for rec, _ in records.values()
             if rec.status in (JobStatus.READY, JobStatus.STARTED)
             or (rec.status is JobStatus.SUSPENDED and rec.inbox)
         ]
 
-        async def one(item: tuple[str, int]) -> bool:
-            return await self.store.enqueue(item[0], item[1], if_absent=True)
+        async def one(item: tuple[str, int, str]) -> bool:
+            return await self.store.enqueue(item[0], item[1], agent=item[2], if_absent=True)
 
         stored = await gather_chunked(steps, one)
-        for (job_id, step), ok in zip(steps, stored, strict=True):
+        for (job_id, step, _), ok in zip(steps, stored, strict=True):
             if ok:
                 log.debug("job %r had no work message: enqueued step %d", job_id, step)
         return sum(stored)

@@ -7,7 +7,9 @@ shows up in ``/proc/<pid>/environ`` and in crash reports):
 ==========================  ======================================================================
 setting                     meaning
 ==========================  ======================================================================
-``STATEK_CREDS_FILE``       a ``.creds`` file (user JWT + nkey seed), what ``nats context`` uses
+``STATEK_CREDS_FILE``       a ``.creds`` file (user JWT + nkey seed), what ``nats context`` uses, or
+                            an nkey seed alone (``statek-bus up --auth`` writes those); also
+                            ``NATS_CREDS`` or ``--creds``
 ``STATEK_NKEY_SEED_FILE``   an nkey seed file (``SU...``), for servers that list nkey users
 ``STATEK_USER_FILE``        a file holding the user name (with ``STATEK_PASSWORD_FILE``)
 ``STATEK_PASSWORD_FILE``    a file holding the password
@@ -32,6 +34,9 @@ from statek_bus.mesh.settings import Settings, SettingsError
 __all__ = ["AuthError", "connect_options", "redact_url"]
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@", re.IGNORECASE)
+
+
+_JWT_MARK = "-----BEGIN NATS USER JWT-----"
 
 
 class AuthError(SettingsError):
@@ -81,8 +86,15 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     """
     opts: dict[str, Any] = {}
     if settings.creds_file:
-        _read("STATEK_CREDS_FILE", settings.creds_file)  # fail here, in one line, not in nats-py
-        opts["user_credentials"] = settings.creds_file
+        text = _read("STATEK_CREDS_FILE", settings.creds_file)  # fail here, in one line, not in nats-py
+        if _JWT_MARK in text:
+            opts["user_credentials"] = settings.creds_file
+        elif text.startswith("SU"):  # a user's nkey seed and nothing else
+            opts["nkeys_seed"] = settings.creds_file
+        else:
+            raise AuthError(
+                f"STATEK_CREDS_FILE={settings.creds_file!r} holds neither a user JWT nor an nkey seed"
+            )
     if settings.nkey_seed_file:
         _read("STATEK_NKEY_SEED_FILE", settings.nkey_seed_file)
         opts["nkeys_seed"] = settings.nkey_seed_file

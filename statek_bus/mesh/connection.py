@@ -47,8 +47,12 @@ async def connect(
             ``maximum control line exceeded``), after which it never reconnects.
     """
     holder: list[Client] = []
+    refused: list[Exception] = []  # the server refused this identity (not: nothing listens)
 
     async def error_cb(exc: Exception) -> None:
+        # nats-py reports a refused identity as a bare Error carrying the server's -ERR text
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower():
+            refused.append(exc)
         # a client's failed first connection ends in one error below, not a warning per attempt
         if service or holder:
             log.warning("nats: %s", exc or type(exc).__name__)
@@ -75,6 +79,7 @@ async def connect(
             reconnected_cb=_reconnected_cb,
             closed_cb=closed_cb,
             pending_size=64 * 1024 * 1024,
+            inbox_prefix=settings.inbox_prefix,
             **connect_options(settings),
         )
         holder.append(nc)
@@ -83,6 +88,11 @@ async def connect(
         return nc
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = "nothing answers there" if isinstance(exc, nats.errors.NoServersError) else str(exc)
+        if refused:
+            raise ServiceUnavailableError(
+                f"NATS at {redact_url(settings.nats_url)} refused this identity (authorization violation): "
+                f"give the credentials the mesh issued with NATS_CREDS or --creds (see docs/permissions.md)"
+            ) from None
         raise ServiceUnavailableError(
             f"cannot connect to NATS at {redact_url(settings.nats_url)} ({reason}): "
             f"start a mesh with `statek-bus up`, or point NATS_URL / --nats-url at a running one"

@@ -4,7 +4,8 @@ A service module (``services/<name>.py``) is a :data:`ServiceFactory`: given a
 :class:`ServiceContext` it opens what it needs on ``ctx.stack`` and returns a :class:`ServiceSpec`
 (name, description, endpoints). The runner does the rest, the same way for every service:
 
-- connects (reconnecting forever), provisions storage, registers the micro service with a SemVer
+- connects (reconnecting forever), provisions (``STATEK_PROVISION=auto``) and verifies the storage it
+  uses (one line naming what is missing or forbidden), registers the micro service with a SemVer
   version and a non-empty description (the ``nats`` CLI ignores a service without one);
 - decodes each request with its endpoint's typed decoder (a bad field is a 400 naming it, a body
   over ``max_request_bytes`` a 413, one nested deeper than ``MAX_JSON_DEPTH`` a 400 naming the
@@ -43,7 +44,8 @@ from statek_bus.mesh import metrics, tracing
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.health import Check, HealthServer
 from statek_bus.mesh.micro import EndpointStats, MicroService, StatsData
-from statek_bus.mesh.provision import provision
+from statek_bus.mesh.permissions import SERVICE_ROLES, role
+from statek_bus.mesh.provision import prepare
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError, error_reply
 from statek_bus.wire.messages import check_depth, decode, encode
@@ -287,7 +289,7 @@ async def _running(
     health.nc = nc
     try:
         js = nc.jetstream(timeout=max(5.0, settings.request_timeout))
-        await provision(js, settings)
+        await prepare(js, settings, _streams(name))
         health.provisioned = True
         async with AsyncExitStack() as stack:
             ctx = ServiceContext(settings=settings, nc=nc, js=js, stack=stack, closed=closed)
@@ -306,6 +308,16 @@ async def _running(
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()
+
+
+def _streams(name: str) -> tuple[str, ...]:
+    """The streams service ``name`` uses (docs/permissions.md); a service of another name: all of them."""
+    known = SERVICE_ROLES.get(name)
+    if known is not None:
+        return role(known).streams
+    from statek_bus.mesh.provision import desired_streams, object_store_stream
+
+    return (*(c.name for c in desired_streams(Settings()) if c.name), object_store_stream())
 
 
 EXIT_CONNECTION_LOST = 75

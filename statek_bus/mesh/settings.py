@@ -45,7 +45,14 @@ class Settings:
     log_level: str = "INFO"
     """Python logging level of services."""
     creds_file: str = ""
-    """NATS credentials file (user JWT + nkey seed), as ``nats context`` uses (:mod:`statek_bus.mesh.auth`)."""
+    """NATS credentials file (user JWT + nkey seed, as ``nats context`` uses, or an nkey seed alone:
+    what ``statek-bus up --auth`` writes); env ``STATEK_CREDS_FILE`` or ``NATS_CREDS`` (:mod:`statek_bus.mesh.auth`)."""
+    inbox_prefix: str = "_INBOX"
+    """Prefix of this process's reply subjects; each service's identity may subscribe only its own
+    (``_INBOX_<role>``, docs/permissions.md), so no other identity reads its replies."""
+    provision: str = "auto"
+    """What a service does with storage at start: ``auto`` creates what is missing, then verifies;
+    ``verify`` only checks what it uses exists (run ``statek-bus provision`` first: least privilege)."""
     nkey_seed_file: str = ""
     """File holding an nkey seed, for servers that authorize nkey users."""
     user_file: str = ""
@@ -261,7 +268,11 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(name, raw, type(getattr(_DEFAULTS, f.name)))
+        if "creds_file" not in values and env.get("NATS_CREDS"):
+            values["creds_file"] = env["NATS_CREDS"]  # the name `statek-bus up --auth` prints
         values.update(overrides)
+        if values.get("provision", "auto") not in ("auto", "verify"):
+            raise SettingsError(f"STATEK_PROVISION={values['provision']!r} is not 'auto' or 'verify'")
         raw_level = str(values.get("default_difficulty", "M")).strip().upper()
         level = raw_level[:1]
         if raw_level not in ("L", "M", "H", "LOW", "MEDIUM", "HIGH"):

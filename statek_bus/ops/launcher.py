@@ -126,6 +126,8 @@ class NatsServer:
         routes: route URLs of the other cluster members.
         cluster_name: cluster name.
         lock: hold an exclusive lock on ``data_dir`` so a second server cannot share it.
+        config: a nats-server config file loaded first (``statek-bus up --auth``: the account and
+            its users); the options above still apply over it.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class NatsServer:
         routes: list[str] | None = None,
         cluster_name: str = "statek",
         lock: bool = True,
+        config: str | Path | None = None,
     ) -> None:
         self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="statek-nats-")
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp or "")
@@ -147,6 +150,7 @@ class NatsServer:
         self.routes = routes or []
         self.cluster_name = cluster_name
         self._lock = lock
+        self.config = Path(config) if config is not None else None
         self._lock_file: IO[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawned: subprocess.Popen[bytes] | None = None  # kept through stop, for force_kill
@@ -194,6 +198,8 @@ class NatsServer:
             "-sd", str(self.data_dir / "jetstream"),
             "--ports_file_dir", str(ports_dir),
         ]  # fmt: skip
+        if self.config is not None:
+            args += ["-c", str(self.config)]
         if self.name:
             args += ["-n", self.name]
         if self.cluster_port:

@@ -1,6 +1,7 @@
 """Running the mesh: service processes, readiness by ``$SRV.PING``, ``statek-bus up`` and ``serve``.
 
-``up`` starts an embedded nats-server (unless given ``--nats-url``), provisions storage, starts
+``up`` starts an embedded nats-server (unless given ``--nats-url``; with ``--auth`` one that
+authenticates every connection, each service as its own least-privilege user), provisions storage, starts
 each service as its own process (``python -m statek_bus serve <name>``, what a Kubernetes
 Deployment runs), waits until every one of *its own* processes answers ``$SRV.PING`` (each carries
 a launch id in its metadata, so another mesh's instances on the same server do not count), prints
@@ -29,6 +30,7 @@ import anyio
 
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.discovery import ping
+from statek_bus.mesh.permissions import ADMIN, CLIENT, role
 from statek_bus.mesh.provision import provision
 from statek_bus.mesh.service import (
     ServiceContext,
@@ -38,6 +40,7 @@ from statek_bus.mesh.service import (
     running_service,
 )
 from statek_bus.mesh.settings import Settings
+from statek_bus.ops.credentials import Identities, identities
 from statek_bus.ops.launcher import LauncherError, NatsServer, die_with_parent, terminate
 from statek_bus.ops.signals import StopSignals
 from statek_bus.provider.redaction import secret_env_names
@@ -107,6 +110,7 @@ class ServiceProcess:
         args: extra ``serve`` arguments (``--agents module:attr``).
         env: extra environment variables (``STATEK_*`` settings).
         log_path: where its stdout/stderr go (inherited when ``None``).
+        probe_creds: credentials the readiness probe connects with (a mesh with auth: the client's).
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class ServiceProcess:
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         log_path: str | Path | None = None,
+        probe_creds: str = "",
     ) -> None:
         if kind not in SERVICE_KINDS:
             raise ValueError(f"unknown service {kind!r}; expected one of {', '.join(SERVICE_KINDS)}")
@@ -125,6 +130,7 @@ class ServiceProcess:
         self.args = list(args)
         self.env = dict(env or {})
         self.log_path = Path(log_path) if log_path else None
+        self.probe_creds = probe_creds
         self.proc: subprocess.Popen[bytes] | None = None
         self._spawned: subprocess.Popen[bytes] | None = None  # kept through stop, for force_kill
         self.launch_id = uuid.uuid4().hex
@@ -159,6 +165,8 @@ class ServiceProcess:
         """Wait until this process's own instance answers ``$SRV.PING`` (by its launch id)."""
         assert self.proc is not None
         settings = Settings.from_env(nats_url=self.nats_url)
+        if self.probe_creds:
+            settings = settings.replace(creds_file=self.probe_creds)
         nc = await connect(settings, name="statek-up")
         try:
             deadline = time.monotonic() + timeout
@@ -226,6 +234,9 @@ class Mesh:
         agents: ``module:attr`` of the executor's agents.
         env: extra environment for the service processes.
         log_dir: where each process writes ``<kind>.log`` (inherit stdout when ``None``).
+        auth: the embedded server authenticates every connection: one nkey user per role of the
+            permission matrix (:mod:`statek_bus.ops.credentials`), storage provisioned as the
+            administrator, each service with only its own permissions (``STATEK_PROVISION=verify``).
     """
 
     def __init__(
@@ -239,9 +250,14 @@ class Mesh:
         agents: str | None = None,
         env: dict[str, str] | None = None,
         log_dir: str | Path | None = None,
+        auth: bool = False,
     ) -> None:
+        if auth and not embedded:
+            raise LauncherError("--auth configures the embedded server: it cannot be combined with --nats-url")
         self.settings = settings
         self.server = NatsServer(data_dir=data_dir, port=port) if embedded else None
+        self.auth = auth
+        self.identities: Identities | None = None
         self.kinds = list(kinds)
         self.agents = agents
         self.env = env or {}
@@ -253,20 +269,37 @@ class Mesh:
         """URL of the mesh's NATS server."""
         return self.server.url if self.server else self.settings.nats_url
 
+    def creds(self, role: str) -> str:
+        """The credentials file of ``role`` (``client``, ``admin``, a service) in a mesh with auth, else ``""``."""
+        return str(self.identities.seed_file(role)) if self.identities is not None else ""
+
     async def __aenter__(self) -> Mesh:
         try:
             if self.server:
+                if self.auth:
+                    self.identities = identities(self.server.data_dir)
+                    self.server.config = self.identities.server_config
                 await self.server.start()
-            nc = await connect(self.settings.replace(nats_url=self.nats_url), name="statek-up")
+            admin = self.settings.replace(nats_url=self.nats_url)
+            if self.auth:
+                admin = admin.replace(creds_file=self.creds(ADMIN), inbox_prefix="_INBOX")
+            nc = await connect(admin, name="statek-provision")
             try:
-                await provision(nc.jetstream(), self.settings)
+                await provision(nc.jetstream(), admin)
             finally:
                 await nc.close()
             for kind in self.kinds:
                 args = ["--agents", self.agents] if kind == "executor" and self.agents else []
                 log_path = self.log_dir / f"{kind}.log" if self.log_dir else None
+                env = dict(self.env)
+                if self.auth:
+                    env.update(
+                        STATEK_CREDS_FILE=self.creds(kind),
+                        STATEK_INBOX_PREFIX=role(kind).inbox_prefix,
+                        STATEK_PROVISION="verify",
+                    )
                 self.services[kind] = ServiceProcess(
-                    kind, self.nats_url, args=args, env=self.env, log_path=log_path
+                    kind, self.nats_url, args=args, env=env, log_path=log_path, probe_creds=self.creds(CLIENT)
                 )
                 self.services[kind].spawn()
             async with anyio.create_task_group() as tg:
@@ -315,15 +348,20 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-async def up(settings: Settings, *, embedded: bool, data_dir: str, port: int, agents: str | None) -> bool:
-    """``statek-bus up``: run the mesh until SIGTERM/SIGINT.
+async def up(
+    settings: Settings, *, embedded: bool, data_dir: str, port: int, agents: str | None, auth: bool = False
+) -> bool:
+    """``statek-bus up``: run the mesh until SIGTERM/SIGINT (``auth``: see :class:`Mesh`).
+
+    Prints ``NATS_URL=...`` once it is ready, and with ``auth`` then ``NATS_CREDS=<the client's
+    credentials file>``.
 
     Returns:
         ``True`` once it served and stopped on a signal; ``False`` when a signal cut its start short.
     """
     if agents:
         check_agents(agents)
-    mesh = Mesh(settings, embedded=embedded, data_dir=data_dir, port=port, agents=agents)
+    mesh = Mesh(settings, embedded=embedded, data_dir=data_dir, port=port, agents=agents, auth=auth)
     async with StopSignals() as signals, contextlib.AsyncExitStack() as stack:
         signals.on_force(mesh.force_kill)
         with signals.cancelling() as starting:
@@ -331,6 +369,8 @@ async def up(settings: Settings, *, embedded: bool, data_dir: str, port: int, ag
         if starting.cancelled_caught:
             return False
         print(f"NATS_URL={mesh.nats_url}", flush=True)
+        if auth:
+            print(f"NATS_CREDS={mesh.creds(CLIENT)}", flush=True)
         await signals.wait()
     return True
 

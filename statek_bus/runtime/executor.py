@@ -1,8 +1,13 @@
 """The executor: pulls job steps from the work queue, runs them, commits them, acknowledges them.
 
-One durable pull consumer (``statek_executors``) is shared by every replica. This module keeps
-one pull request outstanding per free slot and dispatches messages as they arrive (a blocking
-``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per step), so up to
+Work is routed by agent: each agent has one durable pull consumer (``statek_agent_<agent>``),
+shared by every replica that serves it, and an executor pulls only from the consumers of its own
+agents (:class:`_Queue`), creating or updating them at start with its delivery settings. This
+module keeps pull requests outstanding for its free slots and dispatches messages as they arrive
+(a blocking ``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per
+step). With several agents, each queue always has a pull outstanding and the credit goes to the
+queues that delivered work lately: an idle agent's queue holds one slot of credit, not a share.
+So up to
 ``max_concurrency`` steps run code at once; a step waiting on the model no longer counts (up to
 ``model_waits_per_slot`` such steps per slot, a setting), so a slow model does not keep other jobs' code
 from running. A step:
@@ -58,6 +63,7 @@ from statek_bus.jobs.jobdefs import JobDefStore
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics, tracing
 from statek_bus.mesh.logs import job_context
+from statek_bus.mesh.provision import configure_work_consumers
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import trace as agent_trace
 from statek_bus.runtime import wakeups as waits
@@ -91,10 +97,10 @@ from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
     MSG_ID_HEADER,
     TIMER_DUE_HEADER,
-    WORK_CONSUMER,
     WORK_STREAM,
     job_events_subject,
     token,
+    work_consumer,
 )
 from statek_bus.wire.values import TypeRegistry
 
@@ -123,9 +129,10 @@ class _Slots:
     A step runs its pending code first and calls the model last (:mod:`statek_bus.runtime.engine`);
     once it waits on the provider it holds no code-runner thread and runs no more code, so it gives
     its slot back (:class:`_ModelWaits`) and the pull loop may take another step in its place. The
-    rest of that step (the reply parsed, the commit, the publishes) needs no slot. ``held``
-    plus the outstanding pull credit never exceeds the size, so at most ``max_concurrency`` steps
-    run code at once, and steps in flight stay bounded by ``settings.model_waits_per_slot`` more per slot:
+    rest of that step (the reply parsed, the commit, the publishes) needs no slot. The pull loop
+    asks for no more reserved credit than ``size - held``; a message that still finds every slot
+    held (an idle agent's listening pull reserves none) waits for one, so at most
+    ``max_concurrency`` steps run code at once, and steps in flight stay bounded by ``settings.model_waits_per_slot`` more per slot:
     with a slow model, in-flight model calls set the throughput, not slots.
     """
 
@@ -134,19 +141,77 @@ class _Slots:
         self.held = 0
         self._outstanding = outstanding
         self._wake = wake
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
     def free(self) -> int:
         """Slots the pull loop may ask messages for."""
-        return self.size - self.held - self._outstanding()
+        return self.size - self.held - self._outstanding() - len(self._waiting)
 
-    def take(self) -> None:
-        """A delivered message takes the slot its pull credit reserved."""
-        self.held += 1
+    def try_take(self) -> bool:
+        """Take a slot for a delivered message if one is free now (its credit normally reserved one)."""
+        if self.held < self.size and not self._waiting:
+            self.held += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Wait for a slot: a message came while every slot is held (a listening pull's message took
+        one its credit did not reserve), so at most ``size`` steps run code, whatever was pulled."""
+        if self.try_take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        try:
+            await fut  # release() hands its slot over: ``held`` is already counted
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()
+            else:
+                self._waiting.remove(fut)
+            raise
 
     def release(self) -> None:
-        """Give a slot back (the step ended, or waits on the model now)."""
+        """Give a slot back (the step ended, or waits on the model now): to a waiting step first."""
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
         self.held -= 1
         self._wake.set()
+
+
+class _Queue:
+    """One agent's work consumer as this executor pulls from it."""
+
+    def __init__(self, agent: str, index: int, deliver: str) -> None:
+        self.agent = agent
+        self.consumer = work_consumer(agent)
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{self.consumer}"
+        self.reply = f"{deliver}.{index}"
+        self.pulls: deque[list[float]] = deque()  # [issued_at, remaining, reserved] per pull request
+        self.last_message = -1e9  # monotonic time a message last came
+
+    def outstanding(self) -> int:
+        """Credit of this queue's pull requests not yet used that reserves slots."""
+        return int(sum(r[1] for r in self.pulls if r[2]))
+
+    def busy(self, now: float) -> bool:
+        """Whether it delivered work within the last pull lifetime."""
+        return now - self.last_message <= _PULL_EXPIRES
+
+    def expire(self, now: float) -> None:
+        """Forget pull requests that expired without a status we saw: their credit is free again."""
+        while self.pulls and now - self.pulls[0][0] > _PULL_EXPIRES + 1.0:
+            self.pulls.popleft()
+
+    def used_one(self) -> None:
+        """A message came for the oldest pull request (the server serves them in order)."""
+        self.last_message = time.monotonic()
+        if self.pulls:
+            self.pulls[0][1] -= 1
+            if self.pulls[0][1] <= 0:
+                self.pulls.popleft()
 
 
 class _ModelWaits:
@@ -187,7 +252,7 @@ _step_view: contextvars.ContextVar[KnowledgeView | None] = contextvars.ContextVa
 
 
 class Executor:
-    """Runs job steps from the shared work queue (an async context manager).
+    """Runs job steps of the agents it serves, from their work queues (an async context manager).
 
     Args:
         nc: the service's connection.
@@ -225,13 +290,13 @@ class Executor:
         self.in_flight: dict[int, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._pulls: deque[list[float]] = deque()  # [issued_at, remaining] per pull request
+        self._queues: list[_Queue] = []
+        self._by_consumer: dict[str, _Queue] = {}
         self._wake = asyncio.Event()
         self._slots = _Slots(settings.max_concurrency, self._outstanding, self._wake)
         self.engine = StepEngine(
             settings, self.runner, _ModelWaits(self.model, self._slots), self._session, self._save_workspace
         )
-        self._deliver = ""
         self._sub: Any = None
         self._loop_task: asyncio.Task[None] | None = None
         self._hb_task: asyncio.Task[None] | None = None
@@ -252,8 +317,11 @@ class Executor:
         )
         self.knowledge = await watcher.__aenter__()
         await self.register_agents()
-        self._deliver = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._deliver, cb=self._on_msg)
+        await configure_work_consumers(self.js, self.settings, sorted(self.agents))
+        deliver = self.nc.new_inbox()
+        self._queues = [_Queue(agent, i, deliver) for i, agent in enumerate(sorted(self.agents))]
+        self._by_consumer = {q.consumer: q for q in self._queues}
+        self._sub = await self.nc.subscribe(f"{deliver}.*", cb=self._on_msg)
         self._loop_task = asyncio.create_task(self._pull_loop(), name="statek-executor-pull")
         self._hb_task = asyncio.create_task(self._heartbeats(), name="statek-executor-heartbeat")
         return self
@@ -320,8 +388,8 @@ class Executor:
         calm = 0
         while calm < quiet:
             await asyncio.sleep(poll)
-            info = await self.js.consumer_info(WORK_STREAM, WORK_CONSUMER)
-            busy = self._tasks or info.num_pending or info.num_ack_pending
+            infos = [await self.js.consumer_info(WORK_STREAM, q.consumer) for q in self._queues]
+            busy = self._tasks or any(i.num_pending or i.num_ack_pending for i in infos)
             calm = 0 if busy else calm + 1
 
     def status(self) -> ExecutorStatus:
@@ -360,26 +428,49 @@ class Executor:
 
     # --- pulling -----------------------------------------------------------------------------------
     def _outstanding(self) -> int:
-        return int(sum(r[1] for r in self._pulls))
+        return sum(q.outstanding() for q in self._queues)
+
+    def _pick(self, free: int, threshold: int, now: float) -> tuple[_Queue, int, bool] | None:
+        """The queue to ask next, for how many messages, and whether they reserve slots; or ``None``.
+
+        Every queue always has a pull outstanding, busy ones (a message within a pull lifetime; a
+        sole queue always is) first: a busy queue asks for its share of the free slots; an idle
+        one, or any queue while no slot is free, keeps one *listening* pull of one message that
+        reserves no slot (its message may have to wait for one: :meth:`_Slots.acquire`), so every
+        agent is listened for however many agents share few slots. Then, once ``threshold`` slots
+        are free, the busy queue with the least credit asks for more.
+        """
+        batch = max(1, self.settings.fetch_batch)
+        sole = len(self._queues) == 1
+        busy = [q for q in self._queues if sole or q.busy(now)]
+        for q in (*busy, *(q for q in self._queues if q not in busy)):
+            if not q.pulls:
+                if free > 0 and q in busy:
+                    return q, min(free, batch), True
+                return q, 1, False
+        if busy and free >= threshold:
+            q = min(busy, key=lambda b: b.outstanding())
+            return q, min(free, batch), True
+        return None
 
     async def _pull_loop(self) -> None:
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{WORK_CONSUMER}"
         window = self.settings.max_concurrency
         ceiling = window * (1 + self.settings.model_waits_per_slot)
-        batch = max(1, self.settings.fetch_batch)
+        threshold = min(max(1, self.settings.fetch_batch), max(1, window // 2))
         while not self._stopped():
             now = time.monotonic()
-            while self._pulls and now - self._pulls[0][0] > _PULL_EXPIRES + 1.0:
-                self._pulls.popleft()  # expired without a status we saw: release its credit
+            for q in self._queues:
+                q.expire(now)
             free = min(self._slots.free(), ceiling - len(self._tasks) - self._outstanding())
-            if free >= min(batch, max(1, window // 2)) or (free > 0 and not self._pulls):
-                n = min(free, batch)
+            picked = self._pick(free, threshold, now)
+            if picked is not None:
+                q, n, reserved = picked
                 req = {"batch": n, "expires": int(_PULL_EXPIRES * 1e9)}
-                self._pulls.append([now, n])
+                q.pulls.append([now, n, reserved])
                 try:
-                    await self.nc.publish(subject, json.dumps(req).encode(), reply=self._deliver)
+                    await self.nc.publish(q.subject, json.dumps(req).encode(), reply=q.reply)
                 except Exception:
-                    self._pulls.pop()
+                    q.pulls.pop()
                     log.warning("pull request failed", exc_info=True)
                     await asyncio.sleep(0.5)
                 continue
@@ -387,33 +478,40 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
 
+    def _queue_of(self, msg: Msg) -> _Queue | None:
+        # a status reply comes on the pull's own reply subject (``<inbox>.<index>``); a message keeps
+        # its stream subject, and its ack subject names the consumer it came from
+        if msg.reply.startswith("$JS.ACK."):
+            return self._by_consumer.get(msg.metadata.consumer)
+        index = msg.subject.rsplit(".", 1)[-1]
+        return self._queues[int(index)] if index.isdigit() and int(index) < len(self._queues) else None
+
     async def _on_msg(self, msg: Msg) -> None:
+        queue = self._queue_of(msg)
         if msg.headers and msg.headers.get("Status"):
-            self._on_status(msg)
+            self._on_status(msg, queue)
             return
-        if self._pulls:
-            self._pulls[0][1] -= 1
-            if self._pulls[0][1] <= 0:
-                self._pulls.popleft()
+        if queue is not None:
+            queue.used_one()
+        self._wake.set()
         if self._stopped():
             with contextlib.suppress(Exception):
                 await msg.nak()  # back to the queue now, for a replica that is not stopping
             return
         self._ids += 1
         key = self._ids
-        self._slots.take()
-        self.in_flight[key] = _InFlight(msg)
+        self.in_flight[key] = _InFlight(msg, holds_slot=self._slots.try_take())
         metrics.STEPS_IN_FLIGHT.inc()
         task = asyncio.create_task(self._handle(key, msg))
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._done, key=key))
 
-    def _on_status(self, msg: Msg) -> None:
-        # 408 (expired), 409 (max waiting, leadership change...) and 404 end the oldest pull request
-        # (the server serves and expires them in order): its remaining credit is free again.
+    def _on_status(self, msg: Msg, queue: _Queue | None) -> None:
+        # 408 (expired), 409 (max waiting, leadership change...) and 404 end the queue's oldest pull
+        # request (the server serves and expires them in order): its remaining credit is free again.
         status = (msg.headers or {}).get("Status", "")
-        if status in ("408", "409", "404") and self._pulls:
-            self._pulls.popleft()
+        if status in ("408", "409", "404") and queue is not None and queue.pulls:
+            queue.pulls.popleft()
         self._wake.set()
 
     def _done(self, task: asyncio.Task[None], *, key: int) -> None:
@@ -448,6 +546,9 @@ class Executor:
             return
         flight = self.in_flight.get(key)
         if flight is not None:
+            if not flight.holds_slot:  # every slot is held (a listening pull's message took one): wait
+                await self._slots.acquire()
+                flight.holds_slot = True
             flight.job_id, flight.step = work.job_id, work.step
             _flight.set(flight)
         if msg.reply and (msg.metadata.num_delivered or 1) > 1:
@@ -507,8 +608,8 @@ class Executor:
             return
         view = self.knowledge.view if self.knowledge is not None else None  # one version for the step
         agent = (view.agents if view is not None else self.agents).get(record.agent)
-        if agent is None:
-            await self._fail_job(work, f"agent {record.agent!r} is not served by this executor")
+        if agent is None:  # not on its agent's subject (a message written by hand): route it there
+            await self.store.enqueue(record.id, record.step, agent=record.agent, msg_id_suffix="routed")
             await msg.ack()
             return
         if fetched and fetched[-1].seq <= record.inbox_seq:  # a window of consumed items not purged yet
@@ -597,7 +698,7 @@ class Executor:
         """A redelivered or duplicate message: make sure a running job's current step is queued."""
         assert self.store is not None
         if record.step > work.step and record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step))
+            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step, agent=record.agent))
         elif record.step > work.step:  # DONE or SUSPENDED: repeat the wake-ups it owes (idempotent)
             await asyncio.gather(self._publish_events(record), waits.on_stale(self.store, self.inbox, record))
 
@@ -661,7 +762,7 @@ class Executor:
             waits.after_commit(self.store, self.inbox, record, state),
         ]
         if record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
-            work.append(self.store.enqueue(record.id, record.step))
+            work.append(self.store.enqueue(record.id, record.step, agent=record.agent))
         if consumed_from is not None and record.inbox_seq > consumed_from:
             work.append(self._purge_inbox(record))
         await asyncio.gather(*work)

@@ -88,20 +88,20 @@ async def rearm(
 ) -> None:
     """Queue a SUSPENDED job now if something already woke it, else arm its timer, if any."""
     if record.inbox or await inbox.last_seq(record.id) > record.inbox_seq:
-        await store.enqueue(record.id, record.step)
+        await store.enqueue(record.id, record.step, agent=record.agent)
         return
     wait = (state or load_state(record)).wait
     if wait is None:
-        await store.enqueue(record.id, record.step)  # nothing to wait for: let the step sort it out
+        await store.enqueue(record.id, record.step, agent=record.agent)  # nothing to wait for: let the step sort it out
         return
     ahead = [d for d in wait.due if wait.checked_at is None or d > wait.checked_at]
     if not ahead:
         return
     due = min(ahead)
     if due <= utcnow() + _NOW_MARGIN:
-        await store.enqueue(record.id, record.step)
+        await store.enqueue(record.id, record.step, agent=record.agent)
     else:
-        await store.enqueue(record.id, record.step, at=due)
+        await store.enqueue(record.id, record.step, agent=record.agent, at=due)
 
 
 async def child_done(store: JobStore, child: JobRecord) -> None:
@@ -151,7 +151,7 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
     if not changed:
         return
     if wake:
-        await store.enqueue(parent.id, parent.step)
+        await store.enqueue(parent.id, parent.step, agent=parent.agent)
     if usage_added and parent.parent_id:
         await _report(store, parent, note=False)  # the grandparent's total includes it too
 
@@ -194,4 +194,4 @@ async def deliver_subtask(store: JobStore, child: JobRecord) -> None:
     except NotFoundError:
         return
     if changed and enqueue:
-        await store.enqueue(parent.id, parent.step)
+        await store.enqueue(parent.id, parent.step, agent=parent.agent)

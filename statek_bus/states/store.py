@@ -551,12 +551,16 @@ def watch_subject(task_id: str | None, agent_id: str | None) -> str:
     return f"{_PRE}state.{t}.{a}"
 
 
-def change_from_msg(msg: Msg) -> StateChange | None:
-    """The change a primary-record message carries (``None``: a server expiry marker)."""
+def change_from_msg(msg: Msg, seq: int | None = None) -> StateChange | None:
+    """The change a primary-record message carries (``None``: a server expiry marker).
+
+    ``seq``: its stream sequence, for a message read by a direct get (which has no JetStream metadata).
+    """
     hdrs = msg.headers or {}
     if not msg.data or _MARKER in hdrs:
         return None
-    seq = msg.metadata.sequence.stream
+    if seq is None:
+        seq = msg.metadata.sequence.stream
     if _KV_OP in hdrs:  # our deletion marker carries the State as it was, revision included
         return StateChange(op="delete", state=_state_dec.decode(msg.data), revision=seq)
     rec = _rec_dec.decode(msg.data)

@@ -16,6 +16,7 @@ __all__ = [
     "AGENTS_BUCKET",
     "AGENTS_GET",
     "AGENTS_LIST",
+    "AGENTS_REQUESTS",
     "AGENT_EVENTS_PREFIX",
     "AGENT_EVENTS_STREAM",
     "CONTEXT_BUCKET",
@@ -33,6 +34,7 @@ __all__ = [
     "JOBS_GET",
     "JOBS_HISTORY",
     "JOBS_LIST",
+    "JOBS_REQUESTS",
     "JOBS_SEND_MESSAGE",
     "JOBS_SEND_NOTIFICATION",
     "JOBS_SUBMIT",
@@ -42,9 +44,11 @@ __all__ = [
     "KNOWLEDGE_MANIFEST_KEY",
     "KNOWLEDGE_SERVED_KEYS",
     "KV_OPERATION_HEADER",
+    "LEGACY_WORK_CONSUMER",
     "LIVE_INDEX_PREFIX",
     "LLM_COMPLETE",
     "LLM_MODELS",
+    "LLM_REQUESTS",
     "MSG_ID_HEADER",
     "OBJECT_STORE_BUCKET",
     "PENDING_PREFIX",
@@ -59,12 +63,13 @@ __all__ = [
     "STATES_GET_OR_CREATE",
     "STATES_HISTORY",
     "STATES_LIST",
+    "STATES_REQUESTS",
     "STATES_RETRIEVE",
     "STATES_UPDATE",
     "TIMER_DUE_HEADER",
     "TRACEPARENT_HEADER",
     "TRACE_ID_HEADER",
-    "WORK_CONSUMER",
+    "WORK_CONSUMER_PREFIX",
     "WORK_RUN_PREFIX",
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
@@ -80,6 +85,8 @@ __all__ = [
     "knowledge_served_key",
     "token",
     "untoken",
+    "work_consumer",
+    "work_filter",
     "work_run_subject",
     "work_schedule_subject",
 ]
@@ -114,13 +121,24 @@ LLM_COMPLETE = "statek.llm.complete"
 LLM_MODELS = "statek.llm.models"
 EXECUTOR_STATUS = "statek.executor.status"
 
+# --- request families (permissions: docs/permissions.md) -------------------------------------------
+JOBS_REQUESTS = "statek.jobs.*"
+"""Every jobs request subject."""
+AGENTS_REQUESTS = "statek.agents.*"
+"""Every agents request subject."""
+STATES_REQUESTS = "statek.states.*"
+"""Every States API request subject."""
+LLM_REQUESTS = "statek.llm.*"
+"""Every provider request subject."""
+
 # --- published subjects ----------------------------------------------------------------------------
 EVENTS_PREFIX = "statek.events.jobs"
 """Job events (status changes, console lines, chat messages): ``statek.events.jobs.<token(job_id)>``."""
 WORK_RUN_PREFIX = "statek.work.run"
-"""Work-queue messages that run a job's next step: ``statek.work.run.<token(job_id)>``."""
+"""Work-queue messages that run a job's next step: ``statek.work.run.<token(agent)>.<token(job_id)>``."""
 WORK_SCHEDULE_PREFIX = "statek.work.sched"
-"""Scheduled (delayed) work messages; outside the consumer's filter, they fire into ``WORK_RUN_PREFIX``."""
+"""Scheduled (delayed) work messages ``statek.work.sched.<token(agent)>.<token(job_id)>``; outside every
+consumer's filter, they fire into the job's ``WORK_RUN_PREFIX`` subject."""
 AGENT_EVENTS_PREFIX = "statek.agents.events"
 """An agent's queue: ``statek.agents.events.<token(role)>``; each event (any JSON) creates one job."""
 INBOX_PREFIX = "statek.inbox"
@@ -140,8 +158,11 @@ KNOWLEDGE_MANIFEST_KEY = "manifest"
 KNOWLEDGE_SERVED_KEYS = "served.*"
 """``statek_knowledge`` keys ``served.<instance>``: what each executor serves (:func:`knowledge_served_key`)."""
 WORK_STREAM = "statek_work"
-"""WorkQueue stream of job steps; one durable pull consumer (:data:`WORK_CONSUMER`) shared by executors."""
-WORK_CONSUMER = "statek_executors"
+"""WorkQueue stream of job steps; one durable pull consumer per agent (:func:`work_consumer`)."""
+WORK_CONSUMER_PREFIX = "statek_agent_"
+"""Durable work consumers are ``statek_agent_<token(agent)>``, filtered on that agent's work subjects."""
+LEGACY_WORK_CONSUMER = "statek_executors"
+"""The single work consumer of versions before executor pools (``statek-bus provision`` removes it)."""
 CONTEXT_BUCKET = "statek_context"
 """Shared contexts (STATEK's ``init_shared_context``): one key per context, ``ctx.<token(spec)>...``."""
 AGENT_EVENTS_STREAM = "statek_agent_events"
@@ -237,14 +258,24 @@ def job_events_subject(job_id: str) -> str:
     return f"{EVENTS_PREFIX}.{token(job_id)}"
 
 
-def work_run_subject(job_id: str) -> str:
-    """Work-queue subject that runs ``job_id``'s next step."""
-    return f"{WORK_RUN_PREFIX}.{token(job_id)}"
+def work_run_subject(agent: str, job_id: str) -> str:
+    """Work-queue subject that runs ``job_id``'s next step; only executors serving ``agent`` consume it."""
+    return f"{WORK_RUN_PREFIX}.{token(agent)}.{token(job_id)}"
 
 
-def work_schedule_subject(job_id: str) -> str:
+def work_schedule_subject(agent: str, job_id: str) -> str:
     """Schedule subject for a delayed wake-up of ``job_id`` (ADR-51 message scheduling)."""
-    return f"{WORK_SCHEDULE_PREFIX}.{token(job_id)}"
+    return f"{WORK_SCHEDULE_PREFIX}.{token(agent)}.{token(job_id)}"
+
+
+def work_filter(agent: str) -> str:
+    """The filter subject of ``agent``'s work consumer: every job of that agent."""
+    return f"{WORK_RUN_PREFIX}.{token(agent)}.*"
+
+
+def work_consumer(agent: str) -> str:
+    """Name of the durable work consumer every executor serving ``agent`` pulls from."""
+    return f"{WORK_CONSUMER_PREFIX}{token(agent)}"
 
 
 def context_key(specs: list[str]) -> str:

@@ -54,6 +54,7 @@ from statek_bus.wire.subjects import (
     WORK_STREAM,
     job_events_subject,
     token,
+    untoken,
     work_run_subject,
 )
 
@@ -70,7 +71,12 @@ async def work_counts(js: JetStreamContext, job_ids: list[str]) -> dict[str, int
     """How many work messages each job has in the work stream."""
     info = await js.stream_info(WORK_STREAM, subjects_filter=f"{WORK_RUN_PREFIX}.>")
     subjects = info.state.subjects or {}
-    return {j: subjects.get(work_run_subject(j), 0) for j in job_ids}
+    counts = {j: 0 for j in job_ids}
+    for subject, n in subjects.items():  # statek.work.run.<agent>.<job>
+        job = untoken(subject.rsplit(".", 1)[-1])
+        if job in counts:
+            counts[job] += n
+    return counts
 
 
 async def finish(js: JetStreamContext, job_id: str, exit_status: str = "ok") -> None:
@@ -330,8 +336,8 @@ async def test_message_to_done_job_restarts_it_and_wakes_suspended(
     rec, _ = await store.get(job.id)
     queued = await JobInbox(service.nc, js, Settings()).read(job.id, rec.inbox_seq, room=100_000)
     assert [(i.event.kind, i.event.text) for i in queued] == [("message", "Thanks! One more thing…")]
-    info = await js.stream_info(WORK_STREAM, subjects_filter=work_run_subject(job.id))
-    assert (info.state.subjects or {})[work_run_subject(job.id)] == 2  # step 0, then the restart
+    info = await js.stream_info(WORK_STREAM, subjects_filter=work_run_subject(job.agent, job.id))
+    assert (info.state.subjects or {})[work_run_subject(job.agent, job.id)] == 2  # step 0, then the restart
 
     sleeper = await client.jobs.submit(agent)
     await set_status(js, sleeper.id, JobStatus.SUSPENDED)

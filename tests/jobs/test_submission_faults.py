@@ -35,7 +35,14 @@ from statek_bus.wire.messages import (
     JobStatus,
     SubmitRequest,
 )
-from statek_bus.wire.subjects import AGENTS_BUCKET, JOBS_SUBMIT_BATCH, WORK_STREAM, job_key, work_run_subject
+from statek_bus.wire.subjects import (
+    AGENTS_BUCKET,
+    JOBS_SUBMIT_BATCH,
+    WORK_RUN_PREFIX,
+    WORK_STREAM,
+    job_key,
+    token,
+)
 from tests.jobs.test_submission import agent, client, finish, register_agent, service, work_counts
 
 __all__ = ["agent", "client", "service"]  # fixtures shared with test_submission
@@ -156,7 +163,7 @@ class _EnqueueFailsOnce(JobStore):
 async def _done_job_whose_restart_lost_its_work_message(
     nc: Client, js: JetStreamContext, settings: Settings, job_id: str
 ) -> Submission:
-    await js.purge_stream(WORK_STREAM, subject=work_run_subject(job_id))  # an executor ran step 0
+    await js.purge_stream(WORK_STREAM, subject=f"{WORK_RUN_PREFIX}.*.{token(job_id)}")  # an executor ran step 0
     await finish(js, job_id)
     store = await JobStore.open(js)
     sub = Submission(
@@ -238,5 +245,5 @@ async def _legacy_job(js: Any, job_id: str) -> str:
     store = await JobStore.open(js)
     now = utcnow()
     await store.create(JobRecord(id=job_id, agent="idle", created_at=now, updated_at=now))
-    await store.enqueue(job_id, 0)
+    await store.enqueue(job_id, 0, agent="idle")
     return job_id

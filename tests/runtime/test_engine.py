@@ -164,7 +164,7 @@ async def test_message_restarts_a_done_job(mesh: Settings, nc: Client) -> None:
         return r
 
     record, _, _ = await store.transition(job, restart)
-    await store.enqueue(job, record.step)
+    await store.enqueue(job, record.step, agent=record.agent)
     await asyncio.sleep(0.05)
     record = await wait_done(js, job)
     assert record.exit_status == "second"

@@ -37,7 +37,7 @@ from statek_bus.runtime.executor import Executor
 from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.sandbox.restricted import SandboxPolicy
 from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
-from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
+from statek_bus.wire.subjects import WORK_RUN_PREFIX, WORK_STREAM, token
 from tests.agents_fixture import AGENTS_SPEC, MARKS, console, services, submit, wait_done
 
 
@@ -59,7 +59,7 @@ class _Msg:
 
 async def _last_work(js: Any, job_id: str) -> WorkMessage | None:
     try:
-        msg = await js.get_last_msg(WORK_STREAM, work_run_subject(job_id))
+        msg = await js.get_last_msg(WORK_STREAM, f"{WORK_RUN_PREFIX}.*.{token(job_id)}")
     except Exception:
         return None
     return decode(msg.data, WorkMessage)

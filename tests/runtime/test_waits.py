@@ -94,7 +94,7 @@ async def test_children_inherit_the_parent_locale_unless_given_one(
     now = utcnow()
     job = f"loc-{uid}"
     await store.create(JobRecord(id=job, agent="t_w_locale", locale="pl-PL", created_at=now, updated_at=now))
-    await store.enqueue(job, 0)
+    await store.enqueue(job, 0, agent="t_w_locale")
     record = await wait_done(js, job)
     assert record.exit_status == "ok"
     inherited, _ = await store.get(f"{job}/0.0.0.0")

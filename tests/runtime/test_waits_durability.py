@@ -20,7 +20,7 @@ from statek_bus.runtime.engine_state import EngineState, Wait, load_state, store
 from statek_bus.runtime.executor import Executor
 from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
-from statek_bus.wire.subjects import WORK_STREAM, work_run_subject
+from statek_bus.wire.subjects import WORK_RUN_PREFIX, WORK_STREAM, token
 from tests.agents_fixture import AGENTS_SPEC, console, submit, wait_done, wait_status
 
 
@@ -60,7 +60,7 @@ async def test_a_timer_fires_after_the_executor_and_nats_server_restarted(
 
 
 async def _last_work(nc: Client, job_id: str) -> WorkMessage:
-    msg = await nc.jetstream().get_last_msg(WORK_STREAM, work_run_subject(job_id))
+    msg = await nc.jetstream().get_last_msg(WORK_STREAM, f"{WORK_RUN_PREFIX}.*.{token(job_id)}")
     return decode(msg.data or b"", WorkMessage)
 
 

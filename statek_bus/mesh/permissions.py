@@ -187,9 +187,17 @@ ROLES: tuple[Role, ...] = (
         ),
         subscribe=(s.EXECUTOR_STATUS, *_SERVICE_COMMON_SUB, _inbox("executor")),
         streams=(
-            _JOBS, _AGENTS, _JOBDEFS, _CONTEXT, s.WORK_STREAM, s.JOB_LOG_STREAM, _BLOBS, s.AGENT_EVENTS_STREAM,
-            _KNOWLEDGE, _INBOX_STREAM,
-        ),  # fmt: skip
+            _JOBS,
+            _AGENTS,
+            _JOBDEFS,
+            _CONTEXT,
+            s.WORK_STREAM,
+            s.JOB_LOG_STREAM,
+            _BLOBS,
+            s.AGENT_EVENTS_STREAM,
+            _KNOWLEDGE,
+            _INBOX_STREAM,
+        ),
         responses=True,
         notes=(
             "creates and updates the work consumers of its own agents (`statek_agent_<agent>`)",

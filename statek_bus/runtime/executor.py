@@ -2,7 +2,7 @@
 
 Work is routed by agent: each agent has one durable pull consumer (``statek_agent_<agent>``),
 shared by every replica that serves it, and an executor pulls only from the consumers of its own
-agents (:class:`_Queue`), creating or updating them at start with its delivery settings. This
+agents (:class:`AgentQueue`), creating or updating them at start with its delivery settings. This
 module keeps pull requests outstanding for its free slots and dispatches messages as they arrive
 (a blocking ``fetch`` of a batch waits for the batch end; ``fetch(1)`` costs a round trip per
 step). With several agents, each queue always has a pull outstanding and the credit goes to the
@@ -40,8 +40,7 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +76,7 @@ from statek_bus.runtime.merge import Rebase, keep_running
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.runtime.resume import StoreJobs
+from statek_bus.runtime.slots import PULL_EXPIRES, AgentQueue, Slots
 from statek_bus.runtime.trace import Tracer
 from statek_bus.wire.errors import StatekError
 from statek_bus.wire.messages import (
@@ -100,7 +100,6 @@ from statek_bus.wire.subjects import (
     WORK_STREAM,
     job_events_subject,
     token,
-    work_consumer,
 )
 from statek_bus.wire.values import TypeRegistry
 
@@ -108,8 +107,6 @@ __all__ = ["Executor"]
 
 log = logging.getLogger(__name__)
 
-_PULL_EXPIRES = 5.0
-"""Seconds a pull request waits on the server; its unused credit is then released."""
 _RECENT_AGE = 0.05
 """Seconds a committed record stands in for a KV read of the job's next step (see ``_remember``)."""
 
@@ -123,101 +120,10 @@ def _observe_lateness(msg: Msg) -> None:
     metrics.TIMER_LATENESS.observe(max(0.0, (msg.metadata.timestamp - due).total_seconds()))
 
 
-class _Slots:
-    """The ``max_concurrency`` slots: held by steps that run code, not by steps waiting on the model.
-
-    A step runs its pending code first and calls the model last (:mod:`statek_bus.runtime.engine`);
-    once it waits on the provider it holds no code-runner thread and runs no more code, so it gives
-    its slot back (:class:`_ModelWaits`) and the pull loop may take another step in its place. The
-    rest of that step (the reply parsed, the commit, the publishes) needs no slot. The pull loop
-    asks for no more reserved credit than ``size - held``; a message that still finds every slot
-    held (an idle agent's listening pull reserves none) waits for one, so at most
-    ``max_concurrency`` steps run code at once, and steps in flight stay bounded by ``settings.model_waits_per_slot`` more per slot:
-    with a slow model, in-flight model calls set the throughput, not slots.
-    """
-
-    def __init__(self, size: int, outstanding: Callable[[], int], wake: asyncio.Event) -> None:
-        self.size = size
-        self.held = 0
-        self._outstanding = outstanding
-        self._wake = wake
-        self._waiting: deque[asyncio.Future[None]] = deque()
-
-    def free(self) -> int:
-        """Slots the pull loop may ask messages for."""
-        return self.size - self.held - self._outstanding() - len(self._waiting)
-
-    def try_take(self) -> bool:
-        """Take a slot for a delivered message if one is free now (its credit normally reserved one)."""
-        if self.held < self.size and not self._waiting:
-            self.held += 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        """Wait for a slot: a message came while every slot is held (a listening pull's message took
-        one its credit did not reserve), so at most ``size`` steps run code, whatever was pulled."""
-        if self.try_take():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        try:
-            await fut  # release() hands its slot over: ``held`` is already counted
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()
-            else:
-                self._waiting.remove(fut)
-            raise
-
-    def release(self) -> None:
-        """Give a slot back (the step ended, or waits on the model now): to a waiting step first."""
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.held -= 1
-        self._wake.set()
-
-
-class _Queue:
-    """One agent's work consumer as this executor pulls from it."""
-
-    def __init__(self, agent: str, index: int, deliver: str) -> None:
-        self.agent = agent
-        self.consumer = work_consumer(agent)
-        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{self.consumer}"
-        self.reply = f"{deliver}.{index}"
-        self.pulls: deque[list[float]] = deque()  # [issued_at, remaining, reserved] per pull request
-        self.last_message = -1e9  # monotonic time a message last came
-
-    def outstanding(self) -> int:
-        """Credit of this queue's pull requests not yet used that reserves slots."""
-        return int(sum(r[1] for r in self.pulls if r[2]))
-
-    def busy(self, now: float) -> bool:
-        """Whether it delivered work within the last pull lifetime."""
-        return now - self.last_message <= _PULL_EXPIRES
-
-    def expire(self, now: float) -> None:
-        """Forget pull requests that expired without a status we saw: their credit is free again."""
-        while self.pulls and now - self.pulls[0][0] > _PULL_EXPIRES + 1.0:
-            self.pulls.popleft()
-
-    def used_one(self) -> None:
-        """A message came for the oldest pull request (the server serves them in order)."""
-        self.last_message = time.monotonic()
-        if self.pulls:
-            self.pulls[0][1] -= 1
-            if self.pulls[0][1] <= 0:
-                self.pulls.popleft()
-
-
 class _ModelWaits:
     """The LLM seam as the engine sees it: the step's slot is given back while the model answers."""
 
-    def __init__(self, model: ProviderModel, slots: _Slots) -> None:
+    def __init__(self, model: ProviderModel, slots: Slots) -> None:
         self.model = model
         self.slots = slots
 
@@ -242,7 +148,7 @@ class _InFlight:
     step: int = -1
     started: float = dataclasses.field(default_factory=time.monotonic)
     started_at: Any = dataclasses.field(default_factory=utcnow)
-    holds_slot: bool = True  # False once the step waits on the model (see _Slots)
+    holds_slot: bool = True  # False once the step waits on the model (see Slots)
 
 
 _flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar("statek_flight", default=None)
@@ -290,10 +196,10 @@ class Executor:
         self.in_flight: dict[int, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._queues: list[_Queue] = []
-        self._by_consumer: dict[str, _Queue] = {}
+        self._queues: list[AgentQueue] = []
+        self._by_consumer: dict[str, AgentQueue] = {}
         self._wake = asyncio.Event()
-        self._slots = _Slots(settings.max_concurrency, self._outstanding, self._wake)
+        self._slots = Slots(settings.max_concurrency, self._outstanding, self._wake)
         self.engine = StepEngine(
             settings, self.runner, _ModelWaits(self.model, self._slots), self._session, self._save_workspace
         )
@@ -319,7 +225,7 @@ class Executor:
         await self.register_agents()
         await configure_work_consumers(self.js, self.settings, sorted(self.agents))
         deliver = self.nc.new_inbox()
-        self._queues = [_Queue(agent, i, deliver) for i, agent in enumerate(sorted(self.agents))]
+        self._queues = [AgentQueue(agent, i, deliver) for i, agent in enumerate(sorted(self.agents))]
         self._by_consumer = {q.consumer: q for q in self._queues}
         self._sub = await self.nc.subscribe(f"{deliver}.*", cb=self._on_msg)
         self._loop_task = asyncio.create_task(self._pull_loop(), name="statek-executor-pull")
@@ -430,13 +336,13 @@ class Executor:
     def _outstanding(self) -> int:
         return sum(q.outstanding() for q in self._queues)
 
-    def _pick(self, free: int, threshold: int, now: float) -> tuple[_Queue, int, bool] | None:
+    def _pick(self, free: int, threshold: int, now: float) -> tuple[AgentQueue, int, bool] | None:
         """The queue to ask next, for how many messages, and whether they reserve slots; or ``None``.
 
         Every queue always has a pull outstanding, busy ones (a message within a pull lifetime; a
         sole queue always is) first: a busy queue asks for its share of the free slots; an idle
         one, or any queue while no slot is free, keeps one *listening* pull of one message that
-        reserves no slot (its message may have to wait for one: :meth:`_Slots.acquire`), so every
+        reserves no slot (its message may have to wait for one: :meth:`Slots.acquire`), so every
         agent is listened for however many agents share few slots. Then, once ``threshold`` slots
         are free, the busy queue with the least credit asks for more.
         """
@@ -465,7 +371,7 @@ class Executor:
             picked = self._pick(free, threshold, now)
             if picked is not None:
                 q, n, reserved = picked
-                req = {"batch": n, "expires": int(_PULL_EXPIRES * 1e9)}
+                req = {"batch": n, "expires": int(PULL_EXPIRES * 1e9)}
                 q.pulls.append([now, n, reserved])
                 try:
                     await self.nc.publish(q.subject, json.dumps(req).encode(), reply=q.reply)
@@ -478,7 +384,7 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
 
-    def _queue_of(self, msg: Msg) -> _Queue | None:
+    def _queue_of(self, msg: Msg) -> AgentQueue | None:
         # a status reply comes on the pull's own reply subject (``<inbox>.<index>``); a message keeps
         # its stream subject, and its ack subject names the consumer it came from
         if msg.reply.startswith("$JS.ACK."):
@@ -506,7 +412,7 @@ class Executor:
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._done, key=key))
 
-    def _on_status(self, msg: Msg, queue: _Queue | None) -> None:
+    def _on_status(self, msg: Msg, queue: AgentQueue | None) -> None:
         # 408 (expired), 409 (max waiting, leadership change...) and 404 end the queue's oldest pull
         # request (the server serves and expires them in order): its remaining credit is free again.
         status = (msg.headers or {}).get("Status", "")

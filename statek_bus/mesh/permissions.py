@@ -125,6 +125,11 @@ def _inbox(name: str) -> str:
     return f"_INBOX_{name}.>"
 
 
+def _self_ping(service: str) -> str:
+    # a service is ready once its own $SRV.PING answers: that request travels behind its SUBs
+    return f"$SRV.PING.{service}.*"
+
+
 ROLES: tuple[Role, ...] = (
     Role(
         name="submission",
@@ -136,6 +141,7 @@ ROLES: tuple[Role, ...] = (
             f"{s.INBOX_PREFIX}.>",
             _EVENTS,
             f"$SRV.INFO.{s.SERVICE_EXECUTOR}",
+            _self_ping(s.SERVICE_SUBMISSION),
             *_stream_api(_JOBS),
             *_stream_api(_AGENTS),
             *_stream_api(_JOBDEFS),
@@ -171,6 +177,7 @@ ROLES: tuple[Role, ...] = (
             s.LLM_COMPLETE,
             _JOBS_REQ,
             _STATES_REQ,
+            _self_ping(s.SERVICE_EXECUTOR),
             *_stream_api(_JOBS),
             *_stream_api(_AGENTS),
             *_stream_api(s.WORK_STREAM),
@@ -212,7 +219,7 @@ ROLES: tuple[Role, ...] = (
     Role(
         name="state",
         summary="statek-state: the States API over its bucket",
-        publish=(f"$KV.{s.STATES_BUCKET}.>", *_stream_api(_STATES), *_JS_COMMON),
+        publish=(f"$KV.{s.STATES_BUCKET}.>", _self_ping(s.SERVICE_STATE), *_stream_api(_STATES), *_JS_COMMON),
         subscribe=(_STATES_REQ, *_SERVICE_COMMON_SUB, _inbox("state")),
         streams=(_STATES,),
         responses=True,
@@ -220,10 +227,10 @@ ROLES: tuple[Role, ...] = (
     Role(
         name="provider",
         summary="statek-provider: the only process with LLM API keys",
-        publish=(),
+        publish=(_self_ping(s.SERVICE_PROVIDER),),
         subscribe=(_LLM_REQ, *_SERVICE_COMMON_SUB, _inbox("provider")),
         responses=True,
-        notes=("no JetStream at all: it only answers requests",),
+        notes=("no JetStream at all: it only answers requests (and pings itself once, to know it is ready)",),
     ),
     Role(
         name=CLIENT,

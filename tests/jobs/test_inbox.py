@@ -24,7 +24,7 @@ from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.errors import PayloadTooLargeError
 from statek_bus.wire.messages import JobEvent, JobSendMessageRequest, JobStatus, SubmitRequest
-from statek_bus.wire.subjects import SERVICE_SUBMISSION
+from statek_bus.wire.subjects import SERVICE_SUBMISSION, work_run_subject
 from tests.jobs.test_submission import finish, register_agent, work_counts
 
 
@@ -121,7 +121,7 @@ async def test_the_recovery_sweep_wakes_a_done_job_whose_sender_died_after_the_a
     await register_agent(js, f"sweep_{uid}")
     sub = await Submission.open(nc, js, settings)
     job = await sub.submit(SubmitRequest(agent=f"sweep_{uid}"))
-    await js.purge_stream("statek_work", subject=f"statek.work.run.{job.id}")  # an executor ran step 0
+    await js.purge_stream("statek_work", subject=work_run_subject(job.agent, job.id))  # an executor ran step 0
     await finish(js, job.id)
     inbox = JobInbox(nc, js, settings)
     await inbox.append(

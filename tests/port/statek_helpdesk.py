@@ -1,7 +1,7 @@
 # A STATEK 1.4.2 program, unchanged except for the settings block: test_port.py rewrites its
 # imports with the table in docs/migrating-from-statek.md and runs the result on the mesh.
 # (It imports `statek`, so nothing imports this file as it stands.)
-from statek.agents import SupervisedAgent
+from statek.agents import DialogAgent, SupervisedAgent
 from statek.shared_context import ContextCategory
 from statek.statek_client_api import StatekClientAPI
 from statek.statek_push_queue import StatekPushQueue
@@ -13,6 +13,7 @@ from statek.utils import get_current_agent_name, perm_ctx_get, perm_ctx_set_uniq
 TRIAGE_METADATA = {"MODEL": "openrouter/anthropic/claude-sonnet-4"}
 RESEARCHER_METADATA = {"MODEL": "openrouter/openai/gpt-4.1-mini"}
 AUDITOR_METADATA = {"MODEL": "openrouter/openai/gpt-4.1-mini"}
+CONCIERGE_METADATA = {"MODEL": "openrouter/anthropic/claude-sonnet-4"}
 # ------------------------------------------------------------------------------------------------------
 
 ORDER = ContextCategory("ORDER")
@@ -63,7 +64,19 @@ auditor = SupervisedAgent("auditor", "You check what the helpdesk remembers.", [
 auditor.update_metadata(AUDITOR_METADATA)
 auditor.update_warmup_def('#STATEK: hidden = True\ninit_shared_context("helpdesk")\n')
 
-AGENTS = [triage, researcher, auditor]
+
+
+def send_to_customer(body, media=None):
+    """The chat backend (here: the executor's log)."""
+    print("to the customer:", body, media or "")
+
+
+# Its prompt and description come from STATEK_PROMPT_FILES_DIR (prompts/concierge.md), its worked
+# examples from STATEK_EXAMPLES_DIR (examples/concierge/*.md).
+concierge = DialogAgent(send_to_customer, tools=[lookup_order], role="concierge")
+concierge.update_metadata(CONCIERGE_METADATA)
+
+AGENTS = [triage, researcher, auditor, concierge]
 
 
 def open_tickets() -> list:

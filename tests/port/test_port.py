@@ -1,7 +1,9 @@
 """A STATEK program ported by changing only its imports (per docs/migrating-from-statek.md) and settings.
 
 ``statek_helpdesk.py`` is written against STATEK 1.4.2: agents, tools, a delegate, a hidden warmup
-binding a shared context, the persistent job context, ``StatekClientAPI`` and ``StatekPushQueue``.
+binding a shared context, the persistent job context, a dialog agent whose prompt comes from a
+prompt file and whose examples from an examples directory, ``StatekClientAPI`` and
+``StatekPushQueue``.
 The test rewrites each ``from statek... import`` line with the import table of the migration guide
 (so the guide cannot drift from the code), replaces the settings block (the models: the scripted
 model here), and runs the result as the agents module of real service processes.
@@ -36,7 +38,25 @@ TRIAGE_METADATA = {"MODEL": "scripted/triage", "SCRIPT": [
 ]}
 RESEARCHER_METADATA = {"MODEL": "scripted/researcher", "SCRIPT": ['exit("answer to: " + question)']}
 AUDITOR_METADATA = {"MODEL": "scripted/auditor", "SCRIPT": ["exit(last_order)"]}
+CONCIERGE_METADATA = {"MODEL": "scripted/concierge", "SCRIPT": [
+    "Let me look that up.\\n```python\\nlist_of_examples()\\nstatus = lookup_order('A-17')['status']\\n```",
+    "```python\\nanswer('Your order A-17 has ' + status + '.')\\n```",
+]}
 '''
+
+PROMPT_FILE = """\
+# DESCRIPTION: Talks to customers about their orders
+# System Prompt
+You talk to customers about their orders. Tools:
+{tools}
+"""
+EXAMPLE = """\
+# name: Track an order
+```python
+print(lookup_order("A-17")["status"])
+```
+shipped
+"""
 
 
 def import_table() -> dict[str, str]:
@@ -67,13 +87,18 @@ def port(source: str, table: dict[str, str]) -> str:
 def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The ported module in a directory of its own, and a mesh of service processes serving it."""
     (tmp_path / "ported_helpdesk.py").write_text(port(PROGRAM.read_text(), import_table()))
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "concierge.md").write_text(PROMPT_FILE)
+    (tmp_path / "examples" / "concierge").mkdir(parents=True)
+    (tmp_path / "examples" / "concierge" / "track.md").write_text(EXAMPLE)
     server = NatsServer(data_dir=tmp_path / "nats")
     asyncio.run(server.start())
     env = {**ENV, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    knowledge = {"STATEK_PROMPT_FILES_DIR": str(tmp_path / "prompts"), "STATEK_EXAMPLES_DIR": str(tmp_path / "examples")}
     procs = [
         ServiceProcess("provider", server.url, env=env),
         ServiceProcess("submission", server.url, env=env),
-        ServiceProcess("executor", server.url, env=env, args=["--agents", "ported_helpdesk:AGENTS"]),
+        ServiceProcess("executor", server.url, env={**env, **knowledge}, args=["--agents", "ported_helpdesk:AGENTS"]),
     ]
 
     async def start() -> None:
@@ -119,3 +144,12 @@ def test_the_guides_import_table_ports_a_statek_program_that_runs_on_the_mesh(me
         # what the triage jobs wrote to the shared context, a job of another agent reads by name
         audit = client.jobs.submit("auditor")
         assert client.jobs.wait(audit.id, timeout=60).exit_status == "A-17"
+
+        # a dialog agent whose prompt and description came from a prompt file, with an example file
+        assert client.jobs.agent("concierge").description == "Talks to customers about their orders"
+        chat = client.jobs.submit("concierge")
+        ended = client.jobs.wait(chat.id, timeout=60)
+        assert ended.exit_status == "Success" and ended.error is None, ended
+        lines = [e.text for e in client.jobs.watch(chat.id) if e.kind == "console"]
+        assert "# Example ID: Example name (1 total)" in lines and "0: Track an order" in lines, lines
+        assert "log: answer(body='Your order A-17 has shipped.', media=None)" in lines, lines

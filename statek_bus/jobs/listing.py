@@ -37,7 +37,7 @@ from statek_bus.mesh.direct import direct_get
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
 from statek_bus.wire.messages import IndexEntry, Job, JobListRequest, JobRecord
-from statek_bus.wire.subjects import INDEX_PREFIX, JOBS_BUCKET, job_key, token
+from statek_bus.wire.subjects import INDEX_PREFIX, JOBS_BUCKET, KV_OPERATION_HEADER, job_key, token
 
 __all__ = [
     "JOBS_STREAM",
@@ -57,7 +57,6 @@ MAX_EXAMINED = 10_000
 MULTI_LAST_MAX = 256
 """Keys per ``multi_last`` direct get (the server refuses more than 1,024 results)."""
 _IN_ORDER_BATCH = 512
-_KV_OP = "KV-Operation"
 _TIMEOUT = 10.0
 
 KeyValues = list[tuple[str, bytes, int]]
@@ -86,7 +85,7 @@ async def read_in_order(
         out: KeyValues = []
         for m in msgs:
             hdrs = m.headers or {}
-            if m.data and _KV_OP not in hdrs:
+            if m.data and KV_OPERATION_HEADER not in hdrs:
                 key = hdrs.get("Nats-Subject", "").removeprefix(prefix)
                 out.append((key, m.data, int(hdrs.get("Nats-Sequence", "0"))))
         if out:
@@ -110,7 +109,7 @@ async def read_last(
         )
         for m in got.messages:
             hdrs = m.headers or {}
-            if m.data and _KV_OP not in hdrs:
+            if m.data and KV_OPERATION_HEADER not in hdrs:
                 found[hdrs["Nats-Subject"].removeprefix(prefix)] = (
                     m.data,
                     int(hdrs.get("Nats-Sequence", "0")),

@@ -59,7 +59,7 @@ from statek_bus.wire.errors import (
     PayloadTooLargeError,
 )
 from statek_bus.wire.messages import State, StateChange, StateRecord, StateRef
-from statek_bus.wire.subjects import STATES_BUCKET, token
+from statek_bus.wire.subjects import KV_OPERATION_HEADER, STATES_BUCKET, token
 
 __all__ = [
     "DELETE_MARKER_TTL",
@@ -93,7 +93,6 @@ _BATCH = 1000
 """Messages asked for per batch direct get."""
 _CAS_ATTEMPTS = 64
 _WRONG_LAST = (10071, 10164)
-_KV_OP = "KV-Operation"
 _MARKER = "Nats-Marker-Reason"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -259,7 +258,7 @@ class StateStore:
             if e is None or not e.live or e.record is None or e.record.id != state_id:
                 raise NotFoundError(f"no state with id {state_id!r}")
             tried = to_state(e.record, e.seq)
-            headers = {_KV_OP: "PURGE", "Nats-Rollup": "sub"}
+            headers = {KV_OPERATION_HEADER: "PURGE", "Nats-Rollup": "sub"}
             try:
                 await self._cas(key, _enc.encode(tried), e.seq, ttl=DELETE_MARKER_TTL, headers=headers)
             except _Stale:
@@ -322,7 +321,7 @@ class StateStore:
         out = [current]
         for msg in reversed(msgs):
             hdrs, seq = msg.headers or {}, _seq(msg)
-            if msg.data and _KV_OP not in hdrs and _MARKER not in hdrs and seq < current.revision:
+            if msg.data and KV_OPERATION_HEADER not in hdrs and _MARKER not in hdrs and seq < current.revision:
                 rec = _rec_dec.decode(msg.data)
                 if rec.id == state_id:
                     out.append(to_state(rec, seq))
@@ -416,7 +415,7 @@ class StateStore:
             )
         except nats.js.errors.NotFoundError:
             return None
-        if not msg.data or (msg.headers and _KV_OP in msg.headers):
+        if not msg.data or (msg.headers and KV_OPERATION_HEADER in msg.headers):
             return None
         ref = _ref_dec.decode(msg.data)
         self._remember(ref)
@@ -446,7 +445,7 @@ class StateStore:
         assert msg.seq is not None
         hdrs = msg.headers or {}
         record = _rec_dec.decode(msg.data) if msg.data else None
-        live = record is not None and _KV_OP not in hdrs and _MARKER not in hdrs
+        live = record is not None and KV_OPERATION_HEADER not in hdrs and _MARKER not in hdrs
         if live and record and record.expires_at and record.expires_at <= _now():
             live = False  # the server removes expired messages lazily; the record says when
         return _Entry(seq=msg.seq, record=record, live=live)
@@ -480,7 +479,7 @@ class StateStore:
         latest: dict[str, bytes | None] = {}  # by subject; a later message replaces an earlier one
         for msg in msgs:
             hdrs = msg.headers or {}
-            live = msg.data and _KV_OP not in hdrs and _MARKER not in hdrs
+            live = msg.data and KV_OPERATION_HEADER not in hdrs and _MARKER not in hdrs
             latest[hdrs.get("Nats-Subject", msg.subject)] = msg.data if live else None
         refs = (_ref_dec.decode(data) for data in latest.values() if data)
         return {r.id: r for r in refs}
@@ -561,7 +560,7 @@ def change_from_msg(msg: Msg, seq: int | None = None) -> StateChange | None:
         return None
     if seq is None:
         seq = msg.metadata.sequence.stream
-    if _KV_OP in hdrs:  # our deletion marker carries the State as it was, revision included
+    if KV_OPERATION_HEADER in hdrs:  # our deletion marker carries the State as it was, revision included
         return StateChange(op="delete", state=_state_dec.decode(msg.data), revision=seq)
     rec = _rec_dec.decode(msg.data)
     op: Literal["create", "update"] = "create" if rec.created_at == rec.updated_at else "update"

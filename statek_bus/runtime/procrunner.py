@@ -65,6 +65,7 @@ from statek_bus.sandbox.protocol import (
     Hello,
     NsGet,
     NsValue,
+    Ready,
     RemoteOp,
     Spawned,
     StepDone,
@@ -93,6 +94,10 @@ log = logging.getLogger(__name__)
 
 _GRACE = 1.0
 """Seconds past the step deadline before a worker is killed (the in-worker clock stops loops first)."""
+_READY_ATTEMPTS = 3
+"""Workers tried for one step when the first ones die before they are ready."""
+_READY_TIMEOUT = 30.0
+"""Seconds a fresh worker has to lock itself down and say so (a fork on a loaded machine)."""
 
 
 @dataclasses.dataclass
@@ -418,11 +423,10 @@ class ProcessCodeRunner:
             env.suspended = None
         step = _Step(self, request, self._registries(session.registry))
         job.extras["exit"] = step.exit_hook
-        sock, pid = self._take()
+        sock, pid = self._started_worker(step)
         job.namespace = _RemoteNamespace(sock, step)
         deadline = started + request.deadline_seconds + _GRACE
         try:
-            write_frame(sock, step.start())
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -459,6 +463,28 @@ class ProcessCodeRunner:
             return step.failed(self._death(status, exc), time.monotonic() - started)
         finally:
             sock.close()
+
+    def _started_worker(self, step: _Step) -> tuple[socket.socket, int]:
+        """A worker that took the step (it answers :class:`~statek_bus.sandbox.protocol.Ready` before
+        running any of it). One that died first (a spare that died while it waited) never ran the
+        step: it is dropped and the step sent to another, so its death is nobody's step error. On the
+        last try the worker is returned as it is, and what happens to it is the step's."""
+        start = step.start()
+        for attempt in range(_READY_ATTEMPTS):
+            sock, pid = self._take()
+            try:
+                write_frame(sock, start)
+                sock.settimeout(_READY_TIMEOUT)
+                if isinstance(read_frame(sock), Ready):
+                    return sock, pid
+            except (FrameError, OSError):
+                pass
+            if attempt == _READY_ATTEMPTS - 1:
+                return sock, pid  # the drive loop's read fails too and reports it as the step's
+            _kill(pid)
+            self._server.forget(pid)
+            sock.close()
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns
 
     def _death(self, status: int | None, exc: BaseException) -> str:
         tail = "; the workspace is as it was before this step"

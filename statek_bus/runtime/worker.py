@@ -65,6 +65,7 @@ from statek_bus.sandbox.protocol import (
     Hello,
     NsGet,
     NsValue,
+    Ready,
     RemoteOp,
     Spawned,
     StepDone,
@@ -403,11 +404,11 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
 def _worker(fd: int, limits: Limits, prepared: Prepared, cap: int, sealed: dict[str, str]) -> None:
     sock = socket.socket(fileno=fd)
     lock_down(limits, prepared, cap, sealed)
-    pass  # _warm_up(sock)
     try:
         start = read_frame(sock)
         if not isinstance(start, StepStart):
             return
+        write_frame(sock, Ready(pid=os.getpid()))  # the step reached a live worker: it runs here
         try:
             done = _run_step(sock, start)
         except MemoryError:

@@ -36,6 +36,7 @@ __all__ = [
     "Hello",
     "NsGet",
     "NsValue",
+    "Ready",
     "RemoteOp",
     "Spawned",
     "StepDone",
@@ -258,6 +259,16 @@ class StepDone(msgspec.Struct, kw_only=True, frozen=True, tag="done", tag_field=
     """Time spent in the worker."""
 
 
+class Ready(msgspec.Struct, kw_only=True, frozen=True, tag="ready", tag_field="k"):
+    """Worker → executor, first on its socket, once it has read its step and before any of the
+    step's code runs. A step whose worker never said so never started (a spare that died while it
+    waited, with its fork server or killed from outside): the executor runs it in another worker
+    instead of reporting a crash the code did not cause."""
+
+    pid: int
+    """The worker's pid."""
+
+
 class Hello(msgspec.Struct, kw_only=True, frozen=True, tag="hello", tag_field="k"):
     """Fork server → executor, once: the isolation layers a worker gets on this machine."""
 
@@ -284,7 +295,7 @@ class Exited(msgspec.Struct, kw_only=True, frozen=True, tag="exited", tag_field=
 
 
 WorkerMessage = (
-    StepStart | CallReply | ToolCall | RemoteOp | CtxGet | NsGet | NsValue | StepDone | Hello | Spawned | Exited
+    StepStart | CallReply | ToolCall | RemoteOp | CtxGet | NsGet | NsValue | StepDone | Ready | Hello | Spawned | Exited
 )
 """Every message of the protocol."""
 

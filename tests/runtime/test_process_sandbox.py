@@ -252,6 +252,29 @@ async def test_a_dead_fork_server_is_restarted_for_the_next_step() -> None:
         await runner.aclose()
 
 
+async def test_a_spare_worker_that_died_before_its_step_is_nobodys_error() -> None:
+    import signal
+    import time
+
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    runner = ProcessCodeRunner(workers=1, spare=2)
+    try:
+        await asyncio.to_thread(runner.wait_started)
+        started = time.monotonic()
+        while runner._spare.qsize() < 2:  # both spares forked ahead (a bound, not a timing)
+            assert time.monotonic() - started < 60, "the spares were never forked"
+            await asyncio.sleep(0.01)
+        spares = [runner._spare.get_nowait() for _ in range(2)]
+        for sock, pid, gen in spares:
+            os.kill(pid, signal.SIGKILL)  # killed from outside while waiting: they never see a step
+            runner._spare.put((sock, pid, gen))
+        result = await runner.run(_request("print('ran')"))
+        assert result.units[0].console == ["ran"], result.units
+    finally:
+        await runner.aclose()
+
+
 async def test_an_oversized_workspace_is_not_saved_and_the_job_is_told() -> None:
     from statek_bus.runtime.procrunner import ProcessCodeRunner
 

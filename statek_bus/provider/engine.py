@@ -180,7 +180,10 @@ class Provider:
 
     def _redacted(self, reply: CompleteReply) -> CompleteReply:
         """``reply`` with every string redacted of keys: whatever the upstream says, no reply of
-        the provider carries a key (errors are redacted where they are built)."""
+        the provider carries a key (errors are redacted where they are built). A reply whose JSON
+        holds no trace of one is returned as it is, without a walk over its strings."""
+        if not self.redact.may_hold_secret(encode(reply)):
+            return reply
         return msgspec.convert(self.redact.tree(msgspec.to_builtins(reply)), CompleteReply)
 
     async def models(self, req: Empty) -> ModelsReply:

@@ -19,12 +19,18 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
+
 __all__ = ["REDACTED_LOGGERS", "RedactingFilter", "Redactor", "install_log_redaction", "secret_env_names"]
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
 _SK = re.compile(r"\bsk-[A-Za-z0-9_-]{6,}")
 _MIN_SECRET_LEN = 6  # shorter values ("1", "true") would redact ordinary words
+# What any match of _BEARER or _SK leaves in the JSON of a value holding it (their characters are
+# never escaped in JSON): a JSON text without it holds neither, in any of its strings.
+_LOOSE = re.compile(r"(?i:bearer|basic)|sk-[A-Za-z0-9_-]{6}")
+_json = msgspec.json.Encoder()
 
 REDACTED_LOGGERS = (
     "statek_bus",
@@ -55,40 +61,87 @@ def secret_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
 class Redactor:
     """Replaces secrets in text; reads the environment at each call, so new keys are covered.
 
+    What it finds is kept until the environment changes: each call compares the environment with
+    the copy it last read (``os.environ``'s own dict, at C speed; a mapping that is no dict is
+    read again each time), so a key set or changed later is redacted from the next call on.
+
     Args:
         environ: where secrets live (default ``os.environ``).
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = environ
+        self._seen: dict[Any, Any] | None = None
+        self._found: list[tuple[str, str]] = []
+        self._needles: tuple[str, ...] = ()
 
     def _secrets(self) -> list[tuple[str, str]]:
         env = os.environ if self._environ is None else self._environ
+        data = getattr(env, "_data", env)  # os.environ keeps its items in the dict ``_data``
+        if isinstance(data, dict):
+            if data == self._seen:
+                return self._found
+            seen: dict[Any, Any] | None = dict(data)
+        else:
+            seen = None
         found = [
             (value, name)
             for name in secret_env_names(env)
             if len(value := env.get(name, "")) >= _MIN_SECRET_LEN
         ]
         found.sort(key=lambda pair: -len(pair[0]))  # longest first: a key containing another
+        self._found, self._seen = found, seen
+        self._needles = tuple(_escaped(value) for value, _ in found)
         return found
 
     def __call__(self, text: str) -> str:
         """``text`` with every secret replaced by ``[redacted NAME]``."""
-        for value, name in self._secrets():
+        return self._redact(text, self._secrets())
+
+    @staticmethod
+    def _redact(text: str, secrets: list[tuple[str, str]]) -> str:
+        for value, name in secrets:
             if value in text:
                 text = text.replace(value, f"[redacted {name}]")
+        if _LOOSE.search(text) is None:
+            return text
         text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
         return _SK.sub("sk-[redacted]", text)
 
     def tree(self, value: Any) -> Any:
         """``value`` (JSON-like: dicts, lists, strings...) with every string, keys too, redacted."""
+        return self._tree(value, self._secrets())
+
+    def _tree(self, value: Any, secrets: list[tuple[str, str]]) -> Any:
         if isinstance(value, str):
-            return self(value)
+            return self._redact(value, secrets)
         if isinstance(value, list):
-            return [self.tree(v) for v in value]
+            return [self._tree(v, secrets) for v in value]
         if isinstance(value, dict):
-            return {self.tree(k): self.tree(v) for k, v in value.items()}
+            return {
+                self._redact(k, secrets) if isinstance(k, str) else k: self._tree(v, secrets)
+                for k, v in value.items()
+            }
         return value
+
+    def may_hold_secret(self, encoded: bytes) -> bool:
+        """Whether some string in the JSON text ``encoded`` may hold a secret (``False``: none does).
+
+        A string holding a secret holds its JSON-escaped form in ``encoded``, and a ``Bearer``
+        token or an ``sk-`` key their unescaped characters, so one pass over the text answers
+        for every string of the value: redacting a value whose JSON passes changes nothing.
+        """
+        self._secrets()
+        text = encoded.decode("utf-8", "replace")
+        return any(needle in text for needle in self._needles) or _LOOSE.search(text) is not None
+
+
+def _escaped(value: str) -> str:
+    """``value`` as it stands inside a JSON string ("": every text may hold it)."""
+    try:
+        return _json.encode(value).decode()[1:-1]
+    except (msgspec.EncodeError, UnicodeError):  # a lone surrogate (os.environ's surrogateescape)
+        return ""
 
 
 class RedactingFilter(logging.Filter):

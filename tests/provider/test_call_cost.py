@@ -1,0 +1,66 @@
+"""What one model call costs the provider: work that depends only on the environment, the model
+string or the config is done once, and every guarantee of the per-call path still holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from statek_bus.mesh.settings import Settings
+from statek_bus.provider import Provider, Redactor
+from statek_bus.wire.messages import ChatMessage, CompleteRequest
+
+USER = [ChatMessage(role="user", content="hi")]
+
+
+class CountingEnv(dict[str, str]):
+    """An environment that counts how often it is read through."""
+
+    reads = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return super().__iter__()
+
+
+def test_the_redactor_reads_an_unchanged_environment_once_and_a_key_set_later_at_the_next_call() -> None:
+    env = CountingEnv(OPENAI_API_KEY="sk-test-SECRET123", HOME="/root")
+    redact = Redactor(env)
+    for _ in range(50):
+        assert redact("key sk-test-SECRET123") == "key [redacted OPENAI_API_KEY]"
+    assert env.reads == 1
+    env["HF_TOKEN"] = "hf_abcdefgh"
+    assert redact("hf_abcdefgh and sk-test-SECRET123") == "[redacted HF_TOKEN] and [redacted OPENAI_API_KEY]"
+    env["HF_TOKEN"] = "hf_changed1"
+    assert redact("hf_abcdefgh, hf_changed1") == "hf_abcdefgh, [redacted HF_TOKEN]"
+    del env["HF_TOKEN"]
+    assert redact("hf_changed1") == "hf_changed1"
+    assert env.reads == 4
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["plain-SECRET-123456", 'with"quote\\and\nnewline', "ünïcødé-sëcret-☃", "tab\tand\x01control"],
+)
+async def test_a_secret_anywhere_in_a_reply_is_redacted_whatever_its_json_escaping(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_SERVICE_TOKEN", secret)
+    script: list[Any] = [
+        f"text\n{secret}\n",
+        {"text": "", "tool_calls": [{"name": "t", "arguments": {secret: [secret, 1]}}]},
+        {"text": "ok", "reasoning": f"x{secret}x"},
+        "line\nBearer abcdef123456 and \tsk-abcdefghij",
+    ]
+    async with Provider(Settings.from_env({})) as provider:
+        for i in range(len(script)):
+            reply = await provider.complete(
+                CompleteRequest(model="scripted/x", messages=USER, metadata={"SCRIPT": script}, call_index=i)
+            )
+            text = msgspec.json.encode(reply).decode()
+            assert secret not in str(msgspec.to_builtins(reply)) and "abcdef123456" not in text
+            assert "abcdefghij" not in text
+            assert "[redacted" in text

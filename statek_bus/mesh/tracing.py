@@ -12,7 +12,9 @@ in this module only. Without it nothing is recorded and the incoming ``tracepare
 as it came, so log lines (``trace_id``, :mod:`statek_bus.mesh.logs`) still name the caller's
 trace. With it, spans go to whatever tracer provider the process has (set by the embedding
 application, or by ``opentelemetry-instrument statek-bus serve ...`` with an exporter installed);
-with none set, OpenTelemetry's no-op provider still propagates the caller's trace id.
+with none set, nothing would be recorded, so a span is then only the incoming ``traceparent``
+passed on, as without OpenTelemetry (the trace id propagates the same; no OpenTelemetry context
+is made per request); a tracer provider set later is used from the next span on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from statek_bus.wire.subjects import TRACEPARENT_HEADER
@@ -44,11 +47,12 @@ _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("statek_tr
 # until its deadline instead of crashing at once). A process that never makes a span never loads it.
 _otel: ModuleType | None = None
 _PROPAGATOR: TraceContextTextMapPropagator | None = None
+_UNSET: tuple[type, ...] = ()  # the provider types of a process that set none (nothing is recorded)
 _loaded = False
 
 
 def _load() -> None:
-    global _otel, _PROPAGATOR, _loaded
+    global _otel, _PROPAGATOR, _UNSET, _loaded
     if _loaded:
         return
     _loaded = True
@@ -58,6 +62,12 @@ def _load() -> None:
     except ImportError:  # the [otel] extra is not installed: headers pass through unchanged
         return
     _otel, _PROPAGATOR = trace, TraceContextTextMapPropagator()
+    _UNSET = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def _recording() -> bool:
+    """Whether spans go to a tracer provider someone set (not OpenTelemetry's default no-op one)."""
+    return _otel is not None and type(_otel.get_tracer_provider()) not in _UNSET
 
 
 def otel_enabled() -> bool:
@@ -88,7 +98,7 @@ def current_trace_id() -> str | None:
 
 
 def _current_traceparent() -> str | None:
-    if _PROPAGATOR is not None:
+    if _PROPAGATOR is not None and _recording():
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
         if carrier.get(TRACEPARENT_HEADER):
@@ -107,31 +117,66 @@ def inject(headers: dict[str, str] | None = None) -> dict[str, str] | None:
 _KINDS = {"server": "SERVER", "client": "CLIENT", "consumer": "CONSUMER", "internal": "INTERNAL"}
 
 
-@contextlib.contextmanager
 def span(
     name: str,
     headers: Mapping[str, str] | None = None,
     *,
     kind: SpanKind = "internal",
     attributes: Mapping[str, str | int] | None = None,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Run the block as span ``name``: a child of the ``traceparent`` in ``headers`` when it has a
     valid one, else of the current trace (a new trace when there is none and OpenTelemetry is on).
 
     Everything the block logs, publishes or requests carries the resulting trace.
     """
-    _load()
-    incoming = _valid((headers or {}).get(TRACEPARENT_HEADER))
-    token = _CURRENT.set(incoming or _CURRENT.get())
-    try:
-        if _otel is None or _PROPAGATOR is None:
-            yield
+    return _Span(name, headers, kind, attributes)
+
+
+class _Span:
+    """:func:`span`'s context manager (a class: entered once per request, so it is kept cheap)."""
+
+    __slots__ = ("_attributes", "_headers", "_kind", "_name", "_otel_span", "_token")
+
+    def __init__(
+        self,
+        name: str,
+        headers: Mapping[str, str] | None,
+        kind: SpanKind,
+        attributes: Mapping[str, str | int] | None,
+    ) -> None:
+        self._name, self._headers, self._kind, self._attributes = name, headers, kind, attributes
+        self._otel_span: contextlib.AbstractContextManager[object] | None = None
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        _load()
+        incoming = _valid(self._headers.get(TRACEPARENT_HEADER)) if self._headers else None
+        self._token = _CURRENT.set(incoming or _CURRENT.get())
+        if _otel is None or _PROPAGATOR is None or not _recording():
             return
-        parent = _PROPAGATOR.extract({TRACEPARENT_HEADER: incoming}) if incoming else None
-        tracer = _otel.get_tracer("statek_bus")
-        with tracer.start_as_current_span(
-            name, context=parent, kind=_otel.SpanKind[_KINDS[kind]], attributes=dict(attributes or {})
-        ):
-            yield
-    finally:
-        _CURRENT.reset(token)
+        try:
+            if incoming is None and not _otel.get_current_span().get_span_context().is_valid:
+                incoming = _CURRENT.get()  # a trace carried by a span made before a provider was set
+            parent = _PROPAGATOR.extract({TRACEPARENT_HEADER: incoming}) if incoming else None
+            tracer = _otel.get_tracer("statek_bus")
+            cm = tracer.start_as_current_span(
+                self._name,
+                context=parent,
+                kind=_otel.SpanKind[_KINDS[self._kind]],
+                attributes=dict(self._attributes or {}),
+            )
+            cm.__enter__()
+        except BaseException:
+            _CURRENT.reset(self._token)
+            raise
+        self._otel_span = cm
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._otel_span is not None:
+                self._otel_span.__exit__(exc_type, exc, tb)
+        finally:
+            if self._token is not None:
+                _CURRENT.reset(self._token)

@@ -3,6 +3,8 @@ string or the config is done once, and every guarantee of the per-call path stil
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,3 +66,37 @@ async def test_a_secret_anywhere_in_a_reply_is_redacted_whatever_its_json_escapi
             assert secret not in str(msgspec.to_builtins(reply)) and "abcdef123456" not in text
             assert "abcdefghij" not in text
             assert "[redacted" in text
+
+
+_TRACING_SCRIPT = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from statek_bus.mesh import tracing
+
+incoming = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+with tracing.span("statek.llm.complete", incoming, kind="server"):
+    # no tracer provider set: the caller's trace is passed on as it came, and nothing is made of it
+    assert tracing.inject() == incoming, tracing.inject()
+    assert tracing.current_trace_id() == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert not trace.get_current_span().get_span_context().is_valid
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # an application sets one later: the next span is recorded
+    with tracing.span("inner", kind="client"):
+        sent = tracing.inject()["traceparent"]
+(inner,) = exporter.get_finished_spans()
+assert f"{inner.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+assert inner.parent is not None and f"{inner.parent.span_id:016x}" == "00f067aa0ba902b7"
+assert sent.split("-")[2] == f"{inner.context.span_id:016x}" and tracing.inject() is None
+print("ok")
+"""
+
+
+def test_without_a_tracer_provider_a_request_span_passes_the_trace_on_and_makes_nothing() -> None:
+    # its own process: a tracer provider can be set once per process, and other tests set one
+    out = subprocess.run([sys.executable, "-c", _TRACING_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -133,6 +133,28 @@ ServiceFactory = Callable[[ServiceContext], Awaitable[ServiceSpec]]
 """Builds a service: opens its resources on ``ctx.stack`` and returns its spec."""
 
 
+class _Counted:
+    """One endpoint's metrics, their labelled series looked up once (not on every request)."""
+
+    __slots__ = ("_by_class", "endpoint", "seconds")
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.seconds = metrics.REQUEST_SECONDS.labels(endpoint=endpoint)
+        self._by_class: dict[str, Any] = {}
+
+    def record(self, code: int, elapsed_ns: int) -> None:
+        """Count one reply of ``code`` that took ``elapsed_ns``."""
+        code_class = metrics.code_class(code)
+        series = self._by_class.get(code_class)
+        if series is None:
+            series = self._by_class[code_class] = metrics.REQUESTS.labels(
+                endpoint=self.endpoint, code_class=code_class
+            )
+        series.inc()
+        self.seconds.observe(elapsed_ns / 1e9)
+
+
 class _Runner:
     def __init__(self, ctx: ServiceContext, spec: ServiceSpec) -> None:
         self.ctx = ctx
@@ -160,11 +182,14 @@ class _Runner:
         await self.service.start()
 
     def _dispatcher(self, ep: Endpoint, stats: EndpointStats) -> Callable[[Msg], Awaitable[None]]:
+        counted = _Counted(f"{self.spec.name}/{ep.name}")
+        sem, tasks, done = self.sem, self.tasks, self._done
+
         async def dispatch(msg: Msg) -> None:
-            await self.sem.acquire()
-            task = asyncio.create_task(self._handle(ep, stats, msg))
-            self.tasks.add(task)
-            task.add_done_callback(self._done)
+            await sem.acquire()
+            task = asyncio.create_task(self._handle(ep, stats, counted, msg))
+            tasks.add(task)
+            task.add_done_callback(done)
 
         return dispatch
 
@@ -172,49 +197,44 @@ class _Runner:
         self.tasks.discard(task)
         self.sem.release()
 
-    async def _handle(self, ep: Endpoint, stats: EndpointStats, msg: Msg) -> None:
-        with tracing.span(ep.subject, msg.headers, kind="server"):  # honours an incoming traceparent
-            await self._answer(ep, stats, msg)
-
-    async def _answer(self, ep: Endpoint, stats: EndpointStats, msg: Msg) -> None:
+    async def _handle(self, ep: Endpoint, stats: EndpointStats, counted: _Counted, msg: Msg) -> None:
         started = time.perf_counter_ns()
         error: str | None = None
+        headers: dict[str, str] | None = None
         room = self.ctx.nc.max_payload - _REPLY_HEADROOM
-        try:
-            limit = self.ctx.settings.max_request_bytes
-            if len(msg.data) > limit:
-                raise PayloadTooLargeError(
-                    f"request is {len(msg.data)} bytes, over the {limit}-byte limit",
-                    details={"size": len(msg.data), "limit": limit},
-                )
-            check_depth(msg.data)
-            reply = await ep.handler(decode(msg.data or b"{}", ep.request))
-            body, headers = encode(reply), None
-            if len(body) > room:  # nats-py would refuse to publish it and the caller would time out
-                raise PayloadTooLargeError(
-                    f"the reply is {len(body)} bytes, over the {room}-byte message limit: ask for less "
-                    f"(a smaller limit or batch)",
-                    details={"size": len(body), "limit": room},
-                )
-        except Exception as exc:
-            headers, body = error_reply(exc, context=f"{self.spec.name}/{ep.name}")
-            if len(body) + sum(len(f'{k}: {v}\r\n'.encode()) for k, v in headers.items()) > room:
-                # an error that would not fit must not cost the connection: send a fixed one
-                headers, body = error_reply(
-                    PayloadTooLargeError("the error reply to this request would not fit a message")
-                )
-            error = f"{headers.get(ERROR_CODE_HEADER)}:{headers.get(ERROR_HEADER)}"
-        if msg.reply:
+        with tracing.span(ep.subject, msg.headers, kind="server"):  # honours an incoming traceparent
             try:
-                await self.ctx.nc.publish(msg.reply, body, headers=headers)
-            except Exception:  # the connection went away; the caller will time out and retry
-                log.warning("could not reply on %s", ep.subject, exc_info=True)
+                limit = self.ctx.settings.max_request_bytes
+                if len(msg.data) > limit:
+                    raise PayloadTooLargeError(
+                        f"request is {len(msg.data)} bytes, over the {limit}-byte limit",
+                        details={"size": len(msg.data), "limit": limit},
+                    )
+                check_depth(msg.data)
+                reply = await ep.handler(decode(msg.data or b"{}", ep.request))
+                body = encode(reply)
+                if len(body) > room:  # nats-py would refuse to publish it and the caller would time out
+                    raise PayloadTooLargeError(
+                        f"the reply is {len(body)} bytes, over the {room}-byte message limit: ask for less "
+                        f"(a smaller limit or batch)",
+                        details={"size": len(body), "limit": room},
+                    )
+            except Exception as exc:
+                headers, body = error_reply(exc, context=counted.endpoint)
+                if len(body) + sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items()) > room:
+                    # an error that would not fit must not cost the connection: send a fixed one
+                    headers, body = error_reply(
+                        PayloadTooLargeError("the error reply to this request would not fit a message")
+                    )
+                error = f"{headers.get(ERROR_CODE_HEADER)}:{headers.get(ERROR_HEADER)}"
+            if msg.reply:
+                try:
+                    await self.ctx.nc.publish(msg.reply, body, headers=headers)
+                except Exception:  # the connection went away; the caller will time out and retry
+                    log.warning("could not reply on %s", ep.subject, exc_info=True)
         elapsed = time.perf_counter_ns() - started
         stats.record(elapsed, error)
-        endpoint = f"{self.spec.name}/{ep.name}"
-        code = int(headers.get(ERROR_CODE_HEADER) or 500) if headers else 200
-        metrics.REQUESTS.labels(endpoint=endpoint, code_class=metrics.code_class(code)).inc()
-        metrics.REQUEST_SECONDS.labels(endpoint=endpoint).observe(elapsed / 1e9)
+        counted.record(int(headers.get(ERROR_CODE_HEADER) or 500) if headers else 200, elapsed)
 
     async def stop(self) -> None:
         """Stop taking requests and let in-flight ones finish (bounded by ``drain_timeout``)."""

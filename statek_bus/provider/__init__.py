@@ -13,6 +13,8 @@
 - :mod:`.pricing`: the CSV price table that overrides litellm's price map;
 - :mod:`.redaction`: keeping keys out of replies, errors and logs;
 - :mod:`.calls`: callers' deadlines and call identities (no call for a caller gone, none twice);
+- :mod:`.plans`: what a call depends on besides its conversation (route, arguments, script,
+  price), worked out once per model, metadata, temperature and provider config;
 - :mod:`.engine`: :class:`Provider`, composing the above.
 
 Importing this package does not import litellm; :class:`Provider` loads it in the background.

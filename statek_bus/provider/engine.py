@@ -14,6 +14,8 @@ of keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -25,7 +27,6 @@ from typing import Any
 
 import msgspec
 
-from statek_bus.mesh import metrics
 from statek_bus.mesh.settings import Settings
 from statek_bus.provider.calls import CallLedger, Deadline
 from statek_bus.provider.limits import Limits
@@ -46,6 +47,7 @@ from statek_bus.provider.params import (
     python_code_of,
     request_params,
 )
+from statek_bus.provider.plans import ModelSeries, Plan, PlanCache
 from statek_bus.provider.pricing import PriceTable
 from statek_bus.provider.redaction import Redactor, install_log_redaction
 from statek_bus.provider.retry import RetryPolicy, retry_call
@@ -69,6 +71,20 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT_GRACE = 5.0
 """Seconds past ``llm_timeout`` before our own guard cancels an attempt litellm did not time out."""
+
+
+def _own_reasoning(req: CompleteRequest, model: str) -> CompleteRequest:
+    """``req`` with only the reasoning ``model`` produced kept in its history (another model's
+    reasoning is not replayed to this one)."""
+    if all(m.reasoning is None or m.reasoning_model == model for m in req.messages):
+        return req
+    messages = [
+        m
+        if m.reasoning is None or m.reasoning_model == model
+        else msgspec.structs.replace(m, reasoning=None, reasoning_model=None)
+        for m in req.messages
+    ]
+    return msgspec.structs.replace(req, messages=messages)
 
 
 def _call_key(req: CompleteRequest) -> str | None:
@@ -110,6 +126,7 @@ class Provider:
         self._unpriced: set[str] = set()
         self.provider_config = load_provider_config(settings.provider_config)
         self.formats = ResponseFormats(environ)
+        self.plans = PlanCache(self._plan)
 
     async def __aenter__(self) -> Provider:
         install_log_redaction(redactor=self.redact)
@@ -140,29 +157,28 @@ class Provider:
                 its response was malformed.
         """
         deadline = Deadline(req.deadline_s)  # counted from receipt: queueing here counts against it
-        r = route(req)
-        r, req = self._prepare(req, r)
+        plan = self.plans.get(req)
+        r = plan.route
+        req = _own_reasoning(req, r.model)
         started = time.perf_counter()
         try:
             if r.scripted:
-                reply = await self._scripted(req, r)
+                reply = await self._scripted(req, plan)
             else:
-                reply = await self.calls.once(_call_key(req), lambda: self._litellm(req, r, deadline))
+                # litellm gets arguments of its own: nothing it does to them reaches the kept plan
+                own = dataclasses.replace(r, params=copy.deepcopy(r.params))
+                reply = await self.calls.once(_call_key(req), lambda: self._litellm(req, own, deadline))
         except Exception:
-            metrics.LLM_CALLS.labels(model=r.model, outcome="error").inc()
+            plan.series.failed()
             raise
-        metrics.LLM_CALLS.labels(model=r.model, outcome="ok").inc()
-        metrics.LLM_SECONDS.labels(model=r.model).observe(time.perf_counter() - started)
-        usage = reply.usage
-        metrics.LLM_TOKENS.labels(model=r.model, kind="input").inc(usage.input_tokens)
-        metrics.LLM_TOKENS.labels(model=r.model, kind="output").inc(usage.output_tokens)
-        metrics.LLM_TOKENS.labels(model=r.model, kind="cached").inc(usage.cached_tokens)
-        metrics.LLM_COST.labels(model=r.model).inc(usage.cost or 0.0)
+        plan.series.answered(time.perf_counter() - started, reply.usage)
         return self._redacted(reply)
 
-    def _prepare(self, req: CompleteRequest, r: Route) -> tuple[Route, CompleteRequest]:
-        """Resolve the call's extra arguments (model-string parameters, the provider configs, a
-        response-format file) and keep only the reasoning this model produced in the history."""
+    def _plan(self, req: CompleteRequest) -> Plan:
+        """What ``req``'s call depends on besides its conversation: the route, the extra arguments
+        (model-string parameters, the provider configs, a response-format file), the parsed inline
+        script and the price (kept in :attr:`plans`)."""
+        r = route(req)
         config = self.provider_config
         if req.provider_config is not None:
             config = merge_config(config, check_provider_config(req.provider_config, "$.provider_config"))
@@ -170,13 +186,16 @@ class Provider:
         fmt = self.formats.for_model(r.model)
         if fmt is not None:
             params.setdefault("response_format", fmt)
-        messages = [
-            m
-            if m.reasoning is None or m.reasoning_model == r.model
-            else msgspec.structs.replace(m, reasoning=None, reasoning_model=None)
-            for m in req.messages
-        ]
-        return dataclasses.replace(r, params=params), msgspec.structs.replace(req, messages=messages)
+        script = None
+        if r.scripted and r.script_file is None:
+            with contextlib.suppress(BadRequestError):  # raised by the call, counted as its model's error
+                script = parse_script(r.script, "$.metadata.SCRIPT")
+        return Plan(
+            route=dataclasses.replace(r, params=params),
+            script=script,
+            price=self.prices.lookup(r.model),
+            series=ModelSeries(r.model),
+        )
 
     def _redacted(self, reply: CompleteReply) -> CompleteReply:
         """``reply`` with every string redacted of keys: whatever the upstream says, no reply of
@@ -217,17 +236,19 @@ class Provider:
 
     # --- the two kinds of model --------------------------------------------------------------------
 
-    async def _scripted(self, req: CompleteRequest, r: Route) -> CompleteReply:
+    async def _scripted(self, req: CompleteRequest, plan: Plan) -> CompleteReply:
+        r = plan.route
         if r.script_file is not None:
             script, field = await self.scripts.load(r.script_file), "$.metadata.SCRIPT_FILE"
         else:
-            script, field = parse_script(r.script, "$.metadata.SCRIPT"), "$.metadata.SCRIPT"
+            script = plan.script or parse_script(r.script, "$.metadata.SCRIPT")  # or its 400
+            field = "$.metadata.SCRIPT"
         reply = scripted_reply(req, r.model, script, field=field, params=r.params)
         if "response_format" in r.params:
             reply.text = python_code_of(reply.text)
         if r.script_latency:  # a model's latency, for benchmarks: a timer, no thread held
             await asyncio.sleep(r.script_latency)
-        price = self.prices.lookup(r.model)
+        price = plan.price
         if price is not None:
             u = reply.usage
             reply.usage = LLMUsage(

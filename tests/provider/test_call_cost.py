@@ -10,9 +10,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from statek_bus.mesh.settings import Settings
 from statek_bus.provider import Provider, Redactor
+from statek_bus.wire.errors import BadRequestError
 from statek_bus.wire.messages import ChatMessage, CompleteRequest
 
 USER = [ChatMessage(role="user", content="hi")]
@@ -100,3 +102,50 @@ def test_without_a_tracer_provider_a_request_span_passes_the_trace_on_and_makes_
     # its own process: a tracer provider can be set once per process, and other tests set one
     out = subprocess.run([sys.executable, "-c", _TRACING_SCRIPT], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+async def test_an_agents_calls_share_one_plan_and_any_field_it_depends_on_makes_another() -> None:
+    meta = {"MODEL": "scripted/x", "SCRIPT": ["a", "b"]}
+    async with Provider(Settings.from_env({})) as provider:
+        for i in range(20):  # twenty jobs of one agent, each its own conversation
+            messages = [ChatMessage(role="user", content=f"job {i}")]
+            reply = await provider.complete(
+                CompleteRequest(
+                    model="", messages=messages, metadata=dict(meta), call_index=i % 2, job_id=f"j{i}"
+                )
+            )
+            assert reply.text == "ab"[i % 2] and reply.model == "scripted/x"
+        assert provider.plans.built == 1
+        others = [
+            CompleteRequest(model="", messages=USER, metadata={**meta, "SCRIPT": ["c"]}),
+            CompleteRequest(model="", messages=USER, metadata={**meta, "SCRIPT": ["c"], "TEMPERATURE": 0.5}),
+            CompleteRequest(model="", messages=USER, metadata={**meta, "SCRIPT": ["c"]}, temperature=0.5),
+            CompleteRequest(model="scripted/y", messages=USER, metadata={"SCRIPT": ["c"]}),
+        ]
+        assert [(await provider.complete(o)).text for o in others] == ["c"] * 4
+        assert provider.plans.built == 5
+        assert (await provider.complete(others[3])).model == "scripted/y" and provider.plans.built == 5
+
+
+def _errors(model: str) -> float:
+    return REGISTRY.get_sample_value("statek_llm_calls_total", {"model": model, "outcome": "error"}) or 0.0
+
+
+async def test_a_request_that_cannot_be_planned_is_refused_every_time() -> None:
+    before = _errors("scripted/x")
+    async with Provider(Settings.from_env({})) as provider:
+        for _ in range(3):
+            with pytest.raises(BadRequestError) as err:
+                await provider.complete(
+                    CompleteRequest(
+                        model="scripted/x", messages=USER, metadata={"SCRIPT": ["a"], "TEMPRATURE": 1}
+                    )
+                )
+            assert err.value.field == "$.metadata.TEMPRATURE"
+            with pytest.raises(BadRequestError) as err:
+                await provider.complete(
+                    CompleteRequest(model="scripted/x", messages=USER, metadata={"SCRIPT": [3]})
+                )
+            assert err.value.field == "$.metadata.SCRIPT[0]"
+        assert len(provider.plans) == 1  # the bad script's route is kept; it is refused at each call
+    assert _errors("scripted/x") == before + 3  # a bad script is an error of its model's calls

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import signal
@@ -58,6 +59,7 @@ __all__ = [
     "ServiceFactory",
     "ServiceHealth",
     "ServiceSpec",
+    "freeze_startup_heap",
     "load_service_factory",
     "run_service",
     "running_service",
@@ -320,14 +322,51 @@ async def _running(
             ctx.ready.set()
             health.registered = True
             log.info("%s %s ready (instance %s)", spec.name, SERVICE_VERSION, ctx.instance_id)
+            _serving_started()
             try:
                 yield ctx
             finally:
                 health.registered = False
-                await runner.stop()
+                try:
+                    await runner.stop()
+                finally:
+                    _serving_stopped()
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()
+
+
+_serving = 0  # services running in this process (their heap is frozen while any is)
+
+
+def freeze_startup_heap() -> None:
+    """While a service runs in this process, keep what the process holds now out of the cyclic
+    garbage collector's full collections (:func:`gc.freeze`).
+
+    A service's imports and start-up objects (litellm's alone are ~400,000) live as long as it
+    runs; scanned again by every full collection, which requests in flight trigger, they cost
+    the provider ~90 µs of CPU per call with 2,000 calls waiting on the model. The runner calls
+    this once a service is ready; so does whatever loads more for good later (the provider, after
+    litellm). Objects that die are still freed by reference counting, and when the last service
+    of the process stops the heap is unfrozen (:func:`gc.unfreeze`), so a test's or an
+    application's process collects what its services left behind as before. Outside a running
+    service it does nothing.
+    """
+    if _serving:
+        gc.freeze()
+
+
+def _serving_started() -> None:
+    global _serving
+    _serving += 1
+    freeze_startup_heap()
+
+
+def _serving_stopped() -> None:
+    global _serving
+    _serving -= 1
+    if not _serving:
+        gc.unfreeze()
 
 
 def _streams(name: str) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ import time
 import warnings
 from typing import Any
 
+from statek_bus.mesh.service import freeze_startup_heap
 from statek_bus.provider.redaction import Redactor, install_log_redaction
 from statek_bus.provider.retry import RetriesExhausted, Transient, is_retryable_status, parse_retry_after
 from statek_bus.provider.routing import Route
@@ -143,6 +144,7 @@ class LiteLLM:
             log.info("%s", MISSING_LITELLM)
             raise BadRequestError(MISSING_LITELLM, field="$.model") from None
         _configure(mod)
+        freeze_startup_heap()  # litellm's ~400,000 objects live as long as the process
         self.load_seconds = time.perf_counter() - started
         log.info("litellm loaded in %.1fs", self.load_seconds)
         return mod

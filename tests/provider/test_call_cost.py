@@ -3,19 +3,25 @@ string or the config is done once, and every guarantee of the per-call path stil
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import pytest
 from prometheus_client import REGISTRY
+from statek_bus.services.provider import build
 
+from statek_bus.client.core import AsyncStatekClient
+from statek_bus.mesh.service import running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.provider import Provider, Redactor
 from statek_bus.wire.errors import BadRequestError
-from statek_bus.wire.messages import ChatMessage, CompleteRequest
+from statek_bus.wire.messages import ChatMessage, CompleteReply, CompleteRequest
+from statek_bus.wire.subjects import LLM_COMPLETE, SERVICE_PROVIDER
 
 USER = [ChatMessage(role="user", content="hi")]
 
@@ -149,3 +155,30 @@ async def test_a_request_that_cannot_be_planned_is_refused_every_time() -> None:
             assert err.value.field == "$.metadata.SCRIPT[0]"
         assert len(provider.plans) == 1  # the bad script's route is kept; it is refused at each call
     assert _errors("scripted/x") == before + 3  # a bad script is an error of its model's calls
+
+
+async def test_a_running_provider_keeps_its_heap_out_of_full_collections_until_it_stops(
+    settings: Settings,
+) -> None:
+    assert gc.get_freeze_count() == 0  # no service runs in this process between tests
+    async with (
+        running_service(build, settings.replace(request_timeout=60.0), name=SERVICE_PROVIDER),
+        AsyncStatekClient(settings=settings.replace(request_timeout=60.0)) as client,
+    ):
+        scripted = CompleteRequest(model="scripted/x", messages=USER, metadata={"SCRIPT": ["a"]})
+        assert (await client.request(LLM_COMPLETE, scripted, CompleteReply)).text == "a"
+        mock = CompleteRequest(model="openai/gpt-4o-mini", messages=USER, metadata={"MOCK_RESPONSE": "m"})
+        assert (await client.request(LLM_COMPLETE, mock, CompleteReply, timeout=120)).text == "m"
+        # litellm is loaded: what it and the service built to start is frozen, the rest is little
+        assert gc.get_freeze_count() > 5 * len(gc.get_objects())
+
+        class Node:
+            other: object = None
+
+        node = Node()
+        node.other = node  # garbage made while the service runs is still collected
+        ref = weakref.ref(node)
+        del node
+        gc.collect()
+        assert ref() is None
+    assert gc.get_freeze_count() == 0  # stopped: this process collects what the service left

@@ -59,10 +59,14 @@ class ModelSeries:
         """Count one call answered in ``seconds`` with ``usage``."""
         self._ok.inc()
         self._seconds.observe(seconds)
-        self._input.inc(usage.input_tokens)
-        self._output.inc(usage.output_tokens)
-        self._cached.inc(usage.cached_tokens)
-        self._cost.inc(usage.cost or 0.0)
+        for series, amount in (
+            (self._input, usage.input_tokens),
+            (self._output, usage.output_tokens),
+            (self._cached, usage.cached_tokens),
+            (self._cost, usage.cost),
+        ):
+            if amount:  # adding nothing would only take the series' lock
+                series.inc(amount)
 
     def failed(self) -> None:
         """Count one call that ended in an error."""

@@ -2,14 +2,14 @@
 
 A request flows: its plan (:mod:`~.plans`, kept per model, temperature, metadata and provider
 config: :func:`~.routing.route` validates model and metadata and picks the model by difficulty,
-then the call's extra arguments, the parsed inline script, the price) → the scripted model, answered in-process, or litellm: :func:`~.llm.preflight` (known
-provider, key present) → per attempt, a slot of the model's :class:`~.limits.ModelLimiter` and one
-``acompletion`` under a timeout, unless the caller's deadline has passed (:mod:`~.calls`; a
-call whose identity was seen answers from that call) → :func:`~.retry.retry_call` for transient
-failures → the reply
-with its usage and cost (price table first, then litellm's map), every string of it redacted of
-keys (a reply whose JSON holds no trace of one is sent as it is). Failures come out as the error tree's classes (:func:`~.llm.to_error`), their text redacted
-of keys.
+then come the call's extra arguments, the parsed inline script and the price) → the scripted
+model, answered in-process, or litellm: :func:`~.llm.preflight` (known provider, key present) →
+per attempt, a slot of the model's :class:`~.limits.ModelLimiter` and one ``acompletion`` under a
+timeout, unless the caller's deadline has passed (:mod:`~.calls`; a call whose identity was seen
+answers from that call) → :func:`~.retry.retry_call` for transient failures → the reply with its
+usage and cost (price table first, then litellm's map), every string of it redacted of keys (a
+reply whose JSON holds no trace of one is sent as it is). Failures come out as the error tree's
+classes (:func:`~.llm.to_error`), their text redacted of keys.
 """
 
 from __future__ import annotations

@@ -71,16 +71,17 @@ class Redactor:
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = environ
-        self._seen: dict[Any, Any] | None = None
-        self._found: list[tuple[str, str]] = []
-        self._needles: tuple[str, ...] = ()
+        # (the environment as last read, its secrets, their JSON-escaped forms): replaced as one,
+        # since log records are redacted in other threads too (litellm's)
+        self._state: tuple[dict[Any, Any] | None, list[tuple[str, str]], tuple[str, ...]] = (None, [], ())
 
-    def _secrets(self) -> list[tuple[str, str]]:
+    def _current(self) -> tuple[dict[Any, Any] | None, list[tuple[str, str]], tuple[str, ...]]:
         env = os.environ if self._environ is None else self._environ
         data = getattr(env, "_data", env)  # os.environ keeps its items in the dict ``_data``
+        state = self._state
         if isinstance(data, dict):
-            if data == self._seen:
-                return self._found
+            if data == state[0]:
+                return state
             seen: dict[Any, Any] | None = dict(data)
         else:
             seen = None
@@ -90,9 +91,11 @@ class Redactor:
             if len(value := env.get(name, "")) >= _MIN_SECRET_LEN
         ]
         found.sort(key=lambda pair: -len(pair[0]))  # longest first: a key containing another
-        self._found, self._seen = found, seen
-        self._needles = tuple(_escaped(value) for value, _ in found)
-        return found
+        state = self._state = (seen, found, tuple(_escaped(value) for value, _ in found))
+        return state
+
+    def _secrets(self) -> list[tuple[str, str]]:
+        return self._current()[1]
 
     def __call__(self, text: str) -> str:
         """``text`` with every secret replaced by ``[redacted NAME]``."""
@@ -131,9 +134,9 @@ class Redactor:
         token or an ``sk-`` key their unescaped characters, so one pass over the text answers
         for every string of the value: redacting a value whose JSON passes changes nothing.
         """
-        self._secrets()
+        needles = self._current()[2]
         text = encoded.decode("utf-8", "replace")
-        return any(needle in text for needle in self._needles) or _LOOSE.search(text) is not None
+        return any(needle in text for needle in needles) or _LOOSE.search(text) is not None
 
 
 def _escaped(value: str) -> str:

@@ -830,9 +830,11 @@ class AppCodeRouter:
 
     @property
     def layers(self) -> dict[str, str]:
-        """The process runner's layers (model code's), and the data tier's state."""
-        tier = self.tier.describe() if self.tier is not None else "off (STATEK_DATA_TIER=false)"
-        return {**self.process.layers, "data_tier": tier}
+        """The process runner's layers (model code's) and, once they are known, the data tier's state."""
+        layers = self.process.layers
+        if not layers:
+            return {}
+        return {**layers, "data_tier": self.tier.describe() if self.tier is not None else "off"}
 
     async def run(self, request: ExecRequest) -> ExecResult:
         """Run ``request`` in a thread when it is application code, in the data tier when it can, else in

@@ -639,8 +639,10 @@ class Guard:
         if name == "mod" and tl is str:
             raise self.abort("str % formatting")
         if name == "mul":
-            count, seq = (left, wr) if tl in (int, bool) else (right, wl) if tr in (int, bool) else (0, 0)
-            if count > 0 and seq and count * seq > MAX_WEIGHT:
+            count, seq = (left, right) if tl in (int, bool) else (right, left) if tr in (int, bool) else (0, None)
+            if count > 0 and type(seq) is str and 1 + count * len(seq) // 8 > MAX_WEIGHT:
+                raise self.abort("weight")
+            if count > 0 and type(seq) in (list, tuple) and count * self.weight(seq) > MAX_WEIGHT:
                 raise self.abort("weight")
         elif name in ("add", "or_", "sub", "and_", "xor") and wl + wr > MAX_WEIGHT:
             raise self.abort("weight")

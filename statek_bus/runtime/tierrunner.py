@@ -131,8 +131,8 @@ class TierSession(SandboxSession):
 
     def _check(self, values: dict[str, Any]) -> None:
         reserved = {*self.inputs.tools, "print", "exit"}  # the worker's base names: never snapshotted
-        if reserved & values.keys():
-            raise datatier.TierAbort("a variable shadows a tool")
+        if reserved & values.keys() or any(k.startswith("__") for k in values):
+            raise datatier.TierAbort("a variable shadows a tool or a dunder")
         for unit in self.units:
             plan = self._plans.get(unit.code) or datatier.plan(unit.code, self.policy)
             if plan is None:

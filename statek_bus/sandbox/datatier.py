@@ -75,6 +75,7 @@ __all__ = [
     "MAX_INT_BITS",
     "MAX_RANGE",
     "MAX_ROUND_DIGITS",
+    "MAX_SOURCE",
     "MAX_SPEC_NUMBER",
     "MAX_WEIGHT",
     "STEP_BUDGET",
@@ -106,7 +107,10 @@ MAX_SPEC_NUMBER = 1000
 """Largest width or precision in an f-string's format spec."""
 _MAX_SPEC_CHARS = 24
 _PLANS = 512
-"""Sources whose plan is cached."""
+"""Sources whose plan (or refusal) is cached."""
+MAX_SOURCE = 20_000
+"""Longest block the tier considers, in characters (plain-data code is short; a longer block goes
+to a worker without being parsed here, and no long source is held by the cache)."""
 
 CALLABLES = frozenset(
     {
@@ -369,6 +373,8 @@ def _is_print(stmt: ast.stmt) -> bool:
 
 def refusal(source: str, policy: SandboxPolicy) -> str | None:
     """Why ``source`` is outside the tier's subset (None: it is inside). For tests and logs."""
+    if len(source) > MAX_SOURCE:
+        return "source length"
     try:
         _build(source, policy)
     except _Refused as exc:
@@ -378,16 +384,19 @@ def refusal(source: str, policy: SandboxPolicy) -> str | None:
 
 def plan(source: str, policy: SandboxPolicy) -> Plan | None:
     """The tier's plan for ``source`` under ``policy``, or None when the block is outside the subset
-    (or the process path's own check refuses it: the worker then reports that refusal)."""
-    try:
-        return _cached(source, policy)
-    except _Refused:
+    (or the process path's own check refuses it: the worker then reports that refusal). Plans and
+    refusals are cached per source, so a block is parsed here once."""
+    if len(source) > MAX_SOURCE:
         return None
+    return _cached(source, policy)
 
 
 @functools.lru_cache(maxsize=_PLANS)
-def _cached(source: str, policy: SandboxPolicy) -> Plan:
-    return _build(source, policy)
+def _cached(source: str, policy: SandboxPolicy) -> Plan | None:
+    try:
+        return _build(source, policy)
+    except _Refused:
+        return None
 
 
 def _build(source: str, policy: SandboxPolicy) -> Plan:

@@ -132,6 +132,7 @@ async def test_code_outside_the_subset_runs_in_a_worker_as_before(name: str, run
 GIVE_UP = {
     "a missing name": ("print(undefined_name)", {}),
     "a variable named like a tool": ("print(add)", {"add": 3}),
+    "a variable named like a dunder": ("print(len('ab'))", {"__builtins__": {"len": 1}}),
     "in-place on a list": ("a = [1]\nb = a\na += [2]\nprint(a, b)", {}),
     "a large value": ("s = 'x' * 100000\nt = [s] * 1000\nprint(len(t))", {}),
 }

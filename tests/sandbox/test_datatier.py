@@ -56,6 +56,7 @@ REFUSED = {
     "print to a named file keyword": "print(1, **{})",
     "syntax error": "x = (",
     "process check refuses it": "x = eval",
+    "a long block": "x = 1\n" * 5000,
 }
 
 

@@ -127,6 +127,8 @@ class TierSession(SandboxSession):
         for value in values.values():
             if not datatier.plain_value(value):
                 raise datatier.TierAbort("a value in scope is not plain data")
+        if sum(self.guard.weight(v) for v in values.values()) > datatier.MAX_SCOPE_WEIGHT:
+            raise datatier.TierAbort("the variables in scope are too large")
         return values
 
     def _check(self, values: dict[str, Any]) -> None:

@@ -75,6 +75,7 @@ __all__ = [
     "MAX_INT_BITS",
     "MAX_RANGE",
     "MAX_ROUND_DIGITS",
+    "MAX_SCOPE_WEIGHT",
     "MAX_SOURCE",
     "MAX_SPEC_NUMBER",
     "MAX_WEIGHT",
@@ -95,6 +96,9 @@ MAX_INT_BITS = 14_000
 in the tier depends on the interpreter's ``int_max_str_digits`` setting."""
 MAX_TEXT = MAX_WEIGHT * 8
 """Longest text (``str``, ``repr``, an f-string, one ``print``) an operation may produce, as an upper bound."""
+MAX_SCOPE_WEIGHT = 1_000_000
+"""Largest weight of all the job's variables together: a bigger workspace is a worker's to restore
+and snapshot, not the executor's."""
 STEP_BUDGET = 2_000_000
 """Weight of all operands of all operations of one step (the work one step may do)."""
 MAX_DEPTH = 48

@@ -134,6 +134,7 @@ GIVE_UP = {
     "a variable named like a tool": ("print(add)", {"add": 3}),
     "a variable named like a dunder": ("print(len('ab'))", {"__builtins__": {"len": 1}}),
     "in-place on a list": ("a = [1]\nb = a\na += [2]\nprint(a, b)", {}),
+    "large variables in scope": ("print(len(v0) + len(v5))", {f"v{i}": list(range(190_000)) for i in range(6)}),
     "a large value": ("s = 'x' * 100000\nt = [s] * 1000\nprint(len(t))", {}),
 }
 

@@ -89,18 +89,21 @@ __all__ = [
     "refusal",
 ]
 
-MAX_WEIGHT = 200_000
+MAX_WEIGHT = 100_000
 """Largest weight of one value (elements + string characters / 8 + int bits / 64)."""
-MAX_INT_BITS = 14_000
-"""Largest int, in bits: below CPython's int/str conversion limit (4,300 digits), so no conversion
-in the tier depends on the interpreter's ``int_max_str_digits`` setting."""
+MAX_INT_BITS = 4096
+"""Largest int, in bits: far below CPython's int/str conversion limit (4,300 digits), so no
+conversion in the tier depends on the interpreter's ``int_max_str_digits`` setting, and the
+quadratic cost of printing one stays small (an int weighs ``1 + limbs + limbs**2 / 16``, 64-bit
+limbs, so a value full of big ints is as cheap to print as one full of small ones)."""
 MAX_TEXT = MAX_WEIGHT * 8
 """Longest text (``str``, ``repr``, an f-string, one ``print``) an operation may produce, as an upper bound."""
 MAX_SCOPE_WEIGHT = 1_000_000
 """Largest weight of all the job's variables together: a bigger workspace is a worker's to restore
 and snapshot, not the executor's."""
-STEP_BUDGET = 2_000_000
-"""Weight of all operands of all operations of one step (the work one step may do)."""
+STEP_BUDGET = 500_000
+"""Weight of all operands of all operations of one step (the work one step may do; measured at
+~20-200 ns of CPU a unit, so a step that spends it all takes well under 0.1 s of a thread)."""
 MAX_DEPTH = 48
 """Deepest nesting of containers, in scope or made."""
 MAX_ROUND_DIGITS = 400
@@ -415,7 +418,11 @@ def _build(source: str, policy: SandboxPolicy) -> Plan:
     except (SyntaxError, ValueError, SandboxViolation, RecursionError) as exc:
         raise _Refused(type(exc).__name__) from None
     echoes = [isinstance(s, ast.Expr) and not _is_print(s) for s in tree.body]
-    rewritten = ast.fix_missing_locations(_Rewrite().visit(tree))
+    rewritten = _Rewrite().visit(tree)
+    for stmt, echo in zip(rewritten.body, echoes, strict=True):
+        if echo:  # the engine formats an echoed value: charged like an f-string's
+            stmt.value = _helper(TEXT, stmt.value)
+    rewritten = ast.fix_missing_locations(rewritten)
     statements: list[CompiledStatement] = []
     for stmt, echo in zip(rewritten.body, echoes, strict=True):
         if echo:
@@ -514,7 +521,8 @@ class Guard:
             bits = value.bit_length()
             if bits > MAX_INT_BITS:
                 raise self.abort("int size")
-            return 1 + bits // 64, 0, bits // 3 + 3
+            limbs = bits // 64
+            return 1 + limbs + limbs * limbs // 16, 0, bits // 3 + 3
         if kind is str:
             n = len(value)
             return 1 + n // 8, 0, 2 + n * (4 if value.isascii() else 10)
@@ -527,7 +535,12 @@ class Guard:
             return found[1], found[2], found[3]
         if depth > MAX_DEPTH:
             raise self.abort("depth")
-        if kind in _CONTAINERS:
+        flat = _flat(value) if kind in _CONTAINERS and len(value) > 16 else None
+        if flat is not None:
+            weight, deepest, text = flat
+            if weight > MAX_WEIGHT:
+                raise self.abort("weight")
+        elif kind in _CONTAINERS:
             weight, deepest, text = 1, 0, 2
             for v in value:
                 w, d, t = self.measure(v, depth + 1)
@@ -599,8 +612,9 @@ class Guard:
 
     @_internal
     def charged(self, value: Any) -> Any:
-        """An operand: its weight is charged."""
-        self.charge(self.weight(value))
+        """An operand: its weight is charged (an iterator's or a range's once materialised: ``x in r``
+        walks it)."""
+        self.charge(self._items(value)[1] if type(value) in _LAZY else self.weight(value))
         return value
 
     @_internal
@@ -642,7 +656,7 @@ class Guard:
         ints = tl in (int, bool) and tr in (int, bool)
         if ints:
             bl, br = abs(left).bit_length(), abs(right).bit_length()
-            if name == "pow" and right > 0 and bl > 1 and bl * right > MAX_INT_BITS:
+            if name == "pow" and right > 0 and bl > 1 and right * math.log2(abs(left)) > MAX_INT_BITS:
                 raise self.abort("int size")
             if name == "lshift" and right > 0 and bl + right > MAX_INT_BITS:
                 raise self.abort("int size")
@@ -659,6 +673,30 @@ class Guard:
                 raise self.abort("weight")
         elif name in ("add", "or_", "sub", "and_", "xor") and wl + wr > MAX_WEIGHT:
             raise self.abort("weight")
+
+
+_NUMERIC_TYPES = frozenset({int, bool})
+_FLAT_SCALARS = frozenset({float, bool, type(None)})
+
+
+def _flat(value: Any) -> tuple[int, int, int] | None:
+    """(weight, height of its elements, text bound) of a container of scalars of one kind, at C speed
+    (an upper bound of what the element walk gives), or None: walk it."""
+    kinds = set(map(type, value))
+    n = len(value)
+    if kinds <= _NUMERIC_TYPES:
+        bits = max(map(int.bit_length, value), default=0)
+        if bits > MAX_INT_BITS:
+            return None  # the walk aborts on it
+        limbs = bits // 64
+        return 1 + n * (1 + limbs + limbs * limbs // 16), 0, 2 + n * (bits // 3 + 5)
+    if kinds <= _FLAT_SCALARS:
+        return 1 + n, 0, 2 + n * 26
+    if kinds == {str}:
+        chars = sum(map(len, value))
+        per_char = 4 if all(map(str.isascii, value)) else 10
+        return 1 + n + chars // 8, 0, 2 + n * 4 + chars * per_char
+    return None
 
 
 def _call(guard: Guard, real: Callable[..., Any], check: Callable[..., None] | None) -> Callable[..., Any]:

@@ -5,7 +5,9 @@ per step) and :class:`ThreadCodeRunner` (in-process) in the same run: a trivial 
 10 tool calls (per call), both one at a time and 8 in flight, with the ratio (process ÷ in-process, x
 slower). Then the pieces: a fork from the fork server, the lock-down of a worker, and the floor: a
 fork + exit of a bare interpreter. A second table splits the CPU of one trivial step by process
-(executor, fork server, worker) with the workers' page faults, beside the in-process runner.
+(executor, fork server, worker) with the workers' page faults, beside the in-process runner and
+the data tier (:mod:`statek_bus.runtime.tierrunner`: the same plain-data step proven safe and run in
+the executor's threads with its guard; the trivial rows of the first table have its time too).
 
 Rows compare the same code compiled plainly (``compile``) and through :func:`compile_block` with a
 deadline set, per iteration or per call; plus ``compile_block`` uncached and cached, and a
@@ -28,6 +30,7 @@ from bench.common import cpu_seconds, minor_faults, own_cpu_seconds, print_table
 from statek_bus.authoring.tools import tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
 from statek_bus.runtime.procrunner import ProcessCodeRunner
+from statek_bus.runtime.tierrunner import DataTier
 from statek_bus.runtime.workspace import Workspace, decode_workspace, encode_workspace
 from statek_bus.sandbox.fallback import FallbackBuiltins
 from statek_bus.sandbox.restricted import SandboxPolicy, compile_block, sandbox_globals
@@ -162,15 +165,19 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
     await asyncio.to_thread(process.wait_started)
     rows: list[dict[str, Any]] = []
     tools = "x = 0\nfor i in range(10):\n    x = _add(x, i)"
+    tier = DataTier(process, thread)
     try:
         for case, code, per in (("trivial step", "y = n + 1", 1), ("10 tool calls, per call", tools, 10)):
             for in_flight in (1, 8):
                 a = await _steps(thread, code, steps, in_flight) / per
                 b = await _steps(process, code, steps, in_flight) / per
-                rows.append({
+                row = {
                     "case": f"{case}, {in_flight} in flight", "in-process µs": a * 1e6,
                     "process µs": b * 1e6, "ratio (x slower)": b / a,
-                })  # fmt: skip
+                }  # fmt: skip
+                if per == 1:
+                    row["data tier µs"] = await _steps(tier, code, steps, in_flight) * 1e6
+                rows.append(row)
         t0 = time.perf_counter()
         for _ in range(steps):
             sock, _, _ = process._server.spawn()
@@ -178,7 +185,7 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
         rows.append(
             {"case": "fork from the fork server", "process µs": (time.perf_counter() - t0) / steps * 1e6}
         )
-        costs = await _cost_rows(process, thread, steps)
+        costs = await _cost_rows(process, thread, tier, steps)
     finally:
         await process.aclose()
         await thread.aclose()
@@ -188,9 +195,10 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
 
 
 async def _cost_rows(
-    process: ProcessCodeRunner, thread: ThreadCodeRunner, steps: int
+    process: ProcessCodeRunner, thread: ThreadCodeRunner, tier: DataTier, steps: int
 ) -> list[dict[str, Any]]:
-    """CPU per trivial step in each process, one step at a time, beside the in-process runner's."""
+    """CPU per trivial step in each process, one step at a time, beside the in-process runner's and
+    the data tier's (the same step, proven plain data, in the executor with its guard)."""
     me = os.getpid()
     assert process._server._proc is not None
     server = process._server._proc.pid
@@ -209,6 +217,8 @@ async def _cost_rows(
 
     base = await measure(thread)
     cost = await measure(process)
+    data = await measure(tier)
+    assert tier.counts["tier"] >= steps, tier.counts  # the step really ran in the tier
     floor = base["executor"]
     rows = [{"runner": "in-process (threads of the executor)", "total CPU ms": floor * 1e3,
              "executor ms": floor * 1e3, "x in-process (higher = costlier)": 1.0}]  # fmt: skip
@@ -218,6 +228,13 @@ async def _cost_rows(
         "executor ms": cost["executor"] * 1e3, "fork server ms": cost["server"] * 1e3,
         "worker ms": cost["workers"] * 1e3, "worker page faults": cost["faults"],
         "x in-process (higher = costlier)": total / floor,
+    })  # fmt: skip
+    tier_total = data["executor"] + data["server"] + data["workers"]
+    rows.append({
+        "runner": "data tier (proven plain data, in the executor)", "total CPU ms": tier_total * 1e3,
+        "executor ms": data["executor"] * 1e3, "fork server ms": data["server"] * 1e3,
+        "worker ms": data["workers"] * 1e3, "worker page faults": data["faults"],
+        "x in-process (higher = costlier)": tier_total / floor,
     })  # fmt: skip
     return rows
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "DATA_TIER_STEPS",
     "JOBS",
     "LLM_CALLS",
     "LLM_COST",
@@ -60,6 +61,12 @@ same numbers (aggregate with ``max``), whichever executor moved the jobs, across
 jobs are not a gauge (they only grow, until retention removes them): ``statek_steps_total``
 with ``outcome="done"`` counts jobs ending."""
 SANDBOX_REFUSALS = Counter("statek_sandbox_refusals", "Model code refused by the sandbox policy.")
+DATA_TIER_STEPS = Counter(
+    "statek_data_tier_steps",
+    "Steps with model code, by route: tier (ran in the executor's data tier), aborted (the tier gave "
+    "up; a worker process ran it), process (outside the tier's subset: a worker process).",
+    ["route"],
+)
 """Model code the static check or a run-time guard refused."""
 TIMER_LATENESS = Histogram(
     "statek_timer_lateness_seconds",

@@ -175,6 +175,11 @@ class Settings:
     """Run an agent's warmup in the executor while nothing model-written has run in the job (it is
     application code against data; a worker process would cost a fork and protect nothing). Off:
     every step's code runs in a worker process."""
+    data_tier: bool = True
+    """Run model code that provably touches only data (a strict subset of Python on plain values,
+    every value and operation size-guarded: :mod:`statek_bus.sandbox.datatier`) in the executor's
+    threads instead of a worker process; whatever the tier cannot prove, or gives up on, runs in a
+    worker as before. Off: every model step forks a worker."""
     sandbox_workers: int = 32
     """Steps whose model code runs at once in worker processes (one process each)."""
     sandbox_memory_mb: int = 512

@@ -627,7 +627,7 @@ class SandboxSession:
 
         policy = self.trusted_policy if unit.trusted else self.policy
         try:
-            block = sandbox.compile_block(unit.code, policy)
+            block = self.compile(unit, policy)
         except sandbox.SandboxViolation as exc:
             console.append(error_line(exc))
             return UnitResult(console=console.entries, error=error_line(exc), sandbox=True)
@@ -669,6 +669,13 @@ class SandboxSession:
             if self.exited:
                 break
         return UnitResult(console=console.entries)
+
+    def compile(self, unit: ExecUnit, policy: Any) -> Any:
+        """``unit``'s code as a :class:`~statek_bus.sandbox.restricted.CompiledBlock` (the data tier's
+        session compiles its own rewrite instead, :mod:`statek_bus.runtime.tierrunner`)."""
+        from statek_bus.sandbox import restricted as sandbox
+
+        return sandbox.compile_block(unit.code, policy)
 
     def _run_statement(self, stmt: Any) -> Any:
         if getattr(stmt, "echo", False):

@@ -54,6 +54,7 @@ from statek_bus.runtime.coderunner import (
     check_exit_size,
     install_stdout_capture,
 )
+from statek_bus.runtime.tierrunner import DataTier
 from statek_bus.runtime.workspace import WorkspaceData
 from statek_bus.sandbox.isolation import LAYERS, Limits, protect_executor
 from statek_bus.sandbox.protocol import (
@@ -808,27 +809,39 @@ def describe_layers(layers: dict[str, str]) -> str:
 
 
 class AppCodeRouter:
-    """A process runner that runs application code in threads of the executor instead.
+    """A process runner that runs application code, and model code the data tier can prove is data
+    only, in threads of the executor instead.
 
     A request marked :attr:`~statek_bus.runtime.coderunner.ExecRequest.app_code` holds only code
     the application wrote (an agent's warmup) running against values that are data (the job's
     parameters, what earlier warmup blocks made): nothing model-written is in its namespace, so a
-    worker process would protect nothing and cost a fork. Everything else goes to the process
-    runner.
+    worker process would protect nothing and cost a fork. Model code goes to ``tier``
+    (:class:`~statek_bus.runtime.tierrunner.DataTier`) when there is one, which sends what it cannot
+    prove to the process runner; everything else goes to the process runner.
     """
 
-    def __init__(self, process: ProcessCodeRunner, threads: ThreadCodeRunner) -> None:
+    def __init__(
+        self, process: ProcessCodeRunner, threads: ThreadCodeRunner, *, tier: DataTier | None = None, app_code: bool = True
+    ) -> None:
         self.process = process
         self.threads = threads
+        self.tier = tier
+        self.app_code = app_code
 
     @property
     def layers(self) -> dict[str, str]:
-        """The process runner's layers (model code's)."""
-        return self.process.layers
+        """The process runner's layers (model code's) and, once they are known, the data tier's state."""
+        layers = self.process.layers
+        if not layers:
+            return {}
+        return {**layers, "data_tier": self.tier.describe() if self.tier is not None else "off"}
 
     async def run(self, request: ExecRequest) -> ExecResult:
-        """Run ``request`` in a thread when it is application code, else in a worker process."""
-        return await (self.threads if request.app_code else self.process).run(request)
+        """Run ``request`` in a thread when it is application code, in the data tier when it can, else in
+        a worker process."""
+        if request.app_code and self.app_code:
+            return await self.threads.run(request)
+        return await (self.tier or self.process).run(request)
 
     async def aclose(self) -> None:
         """Close both runners."""
@@ -838,7 +851,8 @@ class AppCodeRouter:
 
 def make_code_runner(settings: Any) -> ProcessCodeRunner | ThreadCodeRunner | AppCodeRouter:
     """The code runner ``settings.code_runner`` names (``process`` unless told otherwise), with
-    application code routed to threads unless ``settings.app_code_in_process`` is off."""
+    application code routed to threads unless ``settings.app_code_in_process`` is off, and model code
+    to the data tier unless ``settings.data_tier`` is off."""
     if settings.code_runner == "in-process":
         log.warning(
             "sandbox: code_runner=in-process: MODEL CODE RUNS INSIDE THE EXECUTOR with no memory, CPU "
@@ -851,9 +865,11 @@ def make_code_runner(settings: Any) -> ProcessCodeRunner | ThreadCodeRunner | Ap
     limits = Limits(memory_bytes=settings.sandbox_memory_mb * 1024 * 1024, cpu_seconds=cpu)
     preload = tuple(n.strip() for n in settings.python_sandbox_allowed_imports.split(",") if n.strip())
     process = ProcessCodeRunner(workers=settings.sandbox_workers, limits=limits, preload=preload)
-    if not settings.app_code_in_process:
+    if not settings.app_code_in_process and not settings.data_tier:
         return process
-    return AppCodeRouter(process, ThreadCodeRunner(threads=max(2, min(8, settings.max_concurrency // 8))))
+    threads = ThreadCodeRunner(threads=max(2, min(8, settings.max_concurrency // 8)))
+    tier = DataTier(process, threads) if settings.data_tier else None
+    return AppCodeRouter(process, threads, tier=tier, app_code=settings.app_code_in_process)
 
 
 def runner_layers(runner: Any) -> dict[str, str]:

@@ -45,7 +45,7 @@ from statek_bus.authoring.console import error_line, format_value
 from statek_bus.authoring.futures import CallSites, Suspend
 from statek_bus.authoring.tools import JobContext, describe
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, execute
-from statek_bus.runtime.workspace import WorkspaceData
+from statek_bus.runtime.workspace import MAX_WORKSPACE_BYTES, WorkspaceData
 from statek_bus.sandbox import restricted
 from statek_bus.sandbox.isolation import (
     Limits,
@@ -82,10 +82,8 @@ from statek_bus.sandbox.replay import refuse_during_replay
 from statek_bus.sandbox.runtime import Clock, Importer
 from statek_bus.wire.values import TypeRegistry, from_json, to_json
 
-__all__ = ["MAX_WORKSPACE_BYTES", "ToolStub", "main"]
+__all__ = ["ToolStub", "main"]
 
-MAX_WORKSPACE_BYTES = 32 * 1024 * 1024
-"""Largest workspace a step may save (encoded); past it the step's variables are not saved."""
 
 _ENCODER = msgspec.json.Encoder()
 _CTL_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS cl
     from nats.js import JetStreamContext
 
 __all__ = [
+    "MAX_WORKSPACE_BYTES",
     "Definition",
     "DefinitionSource",
     "Workspace",
@@ -62,6 +63,8 @@ __all__ = [
     "workspace_blob_name",
 ]
 
+MAX_WORKSPACE_BYTES = 32 * 1024 * 1024
+"""Largest workspace a step may save (encoded); past it the step's variables are not saved."""
 MOBJ = "mobj"
 """Tag of an instance of a model-defined class."""
 

@@ -1,0 +1,234 @@
+"""The data tier's runtime side: a step whose model code provably touches only data runs in a thread
+of the executor, with no worker process; every other step, and every step the tier gives up, runs
+in a worker process exactly as before.
+
+:mod:`statek_bus.sandbox.datatier` holds the proof (the AST subset, the plain-data check, the guard)
+and the argument for it. Here:
+
+* :class:`DataTier` takes a step from :class:`~statek_bus.runtime.procrunner.AppCodeRouter`. A step
+  whose units are all plain ``code`` units (no formal tool call, no trusted warmup, nothing
+  resumed, no shared-context binding) goes to a :class:`TierSession` in a
+  :class:`~statek_bus.runtime.coderunner.ThreadCodeRunner` thread; anything else to the process
+  runner.
+* :class:`TierSession` is a :class:`~statek_bus.runtime.coderunner.SandboxSession` whose namespace
+  holds no tool and no host object: only the job's variables (decoded from their stored form, as
+  a worker decodes them, and checked to be plain data), the guarded callables and the step's own
+  ``print``/``exit``. It runs the tier's rewrite of each block through the very same
+  ``run_code``/``Console``/``error_line``/echo/``Workspace.snapshot`` machinery a worker process
+  uses, so a tier step's console, errors, exit value and workspace are those the worker gives.
+* When the guard trips, a name is missing, or anything is not as expected, the session records
+  why (:attr:`TierSession.aborted`) and the whole request runs in a worker process from the start.
+  That is safe: the tier ran no tool and changed nothing outside its own namespace.
+
+``statek_data_tier_steps{route}`` (:mod:`statek_bus.mesh.metrics`) counts the steps of each route,
+and ``statek.executor.status`` → ``sandbox.data_tier`` says the tier is on, with the same counts.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from statek_bus.authoring.console import format_value
+from statek_bus.authoring.tools import JobContext
+from statek_bus.mesh.metrics import DATA_TIER_STEPS
+from statek_bus.runtime.coderunner import (
+    CodeRunner,
+    Console,
+    ExecRequest,
+    ExecResult,
+    ExecUnit,
+    SandboxSession,
+    SessionInputs,
+    ThreadCodeRunner,
+    UnitResult,
+    _console_print,
+)
+from statek_bus.runtime.workspace import MAX_WORKSPACE_BYTES, Workspace, encode_workspace
+from statek_bus.sandbox import datatier
+from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement
+from statek_bus.wire.values import from_json, to_json
+
+__all__ = ["DataTier", "TierSession", "eligible_units"]
+
+ROUTES = ("tier", "aborted", "process")
+"""Labels of ``statek_data_tier_steps``: ran in the tier; given up, then run in a worker; a worker's
+from the start (outside the subset)."""
+
+
+def eligible_units(request: ExecRequest) -> bool:
+    """Whether ``request``'s units and session are of the kind the tier may take (its code is
+    checked later, in the tier's thread)."""
+    return (
+        bool(request.units)
+        and all(u.kind == "code" and not u.trusted and not u.skip and u.start == 0 for u in request.units)
+        and not getattr(request.session, "context_bound", False)
+    )
+
+
+class TierSession(SandboxSession):
+    """One tier step's session: the job's data, the guarded callables, no tool and no host object.
+
+    Args:
+        inputs: the step's real session, read only (policy, stored workspace, initial variables,
+            tool names, registry); nothing of it is put in the namespace.
+        units: the step's units (all plain code units).
+    """
+
+    def __init__(self, inputs: SessionInputs, units: list[ExecUnit]) -> None:
+        job = JobContext(job_id=inputs.job.job_id, agent="", params={}, namespace={}, extras={})
+        super().__init__(
+            policy=inputs.policy,
+            trusted_policy=inputs.trusted_policy,
+            tools={},
+            job=job,
+            workspace=None,
+            shared_vars={},
+            registry=inputs.registry,
+        )
+        self.inputs = inputs
+        self.units = units
+        self.guard = datatier.Guard()
+        self.aborted: str | None = None
+        """Why the tier gave the step up (None: it did not)."""
+        self._plans: dict[str, datatier.Plan] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def begin(self, deadline: float) -> None:
+        """Check the step's code and values, then build the tier's namespace (in the tier's thread)."""
+        self.deadline = deadline
+        self._workspace = Workspace()
+        ns = datatier.namespace(self.guard, print_fn=_console_print, exit_fn=self._exit)
+        self.base_names = set(ns)
+        self.ns = ns
+        self.job.namespace = ns
+        try:
+            values = self._values()
+            self._check(values)
+        except datatier.TierAbort as exc:
+            self.aborted = exc.reason
+            return
+        except Exception as exc:  # anything unexpected: the worker process decides
+            self.aborted = f"inputs: {type(exc).__name__}"
+            return
+        ns.update(values)
+
+    def _values(self) -> dict[str, Any]:
+        """The job's variables, decoded from their stored form as a worker decodes them."""
+        inputs = self.inputs
+        stored = inputs.workspace_data
+        if stored is not None:
+            if stored.definitions:
+                raise datatier.TierAbort("definitions in the workspace")
+            values = {k: from_json(v, inputs.registry) for k, v in stored.values.items()}
+        else:  # the worker gets them as tagged JSON too
+            registry = inputs.registry
+            values = {k: from_json(to_json(v, registry, k), registry) for k, v in inputs.shared_vars.items()}
+        for value in values.values():
+            if not datatier.plain_value(value):
+                raise datatier.TierAbort("a value in scope is not plain data")
+        if sum(self.guard.weight(v) for v in values.values()) > datatier.MAX_SCOPE_WEIGHT:
+            raise datatier.TierAbort("the variables in scope are too large")
+        return values
+
+    def _check(self, values: dict[str, Any]) -> None:
+        reserved = {*self.inputs.tools, "print", "exit"}  # the worker's base names: never snapshotted
+        if reserved & values.keys() or any(k.startswith("__") for k in values):
+            raise datatier.TierAbort("a variable shadows a tool or a dunder")
+        for unit in self.units:
+            plan = self._plans.get(unit.code) or datatier.plan(unit.code, self.policy)
+            if plan is None:
+                raise datatier.TierAbort("outside the subset")
+            if not plan.needs <= values.keys() | {n for p in self._plans.values() for n in p.assigned}:
+                raise datatier.TierAbort("a name is not in scope")
+            if plan.assigned & reserved or plan.calls & self.inputs.tools.keys():
+                raise datatier.TierAbort("a tool's name")
+            self._plans[unit.code] = plan
+
+    def compile(self, unit: ExecUnit, policy: Any) -> CompiledBlock:
+        """The tier's rewrite of ``unit``'s code (checked by :meth:`begin`)."""
+        statements: list[CompiledStatement] = list(self._plans[unit.code].statements)
+        return CompiledBlock(statements, unit.code)
+
+    def run_code(self, unit: ExecUnit, console: Console) -> UnitResult:
+        """Run ``unit`` as the worker would, unless the tier has given the step up."""
+        if self.aborted is not None:
+            return UnitResult(console=[])
+        return super().run_code(unit, console)
+
+    def _run_statement(self, stmt: Any) -> Any:
+        try:
+            return super()._run_statement(stmt)
+        except datatier.TierAbort as exc:
+            self.aborted = exc.reason
+            raise
+        except (NameError, MemoryError, RecursionError) as exc:  # the worker's namespace decides
+            self.aborted = type(exc).__name__
+            raise datatier.TierAbort(self.aborted) from None
+
+    def snapshot(self) -> tuple[Any, list[str]]:
+        """The workspace as storable data (nothing, once the tier has given up)."""
+        if self.aborted is not None:
+            return None, []
+        return super().snapshot()
+
+    def finish(self, result: ExecResult) -> ExecResult:
+        """``result`` as the process runner reports it: the exit value through its tagged JSON (or its
+        formatted text), and a workspace over the worker's limit given to the worker instead."""
+        if result.exited:
+            try:
+                result.exit_value = from_json(
+                    to_json(result.exit_value, self.registry, "exit"), self.registry
+                )
+            except Exception:
+                result.exit_value = format_value(result.exit_value)
+        if result.workspace is not None and len(encode_workspace(result.workspace)) > MAX_WORKSPACE_BYTES:
+            self.aborted = "workspace size"
+        if any(u.error == "RuntimeError: internal error" for u in result.units):
+            self.aborted = self.aborted or "internal error"
+        return result
+
+
+class DataTier:
+    """Runs a step in the data tier when it can, else (or when the tier gives up) in a worker process.
+
+    Args:
+        process: the process runner (every step the tier does not take).
+        threads: the threads tier steps run in (shared with the agents' warmups).
+    """
+
+    def __init__(self, process: CodeRunner, threads: ThreadCodeRunner) -> None:
+        self.process = process
+        self.threads = threads
+        self.counts = dict.fromkeys(ROUTES, 0)
+        """Steps by route, since start."""
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """What ``statek.executor.status`` says about the tier."""
+        c = self.counts
+        return (
+            f"on: plain-data code runs in the executor ({c['tier']} steps; {c['aborted']} given up and "
+            f"run in a worker; {c['process']} outside the subset)"
+        )
+
+    def _count(self, route: str) -> None:
+        with self._lock:
+            self.counts[route] += 1
+        DATA_TIER_STEPS.labels(route=route).inc()
+
+    async def run(self, request: ExecRequest) -> ExecResult:
+        """Run ``request`` in the tier, or in a worker process from the start."""
+        if not eligible_units(request):
+            self._count("process")
+            return await self.process.run(request)
+        session = TierSession(request.session, request.units)
+        tier = ExecRequest(session=session, units=request.units, deadline_seconds=request.deadline_seconds)
+        result = await self.threads.run(tier)
+        if session.aborted is None:
+            result = session.finish(result)
+        if session.aborted is None:
+            self._count("tier")
+            return result
+        self._count("process" if session.aborted == "outside the subset" else "aborted")
+        return await self.process.run(request)

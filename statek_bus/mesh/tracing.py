@@ -45,6 +45,7 @@ _CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("statek_tr
 _otel: ModuleType | None = None
 _PROPAGATOR: TraceContextTextMapPropagator | None = None
 _loaded = False
+_provider_set = False
 
 
 def _load() -> None:
@@ -87,8 +88,26 @@ def current_trace_id() -> str | None:
     return trace_id_of(_current_traceparent())
 
 
+def _recording() -> bool:
+    """Whether spans are made: OpenTelemetry is installed and the process has set a tracer provider.
+
+    With the API's default provider (a proxy until an SDK is set) every span would be a no-op
+    that only re-propagates the caller's ``traceparent``, which the header pass-through already
+    does, at a fraction of the cost per request (contexts attached, tracers looked up). Once a
+    provider is set it stays set, so the answer is kept.
+    """
+    global _provider_set
+    if _provider_set:
+        return True
+    _load()
+    if _otel is None:
+        return False
+    _provider_set = not isinstance(_otel.get_tracer_provider(), _otel.ProxyTracerProvider)
+    return _provider_set
+
+
 def _current_traceparent() -> str | None:
-    if _PROPAGATOR is not None:
+    if _PROPAGATOR is not None and _recording():
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
         if carrier.get(TRACEPARENT_HEADER):
@@ -120,11 +139,10 @@ def span(
 
     Everything the block logs, publishes or requests carries the resulting trace.
     """
-    _load()
-    incoming = _valid((headers or {}).get(TRACEPARENT_HEADER))
+    incoming = _valid(headers.get(TRACEPARENT_HEADER)) if headers else None
     token = _CURRENT.set(incoming or _CURRENT.get())
     try:
-        if _otel is None or _PROPAGATOR is None:
+        if not _recording() or _otel is None or _PROPAGATOR is None:
             yield
             return
         parent = _PROPAGATOR.extract({TRACEPARENT_HEADER: incoming}) if incoming else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Literal
@@ -46,13 +47,18 @@ _otel: ModuleType | None = None
 _PROPAGATOR: TraceContextTextMapPropagator | None = None
 _loaded = False
 _provider_set = False
+_provider_from_env = False
+_MISSING = object()
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
+"""The variable naming a tracer provider to load on first use (the API reads it)."""
 
 
 def _load() -> None:
-    global _otel, _PROPAGATOR, _loaded
+    global _otel, _PROPAGATOR, _loaded, _provider_from_env
     if _loaded:
         return
     _loaded = True
+    _provider_from_env = _PROVIDER_FROM_ENV in os.environ
     try:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -94,7 +100,9 @@ def _recording() -> bool:
     With the API's default provider (a proxy until an SDK is set) every span would be a no-op
     that only re-propagates the caller's ``traceparent``, which the header pass-through already
     does, at a fraction of the cost per request (contexts attached, tracers looked up). Once a
-    provider is set it stays set, so the answer is kept.
+    provider is set it stays set, so a yes is kept. The API's own ``get_tracer_provider`` reads the
+    environment on every call while none is set, so its global is read directly, falling back to
+    that call should a later API release move it.
     """
     global _provider_set
     if _provider_set:
@@ -102,7 +110,10 @@ def _recording() -> bool:
     _load()
     if _otel is None:
         return False
-    _provider_set = not isinstance(_otel.get_tracer_provider(), _otel.ProxyTracerProvider)
+    current = getattr(_otel, "_TRACER_PROVIDER", _MISSING)
+    if current is _MISSING or _provider_from_env:
+        current = None if isinstance(_otel.get_tracer_provider(), _otel.ProxyTracerProvider) else True
+    _provider_set = current is not None
     return _provider_set
 
 

@@ -189,11 +189,9 @@ class StepEngine:
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
 
-        try:
-            # 0. A waiting job re-checks what it waits for; still unmet, it stays SUSPENDED.
-            if state.wait is not None and not await gate(state, env):
-                return self._done(new, state, trace, consumed)
-            # 1. Pick and run the pending code (or resume it where it suspended).
+        async def run_pending() -> StepOutcome | None:
+            """Run the pending code (or resume it where it suspended): an outcome ends the step."""
+            nonlocal agent
             started_at = utcnow()
             item, units, block = self._pending(state, blocks, style, step)
             if item is not None:
@@ -242,7 +240,18 @@ class StepEngine:
                 self._check_exceptions(state)
                 if state.warmup_next < len(blocks):
                     return self._done(new, state, trace, consumed)
+            return None
 
+
+        try:
+            # 0. A waiting job re-checks what it waits for; still unmet, it stays SUSPENDED.
+            if state.wait is not None and not await gate(state, env):
+                return self._done(new, state, trace, consumed)
+            # 1. Pick and run the pending code (or resume it where it suspended).
+            code_ran = self._has_pending(state, blocks)
+            outcome = await run_pending()
+            if outcome is not None:
+                return outcome
             # 2. At most one LLM call.
             set_status(JobStatus.STARTED)
             if state.turns + 1 > (turns := self._limit(self.settings.max_turns, state)):
@@ -285,6 +294,14 @@ class StepEngine:
                 if self._remind(agent, state, step):  # the reminder goes in and the job goes on
                     return self._done(new, state, trace, consumed)
                 return finish(None)
+            # 3. The reply's code runs in this step too, unless code ran before the call: a step
+            # runs one item of code (its trace names one). A crash before the commit re-runs the
+            # step from the last commit; its model call has the same identity and the provider
+            # answers it from its ledger instead of calling the model again.
+            if not code_ran:
+                outcome = await run_pending()
+                if outcome is not None:
+                    return outcome
             return self._done(new, state, trace, consumed)
         except HarnessError as exc:
             state.log.append(LogItem(kind="system", step=step, text=error_exit(str(exc)), executed=True))
@@ -341,6 +358,14 @@ class StepEngine:
         for message in processed.messages:
             state.log.append(LogItem(kind="system", step=step, text=message, executed=True))
         return processed
+
+    @staticmethod
+    def _has_pending(state: EngineState, blocks: list[WarmupBlock]) -> bool:
+        """Whether :meth:`_pending` has code to run (it is resumed, a warmup block, or a reply)."""
+        if state.wait is not None or state.warmup_next < len(blocks):
+            return True
+        pending = next((i for i in reversed(state.log) if i.kind == "llm"), None)
+        return pending is not None and not pending.executed
 
     def _pending(
         self, state: EngineState, blocks: list[WarmupBlock], style: ChatStyle, step: int

@@ -196,7 +196,7 @@ SLOW = scripted(
     ],
 )
 
-NOTE = scripted("t_note", ["import time\ntime.sleep(1.5)\nexit('early')", 'exit("after note")'])
+NOTE = scripted("t_note", ["noted = 0", "import time\ntime.sleep(1.5)\nexit('early')", 'exit("after note")'])
 
 HANDLERS = scripted("t_handlers", ['register("a")\nregister("b")', "1 / 0", "[][1]", 'exit("never")'])
 SHORT = scripted("t_short", ["x = 1"])

@@ -27,7 +27,7 @@ from typing import Any
 
 from statek_bus.authoring.library import LIBRARY_TOOLS, example_names
 from statek_bus.authoring.messaging import check_send_message
-from statek_bus.authoring.prompts import fill_placeholders, render_prompt
+from statek_bus.authoring.prompts import Template, render_prompt
 from statek_bus.authoring.referenced import referenced_locals
 from statek_bus.authoring.shared_context import CONTEXT_TOOLS
 from statek_bus.authoring.tools import SYSTEM_TOOLS, Tool, as_tool
@@ -50,7 +50,6 @@ __all__ = [
 _SPLIT = re.compile(r"^\s*#\s*-{10,}\s*$")
 _META = re.compile(r"^\s*#\s*STATEK\s*:(.*)$")
 _AS_TOOL = re.compile(r"#\s*STATEK\s*:\s*as\s+tool\s*$")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _MAX_PLANS = 64
 """Prepared prompts kept per agent (one per chat style and difficulty in use)."""
 
@@ -59,12 +58,9 @@ _MAX_PLANS = 64
 class _PromptPlan:
     """A prompt prepared for one chat style and difficulty: what no job changes."""
 
-    text: str
-    """The prompt with the sections of other difficulties left out, placeholders unfilled."""
-    names: frozenset[str]
-    """The ``{placeholders}`` it holds."""
-    fixed: dict[str, str]
-    """Values of the placeholders that depend only on the agent (its tool texts)."""
+    template: Template
+    """The prompt with the sections of other difficulties left out and the placeholders that
+    depend only on the agent (its tool texts) filled; the others are its slots."""
 
 
 @dataclass(frozen=True)
@@ -298,21 +294,22 @@ class Agent:
             if len(self._plans) >= _MAX_PLANS:  # prompts or tools replaced many times: start again
                 self._plans.clear()
             plan = self._plans[key] = self._plan(style, difficulty)
-        if not plan.names:
-            return plan.text
-        values = dict(plan.fixed)
-        if "shared_var_names" in plan.names:
+        names = plan.template.names
+        if not names:
+            return plan.template.fill({})
+        values: dict[str, str] = {}
+        if "shared_var_names" in names:
             values["shared_var_names"] = ", ".join(shared_var_names)
         if params:
-            for name in plan.names:
+            for name in names:
                 if name not in values and name in params:
                     values[name] = str(params[name])
-        return fill_placeholders(plan.text, values)
+        return plan.template.fill(values)
 
     def _plan(self, style: str, difficulty: str) -> _PromptPlan:
         """The prompt at ``difficulty`` and the agent-only placeholder values it uses."""
-        text = render_prompt(self.prompt, difficulty, self.metadata.get("PROMPT_STYLE"))
-        names = frozenset(_PLACEHOLDER.findall(text))
+        template = Template(render_prompt(self.prompt, difficulty, self.metadata.get("PROMPT_STYLE")))
+        names = template.names
         fixed: dict[str, str] = {}
         if names & {"tools", "brief_tools", "detailed_tools"}:
             tools = self.visible_tools(style)
@@ -320,7 +317,7 @@ class Agent:
                 fixed["tools"] = fixed["brief_tools"] = "\n".join(t.brief_text() for t in tools)
             if "detailed_tools" in names:
                 fixed["detailed_tools"] = "\n\n".join(t.detailed_text() for t in tools)
-        return _PromptPlan(text=text, names=names, fixed=fixed)
+        return _PromptPlan(template=template.partial(fixed))
 
     def warmup_blocks(self) -> list[WarmupBlock]:
         """Warmup blocks run before the first LLM call (none for a plain agent)."""

@@ -31,6 +31,7 @@ from statek_bus.wire.difficulty import DIFFICULTIES, difficulty_named
 __all__ = [
     "PromptSection",
     "PromptStyle",
+    "Template",
     "fill_placeholders",
     "parse_difficulty",
     "parse_levels",
@@ -206,20 +207,68 @@ def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
     """
     if "{" not in text:
         return text
+    return Template(text).fill(values)
 
-    def fill(m: re.Match[str]) -> str:
-        return values.get(m.group(1), m.group(0))
 
-    def comment(m: re.Match[str]) -> str:
-        value = values.get(m.group(1))
-        if value is None:
-            return m.group(0)
+class Template:
+    """A text with ``{name}`` placeholders, split once into literal runs and slots.
+
+    :meth:`fill` joins the parts, so a prompt filled on every step costs a join, not a regular
+    expression pass per line; :meth:`partial` fills the values known ahead (an agent's tool texts)
+    into the literal runs. Filling is :func:`fill_placeholders`'s: an unknown name stays as written,
+    a slot on a line starting with ``#`` gets its value as a block comment.
+    """
+
+    __slots__ = ("names", "parts")
+
+    def __init__(self, text: str, *, _parts: tuple[str | tuple[str, bool], ...] | None = None) -> None:
+        parts: list[str | tuple[str, bool]] = list(_parts) if _parts is not None else _split(text)
+        self.parts = tuple(parts)
+        self.names = frozenset(p[0] for p in self.parts if isinstance(p, tuple))
+        """The placeholder names the text holds."""
+
+    def partial(self, values: Mapping[str, str]) -> Template:
+        """This template with ``values`` filled in; the other slots stay slots."""
+        merged: list[str | tuple[str, bool]] = []
+        for part in self.parts:
+            if isinstance(part, tuple) and part[0] in values:
+                part = _slot_text(part, values[part[0]])
+            if isinstance(part, str) and merged and isinstance(merged[-1], str):
+                merged[-1] += part
+            else:
+                merged.append(part)
+        return Template("", _parts=tuple(merged))
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        """The text with the slots of ``values`` filled and the others written as ``{name}``."""
+        return "".join(
+            part if isinstance(part, str) else _slot_text(part, values.get(part[0])) for part in self.parts
+        )
+
+
+def _slot_text(slot: tuple[str, bool], value: str | None) -> str:
+    name, comment = slot
+    if value is None:
+        return "{" + name + "}"
+    if comment:
         return "\n# ".join(value.splitlines()) if value else ""
+    return value
 
-    lines = []
-    for line in text.split("\n"):
-        if line.lstrip().startswith("#") and _PLACEHOLDER.search(line):
-            lines.append(_PLACEHOLDER.sub(comment, line))
-        else:
-            lines.append(_PLACEHOLDER.sub(fill, line))
-    return "\n".join(lines)
+
+def _split(text: str) -> list[str | tuple[str, bool]]:
+    parts: list[str | tuple[str, bool]] = []
+    literal: list[str] = []
+    for i, line in enumerate(text.split("\n")):
+        if i:
+            literal.append("\n")
+        comment = line.lstrip().startswith("#")
+        at = 0
+        for m in _PLACEHOLDER.finditer(line):
+            literal.append(line[at : m.start()])
+            parts.append("".join(literal))
+            literal = []
+            parts.append((m.group(1), comment))
+            at = m.end()
+        literal.append(line[at:])
+    parts.append("".join(literal))
+    return [p for p in parts if p != ""]

@@ -81,6 +81,10 @@ class Model(Protocol):
         """Answer ``request``; :class:`StatekError` on failure."""
         ...
 
+    async def resume_code(self) -> None:
+        """The step runs code again after its call (the reply's): wait until it may run code."""
+        ...
+
 
 SessionFactory = Callable[[JobContext, Agent, dict[str, Any] | None, dict[str, Any], bool], Awaitable[Any]]
 """Builds a code session: (job context, agent, workspace ref, shared vars, trusted) → session."""
@@ -189,11 +193,12 @@ class StepEngine:
         ctx.difficulty = state.difficulty
         bind_env(ctx, env, state)
 
-        try:
-            # 0. A waiting job re-checks what it waits for; still unmet, it stays SUSPENDED.
-            if state.wait is not None and not await gate(state, env):
-                return self._done(new, state, trace, consumed)
-            # 1. Pick and run the pending code (or resume it where it suspended).
+        async def run_pending(after_call: bool = False) -> StepOutcome | None:
+            """Run the pending code (or resume it where it suspended): an outcome ends the step.
+
+            ``after_call``: it is the reply the step's model call just brought (``trace.then_ran``).
+            """
+            nonlocal agent
             started_at = utcnow()
             item, units, block = self._pending(state, blocks, style, step)
             if item is not None:
@@ -203,10 +208,14 @@ class StepEngine:
                     state.warmup_next += 0 if resuming else 1
                 elif new.status in (JobStatus.READY, JobStatus.SUSPENDED):
                     set_status(JobStatus.STARTED)
-                trace.ran = state.log.index(item)
-                trace.console_from = len(item.console) if resuming else 0
+                index = state.log.index(item)
+                if after_call:
+                    trace.then_ran = index
+                else:
+                    trace.ran = index
+                    trace.console_from = len(item.console) if resuming else 0
                 for i, unit in enumerate(units):
-                    unit.site = f"{trace.ran}.{i}"
+                    unit.site = f"{index}.{i}"
                 result = await self._execute(
                     ctx, agent, state, record, units, trusted=bool(block and block.hidden),
                     app_code=block is not None and not _brings_code(options) and not _model_code_ran(state),
@@ -217,7 +226,7 @@ class StepEngine:
                     state.subtask_done, trace.subtask = env.subtask_done, True
                 if result.suspended is not None:
                     self._record_result(item, units, result, state, step, partial=True)
-                    suspend_wait(state, env, result, trace.ran, block, started_at)
+                    suspend_wait(state, env, result, index, block, started_at)
                     set_status(JobStatus.SUSPENDED)
                     return self._done(new, state, trace, consumed)
                 state.wait, state.memo = None, {}
@@ -242,7 +251,16 @@ class StepEngine:
                 self._check_exceptions(state)
                 if state.warmup_next < len(blocks):
                     return self._done(new, state, trace, consumed)
+            return None
 
+        try:
+            # 0. A waiting job re-checks what it waits for; still unmet, it stays SUSPENDED.
+            if state.wait is not None and not await gate(state, env):
+                return self._done(new, state, trace, consumed)
+            # 1. Pick and run the pending code (or resume it where it suspended).
+            outcome = await run_pending()
+            if outcome is not None:
+                return outcome
             # 2. At most one LLM call.
             set_status(JobStatus.STARTED)
             if state.turns + 1 > (turns := self._limit(self.settings.max_turns, state)):
@@ -285,6 +303,14 @@ class StepEngine:
                 if self._remind(agent, state, step):  # the reminder goes in and the job goes on
                     return self._done(new, state, trace, consumed)
                 return finish(None)
+            # 3. The reply's code runs in this step too. A crash before the commit re-runs the
+            # step from the last commit; its model call has the same identity and the provider
+            # answers it from its ledger instead of calling the model again.
+            if self._has_pending(state, blocks):
+                await self.model.resume_code()
+                outcome = await run_pending(after_call=True)
+                if outcome is not None:
+                    return outcome
             return self._done(new, state, trace, consumed)
         except HarnessError as exc:
             state.log.append(LogItem(kind="system", step=step, text=error_exit(str(exc)), executed=True))
@@ -341,6 +367,14 @@ class StepEngine:
         for message in processed.messages:
             state.log.append(LogItem(kind="system", step=step, text=message, executed=True))
         return processed
+
+    @staticmethod
+    def _has_pending(state: EngineState, blocks: list[WarmupBlock]) -> bool:
+        """Whether :meth:`_pending` has code to run (it is resumed, a warmup block, or a reply)."""
+        if state.wait is not None or state.warmup_next < len(blocks):
+            return True
+        pending = next((i for i in reversed(state.log) if i.kind == "llm"), None)
+        return pending is not None and not pending.executed
 
     def _pending(
         self, state: EngineState, blocks: list[WarmupBlock], style: ChatStyle, step: int

@@ -33,6 +33,8 @@ class StepTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Index of the chat-log item whose code this step ran."""
     console_from: int = 0
     """First console line of that item this step printed (a resumed item keeps its earlier lines)."""
+    then_ran: int | None = None
+    """Index of the reply whose code the step ran after its model call (it appended that reply)."""
     subtask: bool = False
     """This step completed the job's sub-task (its parent is notified after the commit)."""
 
@@ -126,8 +128,11 @@ def store_state(record: JobRecord, state: EngineState) -> None:
 def step_events(record: JobRecord, state: EngineState | None = None) -> list[JobEvent]:
     """The events of the step that produced ``record`` (derivable again after a crash).
 
-    Status changes first (a DONE status last, carrying the exit value), then the warmup code and
-    tool results and console lines of the code the step ran, then the chat entries it appended.
+    Status changes first (a SUSPENDED the step ended in, and a DONE, carrying the exit value,
+    last), then the warmup code and
+    tool results and console lines of the code the step ran, then the chat entries it appended,
+    the tool results and console lines of the reply it ran after its model call right after that
+    reply's own entry.
     ``state``: ``record``'s engine state when the caller has it decoded already.
     """
     state = state or load_state(record)
@@ -141,7 +146,8 @@ def step_events(record: JobRecord, state: EngineState | None = None) -> list[Job
     def ev(kind: Any, **kw: Any) -> None:
         out.append(JobEvent(job_id=jid, kind=kind, at=at, step=step, **kw))
 
-    leading = [st for st in trace.statuses if st is not JobStatus.DONE]
+    ending = trace.statuses[-1:] if trace.statuses[-1:] == [JobStatus.SUSPENDED] else []
+    leading = [st for st in trace.statuses[: len(trace.statuses) - len(ending)] if st is not JobStatus.DONE]
     for status in leading:
         ev("status", status=status)
     if trace.ran is not None and trace.ran < len(state.log):
@@ -153,13 +159,21 @@ def step_events(record: JobRecord, state: EngineState | None = None) -> list[Job
             ev("chat", role="tool", text=f"{c.name}: {c.result or ''}")
         for line in ran.console[trace.console_from :]:  # earlier lines went out with the earlier step
             ev("console", text=line)
-    for item in state.log[trace.log_from :]:
-        if item.kind == "user":
+    for i, item in enumerate(state.log[trace.log_from :], start=trace.log_from):
+        if i == trace.then_ran:
+            ev("chat", role="assistant", text=item.text or format_value([c.name for c in item.calls]))
+            for c in item.calls:
+                ev("chat", role="tool", text=f"{c.name}: {c.result or ''}")
+            for line in item.console:
+                ev("console", text=line)
+        elif item.kind == "user":
             ev("chat", role="user", text=item.text)
         elif item.kind == "llm":
             ev("chat", role="assistant", text=item.text or format_value([c.name for c in item.calls]))
         elif item.kind in ("system", "notification", "difficulty"):
             ev("chat", role="system", text=item.text)
+    for last in ending:  # the step suspended after what its code printed
+        ev("status", status=last)
     if JobStatus.DONE in trace.statuses:
         ev("status", status=JobStatus.DONE, exit_status=record.exit_status)
     return out

@@ -135,6 +135,14 @@ class _ModelWaits:
             self.slots.release()
         return await self.model.complete(request)
 
+    async def resume_code(self) -> None:
+        """Take a slot again before the step runs its reply's code (at most ``max_concurrency``
+        steps run code at once, whichever of them called the model first)."""
+        flight = _flight.get()
+        if flight is not None and not flight.holds_slot:
+            await self.slots.acquire()
+            flight.holds_slot = True
+
 
 # ==================================================================================================
 # The executor

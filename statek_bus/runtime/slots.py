@@ -23,10 +23,12 @@ PULL_EXPIRES = 5.0
 class Slots:
     """The ``max_concurrency`` slots: held by steps that run code, not by steps waiting on the model.
 
-    A step runs its pending code first and calls the model last (:mod:`statek_bus.runtime.engine`);
-    once it waits on the provider it holds no code-runner thread and runs no more code, so it gives
-    its slot back (the executor's model seam) and the pull loop may take another step in its place. The
-    rest of that step (the reply parsed, the commit, the publishes) needs no slot. The pull loop
+    A step runs any pending code first (a warmup block, a resumed wait), then calls the model, then
+    runs the reply's code (:mod:`statek_bus.runtime.engine`). While it waits on the provider it
+    holds no code-runner thread, so it gives its slot back (the executor's model seam) and the pull
+    loop may take another step in its place; before the reply's code runs it waits for a slot again
+    (``resume_code``), in line with messages that found every slot held. A reply without code
+    needs no slot for the rest of its step (parsing, the commit, the publishes). The pull loop
     asks for no more reserved credit than ``size - held``; a message that still finds every slot
     held (an idle agent's listening pull reserves none) waits for one, so at most
     ``max_concurrency`` steps run code at once, and steps in flight stay bounded by ``settings.model_waits_per_slot`` more per slot:

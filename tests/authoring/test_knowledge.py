@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from statek_bus.authoring.agents import Agent, SupervisedAgent
 from statek_bus.authoring.knowledge import (
@@ -20,7 +22,7 @@ from statek_bus.authoring.knowledge import (
     parse_prompt_file,
 )
 from statek_bus.authoring.library import find_entry, list_of_documents, show_document, show_example
-from statek_bus.authoring.prompts import PromptStyle, fill_placeholders, render_prompt
+from statek_bus.authoring.prompts import PromptStyle, Template, fill_placeholders, render_prompt
 from statek_bus.authoring.tools import JobContext, bind_job, tool, unbind_job
 from statek_bus.jobs.knowledge import RawFile, read_directory
 from statek_bus.wire.errors import PayloadTooLargeError
@@ -71,6 +73,20 @@ def test_a_placeholder_on_a_comment_line_becomes_a_block_comment() -> None:
     )
     assert fill_placeholders("# keep {unknown}", values) == "# keep {unknown}"
 
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    text=st.lists(
+        st.sampled_from(["a", "{x}", "{y}", "{tools}", "\n", "# ", "  #", "{", "}", "{{x}}", " b"]), max_size=14
+    ).map("".join),
+    tools=st.sampled_from(["", "t1\nt2", "{x}"]),
+    x=st.one_of(st.none(), st.sampled_from(["", "1\n2", "{y}"])),
+)
+def test_a_prompt_prepared_once_fills_as_the_whole_text_does(text: str, tools: str, x: str | None) -> None:
+    # An agent fills its tool texts once and the job's values on each step: the same text results
+    # as filling everything at once, a value is never read again as placeholders.
+    each = {"x": x} if x is not None else {}
+    assert Template(text).partial({"tools": tools}).fill(each) == fill_placeholders(text, {"tools": tools, **each})
 
 def test_an_agents_prompt_style_and_comment_placeholders_reach_its_system_prompt() -> None:
     @tool

@@ -111,7 +111,7 @@ async def test_workspace_survives_an_executor_restart(
     await first.start()
     job = await submit(js, "t_workspace")
     store = await JobStore.open(js)
-    while (await store.get(job))[0].step < 2:  # step 2 sleeps for a second
+    while (await store.get(job))[0].step < 1:  # step 1 sleeps for a second (the second reply's code)
         await asyncio.sleep(0.02)
     await first.stop()  # SIGTERM: the running step finishes and commits, nothing more is pulled
     assert (await store.get(job))[0].status is not JobStatus.DONE
@@ -121,7 +121,7 @@ async def test_workspace_survives_an_executor_restart(
         record = await wait_done(js, job)
     finally:
         await second.stop()
-    # a function, a class, an instance of it and a lambda defined in step 1, used in step 3
+    # a function, a class, an instance of it and a lambda defined in step 0, used in step 2
     assert record.exit_status == "84/2/10/21"
     assert "84 84" in console(record)
 
@@ -138,7 +138,7 @@ async def test_sigkill_mid_step_resumes_on_another_replica(
     await victim.start()
     job = await submit(js, "t_slow")
     store = await JobStore.open(js)
-    while (await store.get(job))[0].step < 2:  # step 2 sleeps for 3 s
+    while (await store.get(job))[0].step < 1:  # step 1 sleeps for 3 s (the second reply's code)
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)
     victim.kill()
@@ -152,7 +152,7 @@ async def test_sigkill_mid_step_resumes_on_another_replica(
     llm_steps = [i.step for i in chat_log(record) if i.kind == "llm"]
     assert llm_steps == [0, 1, 2, 3]
     ran = [i.ran_at for i in chat_log(record) if i.kind == "llm"]
-    assert ran == [1, 2, 3, 4]
+    assert ran == [0, 1, 2, 3]  # each reply's code ran in the step that asked for it
     events = await job_log(nc, job)
     assert [e.step for e in events if e.kind == "chat" and e.role == "assistant"] == [0, 1, 2, 3]
 
@@ -170,7 +170,7 @@ async def test_two_executors_finish_each_of_200_jobs_once(
     finally:
         await asyncio.gather(*(r.stop() for r in replicas))
     assert [r.exit_status for r in records] == [f"done {i}" for i in range(200)]
-    assert all(r.step == 2 and r.usage.llm_calls == 1 for r in records)
+    assert all(r.step == 1 and r.usage.llm_calls == 1 for r in records)  # one step: the call, then its code
     done_events: dict[str, int] = {}
     for e in await job_log(nc, None):
         if e.kind == "status" and e.status is JobStatus.DONE:
@@ -257,11 +257,11 @@ async def wait_step(nc: Client, job_id: str, step: int) -> None:
 async def test_cancel_ends_a_running_job_at_the_step_boundary(mesh: Settings, nc: Client) -> None:
     client = AsyncStatekClient(settings=mesh, nc=nc)
     job = await client.jobs.submit("t_slow")
-    await wait_step(nc, job.id, 2)  # step 2 sleeps for 3 s
+    await wait_step(nc, job.id, 1)  # step 1 sleeps for 3 s
     await client.jobs.cancel(job.id, reason="user asked")
     done = await client.jobs.wait(job.id, timeout=150)
     assert done.exit_status == "Cancelled: user asked"
-    assert done.usage.llm_calls == 3  # the running step finished (and was committed) first
+    assert done.usage.llm_calls == 2  # the running step (its call, then its code) finished and was committed first
 
 
 async def test_exit_waits_for_a_pending_notification(mesh: Settings, nc: Client) -> None:
@@ -273,7 +273,10 @@ async def test_exit_waits_for_a_pending_notification(mesh: Settings, nc: Client)
     assert done.exit_status == "after note"
     record, _ = await (await JobStore.open(nc.jetstream())).get(job.id)
     kinds = [i.kind for i in chat_log(record)]
-    assert kinds == ["llm", "notification", "llm"]
+    assert kinds == ["llm", "llm", "notification", "llm"]
+    # deferred, not ended and restarted by the notification: the job was DONE once
+    dones = [e for e in await job_log(nc, job.id) if e.kind == "status" and e.status is JobStatus.DONE]
+    assert len(dones) == 1
 
 
 # --- concurrency -----------------------------------------------------------------------------------

@@ -165,8 +165,8 @@ async def test_a_notification_to_a_running_job_is_delivered_at_its_next_safe_poi
     log = chat_log(record)
     assert record.exit_status == "after note"  # the exit was deferred: the notification came first
     kinds = [i.kind for i in log]
-    assert kinds == ["llm", "notification", "llm"]
-    assert log[1].text == "stop soon"
+    assert kinds == ["llm", "llm", "notification", "llm"]
+    assert log[2].text == "stop soon"
 
 
 @pytest.mark.timeout(600)  # 2,000 jobs on a loaded 2-core machine; the pace is not what is tested

@@ -13,7 +13,7 @@ from typing import Any
 
 from statek_bus.services.provider import build
 
-from bench.common import Result, closed_loop, print_table
+from bench.common import SLOWER, Result, closed_loop, print_table, progress, ratio
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.service import running_service
 from statek_bus.mesh.settings import Settings
@@ -45,6 +45,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         await server.start()
         try:
             settings = Settings.from_env({}, nats_url=server.url, request_timeout=30.0)
+            progress("provider: in-process calls, then the service at 1 and 100 in flight")
             async with Provider(settings) as local:
                 for in_flight in (1, 100):
                     r = await closed_loop(
@@ -71,10 +72,10 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                     rows.append(_row("service", in_flight, r))
         finally:
             await server.stop()
-    # the floor of each service row is the in-process call at the same number in flight
-    for row, floor in ((rows[2], rows[0]), (rows[3], rows[1])):
-        row["x in-process calls/s (lower = slower)"] = row["calls/s"] / floor["calls/s"]
-        row["x in-process p50 (higher = slower)"] = row["p50 µs"] / floor["p50 µs"]
+    # the floor of each row is the in-process call at the same number in flight
+    for row, floor in ((rows[0], rows[0]), (rows[1], rows[1]), (rows[2], rows[0]), (rows[3], rows[1])):
+        row[ratio("in-process calls/s")] = row["calls/s"] / floor["calls/s"]
+        row[ratio("in-process p50", SLOWER)] = row["p50 µs"] / floor["p50 µs"]
         row["service overhead p50 µs"] = row["p50 µs"] - floor["p50 µs"]
     return rows
 

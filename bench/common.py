@@ -105,13 +105,16 @@ async def closed_loop(op: Callable[[int], Awaitable[Any]], *, in_flight: int, se
     return Result(len(latencies), time.perf_counter() - started, latencies)
 
 
-def print_table(title: str, rows: list[dict[str, Any]]) -> None:
-    """Print ``rows`` (dicts with the same keys) as an aligned text table."""
+def print_table(title: str, rows: list[dict[str, Any]], *, ratios: bool = True) -> None:
+    """Print ``rows`` (dicts with the same keys) as an aligned text table.
+
+    ``ratios``: the table is a bench table, whose ratio column is checked (a profile's shares are not).
+    """
     print(f"\n## {title}\n")
     if not rows:
         print("(no rows)")
         return
-    for problem in table_problems(rows):
+    for problem in table_problems(rows) if ratios else []:
         progress(f"table {title!r}: {problem}")
     cols = list(rows[0])
     for r in rows[1:]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CHEAPER",
+    "FASTER",
+    "RATIO_HEADER",
+    "SLOWER",
     "Result",
     "closed_loop",
     "cpu_seconds",
@@ -21,8 +26,36 @@ __all__ = [
     "print_table",
     "print_tables",
     "progress",
+    "ratio",
     "settle",
+    "table_problems",
 ]
+
+FASTER = "higher = faster"
+"""Direction of a ratio of rates (ours ÷ the floor's), or of latencies taken the other way (floor ÷ ours)."""
+SLOWER = "lower = faster"
+"""Direction of a ratio of times or latencies (ours ÷ the floor's)."""
+CHEAPER = "lower = cheaper"
+"""Direction of a ratio of costs: CPU, memory (ours ÷ the floor's)."""
+
+RATIO_HEADER = re.compile(r"^x \S.* \((higher|lower) = (faster|cheaper)\)$")
+"""The one header style of a ratio column: ``x <floor or peer> (<direction>)``."""
+
+
+def ratio(against: str, direction: str = FASTER) -> str:
+    """The header of a ratio column against ``against`` (a floor or peer measured in the same run)."""
+    header = f"x {against} ({direction})"
+    if not RATIO_HEADER.match(header):
+        raise ValueError(f"not a ratio header: {header!r}")
+    return header
+
+
+def table_problems(rows: list[dict[str, Any]]) -> list[str]:
+    """What keeps a table from being read on its own: no ratio column (``x <floor> (<direction>)``)."""
+    cols = {c for r in rows for c in r}
+    if rows and not any(RATIO_HEADER.match(c) for c in cols):
+        return ["no ratio column against a floor or peer of the same run (x <floor> (higher = faster))"]
+    return []
 
 
 @dataclass
@@ -72,12 +105,17 @@ async def closed_loop(op: Callable[[int], Awaitable[Any]], *, in_flight: int, se
     return Result(len(latencies), time.perf_counter() - started, latencies)
 
 
-def print_table(title: str, rows: list[dict[str, Any]]) -> None:
-    """Print ``rows`` (dicts with the same keys) as an aligned text table."""
+def print_table(title: str, rows: list[dict[str, Any]], *, ratios: bool = True) -> None:
+    """Print ``rows`` (dicts with the same keys) as an aligned text table.
+
+    ``ratios``: the table is a bench table, whose ratio column is checked (a profile's shares are not).
+    """
     print(f"\n## {title}\n")
     if not rows:
         print("(no rows)")
         return
+    for problem in table_problems(rows) if ratios else []:
+        progress(f"table {title!r}: {problem}")
     cols = list(rows[0])
     for r in rows[1:]:
         cols += [c for c in r if c not in cols]

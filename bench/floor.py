@@ -1,7 +1,9 @@
 """The floor every other benchmark compares with: raw nats-py request/reply and KV put/get.
 
 The responder is a plain nats-py subscription in another process (as our services are); KV uses
-a file-storage bucket with ``direct=True`` like ours. 1 and 100 operations in flight.
+a file-storage bucket with ``direct=True`` like ours. 1 and 100 operations in flight. The ratio
+column puts each operation beside raw request/reply at the same number in flight: what a
+JetStream write or a direct get costs against one core-NATS round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import nats
 from nats.js.api import KeyValueConfig, StorageType
 
-from bench.common import closed_loop, print_table
+from bench.common import closed_loop, print_table, ratio
 from statek_bus.ops.launcher import NatsServer
 
 _RESPONDER = """
@@ -43,6 +45,7 @@ async def measure(url: str, *, seconds: float) -> list[dict[str, object]]:
     for i in range(1000):
         await kv.put(f"k{i}", PAYLOAD)
     rows: list[dict[str, object]] = []
+    echo: dict[int, float] = {}
     ops = {
         "request/reply (raw nats-py)": lambda i: nc.request("bench.echo", PAYLOAD, timeout=5),
         "kv.put (raw)": lambda i: kv.put(f"k{i % 1000}", PAYLOAD),
@@ -52,8 +55,16 @@ async def measure(url: str, *, seconds: float) -> list[dict[str, object]]:
         for name, op in ops.items():
             for n in (1, 100):
                 r = await closed_loop(op, in_flight=n, seconds=seconds)
+                echo.setdefault(n, r.rate)  # the first operation: request/reply
                 rows.append(
-                    {"operation": name, "in flight": n, "ops/s": r.rate, "p50 ms": r.p(50), "p99 ms": r.p(99)}
+                    {
+                        "operation": name,
+                        "in flight": n,
+                        "ops/s": r.rate,
+                        "p50 ms": r.p(50),
+                        "p99 ms": r.p(99),
+                        ratio("request/reply ops/s"): r.rate / echo[n],
+                    }
                 )
     finally:
         await nc.close()

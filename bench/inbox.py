@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.js.api import StorageType, StreamConfig
 
-from bench.common import print_table
+from bench.common import print_table, progress, ratio
 from statek_bus.authoring.agents import HandlerAgent, HandlerContext, HandlerEvent
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.inbox import JobInbox
@@ -107,6 +107,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
 
                 for c in clients:
                     await c.connection()  # connected before the clock starts
+                progress(f"inbox: {total:,} messages from {clients_n} clients, then the raw publish floor")
                 started = time.perf_counter()
                 results = await asyncio.gather(
                     *(
@@ -143,7 +144,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
             "each once": sorted(seen) == list(range(total)),
             "accepted msgs/s": accepted / send_s,
             "raw js.publish msgs/s": total / floor_s,
-            "ratio to raw": (accepted / send_s) / (total / floor_s),
+            ratio("raw js.publish msgs/s"): (accepted / send_s) / (total / floor_s),
             "all consumed after s": drained_s,
         }
     ]

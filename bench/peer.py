@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_seconds, percentile, progress, settle
+from bench.common import CHEAPER, SLOWER, cpu_seconds, percentile, progress, ratio, settle
 from bench.executor import PROMPT, PROMPTED, _latency, _throughput
 from bench.floor import measure as floor_measure
 from statek_bus.client.core import AsyncStatekClient
@@ -195,7 +195,7 @@ async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
                 "system": f"statek-bus, {replicas} executor{'s' if replicas > 1 else ''}",
                 "jobs/s": m["rate"],
                 "x STATEK (higher = faster)": m["rate"] / peer_rate,
-                "raw request/replies per job (floor)": m["rr_rate_100"] / m["rate"],
+                ratio("raw request/reply, 100 in flight", SLOWER): m["rr_rate_100"] / m["rate"],
             }
         )
     throughput[-1]["load avg"] = load
@@ -212,7 +212,8 @@ async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
         row["total CPU ms/job"] = 1000 * sum(mesh_cpu.values()) / jobs
         for name, seconds in sorted(m["cpu"].items()):
             row[f"{name} ms"] = 1000 * seconds / jobs
-        row["x prototype 1.45 ms (1.1-1.8)"] = row["total CPU ms/job"] / 1.45
+        row[ratio("prototype 1.45 ms (1.1-1.8)", CHEAPER)] = row["total CPU ms/job"] / 1.45
+        row[ratio("STATEK CPU", CHEAPER)] = row["total CPU ms/job"] / cost[0]["total CPU ms/job"]
         cost.append(row)
 
     latency: list[dict[str, Any]] = []
@@ -234,7 +235,7 @@ async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
                 "samples": len(m["latencies"]),
                 "submit→DONE p50 ms": p50,
                 "p99 ms": percentile(m["latencies"], 99) * 1000,
-                "p50 in raw round trips (floor)": p50 / floor,
+                ratio("raw request/reply p50", SLOWER): p50 / floor,
                 "raw request/reply p50 ms": floor,
             }
         )

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.common import progress, ratio
 from bench.executor import ONE_TURN, _throughput
 from statek_bus.authoring.agents import SupervisedAgent
 from statek_bus.client.core import AsyncStatekClient
@@ -32,6 +33,9 @@ CROWDED = [ONE_TURN, *(SupervisedAgent(f"bench_idle_{i}", "", metadata=_SCRIPT) 
 """The busy agent and 30 idle ones."""
 OTHER = [SupervisedAgent("bench_other_pool", "", metadata=_SCRIPT)]
 """The second pool's agent."""
+
+
+_VS_SOLO = ratio("1 agent jobs/s")
 
 
 def _executor(url: str, spec: str, tmp: Path, env: dict[str, str]) -> ServiceProcess:
@@ -50,6 +54,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         async with mesh, AsyncStatekClient(settings=settings.replace(nats_url=mesh.nats_url)) as client:
             rates: dict[str, float] = {}
             for spec in ("SOLO", "CROWDED"):
+                progress(f"pools: {n:,} single-turn jobs on an executor serving {spec.lower()}")
                 executor = _executor(mesh.nats_url, spec, tmp, env)
                 await executor.start()
                 try:
@@ -62,9 +67,10 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                     {
                         "executor serves": label,
                         "single-turn jobs/s": rates[spec],
-                        "vs 1 agent": rates[spec] / rates["SOLO"],
+                        _VS_SOLO: rates[spec] / rates["SOLO"],
                     }
                 )
+            progress(f"pools: two pools at once, {n:,} jobs each")
             pools = [_executor(mesh.nats_url, spec, tmp, env) for spec in ("SOLO", "OTHER")]
             await asyncio.gather(*(p.start() for p in pools))
             try:
@@ -75,7 +81,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                 await asyncio.gather(*(p.stop() for p in pools))
             total = sum(rate for rate, _ in both)
             rows.append({"executor serves": "2 pools at once (jobs/s of both)", "single-turn jobs/s": total,
-                         "vs 1 agent": total / rates["SOLO"]})  # fmt: skip
+                         _VS_SOLO: total / rates["SOLO"]})  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Result, closed_loop, cpu_seconds, print_table, progress, settle
+from bench.common import SLOWER, Result, closed_loop, cpu_seconds, print_table, progress, ratio, settle
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.client.llm import ProviderModel
 from statek_bus.mesh.settings import Settings
@@ -82,6 +82,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
     in_flight_waiting = 2000 if quick else 5000
     rows: list[dict[str, Any]] = []
     settings = Settings.from_env({}, request_timeout=60.0, llm_timeout=60.0)
+    progress("provider: in-process calls, then the service at 1 and 100 in flight")
     async with Provider(settings) as local:
         for in_flight in (1, 100):
             cpu = time.process_time()
@@ -116,10 +117,10 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                     rows.append(row)
                 progress(f"provider: {in_flight_waiting:,} calls in flight, {LATENCY} s each")
                 rows.append(await _waiting(model, pids, in_flight_waiting, 3 if quick else 6))
-    # the floor of each service row is the in-process call at the same number in flight
-    for row, floor in ((rows[2], rows[0]), (rows[3], rows[1])):
-        row["x in-process calls/s (lower = slower)"] = row["calls/s"] / floor["calls/s"]
-        row["x in-process p50 (higher = slower)"] = row["p50 µs"] / floor["p50 µs"]
+    # the floor of each row is the in-process call at the same number in flight
+    for row, floor in ((rows[0], rows[0]), (rows[1], rows[1]), (rows[2], rows[0]), (rows[3], rows[1])):
+        row[ratio("in-process calls/s")] = row["calls/s"] / floor["calls/s"]
+        row[ratio("in-process p50", SLOWER)] = row["p50 µs"] / floor["p50 µs"]
     return rows
 
 

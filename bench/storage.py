@@ -2,9 +2,9 @@
 
 Starts its own nats-server (temporary, file storage) and the services in this process, runs
 ``demo`` jobs (warmup, two LLM turns, an exit: the scripted model) to DONE, creates states of
-about 1 KiB and updates each a few times, then reads each stream's stored bytes. ``per_item`` is
-what one job or one state costs; ``vs_payload`` relates it to the JSON the client sent, in the same
-run. Compression (S2) is on, as provisioned.
+about 1 KiB and updates each a few times, then reads each stream's stored bytes. ``bytes/item`` is
+what one job or one state costs; the ratio column relates it to the JSON the client sent, in the
+same run. Compression (S2) is on, as provisioned.
 
 Run: ``python -m bench.storage [--quick]``.
 """
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table
+from bench.common import CHEAPER, print_table, ratio
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.connection import connect
 from statek_bus.mesh.service import load_service_factory, running_service
@@ -96,8 +96,8 @@ async def run(quick: bool) -> list[Row]:
                             "stream": name,
                             "items": n,
                             "bytes": used,
-                            "per_item": round(used / n),
-                            "vs_payload": used / n / payload,
+                            "bytes/item": float(round(used / n)),
+                            ratio("client JSON bytes", CHEAPER): used / n / payload,
                         }
                     )
                 return rows

@@ -8,12 +8,20 @@ Every service is its own process (embedded nats-server, submission, provider, ex
    message on the server. The executor's RSS (``VmRSS`` of ``/proc/<pid>/status``) once they are
    all suspended is compared with a second, idle executor started in the same run (it served the
    same few warm-up jobs), and with its own RSS before the load.
-2. **Timer lateness.** 1,000 jobs ``wait_until`` the same instant, then print ``time.time()``;
-   lateness is that console value minus the due time (p50/p99), i.e. scheduled-message firing,
-   queueing behind the other 999 wake-ups, the step's record read and the sandbox run. The first
-   wake-up's lateness is the timer itself (firing plus one step on an idle executor); the rest is
-   queueing, so the burst's drain rate (wake-ups/s from first to last) is shown too: with one
-   executor, p99 is about ``990 / drain rate`` whatever the timer mechanism does.
+2. **Timers due at once.** 1,000 jobs ``wait_until`` the same instant, then print ``time.time()``
+   (application code: it resumes in a thread of the executor), then make their model call; the
+   next step runs the reply, ``exit("ok")``, in a sandbox worker. Lateness is that console value
+   minus the due time (p50/p99): scheduled-message firing, queueing behind the other 999
+   wake-ups, the step's record read and the run. The first wake-up's lateness is the timer itself
+   (firing plus one step on an idle executor); the rest is queueing, so the burst's drain rate
+   (wake-up steps/s from first to last) is shown too: with one executor, p99 is about
+   ``990 / drain rate`` whatever the timer mechanism does. Its floor, in the same run: the steps/s
+   of 1,000 one-turn jobs submitted at once (a model call, then ``exit`` in a worker: the same two
+   kinds of step), and the executor CPU per step of each (sandbox workers included; the burst's
+   from the due time until its jobs are DONE, so its ``exit`` steps count too). Then the same
+   1,000 timers fire while no executor runs: the fired messages' stored times give the mechanism
+   alone (the wake-up published after due), and an executor started on that full queue gives the
+   drain without the timers' own spread.
 
 ``python -m bench.waits [--quick]`` (or ``python -m bench waits``).
 """
@@ -31,12 +39,12 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from bench.common import percentile, print_table
+from bench.common import CHEAPER, SLOWER, cpu_seconds, percentile, print_tables, progress, ratio
 from statek_bus.authoring.agents import SupervisedAgent
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.mesh import Mesh, ServiceProcess
-from statek_bus.wire.messages import JobEvent, decode
+from statek_bus.wire.messages import JobEvent, JobStatus, decode
 from statek_bus.wire.subjects import EVENTS_PREFIX, WORK_RUN_PREFIX, WORK_STREAM
 
 __all__ = ["AGENTS", "run"]
@@ -99,35 +107,14 @@ async def _settled(client: AsyncStatekClient, expect_messages: int, timeout: flo
     raise TimeoutError(f"the work stream did not settle at {expect_messages} messages")
 
 
-async def _lateness(client: AsyncStatekClient, n: int) -> list[float]:
-    nc = await client.connection()
-    woke: list[float] = []
-    done = asyncio.Event()
-
-    async def on_event(msg: Any) -> None:
-        e = decode(msg.data, JobEvent)
-        if e.kind == "console" and e.text and e.text.startswith("woke at "):
-            woke.append(float(e.text.split()[-1]))
-            if len(woke) >= n:
-                done.set()
-
-    sub = await nc.subscribe(f"{EVENTS_PREFIX}.>", cb=on_event, pending_msgs_limit=1_000_000)
-    due = datetime.now(UTC) + timedelta(seconds=4 + n / 400)
-    await _submit(client, ALARM.role, n, {"due": due})
-    try:
-        await asyncio.wait_for(done.wait(), timeout=120)
-    finally:
-        await sub.unsubscribe()
-    return [w - due.timestamp() for w in woke]
-
-
-async def run(quick: bool) -> list[dict[str, Any]]:
-    """One row per measurement."""
+async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """Two tables: the executor's memory with many suspended jobs, and timer lateness and drain."""
     n = 10_000 if quick else 100_000
     tmp = Path(tempfile.mkdtemp(prefix="statek-bench-waits-"))
     settings = Settings.from_env({}, max_concurrency=100, request_timeout=60.0)
     env = {"STATEK_MAX_CONCURRENCY": "100", "STATEK_LOG_LEVEL": "WARNING"}
-    rows: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
+    timers: list[dict[str, Any]] = []
     try:
         async with Mesh(
             settings, data_dir=tmp / "nats", kinds=["submission", "provider"], env=env, log_dir=tmp
@@ -140,7 +127,10 @@ async def run(quick: bool) -> list[dict[str, Any]]:
             try:
                 await _submit(client, QUICK.role, 200)  # warm up every code path once
                 await _settled(client, 0, 60)
+                await _submit(client, ALARM.role, 200, {"due": datetime.now(UTC)})  # and a wake-up's
+                await _settled(client, 0, 60)
                 before = rss_mib(_pid(loaded))
+                progress(f"waits: {n:,} jobs suspend on timers 3 h away")
                 started = time.monotonic()
                 await _submit(client, SLEEPER.role, n)
                 await _settled(client, n, 1800)
@@ -156,50 +146,46 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                 await asyncio.sleep(2.0)
                 idle_rss = rss_mib(_pid(idle))
                 await idle.stop()
-                rows.append(
+                memory.append(
                     {
                         "measurement": f"{n:,} suspended jobs (timers 3 h away)",
                         "suspend rate jobs/s": n / seconds,
                         "executor RSS MiB": after,
                         "same executor before MiB": before,
                         "idle executor MiB": idle_rss,
-                        "ratio to idle": after / idle_rss,
+                        ratio("idle executor RSS", CHEAPER): after / idle_rss,
                     }
                 )
-                rows.append(_lateness_row("1,000 timers due at once", await _lateness(client, 1000)))
+                progress("waits: plain steps (the floor), then 1,000 timers due at once, 1 executor")
+                plain = await _plain_steps(client, [loaded], 1000)
+                timers.append({"measurement": "1,000 one-turn jobs at once, first steps (the floor), 1 executor", **plain})
+                timers.append(await _burst(client, [loaded], 1000, "1,000 timers due at once, 1 executor"))
                 second = ServiceProcess(
                     "executor", mesh.nats_url, args=["--agents", _SPEC], env=env, log_path=tmp / "ex2.log"
                 )
                 await second.start()  # wake-ups scale with executor processes (until the cores are full)
                 try:
-                    late = await _lateness(client, 1000)
+                    progress("waits: 1,000 timers due at once, 2 executors")
+                    timers.append(await _burst(client, [loaded, second], 1000, "the same, 2 executors"))
                 finally:
                     await second.stop()
-                rows.append(_lateness_row("1,000 timers due at once, 2 executors", late))
-                rows[-1]["x 1 executor drain (higher = faster)"] = (
-                    rows[-1]["drain wake-ups/s"] / rows[-2]["drain wake-ups/s"]
-                )
-                published, woke = await _mechanism(client, loaded, 1000, loaded.start)
-                rows.append(
-                    {
-                        "measurement": "1,000 timers, no executor running: wake-up published after due",
-                        "lateness p50 ms": percentile(published, 50) * 1000,
-                        "p99 ms": percentile(published, 99) * 1000,
-                        "max ms": max(published) * 1000,
-                        "first ms": min(published) * 1000,
-                        "early": sum(1 for x in published if x < 0),
-                    }
-                )
-                drain = _lateness_row("the same 1,000 drained from a full queue, 1 executor", woke)
-                for key in (
-                    "lateness p50 ms",
-                    "p99 ms",
-                    "max ms",
-                    "first ms",
-                    "p99 / queueing bound 990/drain",
-                ):
-                    drain.pop(key)  # the executor started after the due time: only the rate means something
-                rows.append(drain)
+                progress("waits: 1,000 timers with no executor running, then drained from a full queue")
+                published, drained = await _mechanism(client, loaded, 1000, loaded.start)
+                mechanism = {
+                    "measurement": "1,000 timers, no executor running: wake-up published after due",
+                    **_lateness(published),
+                }
+                timers.append(mechanism)
+                drained["measurement"] = "the same 1,000 drained from a full queue, 1 executor"
+                for key in _LATENESS:
+                    drained.pop(key)  # the executor started after the due time: only the rate means something
+                timers.append(drained)
+                for row in timers:
+                    if "drain steps/s" in row:
+                        row[_VS_PLAIN] = row["drain steps/s"] / plain["drain steps/s"]
+                        row[_VS_BASE] = row["drain steps/s"] / ISSUE_BASE
+                    if "p99 ms" in row:
+                        row[_VS_MECHANISM] = row["p99 ms"] / mechanism["p99 ms"]
             finally:
                 await client.aclose()
                 await loaded.stop()
@@ -207,12 +193,115 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         print(f"benchmark failed; service logs kept in {tmp}", file=sys.stderr)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
-    return rows
+    return {
+        "waits: executor memory with suspended jobs": memory,
+        "waits: timers due at once (lateness after due; drain of the wake-up steps)": timers,
+    }
+
+
+ISSUE_BASE = 1200.0
+"""Wake-up steps/s one executor drained when issue 13 was filed (its target 4 is twice that)."""
+_VS_PLAIN = ratio("plain steps/s")
+_VS_BASE = ratio("issue-13 base 1,200/s")
+_VS_MECHANISM = ratio("mechanism p99", SLOWER)
+_LATENESS = ("lateness p50 ms", "p99 ms", "max ms", "first ms", "early")
+
+
+def _lateness(late: list[float]) -> dict[str, Any]:
+    return {
+        "lateness p50 ms": percentile(late, 50) * 1000,
+        "p99 ms": percentile(late, 99) * 1000,
+        "max ms": max(late) * 1000,
+        "first ms": min(late) * 1000,
+        "early": sum(1 for x in late if x < 0),
+    }
+
+
+def _cpu(executors: list[ServiceProcess]) -> float:
+    """CPU seconds of the executors and their sandbox workers so far."""
+    return sum(cpu_seconds(_pid(e)) for e in executors)
+
+
+async def _plain_steps(client: AsyncStatekClient, executors: list[ServiceProcess], n: int) -> dict[str, Any]:
+    """The floor of the drain: ``n`` one-turn jobs submitted at once. Their first steps (record read,
+    model call, commit: a wake-up step without the gate and the warmup) drain at the rate of their
+    STARTED events, first to last; the CPU is per step until they are DONE (the second step runs
+    ``exit`` in a sandbox worker, as the burst's jobs do)."""
+    nc = await client.connection()
+    started: list[float] = []
+    finished = asyncio.Event()
+    ended = 0
+
+    async def on_event(msg: Any) -> None:
+        nonlocal ended
+        e = decode(msg.data, JobEvent)
+        if e.kind == "status" and e.status is JobStatus.STARTED:
+            started.append(e.at.timestamp())
+        elif e.kind == "status" and e.status is JobStatus.DONE:
+            ended += 1
+            if ended >= n:
+                finished.set()
+
+    await _settled(client, await _messages(client), 60)
+    sub = await nc.subscribe(f"{EVENTS_PREFIX}.>", cb=on_event, pending_msgs_limit=1_000_000)
+    try:
+        cpu = _cpu(executors)
+        await _submit(client, QUICK.role, n)
+        await asyncio.wait_for(finished.wait(), timeout=120)
+        used = _cpu(executors) - cpu
+    finally:
+        await sub.unsubscribe()
+    late = [t - min(started) for t in started]
+    return {**_drain(late), "executor CPU ms/step": used * 1000 / (2 * n)}
+
+
+async def _messages(client: AsyncStatekClient) -> int:
+    js = (await client.connection()).jetstream()
+    return int((await js.stream_info(WORK_STREAM)).state.messages)
+
+
+async def _burst(client: AsyncStatekClient, executors: list[ServiceProcess], n: int, name: str) -> dict[str, Any]:
+    """``n`` timers due at once: lateness of each wake-up step's code, the drain rate, CPU per wake-up.
+
+    The CPU is the executors' (sandbox workers included) from the due time until the jobs are
+    DONE, per step: each job runs two, the wake-up (its warmup resumes, then the model call) and
+    ``exit`` in a sandbox worker, the same two kinds of step as the floor's.
+    """
+    nc = await client.connection()
+    woke: list[float] = []
+    done = asyncio.Event()
+
+    async def on_event(msg: Any) -> None:
+        e = decode(msg.data, JobEvent)
+        if e.kind == "console" and e.text and e.text.startswith("woke at "):
+            woke.append(float(e.text.split()[-1]))
+            if len(woke) >= n:
+                done.set()
+
+    await _settled(client, await _messages(client), 60)  # the earlier rows' steps are done
+    base = await _messages(client)  # the pending schedules of other jobs
+    sub = await nc.subscribe(f"{EVENTS_PREFIX}.>", cb=on_event, pending_msgs_limit=1_000_000)
+    due = datetime.now(UTC) + timedelta(seconds=4 + n / 400)
+    await _submit(client, ALARM.role, n, {"due": due})
+    try:
+        await asyncio.sleep(max(0.0, due.timestamp() - time.time()))
+        cpu = _cpu(executors)
+        await asyncio.wait_for(done.wait(), timeout=120)
+        await _settled(client, base, 120)  # the exit steps too
+        used = _cpu(executors) - cpu
+    finally:
+        await sub.unsubscribe()
+    late = [w - due.timestamp() for w in woke]
+    return {"measurement": name, **_lateness(late), **_drain(late), "executor CPU ms/step": used * 1000 / (2 * n)}
+
+
+def _drain(late: list[float]) -> dict[str, float]:
+    return {"drain steps/s": (len(late) - 1) / max(1e-9, max(late) - min(late))}
 
 
 async def _mechanism(
     client: AsyncStatekClient, loaded: ServiceProcess, n: int, start: Any
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], dict[str, Any]]:
     """(publish lateness, wake-up lateness) of ``n`` timers due at once while no executor runs.
 
     The jobs suspend, the executor stops before the due time, and the fired wake-ups wait in the
@@ -257,23 +346,8 @@ async def _mechanism(
         await asyncio.wait_for(done.wait(), timeout=120)
     finally:
         await sub.unsubscribe()
-    return published, [w - due.timestamp() for w in woke]
-
-
-def _lateness_row(name: str, late: list[float]) -> dict[str, Any]:
-    return {
-        "measurement": name,
-        "lateness p50 ms": percentile(late, 50) * 1000,
-        "p99 ms": percentile(late, 99) * 1000,
-        "max ms": max(late) * 1000,
-        "first ms": min(late) * 1000,
-        "drain wake-ups/s": (len(late) - 1) / max(1e-9, max(late) - min(late)),
-        "x issue-13 base 1,200/s (higher = faster)": (len(late) - 1)
-        / max(1e-9, max(late) - min(late))
-        / 1200,
-        "p99 / queueing bound 990/drain": percentile(late, 99) / max(1e-9, max(late) - min(late)),
-        "early": sum(1 for x in late if x < 0),
-    }
+    late = [w - due.timestamp() for w in woke]
+    return published, {**_lateness(late), **_drain(late)}
 
 
 def _pid(process: ServiceProcess) -> int:
@@ -288,4 +362,4 @@ if __name__ == "__main__":
         rows = uvloop.run(run("--quick" in sys.argv))
     except ImportError:
         rows = asyncio.run(run("--quick" in sys.argv))
-    print_table(f"waits{' (quick)' if '--quick' in sys.argv else ''}", rows)
+    print_tables(f"waits{' (quick)' if '--quick' in sys.argv else ''}", rows)

@@ -37,6 +37,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from bench.common import RATIO_HEADER
 from statek_bus.mesh.discovery import ping
 from tests.support.extras import without_litellm
 
@@ -323,9 +324,23 @@ async def _shell_via_nats_py(lines: list[str], url: str) -> None:
 
 
 def test_benchmarks() -> None:
+    """The README's bench command prints tables whose every header has a ratio column in the one
+    style (``x <floor> (higher = faster)``), and nothing but tables on stdout."""
     (line,) = commands(block("Benchmarks"))
     r = sh(line, ROOT, None, timeout=300)
     assert "| operation" in r.stdout
+    tables = re.findall(r"^## (.+)\n\n(\|.*\|)\n\|[-|]+\|\n((?:\|.*\|\n)+)", r.stdout, re.M)
+    assert tables, r.stdout
+    for title, header, body in tables:
+        cols = [c.strip() for c in header.strip("|").split("|")]
+        ratios = [c for c in cols if RATIO_HEADER.match(c)]
+        assert ratios, f"table {title!r} has no ratio column: {cols}"
+        for row in body.splitlines():  # every row is measured against the floor
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert all(cells[cols.index(c)] for c in ratios), row
+    printed = "\n".join(f"## {t}\n\n{h}" for t, h, _ in tables)
+    other = [ln for ln in r.stdout.splitlines() if ln.strip() and not ln.startswith(("|", "## "))]
+    assert not other, f"not a table line on stdout: {other} (tables: {printed})"
 
 
 def test_every_block_is_run_by_a_test() -> None:

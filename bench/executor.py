@@ -100,7 +100,7 @@ LLM_BOUND = SupervisedAgent(
         "SCRIPT_LATENCY": LLM_LATENCY,
     },
 )
-"""The prompted agent with two model calls of :data:`LLM_LATENCY` seconds each (three steps)."""
+"""The prompted agent with two model calls of :data:`LLM_LATENCY` seconds each (two steps)."""
 AGENTS = [ONE_TURN, THREE_TURN, PROMPTED, LLM_BOUND]
 """The agents the benchmark's executors serve."""
 

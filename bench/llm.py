@@ -1,7 +1,7 @@
 """LLM-bound load, the case users have: every model call takes :data:`~bench.executor.LLM_LATENCY` s.
 
-10,000 jobs (1,000 with ``--quick``) of the prompted agent with two model calls each (three steps:
-the second call follows ``a = n + 1``, the third step runs ``exit``), through one executor with
+10,000 jobs (1,000 with ``--quick``) of the prompted agent with two model calls each (two steps:
+each calls the model and runs its reply, ``a = n + 1`` then ``exit``), through one executor with
 ``max_concurrency`` 40. The scripted model waits ``SCRIPT_LATENCY`` on a timer in the provider
 (no thread held). A step waiting on the model gives its slot back, so the executor keeps up to
 ``5 x max_concurrency`` steps in flight (``Settings.model_waits_per_slot``); those are its in-flight model

@@ -2,7 +2,7 @@
 
 The workload is the executor bench's prompted single-turn job (a sectioned system prompt with
 ``{tools}``, two tools, one instant scripted model call replying ``result = n * 2; exit(str(result))``:
-two steps). The mesh runs every service as its own process with 1 and then 2 executors; STATEK
+one step: the call, then its code). The mesh runs every service as its own process with 1 and then 2 executors; STATEK
 runs in one process (``run_jobs_loop``, ``max_concurrency`` 100, restricted mode, dbzero on local
 disk) from a venv of its own holding ``statek[dbzero]==1.4.2`` from PyPI, created on first use
 under ``$STATEK_BENCH_CACHE`` (default ``~/.cache/statek-bus-bench``). Its side is

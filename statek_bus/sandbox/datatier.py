@@ -666,7 +666,9 @@ class Guard:
         if name == "mod" and tl is str:
             raise self.abort("str % formatting")
         if name == "mul":
-            count, seq = (left, right) if tl in (int, bool) else (right, left) if tr in (int, bool) else (0, None)
+            count, seq = (
+                (left, right) if tl in (int, bool) else (right, left) if tr in (int, bool) else (0, None)
+            )
             if count > 0 and type(seq) is str and 1 + count * len(seq) // 8 > MAX_WEIGHT:
                 raise self.abort("weight")
             if count > 0 and type(seq) in (list, tuple) and count * self.weight(seq) > MAX_WEIGHT:
@@ -703,10 +705,10 @@ def _call(guard: Guard, real: Callable[..., Any], check: Callable[..., None] | N
     """A guarded callable: ``check`` runs first (it may abort), then the real one; its result is measured."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if check is not None:
-            _internal(check)(*args, **kwargs)
+        if check is not None:  # each check is _internal already
+            check(*args, **kwargs)
         else:
-            _internal(_charge_args)(guard, args, kwargs)
+            _charged_args(guard, args, kwargs)
         result = real(*args, **kwargs)
         return guard.value(result)
 
@@ -718,12 +720,16 @@ def _charge_args(guard: Guard, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         guard.charge(guard.weight(a))
 
 
+_charged_args = _internal(_charge_args)
+
+
 class _Checks:
     """Pre-checks of the guarded callables: each aborts when the real call could be too big."""
 
     def __init__(self, guard: Guard) -> None:
         self.g = guard
 
+    @_internal
     def print(self, *args: Any, sep: Any = " ", end: Any = "\n", **_: Any) -> None:
         g = self.g
         sep_len = g.text(sep) if sep is not None else 1
@@ -732,9 +738,11 @@ class _Checks:
             raise g.abort("text")
         g.charge(size // 8 + len(args))
 
+    @_internal
     def exit(self, *args: Any, **kwargs: Any) -> None:
         _charge_args(self.g, args, kwargs)
 
+    @_internal
     def text(self, *args: Any, **kwargs: Any) -> None:
         if args:
             size = self.g.text(args[0])
@@ -742,6 +750,7 @@ class _Checks:
                 raise self.g.abort("text")
             self.g.charge(size // 8)
 
+    @_internal
     def int(self, *args: Any, **kwargs: Any) -> None:
         _charge_args(self.g, args, kwargs)
         if args and type(args[0]) is str:
@@ -750,12 +759,14 @@ class _Checks:
             if len(args[0]) * per_char > MAX_INT_BITS:
                 raise self.g.abort("int size")
 
+    @_internal
     def round(self, *args: Any, **kwargs: Any) -> None:
         _charge_args(self.g, args, kwargs)
         digits: Any = args[1] if len(args) > 1 else kwargs.get("ndigits")
         if type(digits) in (int, bool) and abs(digits) > MAX_ROUND_DIGITS:
             raise self.g.abort("round digits")
 
+    @_internal
     def iterable(self, *args: Any, **kwargs: Any) -> None:
         """``list``/``tuple``/``set``/``dict``/``min``/``max``/``any``/``all``: each argument materialised."""
         for a in args:
@@ -763,12 +774,14 @@ class _Checks:
         for v in kwargs.values():
             self.g.charge(self.g.weight(v))
 
+    @_internal
     def sum(self, *args: Any, **kwargs: Any) -> None:
         start = args[1] if len(args) > 1 else kwargs.get("start", 0)
         if type(start) not in _NUMBERS:
             raise self.g.abort("sum start")
         self.iterable(*args[:1])
 
+    @_internal
     def sorted(self, *args: Any, **kwargs: Any) -> None:
         for a in args:
             length = self.g._materialised(a)
@@ -778,12 +791,13 @@ class _Checks:
 def _lazy_range(guard: Guard) -> Callable[..., Any]:
     def make(*args: Any, **kwargs: Any) -> Any:
         made = range(*args, **kwargs)
-        return _internal(_range_made)(guard, made)
+        return _ranged(guard, made)
 
     return make
 
 
-def _range_made(guard: Guard, made: range) -> range:
+@_internal
+def _ranged(guard: Guard, made: range) -> range:
     try:
         length = len(made)
     except OverflowError:
@@ -797,12 +811,13 @@ def _range_made(guard: Guard, made: range) -> range:
 def _lazy_enumerate(guard: Guard) -> Callable[..., Any]:
     def make(*args: Any, **kwargs: Any) -> Any:
         made = enumerate(*args, **kwargs)
-        return _internal(_enumerate_made)(guard, made, args, kwargs)
+        return _enumerated(guard, made, args, kwargs)
 
     return make
 
 
-def _enumerate_made(guard: Guard, made: enumerate[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+@_internal
+def _enumerated(guard: Guard, made: enumerate[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     start = args[1] if len(args) > 1 else kwargs.get("start", 0)
     _charge_args(guard, args[1:], kwargs)
     length, weight = guard._items(args[0])
@@ -813,12 +828,17 @@ def _enumerate_made(guard: Guard, made: enumerate[Any], args: tuple[Any, ...], k
 def _lazy_zip(guard: Guard) -> Callable[..., Any]:
     def make(*args: Any, **kwargs: Any) -> Any:
         made = zip(*args, **kwargs)  # noqa: B905 - the model's own strict= passes through
-        sizes = [_internal(guard._items)(a) for a in args]
-        length = min((n for n, _ in sizes), default=0)
-        weight = sum(w for _, w in sizes) + (len(args) + 1) * length + 1
-        return _internal(guard._lazy_made)(made, length, weight)
+        return _zipped(guard, made, args)
 
     return make
+
+
+@_internal
+def _zipped(guard: Guard, made: zip[Any], args: tuple[Any, ...]) -> Any:
+    sizes = [guard._items(a) for a in args]
+    length = min((n for n, _ in sizes), default=0)
+    weight = sum(w for _, w in sizes) + (len(args) + 1) * length + 1
+    return guard._lazy_made(made, length, weight)
 
 
 def namespace(guard: Guard, *, print_fn: Callable[..., Any], exit_fn: Callable[..., Any]) -> dict[str, Any]:

@@ -393,8 +393,14 @@ def execute(request: ExecRequest) -> ExecResult:
 
     ``decimal.getcontext()`` is a mutable object reached through a context variable: a copied
     ``contextvars.Context`` still shares it, so ``getcontext().prec = 3`` would change arithmetic
-    for later jobs and the host. Each request gets a fresh default context instead.
+    for later jobs and the host. Each request gets a fresh default context instead. The step's
+    context variables (the job it binds for its tools, its console) are set in a copy of the
+    caller's context, so the caller's thread is bound to no job once it returns.
     """
+    return contextvars.copy_context().run(_execute_in_context, request)
+
+
+def _execute_in_context(request: ExecRequest) -> ExecResult:
     with decimal.localcontext(decimal.Context()):
         result = _execute_units(request)
     if result.exited:

@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from statek_bus.authoring.futures import REGISTRY, JobHandle, StepRuntime
-from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext, docstr, tool
+from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext, current_job, docstr, tool
 from statek_bus.authoring.waiting import WAIT_TOOLS
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.store import JobStore, utcnow
@@ -286,6 +286,13 @@ def _run(code: str, ws: Any = None, *tools: Any) -> Any:
     return execute(
         ExecRequest(session=session, units=[ExecUnit(kind="code", code=code, site="0.0")], deadline_seconds=5)
     )
+
+
+def test_a_step_run_on_the_callers_thread_leaves_it_bound_to_no_job() -> None:
+    result = _run("x = 1")
+    assert result.units[0].error is None
+    with pytest.raises(RuntimeError):  # the host's thread is no job's: tools called there refuse
+        current_job()
 
 
 def test_a_suspend_or_exit_in_a_replayed_definition_is_a_restore_error() -> None:

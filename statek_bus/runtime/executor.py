@@ -375,8 +375,10 @@ class Executor:
             now = time.monotonic()
             for q in self._queues:
                 q.expire(now)
-            free = min(self._slots.free(), ceiling - len(self._tasks) - self._outstanding())
-            picked = self._pick(free, threshold, now)
+            room = ceiling - len(self._tasks) - self._outstanding()
+            free = min(self._slots.free(), room)
+            # at the ceiling not even a listening pull goes out: it would take a message past it
+            picked = self._pick(free, threshold, now) if room > 0 else None
             if picked is not None:
                 q, n, reserved = picked
                 req = {"batch": n, "expires": int(PULL_EXPIRES * 1e9)}

@@ -28,7 +28,7 @@ from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
 from statek_bus.wire.messages import ExecutorStatus, JobEvent, JobStatus, decode
-from statek_bus.wire.subjects import EVENTS_PREFIX, EXECUTOR_STATUS
+from statek_bus.wire.subjects import EVENTS_PREFIX, EXECUTOR_STATUS, WORK_STREAM
 from tests.agents_fixture import (
     AGENTS_SPEC,
     Point,
@@ -301,6 +301,25 @@ async def test_steps_in_flight_are_bounded_and_code_never_blocks_the_loop(
             await asyncio.sleep(0.05)
     assert peak == 2
     assert all(r.exit_status == "survived" for r in records)
+
+
+async def test_steps_waiting_on_the_model_stay_within_the_ceiling_however_long_the_backlog(
+    settings: Settings, nc: Client
+) -> None:
+    # one slot and one model wait per slot: at most two steps in flight, so about two work
+    # messages delivered and unacknowledged, while eight jobs whose model takes 3 s queue up
+    async with services(settings.replace(max_concurrency=1, model_waits_per_slot=1), "provider", "executor"):
+        js = nc.jetstream()
+        jobs = [await submit(js, "t_slow_model") for _ in range(8)]
+        peak = 0
+        store = await JobStore.open(js)
+        while not all(r.status is JobStatus.DONE for r in [(await store.get(j))[0] for j in jobs]):
+            infos = await js.consumers_info(WORK_STREAM)
+            peak = max(peak, sum(i.num_ack_pending for i in infos))
+            await asyncio.sleep(0.1)
+    # the ceiling (2), and at most one message more: a pull sent as a step ends may be answered
+    # before the server has counted that step's ack (before the fix: all 8 were delivered at once)
+    assert 1 <= peak <= 3
 
 
 async def test_a_step_waiting_on_the_model_leaves_its_slot_to_other_jobs(

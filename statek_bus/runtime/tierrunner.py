@@ -26,6 +26,7 @@ and ``statek.executor.status`` → ``sandbox.data_tier`` says the tier is on, wi
 
 from __future__ import annotations
 
+import ast
 import threading
 from typing import Any
 
@@ -44,7 +45,13 @@ from statek_bus.runtime.coderunner import (
     UnitResult,
     _console_print,
 )
-from statek_bus.runtime.workspace import MAX_WORKSPACE_BYTES, Workspace, encode_workspace
+from statek_bus.runtime.workspace import (
+    MAX_WORKSPACE_BYTES,
+    DefinitionSource,
+    Workspace,
+    WorkspaceData,
+    encode_workspace,
+)
 from statek_bus.sandbox import datatier
 from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement
 from statek_bus.wire.values import from_json, to_json
@@ -92,6 +99,10 @@ class TierSession(SandboxSession):
         self.aborted: str | None = None
         """Why the tier gave the step up (None: it did not)."""
         self._plans: dict[str, datatier.Plan] = {}
+        self._kept_values: dict[str, Any] = {}
+        """Variables that are not plain data, in their stored form: the code never names them."""
+        self._kept_definitions: list[DefinitionSource] = []
+        """The workspace's imports, as stored: the code never names what they bind."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def begin(self, deadline: float) -> None:
@@ -116,24 +127,31 @@ class TierSession(SandboxSession):
     def _values(self) -> dict[str, Any]:
         """The job's variables, decoded from their stored form as a worker decodes them."""
         inputs = self.inputs
+        registry = inputs.registry
         stored = inputs.workspace_data
         if stored is not None:
-            if stored.definitions:
+            if not all(_binds_modules_only(d.source) for d in stored.definitions):
                 raise datatier.TierAbort("definitions in the workspace")
-            values = {k: from_json(v, inputs.registry) for k, v in stored.values.items()}
+            self._kept_definitions = list(stored.definitions)
+            encoded = dict(stored.values)
         else:  # the worker gets them as tagged JSON too
-            registry = inputs.registry
-            values = {k: from_json(to_json(v, registry, k), registry) for k, v in inputs.shared_vars.items()}
-        for value in values.values():
-            if not datatier.plain_value(value):
-                raise datatier.TierAbort("a value in scope is not plain data")
+            encoded = {k: to_json(v, registry, k) for k, v in inputs.shared_vars.items()}
+        values: dict[str, Any] = {}
+        for name, raw in encoded.items():
+            value = from_json(raw, registry)
+            if datatier.plain_value(value):
+                values[name] = value
+            else:  # kept as stored; the step may not name it (see _check)
+                self._kept_values[name] = raw
         if sum(self.guard.weight(v) for v in values.values()) > datatier.MAX_SCOPE_WEIGHT:
             raise datatier.TierAbort("the variables in scope are too large")
         return values
 
     def _check(self, values: dict[str, Any]) -> None:
         reserved = {*self.inputs.tools, "print", "exit"}  # the worker's base names: never snapshotted
-        if reserved & values.keys() or any(k.startswith("__") for k in values):
+        kept = {*self._kept_values, *(n for d in self._kept_definitions for n in d.names)}
+        names = values.keys() | kept
+        if reserved & names or any(k.startswith("__") for k in names):
             raise datatier.TierAbort("a variable shadows a tool or a dunder")
         for unit in self.units:
             plan = self._plans.get(unit.code) or datatier.plan(unit.code, self.policy)
@@ -143,6 +161,8 @@ class TierSession(SandboxSession):
                 raise datatier.TierAbort("a name is not in scope")
             if plan.assigned & reserved or plan.calls & self.inputs.tools.keys():
                 raise datatier.TierAbort("a tool's name")
+            if (plan.needs | plan.assigned | plan.calls) & kept:
+                raise datatier.TierAbort("a name bound to what is not plain data")
             self._plans[unit.code] = plan
 
     def compile(self, unit: ExecUnit, policy: Any) -> CompiledBlock:
@@ -170,7 +190,13 @@ class TierSession(SandboxSession):
         """The workspace as storable data (nothing, once the tier has given up)."""
         if self.aborted is not None:
             return None, []
-        return super().snapshot()
+        data, dropped = super().snapshot()
+        if self._kept_values or self._kept_definitions:
+            data = WorkspaceData(
+                values={**self._kept_values, **data.values},
+                definitions=[*self._kept_definitions, *data.definitions],
+            )
+        return data, dropped
 
     def finish(self, result: ExecResult) -> ExecResult:
         """``result`` as the process runner reports it: the exit value through its tagged JSON (or its
@@ -187,6 +213,15 @@ class TierSession(SandboxSession):
         if any(u.error == "RuntimeError: internal error" for u in result.units):
             self.aborted = self.aborted or "internal error"
         return result
+
+
+def _binds_modules_only(source: str) -> bool:
+    """Whether a stored definition is only ``import`` statements (replaying it changes no value)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return bool(tree.body) and all(isinstance(node, ast.Import | ast.ImportFrom) for node in tree.body)
 
 
 class DataTier:

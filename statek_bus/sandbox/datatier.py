@@ -22,7 +22,9 @@ never read as a value or assigned. The block must also pass the process path's o
 **What may be in scope** (:func:`plain_value`): only data of the exact types ``None``, bool, int,
 float, str, list, tuple, set, frozenset and dict, nested at most :data:`MAX_DEPTH` deep. A future,
 a job handle, a function or class replayed from an earlier step, an instance of an application
-class, a ``str`` subclass: not eligible.
+class, a ``str`` subclass: not in the namespace. The runtime keeps such values, and a workspace's
+``import`` statements, in their stored form outside the namespace when the step never names them
+(reads, assigns or calls), and stores them again as they were; a step that names one is not eligible.
 
 **Why a host object is unreachable.** The tier's namespace holds the job's data, the guarded
 callables (in ``__builtins__``, reachable only by being called: reading one as a value is

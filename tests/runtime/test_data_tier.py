@@ -111,6 +111,35 @@ async def test_the_next_step_restores_a_tier_steps_workspace_as_a_worker_would(r
     assert got.units[0].console == ["[1,(2,3)] {\"k\":{4}} text 1"], got.units
 
 
+async def test_imports_and_values_that_are_not_data_stay_as_stored_when_the_step_never_names_them(
+    runners: tuple[Any, Any],
+) -> None:
+    # a warmup that imports modules and keeps a date leaves a workspace the tier cannot hold whole;
+    # a step that uses only the plain variables still runs in the tier, the rest kept as stored
+    process, tier = runners
+    first = await process.run(
+        _request("import time\nimport datetime\nstamp = datetime.date(2026, 12, 2)\nn = 4")
+    )
+    assert first.workspace.definitions and "stamp" in first.workspace.values
+    code = "m = n * 2\nexit(str(m))"
+    expected = await process.run(_request(code, workspace=first.workspace))
+    got = await tier.run(_request(code, workspace=first.workspace))
+    assert tier.counts["tier"] == 1, tier.counts
+    assert _observed(got) == _observed(expected)
+    then = "print(stamp, time.time() > 0)"  # the next step in a worker sees all of it again
+    assert (await process.run(_request(then, workspace=got.workspace))).units[0].console == ['date("2026-12-02") True']
+
+
+@pytest.mark.parametrize("code", ["print(stamp)", "stamp = 1\nexit(str(n))", "time = n"])
+async def test_a_step_naming_what_the_tier_cannot_hold_runs_in_a_worker(code: str, runners: tuple[Any, Any]) -> None:
+    process, tier = runners
+    first = await process.run(_request("import time\nimport datetime\nstamp = datetime.date(2026, 12, 2)\nn = 4"))
+    expected = await process.run(_request(code, workspace=first.workspace))
+    got = await tier.run(_request(code, workspace=first.workspace))
+    assert tier.counts["tier"] == 0, tier.counts
+    assert _observed(got) == _observed(expected)
+
+
 OUTSIDE = {
     "a tool": "print(add(1, 2))",
     "an import": "import math\nprint(math.pi)",

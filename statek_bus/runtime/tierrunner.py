@@ -54,6 +54,7 @@ from statek_bus.runtime.workspace import (
 )
 from statek_bus.sandbox import datatier
 from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement
+from statek_bus.wire.messages import encode
 from statek_bus.wire.values import from_json, to_json
 
 __all__ = ["DataTier", "TierSession", "eligible_units"]
@@ -130,12 +131,16 @@ class TierSession(SandboxSession):
         registry = inputs.registry
         stored = inputs.workspace_data
         if stored is not None:
+            if any(_hashes_keys(v) for v in stored.values.values()):
+                raise datatier.TierAbort("a set or a dict with non-text keys in scope")
             if not all(_binds_modules_only(d.source) for d in stored.definitions):
                 raise datatier.TierAbort("definitions in the workspace")
             self._kept_definitions = list(stored.definitions)
             encoded = dict(stored.values)
         else:  # the worker gets them as tagged JSON too
             encoded = {k: to_json(v, registry, k) for k, v in inputs.shared_vars.items()}
+        if stored is None and any(_hashes_keys(v) for v in encoded.values()):
+            raise datatier.TierAbort("a set or a dict with non-text keys in scope")
         values: dict[str, Any] = {}
         for name, raw in encoded.items():
             value = from_json(raw, registry)
@@ -208,11 +213,38 @@ class TierSession(SandboxSession):
                 )
             except Exception:
                 result.exit_value = format_value(result.exit_value)
-        if result.workspace is not None and len(encode_workspace(result.workspace)) > MAX_WORKSPACE_BYTES:
+        try:  # what the worker would have to send: text a frame cannot carry is the worker's to report
+            encode(result.exit_value if result.exited else None)
+            for unit in result.units:
+                encode([unit.console, unit.error])
+            size = len(encode_workspace(result.workspace)) if result.workspace is not None else 0
+        except Exception:
+            self.aborted = "unencodable text"
+            return result
+        if size > MAX_WORKSPACE_BYTES:
             self.aborted = "workspace size"
         if any(u.error == "RuntimeError: internal error" for u in result.units):
             self.aborted = self.aborted or "internal error"
         return result
+
+
+_HASHED_TAGS = frozenset({"set", "frozenset", "dict"})
+"""Tagged JSON (:mod:`statek_bus.wire.values`) whose decoding hashes computed keys: a set, a frozenset,
+a dict with keys that are not text. Their keys may have been made to collide (in a worker, where
+that costs only the worker), and building them again would be quadratic in the executor."""
+
+
+def _hashes_keys(raw: Any, depth: int = 0) -> bool:
+    """Whether decoding the stored value ``raw`` builds a set or a dict with non-text keys."""
+    if depth > datatier.MAX_DEPTH:
+        return True
+    if isinstance(raw, dict):
+        if raw.get("$t") in _HASHED_TAGS:
+            return True
+        return any(_hashes_keys(v, depth + 1) for v in raw.values())
+    if isinstance(raw, list):
+        return any(_hashes_keys(v, depth + 1) for v in raw)
+    return False
 
 
 def _binds_modules_only(source: str) -> bool:

@@ -20,7 +20,8 @@ never read as a value or assigned. The block must also pass the process path's o
 (:func:`~statek_bus.sandbox.check.check_tree`), so the tier never accepts what a worker refuses.
 
 **What may be in scope** (:func:`plain_value`): only data of the exact types ``None``, bool, int,
-float, str, list, tuple, set, frozenset and dict, nested at most :data:`MAX_DEPTH` deep. A future,
+float, str, list, tuple, set, frozenset and dict, nested at most :data:`MAX_DEPTH` deep (the runtime
+sends a workspace holding a set or a dict with non-text keys to a worker before decoding it). A future,
 a job handle, a function or class replayed from an earlier step, an instance of an application
 class, a ``str`` subclass: not in the namespace. The runtime keeps such values, and a workspace's
 ``import`` statements, in their stored form outside the namespace when the step never names them
@@ -124,12 +125,14 @@ to a worker without being parsed here, and no long source is held by the cache).
 CALLABLES = frozenset(
     {
         "print", "exit", "len", "str", "repr", "int", "float", "bool", "abs", "round", "min", "max",
-        "sum", "sorted", "list", "tuple", "dict", "set", "range", "enumerate", "zip", "any", "all",
+        "sum", "sorted", "list", "tuple", "range", "enumerate", "zip", "any", "all",
         "divmod", "chr", "ord", "hex", "bin", "oct",
     }
 )  # fmt: skip
 """The callables model code may call in the tier (each is a guarded version of the builtin;
-``print`` and ``exit`` are the step's own)."""
+``print`` and ``exit`` are the step's own). Nothing that hashes many computed keys in one C call
+(``set``, ``dict``, a set display): ints, floats and tuples of them hash predictably, so such keys
+can be made to collide and the build becomes quadratic while it holds the GIL."""
 
 _ANY = frozenset({"*"})
 KEYWORDS: dict[str, frozenset[str]] = {
@@ -272,7 +275,10 @@ class _Subset(ast.NodeVisitor):
         self._starred_ok.update(id(e) for e in node.elts)
         self.generic_visit(node)
 
-    visit_List = visit_Tuple = visit_Set = _display
+    visit_List = visit_Tuple = _display
+
+    def visit_Set(self, node: ast.Set) -> None:
+        raise _Refused("set display: its elements are hashed in one C call (see CALLABLES)")
 
     def visit_Starred(self, node: ast.Starred) -> None:
         if id(node) not in self._starred_ok or not isinstance(node.ctx, ast.Load):
@@ -367,7 +373,7 @@ class _Rewrite(ast.NodeTransformer):
         return node
 
     def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
-        node.value = _helper(TEXT, self.visit(node.value))
+        node.value = _helper(TEXT, self.visit(node.value), ast.Constant(node.conversion))
         return node
 
 
@@ -423,7 +429,7 @@ def _build(source: str, policy: SandboxPolicy) -> Plan:
     rewritten = _Rewrite().visit(tree)
     for stmt, echo in zip(rewritten.body, echoes, strict=True):
         if echo:  # the engine formats an echoed value: charged like an f-string's
-            stmt.value = _helper(TEXT, stmt.value)
+            stmt.value = _helper(TEXT, stmt.value, ast.Constant(ord("r")))
     rewritten = ast.fix_missing_locations(rewritten)
     statements: list[CompiledStatement] = []
     for stmt, echo in zip(rewritten.body, echoes, strict=True):
@@ -557,6 +563,9 @@ class Guard:
                 weight, deepest, text = weight + wk + wv, max(deepest, dk, dv), text + tk + tv + 4
                 if weight > MAX_WEIGHT:
                     raise self.abort("weight")
+        elif kind is range:  # its repr holds its three ints, which may be big
+            bounds = [self.measure(x, depth + 1) for x in (value.start, value.stop, value.step)]
+            weight, deepest, text = 1 + sum(b[0] for b in bounds), -1, 23 + sum(b[2] for b in bounds)
         elif kind in _LAZY:
             weight, deepest, text = 1, -1, 80
         else:
@@ -617,18 +626,25 @@ class Guard:
         """An operand: its weight is charged (an iterator's or a range's once materialised: ``x in r``
         walks it)."""
         self.charge(self._items(value)[1] if type(value) in _LAZY else self.weight(value))
+        if self.text(value) > MAX_TEXT:  # a key that is missing is repr'd into the error line
+            raise self.abort("text")
         return value
 
     @_internal
     def star(self, value: Any) -> Any:
-        """A value about to be unpacked by ``*``."""
+        """A value about to be unpacked by ``*`` (anything but a container, a string or an iterator of
+        the tier's is the worker's to report: CPython's error line would name the tier's wrapper)."""
+        if type(value) not in (*_CONTAINERS, dict, str, *_LAZY):
+            raise self.abort("starred non-iterable")
         self._materialised(value)
         return value
 
     @_internal
-    def formatted(self, value: Any) -> Any:
-        """A value about to be formatted into an f-string (its width is at most :data:`MAX_SPEC_NUMBER`)."""
-        size = self.text(value) + MAX_SPEC_NUMBER
+    def formatted(self, value: Any, conversion: int = -1) -> Any:
+        """A value about to be formatted into an f-string (its width is at most :data:`MAX_SPEC_NUMBER`);
+        ``!r`` and ``!a`` are priced as the repr they make (a string's repr may be 10 times as long)."""
+        text = self.measure(value)[2] if conversion in (ord("r"), ord("a")) else self.text(value)
+        size = text + MAX_SPEC_NUMBER
         if size > MAX_TEXT:
             raise self.abort("text")
         self.charge(size // 8)
@@ -865,7 +881,7 @@ def namespace(guard: Guard, *, print_fn: Callable[..., Any], exit_fn: Callable[.
         "zip": _lazy_zip(guard),
         **{
             n: _call(guard, real[n], checks.iterable)
-            for n in ("min", "max", "list", "tuple", "set", "dict", "any", "all")
+            for n in ("min", "max", "list", "tuple", "any", "all")
         },
     }
     assert set(safe) == CALLABLES - {"print", "exit"}

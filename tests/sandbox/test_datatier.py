@@ -13,6 +13,10 @@ from statek_bus.sandbox.policy import SandboxPolicy
 POLICY = SandboxPolicy()
 
 REFUSED = {
+    # ints, floats and tuples hash predictably: computed keys hashed in one C call can collide
+    "a set display": "s = {1, 2, 3}",
+    "set()": "s = set([1, 2])",
+    "dict()": "d = dict(zip('ab', range(2)))",
     "attribute": "x = 'a'.upper()",
     "attribute read": "n = n.real",
     "for loop": "for i in range(3):\n    pass",
@@ -68,11 +72,11 @@ def test_each_refused_construct_goes_to_the_process(code: str) -> None:
 
 ELIGIBLE = [
     "result = n * 2\nexit(str(result))",
-    "x = [1, 2, 3]\ny = {'a': (1, 2), 'b': {3}}\nz = x[1:] + [*x, *y['a']]\nprint(z, sep=', ', end='!')",
+    "x = [1, 2, 3]\ny = {'a': (1, 2), 'b': [3]}\nz = x[1:] + [*x, *y['a']]\nprint(z, sep=', ', end='!')",
     "a, b = divmod(17, 5)\nif a > b and not b == 0:\n    c = f'{a:>5} {b!r} {3.14159:.2f}'\nelse:\n    c = None\nc",
     "t = 0\nt += 5\nt -= 1\ns = 'x'\ns *= 3",
     "m = max(3, 4, default=None) if n else min([1, 2])\nr = round(2.675, 2)\nh = hex(255) + bin(3) + oct(8)",
-    "e = list(enumerate('ab', start=1))\nz = dict(zip(['a', 'b'], range(2)))\nk = sorted(z, reverse=True)",
+    "e = list(enumerate('ab', start=1))\nz = list(zip(['a', 'b'], range(2)))\nk = sorted(z, reverse=True)",
     "pass\nx = any([0, 1]) or all([])\ny = chr(ord('a') + 1)\nq = int('ff', 16) + int(float('2.5'))",
 ]
 

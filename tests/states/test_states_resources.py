@@ -63,7 +63,9 @@ async def test_history_and_large_lists_leave_no_consumers(nc: Client, states: As
 async def test_deleted_bodies_do_not_stay_in_the_stream(
     nc: Client, states: AsyncStates, uid: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(states_module, "DELETE_MARKER_TTL", 1)
+    # markers live 3 s: the watch below reads 20 x 200 KB bodies first, which on a loaded machine
+    # took over a second, and a marker that expired before the watch read it was a lost change
+    monkeypatch.setattr(states_module, "DELETE_MARKER_TTL", 3)
     js = nc.jetstream()
     before = (await js.stream_info(STREAM)).state.bytes
     body = {"blob": "x" * 200_000}

@@ -377,8 +377,10 @@ class Executor:
                 q.expire(now)
             room = ceiling - len(self._tasks) - self._outstanding()
             free = min(self._slots.free(), room)
-            # at the ceiling not even a listening pull goes out: it would take a message past it
-            picked = self._pick(free, threshold, now) if room > 0 else None
+            # at the ceiling not even a listening pull goes out: it would take a message past it;
+            # near it, pulls wait until a batch's worth of room is back (one pull per finished step
+            # would cost the server and this loop a request each)
+            picked = self._pick(free, threshold, now) if room >= min(threshold, ceiling) else None
             if picked is not None:
                 q, n, reserved = picked
                 req = {"batch": n, "expires": int(PULL_EXPIRES * 1e9)}

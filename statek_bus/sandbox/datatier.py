@@ -69,7 +69,7 @@ from typing import Any
 
 from statek_bus.sandbox.check import check_size, check_tree
 from statek_bus.sandbox.policy import MODEL_MODULE, SandboxPolicy, SandboxViolation
-from statek_bus.sandbox.restricted import CompiledStatement
+from statek_bus.sandbox.restricted import CompiledStatement, is_echo
 
 __all__ = [
     "CALLABLES",
@@ -377,15 +377,6 @@ class _Rewrite(ast.NodeTransformer):
         return node
 
 
-def _is_print(stmt: ast.stmt) -> bool:
-    return (
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Call)
-        and isinstance(stmt.value.func, ast.Name)
-        and stmt.value.func.id == "print"
-    )
-
-
 def refusal(source: str, policy: SandboxPolicy) -> str | None:
     """Why ``source`` is outside the tier's subset (None: it is inside). For tests and logs."""
     if len(source) > MAX_SOURCE:
@@ -425,7 +416,7 @@ def _build(source: str, policy: SandboxPolicy) -> Plan:
         subset.visit(tree)
     except (SyntaxError, ValueError, SandboxViolation, RecursionError) as exc:
         raise _Refused(type(exc).__name__) from None
-    echoes = [isinstance(s, ast.Expr) and not _is_print(s) for s in tree.body]
+    echoes = [is_echo(s) for s in tree.body]
     rewritten = _Rewrite().visit(tree)
     for stmt, echo in zip(rewritten.body, echoes, strict=True):
         if echo:  # the engine formats an echoed value: charged like an f-string's

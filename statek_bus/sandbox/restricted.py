@@ -107,6 +107,7 @@ __all__ = [
     "SandboxViolation",
     "StepTimeout",
     "compile_block",
+    "is_echo",
     "module_name",
     "read_value",
     "register_future_type",
@@ -202,10 +203,11 @@ def _same_statement(text: str, stmt: ast.stmt) -> bool:
     return len(tree.body) == 1 and ast.dump(tree.body[0]) == ast.dump(stmt)
 
 
-def _is_print(stmt: ast.stmt) -> bool:
-    return (
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Call)
+def is_echo(stmt: ast.stmt) -> bool:
+    """Whether a top-level statement is an expression whose value the console shows (a ``print``
+    call shows what it prints instead)."""
+    return isinstance(stmt, ast.Expr) and not (
+        isinstance(stmt.value, ast.Call)
         and isinstance(stmt.value.func, ast.Name)
         and stmt.value.func.id == "print"
     )
@@ -237,7 +239,7 @@ def _compile_checked(source: str, policy: SandboxPolicy, filename: str) -> tuple
             _segment(source, lines, s),
             min([s.lineno, *(d.lineno for d in getattr(s, "decorator_list", ()))]),
             _binds(s),
-            isinstance(s, ast.Expr) and not _is_print(s),
+            is_echo(s),
         )
         for s in tree.body
     ]

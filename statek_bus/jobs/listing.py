@@ -95,7 +95,7 @@ async def read_in_order(
 
 
 async def read_last(
-    nc: Client, keys: Sequence[str], *, stream: str = JOBS_STREAM, max_value: int = 1024 * 1024
+    nc: Client, keys: Sequence[str], *, stream: str = JOBS_STREAM
 ) -> dict[str, tuple[bytes, int]]:
     """The current value and revision of each existing key (missing or deleted keys are absent)."""
     prefix = f"$KV.{stream.removeprefix('KV_')}."
@@ -103,10 +103,7 @@ async def read_last(
     for i in range(0, len(keys), MULTI_LAST_MAX):
         subjects = [prefix + k for k in keys[i : i + MULTI_LAST_MAX]]
         req = {"multi_last": subjects}
-        limit = max(64 * 1024 * 1024, 2 * len(subjects) * max_value)
-        got = await retry_transient(
-            lambda req=req, limit=limit: direct_get(nc, stream, req, timeout=_TIMEOUT, pending_bytes=limit)  # type: ignore[misc]
-        )
+        got = await retry_transient(lambda req=req: direct_get(nc, stream, req, timeout=_TIMEOUT))  # type: ignore[misc]
         for m in got.messages:
             hdrs = m.headers or {}
             if m.data and KV_OPERATION_HEADER not in hdrs:
@@ -122,7 +119,7 @@ async def read_records(
 ) -> dict[str, tuple[JobRecord, int]]:
     """The existing records (and revisions) among ``job_ids``, by id (``keys``: their job keys)."""
     by_key = dict(zip(keys if keys is not None else [job_key(j) for j in job_ids], job_ids, strict=True))
-    raw = await read_last(nc, list(by_key), max_value=nc.max_payload)
+    raw = await read_last(nc, list(by_key))
     return {by_key[k]: (_record_dec.decode(v), rev) for k, (v, rev) in raw.items()}
 
 

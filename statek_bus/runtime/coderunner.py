@@ -203,6 +203,10 @@ class CodeSession(Protocol):
         """The workspace as storable data, and the names dropped."""
         ...
 
+    def end(self) -> None:
+        """The step is over (its snapshot taken): let go of its namespace."""
+        ...
+
 
 class SessionInputs(Protocol):
     """What a step's code needs, as a process runner reads it (it never calls the session)."""
@@ -443,7 +447,10 @@ def _execute_units(request: ExecRequest) -> ExecResult:
         results.append(result)
         if session.exited or result.suspended is not None:
             break
-    workspace, dropped = session.snapshot()
+    try:
+        workspace, dropped = session.snapshot()
+    finally:
+        session.end()
     last = results[-1] if results else None
     suspended = last.suspended if last is not None else None
     return ExecResult(
@@ -620,6 +627,25 @@ class SandboxSession:
         """The workspace as storable data, and the names that could not be stored."""
         data, dropped = self._workspace.snapshot(self.ns, base_names=self.base_names, registry=self.registry)
         return data, list(dropped)
+
+    def end(self) -> None:
+        """Break the step's reference cycles once its snapshot is taken, so they are freed at once.
+
+        A namespace is the globals of every function defined in it, its builtins close over its
+        clock and this session, and the job context's extras hold this session's ``exit``: each
+        step left a few hundred objects in cycles that only the cyclic collector frees, and its
+        passes over them (and over everything alive beside them) were a sixth of the executor's CPU.
+        The step's values live on in the snapshot only; nothing runs in this namespace again.
+        """
+        ns, self.ns = self.ns, {}
+        builtins_ = ns.get("__builtins__")
+        if type(builtins_) is dict:  # made for this step by sandbox_globals, never shared
+            builtins_.clear()
+        ns.clear()
+        self.job.namespace = {}
+        for key in ("exit", "bind_context"):
+            self.job.extras.pop(key, None)
+        self._workspace = None
 
     # --- units -------------------------------------------------------------------------------------
     def run_code(self, unit: ExecUnit, console: Console) -> UnitResult:

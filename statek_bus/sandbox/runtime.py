@@ -57,21 +57,28 @@ def _no_deadline() -> float:
 class Clock:
     """The deadline shared by every tick of one namespace; :func:`set_deadline` swaps it."""
 
-    __slots__ = ("deadline", "tick")
+    __slots__ = ("_box", "tick")
 
     def __init__(self, deadline: Callable[[], float] | None) -> None:
-        self.set_deadline(deadline)
+        # ``tick`` closes over the box, not the clock: no reference cycle, so a step's clock is
+        # freed with its namespace rather than by the cyclic collector
+        box = self._box = [deadline or _no_deadline]
         monotonic = time.monotonic
 
         def tick() -> None:
-            if monotonic() > self.deadline():
+            if monotonic() > box[0]():
                 raise StepTimeout("the step ran past its wall-clock limit")
 
         self.tick = tick
 
+    @property
+    def deadline(self) -> Callable[[], float]:
+        """Returns the deadline as a :func:`time.monotonic` value."""
+        return self._box[0]
+
     def set_deadline(self, deadline: Callable[[], float] | None) -> None:
         """Swap the deadline every tick of this namespace checks (None = no limit)."""
-        self.deadline = deadline or _no_deadline
+        self._box[0] = deadline or _no_deadline
 
     def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """Iterate ``iterable``, ticking the deadline on every item."""

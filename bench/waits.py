@@ -9,16 +9,16 @@ Every service is its own process (embedded nats-server, submission, provider, ex
    all suspended is compared with a second, idle executor started in the same run (it served the
    same few warm-up jobs), and with its own RSS before the load.
 2. **Timers due at once.** 1,000 jobs ``wait_until`` the same instant, then print ``time.time()``
-   (application code: it resumes in a thread of the executor), then make their model call; the
-   next step runs the reply, ``exit("ok")``, in a sandbox worker. Lateness is that console value
+   (application code: it resumes in a thread of the executor), then make their model call, whose
+   reply, ``exit("ok")``, runs in the same step (the data tier: a thread of the executor). Lateness is that console value
    minus the due time (p50/p99): scheduled-message firing, queueing behind the other 999
    wake-ups, the step's record read and the run. The first wake-up's lateness is the timer itself
    (firing plus one step on an idle executor); the rest is queueing, so the burst's drain rate
    (wake-up steps/s from first to last) is shown too: with one executor, p99 is about
    ``990 / drain rate`` whatever the timer mechanism does. Its floor, in the same run: the steps/s
-   of 1,000 one-turn jobs submitted at once (a model call, then ``exit`` in a worker: the same two
-   kinds of step), and the executor CPU per step of each (sandbox workers included; the burst's
-   from the due time until its jobs are DONE, so its ``exit`` steps count too). Then the same
+   of 1,000 one-turn jobs submitted at once (one step each: a model call, then ``exit`` of its
+   reply), and the executor CPU per step of each (sandbox workers included; the burst's from the
+   due time until its jobs are DONE: every wake-up is one step). Then the same
    1,000 timers fire while no executor runs: the fired messages' stored times give the mechanism
    alone (the wake-up published after due), and an executor started on that full queue gives the
    drain without the timers' own spread.
@@ -225,8 +225,8 @@ def _cpu(executors: list[ServiceProcess]) -> float:
 async def _plain_steps(client: AsyncStatekClient, executors: list[ServiceProcess], n: int) -> dict[str, Any]:
     """The floor of the drain: ``n`` one-turn jobs submitted at once. Their first steps (record read,
     model call, commit: a wake-up step without the gate and the warmup) drain at the rate of their
-    STARTED events, first to last; the CPU is per step until they are DONE (the second step runs
-    ``exit`` in a sandbox worker, as the burst's jobs do)."""
+    STARTED events, first to last; the CPU is per step until they are DONE (each job is one step:
+    the model call and ``exit`` of its reply, as a wake-up step ends)."""
     nc = await client.connection()
     started: list[float] = []
     finished = asyncio.Event()
@@ -252,7 +252,7 @@ async def _plain_steps(client: AsyncStatekClient, executors: list[ServiceProcess
     finally:
         await sub.unsubscribe()
     late = [t - min(started) for t in started]
-    return {**_drain(late), "executor CPU ms/step": used * 1000 / (2 * n)}
+    return {**_drain(late), "executor CPU ms/step": used * 1000 / n}
 
 
 async def _messages(client: AsyncStatekClient) -> int:
@@ -264,8 +264,8 @@ async def _burst(client: AsyncStatekClient, executors: list[ServiceProcess], n: 
     """``n`` timers due at once: lateness of each wake-up step's code, the drain rate, CPU per wake-up.
 
     The CPU is the executors' (sandbox workers included) from the due time until the jobs are
-    DONE, per step: each job runs two, the wake-up (its warmup resumes, then the model call) and
-    ``exit`` in a sandbox worker, the same two kinds of step as the floor's.
+    DONE, per step: each job runs one after its timer, the wake-up (its warmup resumes, then the
+    model call and ``exit`` of its reply), a floor step plus the resumed warmup.
     """
     nc = await client.connection()
     woke: list[float] = []
@@ -287,12 +287,12 @@ async def _burst(client: AsyncStatekClient, executors: list[ServiceProcess], n: 
         await asyncio.sleep(max(0.0, due.timestamp() - time.time()))
         cpu = _cpu(executors)
         await asyncio.wait_for(done.wait(), timeout=120)
-        await _settled(client, base, 120)  # the exit steps too
+        await _settled(client, base, 120)  # every step has ended
         used = _cpu(executors) - cpu
     finally:
         await sub.unsubscribe()
     late = [w - due.timestamp() for w in woke]
-    return {"measurement": name, **_lateness(late), **_drain(late), "executor CPU ms/step": used * 1000 / (2 * n)}
+    return {"measurement": name, **_lateness(late), **_drain(late), "executor CPU ms/step": used * 1000 / n}
 
 
 def _drain(late: list[float]) -> dict[str, float]:

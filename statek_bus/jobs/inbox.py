@@ -51,11 +51,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyWrongLastSequenceError
-from nats.js.errors import NotFoundError as JsNotFoundError
 
 from statek_bus.jobs.store import JobStore
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
-from statek_bus.mesh.direct import direct_get
+from statek_bus.mesh.direct import READ_TIMEOUT, connection, direct_get, last_message
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError
 from statek_bus.wire.limits import INBOX_DRAIN_MAX, RECORD_HEADROOM
@@ -86,7 +85,6 @@ log = logging.getLogger(__name__)
 
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded (discard new per subject)
 _ITEM_OVERHEAD = 512  # bytes a delivered item adds to the record beyond its text (chat log entry)
-_READ_TIMEOUT = 5.0
 
 
 class _Full(Exception):
@@ -179,7 +177,7 @@ class JobInbox:
                     "batch": INBOX_DRAIN_MAX,
                     "max_bytes": max(max_bytes, 1),
                 },
-                timeout=_READ_TIMEOUT,
+                timeout=READ_TIMEOUT,
             )
         )
         return [
@@ -203,7 +201,9 @@ class JobInbox:
 
     async def job_ids(self) -> list[str]:
         """Jobs whose inbox holds items (consumed ones not purged yet included)."""
-        info = await retry_transient(lambda: self.js.stream_info(INBOX_STREAM, subjects_filter=f"{INBOX_PREFIX}.>"))
+        info = await retry_transient(
+            lambda: self.js.stream_info(INBOX_STREAM, subjects_filter=f"{INBOX_PREFIX}.>")
+        )
         prefix = len(INBOX_PREFIX) + 1
         return [untoken(subj[prefix:]) for subj in info.state.subjects or {}]
 
@@ -215,11 +215,11 @@ class JobInbox:
 async def last_seq(js: JetStreamContext, job_id: str, *, direct: bool = False) -> int:
     """Sequence of the newest item in ``job_id``'s inbox (0: none stored); ``direct``: a direct get
     (the leader's answer only with one replica), else the JetStream API's, from the leader."""
-    try:
-        msg = await retry_transient(lambda: js.get_msg(INBOX_STREAM, subject=inbox_subject(job_id), direct=direct))
-    except JsNotFoundError:
-        return 0
-    return int(msg.seq or 0)
+    nc, subject = connection(js), inbox_subject(job_id)
+    stored = await retry_transient(
+        lambda: last_message(nc, INBOX_STREAM, subject, leader=not direct, timeout=READ_TIMEOUT)
+    )
+    return stored.seq if stored is not None else 0
 
 
 def fit(items: list[InboxItem], after: int, room: int) -> list[InboxItem]:
@@ -302,7 +302,9 @@ async def wake(
         return Woken(record, rev, enqueued=await store.enqueue(job_id, record.step, agent=record.agent))
     # READY, WARMING_UP or STARTED: queued or running. A running step holds its unacknowledged work
     # message on the subject (nothing is stored); a job left without one gets it now.
-    return Woken(record, rev, enqueued=await store.enqueue(job_id, record.step, agent=record.agent, if_absent=True))
+    return Woken(
+        record, rev, enqueued=await store.enqueue(job_id, record.step, agent=record.agent, if_absent=True)
+    )
 
 
 async def wake_if_pending(store: JobStore, inbox: JobInbox, record: JobRecord) -> bool:
@@ -324,7 +326,9 @@ async def _live_again(store: JobStore, job_id: str) -> None:
 
 async def publish_restart(store: JobStore, record: JobRecord) -> None:
     """Publish the status event of a job :func:`wake` restarted (best effort: the record is the truth)."""
-    event = JobEvent(job_id=record.id, kind="status", at=record.updated_at, status=record.status, step=record.step)
+    event = JobEvent(
+        job_id=record.id, kind="status", at=record.updated_at, status=record.status, step=record.step
+    )
     try:
         await store.publish(event)
     except Exception:  # the record is the truth; watchers fall back to it

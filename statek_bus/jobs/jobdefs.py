@@ -49,7 +49,9 @@ def _text(value: str | None, field: str, limit: int) -> str | None:
     if value is None:
         return None
     if len(value) > limit:
-        raise BadRequestError(f"{field} is {len(value)} characters, over the {limit}-character limit", field=field)
+        raise BadRequestError(
+            f"{field} is {len(value)} characters, over the {limit}-character limit", field=field
+        )
     return value if value.strip() else None
 
 
@@ -57,12 +59,15 @@ def _check_warmup(code: str) -> None:
     field = f"{_AT}.warmup_code"
     if _HIDDEN.search(code):
         raise BadRequestError(
-            "a job's warmup_code runs as untrusted code: it cannot mark a block '#STATEK: hidden'", field=field
+            "a job's warmup_code runs as untrusted code: it cannot mark a block '#STATEK: hidden'",
+            field=field,
         )
     try:
         ast.parse(code)
     except SyntaxError as exc:
-        raise BadRequestError(f"warmup_code is not valid Python (line {exc.lineno}): {exc.msg}", field=field) from None
+        raise BadRequestError(
+            f"warmup_code is not valid Python (line {exc.lineno}): {exc.msg}", field=field
+        ) from None
 
 
 def _check_post_processing(spec: str) -> None:
@@ -71,13 +76,16 @@ def _check_post_processing(spec: str) -> None:
         node = ast.parse(f"[{spec}]", mode="eval").body
     except SyntaxError:
         raise BadRequestError(
-            f"post_processing {spec!r}: expected Name(key=literal, ...), ... as in POST_PROCESSORS", field=field
+            f"post_processing {spec!r}: expected Name(key=literal, ...), ... as in POST_PROCESSORS",
+            field=field,
         ) from None
     assert isinstance(node, ast.List)
     for item in node.elts:
         call = item if isinstance(item, ast.Call) else None
         name = call.func if call is not None else item
-        if not isinstance(name, ast.Name) or (call is not None and (call.args or any(k.arg is None for k in call.keywords))):
+        if not isinstance(name, ast.Name) or (
+            call is not None and (call.args or any(k.arg is None for k in call.keywords))
+        ):
             raise BadRequestError(
                 f"post_processing {spec!r}: each entry is Name or Name(key=literal, ...), keyword arguments only",
                 field=field,

@@ -41,7 +41,16 @@ from statek_bus.wire.subjects import (
     event_job_id,
 )
 
-__all__ = ["AgentEvent", "consumer_config", "ensure_consumer", "event_of", "has_events", "has_job", "pop", "push"]
+__all__ = [
+    "AgentEvent",
+    "consumer_config",
+    "ensure_consumer",
+    "event_of",
+    "has_events",
+    "has_job",
+    "pop",
+    "push",
+]
 
 _ENCODER = msgspec.json.Encoder()
 

@@ -79,7 +79,9 @@ async def _enqueue_runnable(
     todo = [r for r in todo if now - r.updated_at >= grace]
 
     async def one(rec: JobRecord) -> bool:
-        return await store.enqueue(rec.id, rec.step, agent=rec.agent, if_absent=True, msg_id_suffix=f"r{nonce}")
+        return await store.enqueue(
+            rec.id, rec.step, agent=rec.agent, if_absent=True, msg_id_suffix=f"r{nonce}"
+        )
 
     for i in range(0, len(todo), _CHUNK):
         stored = await asyncio.gather(*(one(r) for r in todo[i : i + _CHUNK]))

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from statek_bus.mesh import tracing
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
+from statek_bus.mesh.direct import READ_TIMEOUT, connection, last_message
 from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
 from statek_bus.wire.subjects import (
@@ -72,13 +72,7 @@ class JobStore:
     # --- records -----------------------------------------------------------------------------------
     async def find(self, job_id: str) -> tuple[JobRecord, int] | None:
         """The record and its revision, or ``None`` when there is no such job."""
-        try:
-            entry = await retry_transient(lambda: self.kv.get(job_key(job_id)))
-        except KeyNotFoundError:
-            return None
-        if entry.value is None:  # an expired/purged marker reads as an empty entry
-            return None
-        return decode(entry.value, JobRecord), int(entry.revision or 0)
+        return await self._read(job_id, leader=False)
 
     async def find_latest(self, job_id: str) -> tuple[JobRecord, int] | None:
         """:meth:`find` answered by the stream leader: it sees every write acknowledged before it.
@@ -87,15 +81,16 @@ class JobStore:
         reader that must see every commit acknowledged before its read (the inbox's hand-off
         between a sender and the executor, :mod:`statek_bus.jobs.inbox`) reads here.
         """
-        try:
-            msg = await retry_transient(
-                lambda: self.js.get_msg(f"KV_{JOBS_BUCKET}", subject=f"$KV.{JOBS_BUCKET}.{job_key(job_id)}")
-            )
-        except JsNotFoundError:
-            return None
-        if not msg.data or (msg.headers or {}).get(KV_OPERATION_HEADER) in ("DEL", "PURGE"):
-            return None
-        return decode(msg.data, JobRecord), int(msg.seq or 0)
+        return await self._read(job_id, leader=True)
+
+    async def _read(self, job_id: str, *, leader: bool) -> tuple[JobRecord, int] | None:
+        nc, subject = connection(self.js), f"$KV.{JOBS_BUCKET}.{job_key(job_id)}"
+        stored = await retry_transient(
+            lambda: last_message(nc, f"KV_{JOBS_BUCKET}", subject, leader=leader, timeout=READ_TIMEOUT)
+        )
+        if stored is None or not stored.data or stored.headers.get(KV_OPERATION_HEADER) in ("DEL", "PURGE"):
+            return None  # never written, deleted, or an expired/purged marker
+        return decode(stored.data, JobRecord), stored.seq
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:
         """The record and its revision; :class:`NotFoundError` when missing."""

@@ -352,7 +352,9 @@ class Submission:
                 existing[rec.id] = (rec, rev)
                 if rec.status is JobStatus.READY and rec.step == 0:
                     retried.append(rec.id)
-        acks = await asyncio.gather(*(self.store.enqueue(j, 0, agent=agent) for j in fresh), return_exceptions=True)
+        acks = await asyncio.gather(
+            *(self.store.enqueue(j, 0, agent=agent) for j in fresh), return_exceptions=True
+        )
         _raise_first(acks)
         if retried:
             await gather_chunked(retried, functools.partial(self._enqueue_first_step_if_absent, agent))
@@ -490,7 +492,9 @@ class Submission:
         interval, keep = self.settings.retention_interval, self.settings.job_retention
         while interval > 0 and keep > 0 and not self._stop.is_set():
             try:
-                report = await reap_done(self.nc, self.store.js, older_than=timedelta(seconds=keep), pause=0.05)
+                report = await reap_done(
+                    self.nc, self.store.js, older_than=timedelta(seconds=keep), pause=0.05
+                )
                 if report.reaped:
                     log.info("retention: removed %d DONE job(s) older than %gs", report.reaped, keep)
             except Exception:

@@ -1,4 +1,5 @@
-"""Batched JetStream direct gets (ADR-31): many keys or messages in one request, no consumer.
+"""JetStream reads on one reply subscription per connection: batched direct gets (ADR-31), a
+stream's last message on a subject, and any request with one reply.
 
 ``$JS.API.DIRECT.GET.<stream>`` with ``multi_last`` (the last message of each of many subjects) or
 ``next_by_subj`` + ``batch`` (messages in stream order) answers with one message per hit and an
@@ -7,7 +8,11 @@ end-of-batch status: ``204`` carrying ``Nats-Num-Pending`` (how many more match)
 more than the server allows. The job listing and the state store both read this way, so nothing
 lingers on the server after a request (a consumer per request would).
 
-**One reply subscription per connection.** The answers of every direct get a connection sends
+:func:`last_message` reads the newest message on a subject (a KV entry, the end of a job's inbox),
+through a direct get or, where it must see every acknowledged write, the JetStream API's message
+get, which the leader answers. :func:`request_one` is the request under it.
+
+**One reply subscription per connection.** The answers of every read a connection sends
 arrive on one wildcard subscription (``<inbox>.*``, made on the first get), each request's reply
 subject ending in a token of its own. A subscription per request costs two more protocol
 messages (``SUB``, ``UNSUB``), the server's bookkeeping for them, and objects in reference cycles
@@ -20,6 +25,7 @@ request can receive is bounded by what it asked for (``batch``, ``max_bytes``, t
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import weakref
 from dataclasses import dataclass, field
@@ -30,16 +36,41 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from statek_bus.wire.errors import ServiceUnavailableError
 
-__all__ = ["DirectBatch", "TooManyResults", "direct_get"]
+__all__ = [
+    "READ_TIMEOUT",
+    "DirectBatch",
+    "StoredMessage",
+    "TooManyResults",
+    "connection",
+    "direct_get",
+    "last_message",
+    "request_one",
+]
 
 _enc = msgspec.json.Encoder()
+
+READ_TIMEOUT = 5.0
+"""Seconds one read of a job's record or inbox waits for JetStream's answer before it is retried."""
 
 
 class TooManyResults(ServiceUnavailableError):
     """The server refused a ``multi_last`` that matches more subjects than it returns at once (413)."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One stored message, as :func:`last_message` reads it."""
+
+    seq: int
+    """Its stream sequence (a KV entry's revision)."""
+    data: bytes
+    """Its payload."""
+    headers: dict[str, str]
+    """Its headers (``KV-Operation`` marks a KV delete or purge)."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +87,34 @@ class DirectBatch:
 
 @dataclass(eq=False)
 class _Answer:
-    """One request's answer as it arrives: its data messages, then the end-of-batch status."""
+    """One request's answer as it arrives: its data messages, then the end-of-batch status (or,
+    ``single``, the one reply a request gets)."""
 
     messages: list[Msg]
     end: asyncio.Future[Msg]
+    single: bool
+    timeout: float
+    timer: asyncio.TimerHandle | None = None
+    seen: int = 0
+
+    def arm(self) -> None:
+        """Give up in ``timeout`` seconds unless messages arrive meanwhile (a long batch that keeps
+        arriving waits on). A timer, not ``asyncio.wait``: that costs a task's worth of futures
+        and callbacks per read."""
+        self.seen = len(self.messages)
+        self.timer = self.end.get_loop().call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self.end.done():
+            return
+        if len(self.messages) > self.seen:
+            self.arm()
+            return
+        self.end.set_exception(nats.errors.TimeoutError())
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 @dataclass(eq=False)
@@ -76,7 +131,7 @@ class _Replies:
         answer = self.waiting.get(msg.subject[len(self.prefix) :])
         if answer is None:  # its request gave up (a timeout): nobody reads it
             return
-        if msg.headers is None or "Status" not in msg.headers:
+        if not answer.single and (msg.headers is None or "Status" not in msg.headers):
             answer.messages.append(msg)
         elif not answer.end.done():
             answer.end.set_result(msg)
@@ -106,26 +161,123 @@ async def direct_get(nc: Client, stream: str, request: dict[str, Any], *, timeou
         ServiceUnavailableError: any other error status.
         nats.errors.TimeoutError: no reply in time (transient: callers wrap this in ``retry_transient``).
     """
+    replies, token, answer = await _waiting(nc, single=False, timeout=timeout)
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _enc.encode(request), reply=replies.prefix + token)
+        end = await answer.end
+        return _batch(stream, answer.messages, end)
+    finally:
+        answer.disarm()
+        replies.waiting.pop(token, None)
+
+
+def connection(js: JetStreamContext) -> Client:
+    """The connection ``js`` sends on (nats-py keeps it in ``_nc`` and has no public accessor)."""
+    return js._nc
+
+
+async def _waiting(nc: Client, *, single: bool, timeout: float) -> tuple[_Replies, str, _Answer]:
+    """The connection's reply subscription (made on first use), a fresh token and its armed answer."""
     replies = _replies.get(nc)
     if replies is None:
         replies = _replies[nc] = _Replies(prefix=f"{nc.new_inbox()}.")
     if replies.sub is None:
         await replies.subscribed(nc)
     token = str(next(replies.tokens))
-    answer = _Answer([], asyncio.get_running_loop().create_future())
+    answer = _Answer([], asyncio.get_running_loop().create_future(), single, timeout)
     replies.waiting[token] = answer
+    answer.arm()
+    return replies, token, answer
+
+
+async def request_one(
+    nc: Client, subject: str, payload: bytes = b"", *, timeout: float, headers: dict[str, str] | None = None
+) -> Msg:
+    """A request and its one reply, answered on the connection's shared reply subscription.
+
+    What ``nc.request`` does, without a subscription, a random token and a ``wait_for`` task per
+    call: the hot reads of a step go this way.
+
+    Raises:
+        nats.errors.NoRespondersError: nobody serves ``subject`` (a ``503`` status; transient).
+        nats.errors.TimeoutError: no reply in ``timeout`` seconds (transient).
+    """
+    replies, token, answer = await _waiting(nc, single=True, timeout=timeout)
     try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _enc.encode(request), reply=replies.prefix + token)
-        while True:
-            seen = len(answer.messages)
-            done, _ = await asyncio.wait((answer.end,), timeout=timeout)
-            if done:
-                break
-            if len(answer.messages) == seen:  # nothing arrived in ``timeout``: callers retry it
-                raise nats.errors.TimeoutError
-        return _batch(stream, answer.messages, answer.end.result())
+        await nc.publish(subject, payload, reply=replies.prefix + token, headers=headers)
+        msg = await answer.end
     finally:
+        answer.disarm()
         replies.waiting.pop(token, None)
+    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        raise nats.errors.NoRespondersError
+    return msg
+
+
+async def last_message(
+    nc: Client, stream: str, subject: str, *, leader: bool, timeout: float
+) -> StoredMessage | None:
+    """The newest message of ``stream`` on ``subject``, or ``None`` when it holds none.
+
+    ``leader``: ask through the JetStream API, which the stream's leader answers, so the answer is
+    no older than any write acknowledged before the call; otherwise a direct get, which any replica
+    may answer (with one replica that is the leader, and it costs the server less).
+
+    Raises:
+        ServiceUnavailableError: an error status or API error other than "not found".
+        nats.errors.NoRespondersError, nats.errors.TimeoutError: JetStream did not answer (transient).
+    """
+    if not leader:
+        msg = await request_one(nc, f"$JS.API.DIRECT.GET.{stream}.{subject}", timeout=timeout)
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise ServiceUnavailableError(f"direct get on {stream}: {status} {hdrs.get('Description', '')}")
+        return StoredMessage(int(hdrs.get("Nats-Sequence") or 0), msg.data, hdrs)
+    msg = await request_one(
+        nc, f"$JS.API.STREAM.MSG.GET.{stream}", _enc.encode({"last_by_subj": subject}), timeout=timeout
+    )
+    answer = _STREAM_MSG.decode(msg.data)
+    if answer.error is not None:
+        if answer.error.code == 404:
+            return None
+        raise ServiceUnavailableError(
+            f"message get on {stream}: {answer.error.code} {answer.error.description}"
+        )
+    if answer.message is None:
+        raise ServiceUnavailableError(f"message get on {stream}: an answer with neither message nor error")
+    stored = answer.message
+    return StoredMessage(stored.seq, base64.b64decode(stored.data or ""), _headers(stored.hdrs))
+
+
+def _headers(raw: str | None) -> dict[str, str]:
+    """The headers of a stored message, from the JetStream API's base64 of its ``NATS/1.0`` block."""
+    if not raw:
+        return {}
+    lines = base64.b64decode(raw).decode("utf-8", "replace").split("\r\n")[1:]
+    pairs = (line.partition(":") for line in lines)
+    return {k.strip(): v.strip() for k, sep, v in pairs if sep}
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    description: str = ""
+
+
+class _Stored(msgspec.Struct):
+    seq: int = 0
+    data: str | None = None
+    hdrs: str | None = None
+
+
+class _StreamMsgAnswer(msgspec.Struct):
+    message: _Stored | None = None
+    error: _ApiError | None = None
+
+
+_STREAM_MSG = msgspec.json.Decoder(_StreamMsgAnswer)
 
 
 def _batch(stream: str, out: list[Msg], end: Msg) -> DirectBatch:

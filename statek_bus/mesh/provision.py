@@ -207,7 +207,9 @@ async def configure_work_consumers(js: JetStreamContext, settings: Settings, age
     Only these agents' consumers are touched: adding or removing a pool changes no other pool's.
     """
     for agent in agents:
-        await _retrying(lambda agent=agent: js.add_consumer(s.WORK_STREAM, work_consumer_config(settings, agent)), 20)
+        await _retrying(
+            lambda agent=agent: js.add_consumer(s.WORK_STREAM, work_consumer_config(settings, agent)), 20
+        )
 
 
 async def prepare(js: JetStreamContext, settings: Settings, streams: Iterable[str]) -> None:

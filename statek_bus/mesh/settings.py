@@ -281,7 +281,9 @@ class Settings:
         raw_level = str(values.get("default_difficulty", "M")).strip().upper()
         level = raw_level[:1]
         if raw_level not in ("L", "M", "H", "LOW", "MEDIUM", "HIGH"):
-            raise SettingsError(f"STATEK_DEFAULT_DIFFICULTY={values['default_difficulty']!r} is not L, M or H")
+            raise SettingsError(
+                f"STATEK_DEFAULT_DIFFICULTY={values['default_difficulty']!r} is not L, M or H"
+            )
         values["default_difficulty"] = level
         return cls(**values)
 

@@ -1,5 +1,6 @@
-"""Batched direct gets (ADR-31) against a real server: answers, statuses, and one reply
-subscription per connection however many gets it sends."""
+"""JetStream reads against a real server: batched direct gets (ADR-31), a subject's last message
+(direct and from the leader), their statuses, and one reply subscription per connection however
+many reads it sends."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import urllib.request
 import nats.errors
 import pytest
 from nats.aio.client import Client
-from nats.js.api import StreamConfig
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StreamConfig
 
-from statek_bus.mesh.direct import direct_get
+from statek_bus.mesh.direct import direct_get, last_message, request_one
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.errors import ServiceUnavailableError
 
@@ -52,6 +54,14 @@ async def test_batches_come_back_whole_and_separate_while_many_run_at_once(
         s = k // 5
         assert [m.data for m in batch.messages] == [f"{s}:{i}".encode() for i in range(3)]
         assert batch.pending == 2
+    lasts = await asyncio.gather(
+        *(
+            last_message(nc, stream, f"d.{uid}.{s}", leader=leader, timeout=5)
+            for s in range(20)
+            for leader in (False, True)
+        )
+    )
+    assert [m.data for m in lasts if m is not None] == [f"{k // 2}:4".encode() for k in range(40)]
     assert _subscriptions_made(nats_server) == before  # no subscription per get
 
 
@@ -73,3 +83,49 @@ async def test_no_answer_is_a_timeout_and_the_next_get_still_works(nc: Client, u
     await silent.unsubscribe()
     ok = await direct_get(nc, stream, {"seq": 1, "next_by_subj": f"d.{uid}.0", "batch": 1}, timeout=5)
     assert [m.data for m in ok.messages] == [b"0:0"]
+
+
+async def test_last_message_reads_alike_through_a_direct_get_and_the_leader(nc: Client, uid: str) -> None:
+    js = nc.jetstream()
+    stream = await _stream(nc, uid, subjects=2, per_subject=3)
+    await js.publish(f"d.{uid}.1", b"with headers", headers={"X-Kind": "note", "Nats-Msg-Id": f"{uid}-h"})
+    for leader in (False, True):
+        last = await last_message(nc, stream, f"d.{uid}.1", leader=leader, timeout=5)
+        assert last is not None
+        assert (last.seq, last.data, last.headers.get("X-Kind")) == (7, b"with headers", "note")
+        first = await last_message(nc, stream, f"d.{uid}.0", leader=leader, timeout=5)
+        assert first is not None and (first.seq, first.data) == (3, b"0:2")
+        assert await last_message(nc, stream, f"d.{uid}.none", leader=leader, timeout=5) is None
+
+
+async def test_a_deleted_key_reads_as_missing_and_nobody_serving_is_transient(nc: Client, uid: str) -> None:
+    js = nc.jetstream()
+    kv = await js.create_key_value(KeyValueConfig(bucket=f"direct_{uid}", direct=True))  # as provisioned
+    await kv.put("k", b"v")
+    await kv.delete("k")
+    for leader in (False, True):
+        marker = await last_message(nc, f"KV_direct_{uid}", f"$KV.direct_{uid}.k", leader=leader, timeout=5)
+        assert marker is not None and marker.data == b"" and marker.headers.get("KV-Operation") == "DEL"
+    with pytest.raises(nats.errors.NoRespondersError):
+        await last_message(nc, f"absent_{uid}", "x", leader=False, timeout=5)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await request_one(nc, f"nobody.{uid}", b"", timeout=5)
+
+
+async def test_a_batch_that_keeps_arriving_waits_on_and_a_silent_request_times_out(
+    nc: Client, uid: str
+) -> None:
+    async def slow(msg: Msg) -> None:  # four messages 0.2 s apart, then the end of the batch
+        for i in range(4):
+            await asyncio.sleep(0.2)
+            await nc.publish(msg.reply, f"m{i}".encode())
+        await nc.publish(msg.reply, b"", headers={"Status": "204", "Nats-Num-Pending": "0"})
+
+    responder = await nc.subscribe(f"$JS.API.DIRECT.GET.slow_{uid}", cb=slow)
+    batch = await direct_get(nc, f"slow_{uid}", {"seq": 1, "next_by_subj": "x", "batch": 4}, timeout=0.35)
+    assert [m.data for m in batch.messages] == [b"m0", b"m1", b"m2", b"m3"]
+    await responder.unsubscribe()
+    silent = await nc.subscribe(f"silent.{uid}")
+    with pytest.raises(nats.errors.TimeoutError):
+        await request_one(nc, f"silent.{uid}", b"", timeout=0.3)
+    await silent.unsubscribe()

@@ -146,7 +146,9 @@ def parse_warmup(source: str) -> list[WarmupBlock]:
 @functools.lru_cache(maxsize=256)
 def _job_blocks(code: str) -> tuple[WarmupBlock, ...]:
     return tuple(
-        WarmupBlock(code=b.code, calls=b.calls, metadata={k: v for k, v in b.metadata.items() if k != "hidden"})
+        WarmupBlock(
+            code=b.code, calls=b.calls, metadata={k: v for k, v in b.metadata.items() if k != "hidden"}
+        )
         for b in parse_warmup(code)
     )
 
@@ -246,7 +248,14 @@ class Agent:
     def _tools_key(self) -> tuple[Any, ...]:
         # Tools are read-only once built, so identity says everything about them; holding the
         # objects (not their ids) in the key means a freed tool's id cannot alias a new one.
-        return (tuple(self.tools), tuple(self.internal_tools), SYSTEM_TOOLS, CONTEXT_TOOLS, LIBRARY_TOOLS, WAIT_TOOLS)
+        return (
+            tuple(self.tools),
+            tuple(self.internal_tools),
+            SYSTEM_TOOLS,
+            CONTEXT_TOOLS,
+            LIBRARY_TOOLS,
+            WAIT_TOOLS,
+        )
 
     def all_tools(self) -> list[Tool]:
         """Every tool in a job's namespace: the agent's (first, they win on a name clash), then system
@@ -256,7 +265,14 @@ class Agent:
         cached = self._all_tools
         if cached is None or cached[0] != key:
             seen: dict[str, Tool] = {}
-            for t in [*self.tools, *self.internal_tools, *SYSTEM_TOOLS, *CONTEXT_TOOLS, *LIBRARY_TOOLS, *WAIT_TOOLS]:
+            for t in [
+                *self.tools,
+                *self.internal_tools,
+                *SYSTEM_TOOLS,
+                *CONTEXT_TOOLS,
+                *LIBRARY_TOOLS,
+                *WAIT_TOOLS,
+            ]:
                 seen.setdefault(t.name, t)
             cached = self._all_tools = (key, tuple(seen.values()))
         return list(cached[1])
@@ -288,7 +304,13 @@ class Agent:
         if not self.prompt:
             return ""
         style = (chat_style or self.chat_style).upper()
-        key = (self.prompt, style, difficulty, self._tools_key(), str(self.metadata.get("PROMPT_STYLE") or ""))
+        key = (
+            self.prompt,
+            style,
+            difficulty,
+            self._tools_key(),
+            str(self.metadata.get("PROMPT_STYLE") or ""),
+        )
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:  # prompts or tools replaced many times: start again

@@ -142,7 +142,9 @@ def perm_ctx_set(**values: Any) -> None:
     merged = {**perm, **encoded}
     size = len(msgspec.json.encode(merged))
     if size > MAX_PERM_CONTEXT_BYTES:
-        raise ValueError(f"the persistent job context would be {size} bytes; the limit is {MAX_PERM_CONTEXT_BYTES}")
+        raise ValueError(
+            f"the persistent job context would be {size} bytes; the limit is {MAX_PERM_CONTEXT_BYTES}"
+        )
     perm.update(encoded)
 
 

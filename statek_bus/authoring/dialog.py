@@ -80,7 +80,10 @@ class RecurringReminder(Reminder):
 RecursiveReminder = RecurringReminder
 """STATEK's other name for :class:`RecurringReminder`."""
 
-_REMINDER_TYPES: dict[str, type[RecurringReminder]] = {"RECURRING": RecurringReminder, "RECURSIVE": RecurringReminder}
+_REMINDER_TYPES: dict[str, type[RecurringReminder]] = {
+    "RECURRING": RecurringReminder,
+    "RECURSIVE": RecurringReminder,
+}
 
 
 def _answer_tool(send_message: Callable[..., Any]) -> Tool:

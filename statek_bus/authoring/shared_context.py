@@ -144,7 +144,9 @@ class SharedContextView:
         # the agent's data classes only: a future or job handle stored here would let every job of
         # the context read (or wait on) another job's children
         handles = set(FUTURES.classes())
-        self.registry = TypeRegistry([c for c in (registry.classes() if registry else []) if c not in handles])
+        self.registry = TypeRegistry(
+            [c for c in (registry.classes() if registry else []) if c not in handles]
+        )
         self._vars: dict[str, ContextVariable] | None = None
 
     async def _kv(self) -> Any:
@@ -187,7 +189,9 @@ class SharedContextView:
             raise PermissionError("this job's shared context is read-only")
         cat = ContextCategory.get(category)
         if not isinstance(key, str) or not key.isidentifier() or key.startswith("_") or len(key) > 64:
-            raise ValueError(f"a shared variable's key is a public identifier of at most 64 characters, not {key!r}")
+            raise ValueError(
+                f"a shared variable's key is a public identifier of at most 64 characters, not {key!r}"
+            )
         text = str(description)
         if len(text) > MAX_CONTEXT_TEXT:
             raise ValueError(f"the description has {len(text)} characters; the limit is {MAX_CONTEXT_TEXT}")
@@ -199,7 +203,10 @@ class SharedContextView:
         if size > MAX_CONTEXT_VALUE_BYTES:
             raise ValueError(f"the value of {key!r} is {size} bytes; the limit is {MAX_CONTEXT_VALUE_BYTES}")
         var = ContextVariable(
-            category=str(cat), value=encoded, description=text, created_at=datetime.now(UTC),
+            category=str(cat),
+            value=encoded,
+            description=text,
+            created_at=datetime.now(UTC),
             job_id=current_job().job_id,
         )
         current_env().run(self._write(key, var))
@@ -221,7 +228,9 @@ class SharedContextView:
                 raise ValueError(f"the shared context holds {MAX_CONTEXT_VARS} variables already")
             data = msgspec.json.encode(record)
             if len(data) > MAX_CONTEXT_BYTES:
-                raise ValueError(f"the shared context would be {len(data)} bytes; the limit is {MAX_CONTEXT_BYTES}")
+                raise ValueError(
+                    f"the shared context would be {len(data)} bytes; the limit is {MAX_CONTEXT_BYTES}"
+                )
             try:
                 if revision is None:
                     await kv.create(ckey, data)
@@ -246,7 +255,9 @@ def context_view() -> SharedContextView | None:
         return None
     env = ctx.extras.get("env")
     view = SharedContextView(
-        [str(s) for s in binding.get("specs", [])], bool(binding.get("read_only")), getattr(env, "registry", None)
+        [str(s) for s in binding.get("specs", [])],
+        bool(binding.get("read_only")),
+        getattr(env, "registry", None),
     )
     ctx.extras[_VIEW_KEY] = view
     return view
@@ -339,7 +350,9 @@ def print_locals(category: str, *types: Any) -> None:
         if (wanted or names) and not (isinstance(value, tuple(wanted)) or type(value).__name__ in names):
             continue
         shown += 1
-        lines.append(f"{name} = {format_value(value)}" + (f"  # {var.description}" if var.description else ""))
+        lines.append(
+            f"{name} = {format_value(value)}" + (f"  # {var.description}" if var.description else "")
+        )
     print("\n".join([f"# {cat} variables ({shown})", *lines]))
 
 

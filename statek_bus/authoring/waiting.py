@@ -70,6 +70,7 @@ __all__ = [
     "wait_until",
 ]
 
+
 def _create(agent: Any, shared_vars: dict[str, Any] | None, locale: Any, kwargs: dict[str, Any]) -> JobHandle:
     """Submit a child job under a deterministic id (re-running the statement finds the same job).
 
@@ -143,7 +144,9 @@ def create_new_job(
         post_processing: post-processors added to the agent's (``FinalCheck(max_llm_actions=2)``).
         **kwargs: the child's parameters (``provider_config`` and ``extra_resources`` are options).
     """
-    return _create(agent, shared_vars, locale, {**kwargs, "warmup_code": warmup_code, "post_processing": post_processing})
+    return _create(
+        agent, shared_vars, locale, {**kwargs, "warmup_code": warmup_code, "post_processing": post_processing}
+    )
 
 
 @tool(system=True)

@@ -435,7 +435,10 @@ class AsyncJobs:
         timeout = self._client.settings.request_timeout
         while True:
             batch = await direct_get(
-                nc, JOB_LOG_STREAM, {"seq": start, "next_by_subj": subject, "batch": _REPLAY_BATCH}, timeout=timeout
+                nc,
+                JOB_LOG_STREAM,
+                {"seq": start, "next_by_subj": subject, "batch": _REPLAY_BATCH},
+                timeout=timeout,
             )
             for i, msg in enumerate(batch.messages):
                 yield msg.data, batch.pending == 0 and i == len(batch.messages) - 1

@@ -174,7 +174,9 @@ class AsyncStates:
         ``async for change in states.watch(task_id=t)``; ``w = await states.watch(...)`` subscribes
         before returning, so nothing committed afterwards is missed. See :class:`StateWatch`.
         """
-        return StateWatch(self._get_store, task_id, agent_id, state_id, since_revision, self._client.connection)
+        return StateWatch(
+            self._get_store, task_id, agent_id, state_id, since_revision, self._client.connection
+        )
 
     def for_task(self, task_id: str, agent_id: str) -> TaskState:
         """The state of one (task, agent) pair: ``ctx.state`` of handler agents."""

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from statek_bus.mesh import tracing
+from statek_bus.mesh.direct import request_one
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError, error_from_reply
 from statek_bus.wire.messages import decode, encode
@@ -55,7 +56,7 @@ async def request_reply(nc: Client, subject: str, payload: Any, reply_type: type
     """
     try:
         with tracing.span(subject, kind="client"):  # the request carries the caller's trace
-            msg = await nc.request(subject, encode(payload), timeout=timeout, headers=tracing.inject())
+            msg = await request_one(nc, subject, encode(payload), timeout=timeout, headers=tracing.inject())
     except nats.errors.NoRespondersError:
         raise ServiceUnavailableError(f"no service is answering on {subject}; is the mesh up?") from None
     except (TimeoutError, nats.errors.TimeoutError):

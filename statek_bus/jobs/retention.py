@@ -48,6 +48,7 @@ from statek_bus.wire.subjects import (
     JOB_LOG_STREAM,
     JOBS_BUCKET,
     LIVE_INDEX_PREFIX,
+    WRONG_LAST_SEQUENCE,
     job_events_subject,
     job_key,
     token,
@@ -58,7 +59,6 @@ __all__ = ["ReapReport", "reap_done"]
 log = logging.getLogger(__name__)
 
 _MARKER_TTL = 60.0  # seconds a purge marker lives before the server removes it
-_WRONG_LAST_SEQUENCE = 10071
 _entry_dec = msgspec.json.Decoder(IndexEntry)
 
 
@@ -121,7 +121,7 @@ async def _purge_record(js: JetStreamContext, record: JobRecord, revision: int) 
     try:
         await js.publish(f"$KV.{JOBS_BUCKET}.{job_key(record.id)}", b"", headers=headers, msg_ttl=_MARKER_TTL)
     except APIError as exc:
-        if exc.err_code == _WRONG_LAST_SEQUENCE:
+        if exc.err_code in WRONG_LAST_SEQUENCE:
             return False  # restarted (or otherwise changed) since it was read: not ours to remove
         raise
     return True

@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 
 from statek_bus.mesh import tracing
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
-from statek_bus.mesh.direct import READ_TIMEOUT, connection, last_message
+from statek_bus.mesh.direct import READ_TIMEOUT, connection, last_message, publish_acked, request_timeout
 from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
 from statek_bus.wire.subjects import (
@@ -34,6 +34,7 @@ from statek_bus.wire.subjects import (
     KV_OPERATION_HEADER,
     MSG_ID_HEADER,
     TIMER_DUE_HEADER,
+    WRONG_LAST_SEQUENCE,
     job_events_subject,
     job_key,
     token,
@@ -45,7 +46,6 @@ __all__ = ["JobStore", "StaleRecordError", "scan", "utcnow"]
 
 _CAS_ATTEMPTS = 50
 _CAS_BACKOFF = 0.002  # seconds; the bound doubles per lost round, up to 64 ms
-_WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 
 
 def utcnow() -> datetime:
@@ -63,6 +63,10 @@ class JobStore:
     def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
         self.js = js
         self.kv = kv
+        self.nc = connection(js)
+        """The connection: a step's reads and writes go through its shared reply subscription."""
+        self.timeout = request_timeout(js)
+        """Seconds a write waits for JetStream's acknowledgement."""
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> JobStore:
@@ -84,7 +88,7 @@ class JobStore:
         return await self._read(job_id, leader=True)
 
     async def _read(self, job_id: str, *, leader: bool) -> tuple[JobRecord, int] | None:
-        nc, subject = connection(self.js), f"$KV.{JOBS_BUCKET}.{job_key(job_id)}"
+        nc, subject = self.nc, f"$KV.{JOBS_BUCKET}.{job_key(job_id)}"
         stored = await retry_transient(
             lambda: last_message(nc, f"KV_{JOBS_BUCKET}", subject, leader=leader, timeout=READ_TIMEOUT)
         )
@@ -114,11 +118,20 @@ class JobStore:
 
     async def put(self, record: JobRecord, revision: int) -> int:
         """Compare-and-set ``record`` over ``revision``; :class:`StaleRecordError` if it moved."""
+        subject, headers = (
+            f"$KV.{JOBS_BUCKET}.{job_key(record.id)}",
+            {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(revision)},
+        )
         try:
             with unavailable_as_503(f"updating job {record.id!r}"):
-                return int(await self.kv.update(job_key(record.id), encode(record), last=revision))
-        except KeyWrongLastSequenceError:
-            raise StaleRecordError(f"job {record.id!r} changed concurrently") from None
+                ack = await publish_acked(
+                    self.nc, subject, encode(record), headers=headers, timeout=self.timeout
+                )
+        except APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise StaleRecordError(f"job {record.id!r} changed concurrently") from None
+            raise
+        return ack.seq
 
     async def transition(
         self, job_id: str, change: Callable[[JobRecord], JobRecord | None]
@@ -173,17 +186,21 @@ class JobStore:
                 headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = "0"
             try:
                 with unavailable_as_503(f"queueing job {job_id!r}"):
-                    ack = await self.js.publish(work_run_subject(agent, job_id), body, headers=headers)
+                    ack = await publish_acked(
+                        self.nc, work_run_subject(agent, job_id), body, headers=headers, timeout=self.timeout
+                    )
             except APIError as exc:
-                if if_absent and exc.err_code == _WRONG_LAST_SEQUENCE:
+                if if_absent and exc.err_code in WRONG_LAST_SEQUENCE:
                     return False  # queued, or being run
                 raise
             return not ack.duplicate
         when = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
         with unavailable_as_503(f"scheduling job {job_id!r}"):
-            await self.js.publish(
+            await publish_acked(
+                self.nc,
                 work_schedule_subject(agent, job_id),
                 body,
+                timeout=self.timeout,
                 headers=tracing.inject(
                     {
                         MSG_ID_HEADER: f"{msg_id}:at",

@@ -10,7 +10,9 @@ lingers on the server after a request (a consumer per request would).
 
 :func:`last_message` reads the newest message on a subject (a KV entry, the end of a job's inbox),
 through a direct get or, where it must see every acknowledged write, the JetStream API's message
-get, which the leader answers. :func:`request_one` is the request under it.
+get, which the leader answers. :func:`publish_acked` stores a message and waits for JetStream's
+acknowledgement (a step's commit, the next step's work message). :func:`request_one` is the
+request under both.
 
 **One reply subscription per connection.** The answers of every read a connection sends
 arrive on one wildcard subscription (``<inbox>.*``, made on the first get), each request's reply
@@ -33,6 +35,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -176,6 +179,12 @@ def connection(js: JetStreamContext) -> Client:
     return js._nc
 
 
+def request_timeout(js: JetStreamContext) -> float:
+    """Seconds ``js`` waits for JetStream's answer (the ``timeout`` it was made with; nats-py
+    keeps it in ``_timeout``)."""
+    return float(js._timeout)
+
+
 async def _waiting(nc: Client, *, single: bool, timeout: float) -> tuple[_Replies, str, _Answer]:
     """The connection's reply subscription (made on first use), a fresh token and its armed answer."""
     replies = _replies.get(nc)
@@ -263,7 +272,23 @@ def _headers(raw: str | None) -> dict[str, str]:
 
 class _ApiError(msgspec.Struct):
     code: int = 0
+    err_code: int = 0
     description: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"code": self.code, "err_code": self.err_code, "description": self.description}
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's acknowledgement of a stored message."""
+
+    stream: str = ""
+    """The stream that stored it."""
+    seq: int = 0
+    """Its sequence in that stream (a KV entry's new revision)."""
+    duplicate: bool = False
+    """The stream had a message with its ``Nats-Msg-Id`` in the duplicate window: nothing stored."""
+    error: _ApiError | None = None
 
 
 class _Stored(msgspec.Struct):
@@ -278,6 +303,29 @@ class _StreamMsgAnswer(msgspec.Struct):
 
 
 _STREAM_MSG = msgspec.json.Decoder(_StreamMsgAnswer)
+_PUB_ACK = msgspec.json.Decoder(PubAck)
+
+
+async def publish_acked(
+    nc: Client, subject: str, payload: bytes, *, timeout: float, headers: dict[str, str] | None = None
+) -> PubAck:
+    """Publish to a stream's subject and wait for JetStream's acknowledgement (what
+    ``JetStreamContext.publish`` does, on the shared reply subscription).
+
+    Raises:
+        nats.js.errors.APIError: the stream refused it (the subclass nats-py raises: a
+            ``BadRequestError`` with ``err_code`` 10071 for a wrong expected last sequence...).
+        nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError: no stream answered (transient).
+    """
+    try:
+        msg = await request_one(nc, subject, payload, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise nats.js.errors.NoStreamResponseError from None
+    ack = _PUB_ACK.decode(msg.data)
+    if ack.error is not None:  # from_error raises the subclass nats-py raises for the code
+        err = ack.error.fields()
+        raise nats.js.errors.APIError.from_error(err) or nats.js.errors.APIError(**err)
+    return ack
 
 
 def _batch(stream: str, out: list[Msg], end: Msg) -> DirectBatch:

@@ -68,5 +68,7 @@ def identities(data_dir: str | Path, *, directory: str | Path | None = None) -> 
             _write_private(path, seed.decode() + "\n")
         users[name] = nkeys.from_seed(bytearray(seed)).public_key.decode()
     _write_private(ids.server_config, server_config(users))
-    _write_private(ids.directory / "users.env", "".join(f"{nkey_variable(n)}={k}\n" for n, k in users.items()))
+    _write_private(
+        ids.directory / "users.env", "".join(f"{nkey_variable(n)}={k}\n" for n, k in users.items())
+    )
     return ids

@@ -253,7 +253,9 @@ class Mesh:
         auth: bool = False,
     ) -> None:
         if auth and not embedded:
-            raise LauncherError("--auth configures the embedded server: it cannot be combined with --nats-url")
+            raise LauncherError(
+                "--auth configures the embedded server: it cannot be combined with --nats-url"
+            )
         self.settings = settings
         self.server = NatsServer(data_dir=data_dir, port=port) if embedded else None
         self.auth = auth

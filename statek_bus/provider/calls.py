@@ -47,7 +47,9 @@ class Deadline:
     def check(self, what: str) -> None:
         """Raise a 503 if the caller has given up: ``what`` is not worth starting any more."""
         if self.at is not None and self._clock() >= self.at:
-            raise ServiceUnavailableError(f"{what}: dropped, its caller stopped waiting before it could start")
+            raise ServiceUnavailableError(
+                f"{what}: dropped, its caller stopped waiting before it could start"
+            )
 
 
 class CallLedger:

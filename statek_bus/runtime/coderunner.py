@@ -591,7 +591,11 @@ class SandboxSession:
         """
         self.context_bound = True
         ns = self.ns
-        if self.context_lookup is not None and ns and not isinstance(ns.get("__builtins__"), FallbackBuiltins):
+        if (
+            self.context_lookup is not None
+            and ns
+            and not isinstance(ns.get("__builtins__"), FallbackBuiltins)
+        ):
             ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], self._shared)
 
     def _shared(self, name: str) -> Any:

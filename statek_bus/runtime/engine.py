@@ -570,8 +570,13 @@ class StepEngine:
         traced = agent_trace.tracing(ctx)
         if traced:
             agent_trace.add(
-                ctx, "llm.request", model=request.model, messages=msgspec.to_builtins(messages),
-                tools=[t.name for t in tools], metadata=meta, temperature=request.temperature,
+                ctx,
+                "llm.request",
+                model=request.model,
+                messages=msgspec.to_builtins(messages),
+                tools=[t.name for t in tools],
+                metadata=meta,
+                temperature=request.temperature,
             )
         try:
             reply = await self.model.complete(request)
@@ -580,8 +585,14 @@ class StepEngine:
         except StatekError as exc:
             raise HarnessError(f"LLM call failed: {exc}") from None
         if traced:
-            agent_trace.add(ctx, "llm.response", model=reply.model, text=reply.text, reasoning=reply.reasoning,
-                        usage=msgspec.to_builtins(reply.usage))
+            agent_trace.add(
+                ctx,
+                "llm.response",
+                model=reply.model,
+                text=reply.text,
+                reasoning=reply.reasoning,
+                usage=msgspec.to_builtins(reply.usage),
+            )
             if reply.tool_calls:
                 agent_trace.add(ctx, "llm.parsed_tool_calls", calls=msgspec.to_builtins(reply.tool_calls))
         usage = record.usage

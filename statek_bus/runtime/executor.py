@@ -161,7 +161,9 @@ class _InFlight:
 
 _flight: contextvars.ContextVar[_InFlight | None] = contextvars.ContextVar("statek_flight", default=None)
 """The in-flight entry of the step the current task runs."""
-_step_view: contextvars.ContextVar[KnowledgeView | None] = contextvars.ContextVar("statek_knowledge", default=None)
+_step_view: contextvars.ContextVar[KnowledgeView | None] = contextvars.ContextVar(
+    "statek_knowledge", default=None
+)
 """The knowledge version the current task's step runs with (read once, when the step starts)."""
 
 
@@ -227,7 +229,11 @@ class Executor:
         install_stdout_capture()
         self.store = await JobStore.open(self.js)
         watcher = KnowledgeWatcher(
-            self.js, self.settings, self.agents, uuid.uuid4().hex[:16], on_change=lambda _: self.register_agents()
+            self.js,
+            self.settings,
+            self.agents,
+            uuid.uuid4().hex[:16],
+            on_change=lambda _: self.register_agents(),
         )
         self.knowledge = await watcher.__aenter__()
         await self.register_agents()
@@ -548,7 +554,9 @@ class Executor:
             if outcome.dialog and isinstance(agent, Agent) and agent.send_message is not None:
                 await self._send_dialog(agent, committed, outcome.dialog)
             await self._after_commit(
-                committed, outcome.state if committed is outcome.record else None, consumed_from=record.inbox_seq
+                committed,
+                outcome.state if committed is outcome.record else None,
+                consumed_from=record.inbox_seq,
             )
         else:  # committed elsewhere (a duplicate delivery): that replica may have died before queueing
             fresh = await self.store.find(work.job_id)
@@ -616,7 +624,9 @@ class Executor:
         """A redelivered or duplicate message: make sure a running job's current step is queued."""
         assert self.store is not None
         if record.step > work.step and record.status not in (JobStatus.DONE, JobStatus.SUSPENDED):
-            await asyncio.gather(self._publish_events(record), self.store.enqueue(record.id, record.step, agent=record.agent))
+            await asyncio.gather(
+                self._publish_events(record), self.store.enqueue(record.id, record.step, agent=record.agent)
+            )
         elif record.step > work.step:  # DONE or SUSPENDED: repeat the wake-ups it owes (idempotent)
             await asyncio.gather(self._publish_events(record), waits.on_stale(self.store, self.inbox, record))
 

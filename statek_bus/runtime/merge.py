@@ -24,7 +24,15 @@ __all__ = [
     "usage_vector",
 ]
 
-USAGE_FIELDS = ("llm_calls", "input_tokens", "output_tokens", "cached_tokens", "cost", "bytes_sent", "bytes_received")
+USAGE_FIELDS = (
+    "llm_calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost",
+    "bytes_sent",
+    "bytes_received",
+)
 """The additive fields of :class:`~statek_bus.wire.messages.Usage`."""
 
 

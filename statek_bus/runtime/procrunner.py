@@ -333,7 +333,9 @@ class ProcessCodeRunner:
             self._server.start()
             for _ in range(self._spare_target):
                 self._want.release()
-            log.info("sandbox: process runner, %d workers; %s", len(self._threads), describe_layers(self.layers))
+            log.info(
+                "sandbox: process runner, %d workers; %s", len(self._threads), describe_layers(self.layers)
+            )
         except BaseException as exc:
             self._start_error = exc
             log.error("sandbox: the worker fork server failed to start: %s", exc)
@@ -499,7 +501,9 @@ class ProcessCodeRunner:
             return f"WorkerCrash: the worker process exited with status {os.WEXITSTATUS(status)}{tail}"
         return f"WorkerCrash: the worker process stopped answering ({exc}){tail}"
 
-    def _registries(self, registry: Any) -> tuple[TypeRegistry, TypeRegistry, list[TypeSpec], dict[type, TypeSpec]]:
+    def _registries(
+        self, registry: Any
+    ) -> tuple[TypeRegistry, TypeRegistry, list[TypeSpec], dict[type, TypeSpec]]:
         key = id(registry)
         found = self._types.get(key)
         if found is not None and found[0] is registry:
@@ -752,7 +756,9 @@ class _Step:
         for u in units:
             u.console = [self._memory(line) or line for line in u.console]
         exited = done.exited or self.exited
-        exit_value = self.exit_value if self.exited and not done.exited else from_json(done.exit_value, self.registry)
+        exit_value = (
+            self.exit_value if self.exited and not done.exited else from_json(done.exit_value, self.registry)
+        )
         workspace = msgspec.convert(done.workspace, WorkspaceData) if done.workspace is not None else None
         last = units[-1] if units else None
         result = ExecResult(
@@ -764,7 +770,9 @@ class _Step:
             notes=list(done.notes),
             seconds=seconds,
             suspended=last.suspended if last is not None else None,
-            suspended_at=tuple(done.suspended_at) if last is not None and last.suspended is not None else (0, 0),  # type: ignore[arg-type]
+            suspended_at=tuple(done.suspended_at)
+            if last is not None and last.suspended is not None
+            else (0, 0),  # type: ignore[arg-type]
         )
         if result.exited and self.exited:  # a tool's exit_job: the worker did not see its value
             check_exit_size(result)
@@ -807,7 +815,6 @@ def describe_layers(layers: dict[str, str]) -> str:
     return f"on: {', '.join(on) or 'none'}; off: {', '.join(off) or 'none'}"
 
 
-
 class AppCodeRouter:
     """A process runner that runs application code, and model code the data tier can prove is data
     only, in threads of the executor instead.
@@ -821,7 +828,12 @@ class AppCodeRouter:
     """
 
     def __init__(
-        self, process: ProcessCodeRunner, threads: ThreadCodeRunner, *, tier: DataTier | None = None, app_code: bool = True
+        self,
+        process: ProcessCodeRunner,
+        threads: ThreadCodeRunner,
+        *,
+        tier: DataTier | None = None,
+        app_code: bool = True,
     ) -> None:
         self.process = process
         self.threads = threads

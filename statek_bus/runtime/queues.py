@@ -91,7 +91,9 @@ class AgentEventPump:
                 continue
             name = event_local(agent)
             if name is None:
-                log.info("agent %s takes no queue events: its warmup must read exactly one outside name", role)
+                log.info(
+                    "agent %s takes no queue events: its warmup must read exactly one outside name", role
+                )
             else:
                 self.locals[role] = name
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,7 +122,9 @@ class AgentEventPump:
         return False
 
     async def _run(self, role: str) -> None:
-        sub = await self.js.pull_subscribe_bind(consumer=agent_events_consumer(role), stream=AGENT_EVENTS_STREAM)
+        sub = await self.js.pull_subscribe_bind(
+            consumer=agent_events_consumer(role), stream=AGENT_EVENTS_STREAM
+        )
         try:
             while True:
                 try:

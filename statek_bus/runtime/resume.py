@@ -64,6 +64,7 @@ class StoreJobs:
         """The text of the job's LLM turns, read from its engine state (private to the runtime)."""
         return [i.dialog or i.text or "" for i in load_state(record).log if i.kind == "llm"]
 
+
 SUBTASK_ROLE = "subtask:"
 """``role`` prefix of an inbox notification that reports a sub-task's completion (``subtask:<id>``)."""
 

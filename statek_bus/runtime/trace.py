@@ -63,7 +63,8 @@ def redact(value: Any, _depth: int = 0) -> Any:
         return "[...]"
     if isinstance(value, dict):
         return {
-            str(k): "[REDACTED]" if _SECRET.search(str(k)) else redact(v, _depth + 1) for k, v in value.items()
+            str(k): "[REDACTED]" if _SECRET.search(str(k)) else redact(v, _depth + 1)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [redact(v, _depth + 1) for v in value]
@@ -145,7 +146,9 @@ class Tracer:
         """Publish and file what step ``step`` of ``record`` traced; failures are logged, never raised."""
         try:
             events = [
-                JobEvent(job_id=record.id, kind="trace", at=record.updated_at, step=step, name=n, text=n, data=d)
+                JobEvent(
+                    job_id=record.id, kind="trace", at=record.updated_at, step=step, name=n, text=n, data=d
+                )
                 for n, d in entries
             ]
             subject = job_events_subject(record.id)

@@ -92,7 +92,9 @@ async def rearm(
         return
     wait = (state or load_state(record)).wait
     if wait is None:
-        await store.enqueue(record.id, record.step, agent=record.agent)  # nothing to wait for: let the step sort it out
+        await store.enqueue(
+            record.id, record.step, agent=record.agent
+        )  # nothing to wait for: let the step sort it out
         return
     ahead = [d for d in wait.due if wait.checked_at is None or d > wait.checked_at]
     if not ahead:

@@ -302,8 +302,11 @@ def _build_stand_in(spec: TypeSpec) -> type:
             for m in spec.methods:
                 ns[m] = _remote_member("method", m)
         cls = dataclasses.make_dataclass(
-            short, [(f, Any, dataclasses.field(default=None)) for f in spec.fields], bases=base,
-            namespace=ns, eq=spec.kind != "remote",
+            short,
+            [(f, Any, dataclasses.field(default=None)) for f in spec.fields],
+            bases=base,
+            namespace=ns,
+            eq=spec.kind != "remote",
         )
         if spec.future:
             restricted.register_future_type(cls)
@@ -439,7 +442,9 @@ def _preload(extra: list[str]) -> None:
         except ImportError:
             continue
         importer.shim(name)
-    restricted.compile_block("x = [i for i in range(3)]\ndef f(a):\n    return a\n", restricted.SandboxPolicy())
+    restricted.compile_block(
+        "x = [i for i in range(3)]\ndef f(a):\n    return a\n", restricted.SandboxPolicy()
+    )
     from statek_bus.runtime.procrunner import type_spec
 
     for cls in futures.REGISTRY.classes():
@@ -450,7 +455,10 @@ def _verified(layers: dict[str, str]) -> dict[str, str]:
     """``layers`` with ``seccomp`` checked by trying what it must refuse (in a locked-down worker)."""
     if layers.get("seccomp") != "on":
         return layers
-    for what, attempt in (("fork", os.fork), ("a signal to the fork server", lambda: os.kill(os.getppid(), 0))):
+    for what, attempt in (
+        ("fork", os.fork),
+        ("a signal to the fork server", lambda: os.kill(os.getppid(), 0)),
+    ):
         try:
             if attempt() == 0:
                 os._exit(0)  # a child that got through: gone at once

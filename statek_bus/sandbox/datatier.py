@@ -870,10 +870,7 @@ def namespace(guard: Guard, *, print_fn: Callable[..., Any], exit_fn: Callable[.
         "range": _lazy_range(guard),
         "enumerate": _lazy_enumerate(guard),
         "zip": _lazy_zip(guard),
-        **{
-            n: _call(guard, real[n], checks.iterable)
-            for n in ("min", "max", "list", "tuple", "any", "all")
-        },
+        **{n: _call(guard, real[n], checks.iterable) for n in ("min", "max", "list", "tuple", "any", "all")},
     }
     assert set(safe) == CALLABLES - {"print", "exit"}
     return {

@@ -196,7 +196,9 @@ def _compile(denied: tuple[str, ...], worker: bool) -> bytes | str:
                 continue
         if worker:
             f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))  # a process, not a thread
-            f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are behind a pointer: make libc use clone
+            f.add_rule(
+                sc.ERRNO(errno.ENOSYS), "clone3"
+            )  # its flags are behind a pointer: make libc use clone
             for name in _SELF_SIGNALS:
                 f.add_rule(deny, name, sc.Arg(0, sc.NE, _PID_PLACEHOLDER))
         with tempfile.TemporaryFile() as out:

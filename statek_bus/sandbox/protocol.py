@@ -295,7 +295,18 @@ class Exited(msgspec.Struct, kw_only=True, frozen=True, tag="exited", tag_field=
 
 
 WorkerMessage = (
-    StepStart | CallReply | ToolCall | RemoteOp | CtxGet | NsGet | NsValue | StepDone | Ready | Hello | Spawned | Exited
+    StepStart
+    | CallReply
+    | ToolCall
+    | RemoteOp
+    | CtxGet
+    | NsGet
+    | NsValue
+    | StepDone
+    | Ready
+    | Hello
+    | Spawned
+    | Exited
 )
 """Every message of the protocol."""
 

@@ -59,7 +59,7 @@ from statek_bus.wire.errors import (
     PayloadTooLargeError,
 )
 from statek_bus.wire.messages import State, StateChange, StateRecord, StateRef
-from statek_bus.wire.subjects import KV_OPERATION_HEADER, STATES_BUCKET, token
+from statek_bus.wire.subjects import KV_OPERATION_HEADER, STATES_BUCKET, WRONG_LAST_SEQUENCE, token
 
 __all__ = [
     "DELETE_MARKER_TTL",
@@ -92,7 +92,6 @@ recognition of a retried delete, need it to still be there. After it, nothing of
 _BATCH = 1000
 """Messages asked for per batch direct get."""
 _CAS_ATTEMPTS = 64
-_WRONG_LAST = (10071, 10164)
 _MARKER = "Nats-Marker-Reason"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -321,7 +320,12 @@ class StateStore:
         out = [current]
         for msg in reversed(msgs):
             hdrs, seq = msg.headers or {}, _seq(msg)
-            if msg.data and KV_OPERATION_HEADER not in hdrs and _MARKER not in hdrs and seq < current.revision:
+            if (
+                msg.data
+                and KV_OPERATION_HEADER not in hdrs
+                and _MARKER not in hdrs
+                and seq < current.revision
+            ):
                 rec = _rec_dec.decode(msg.data)
                 if rec.id == state_id:
                     out.append(to_state(rec, seq))
@@ -465,7 +469,7 @@ class StateStore:
                 lambda: self.js.publish(_PRE + key, value, headers=dict(hdrs), msg_ttl=ttl)
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise _Stale from None
             raise
         return int(ack.seq)

@@ -48,17 +48,19 @@ def _reasoning(node: Any, field: str) -> None:
         raise _bad(field, "must be an object with reasoning_level and ignore_parameters")
     unknown = set(node) - {"reasoning_level", "ignore_parameters"}
     if unknown:
-        raise _bad(f"{field}.{sorted(unknown)[0]}", "unknown key (expected reasoning_level, ignore_parameters)")
+        raise _bad(
+            f"{field}.{sorted(unknown)[0]}", "unknown key (expected reasoning_level, ignore_parameters)"
+        )
     levels = node.get("reasoning_level", [])
     if not isinstance(levels, list):
         raise _bad(f"{field}.reasoning_level", "must be a list of {range, payload}")
     for i, entry in enumerate(levels):
         where = f"{field}.reasoning_level[{i}]"
         if not isinstance(entry, dict) or set(entry) - {"range", "payload"} or "range" not in entry:
-            raise _bad(where, "must be {\"range\": {\"from\": n, \"to\": m}, \"payload\": {...}}")
+            raise _bad(where, 'must be {"range": {"from": n, "to": m}, "payload": {...}}')
         bounds = entry["range"]
         if not isinstance(bounds, dict) or set(bounds) != {"from", "to"}:
-            raise _bad(f"{where}.range", "must be {\"from\": n, \"to\": m}")
+            raise _bad(f"{where}.range", 'must be {"from": n, "to": m}')
         if _int(bounds["from"], f"{where}.range.from") > _int(bounds["to"], f"{where}.range.to"):
             raise _bad(f"{where}.range", "from must not exceed to")
         if not isinstance(entry.get("payload", {}), dict):
@@ -75,7 +77,9 @@ def _node(node: Any, field: str, depth: int) -> None:
         if key == "reasoning":
             _reasoning(child, f"{field}.reasoning")
         elif depth >= MAX_DEPTH:
-            raise _bad(f"{field}.{key}", f"a config path has at most {MAX_DEPTH} segments (provider/family/model)")
+            raise _bad(
+                f"{field}.{key}", f"a config path has at most {MAX_DEPTH} segments (provider/family/model)"
+            )
         else:
             _node(child, f"{field}.{key}", depth + 1)
 
@@ -90,6 +94,6 @@ def check_provider_config(raw: Any, field: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise _bad(field, "must be an object keyed by provider")
     if "reasoning" in config:
-        raise _bad(f"{field}.reasoning", "belongs under a provider (e.g. {\"openai\": {\"reasoning\": ...}})")
+        raise _bad(f"{field}.reasoning", 'belongs under a provider (e.g. {"openai": {"reasoning": ...}})')
     _node(config, field, 0)
     return config

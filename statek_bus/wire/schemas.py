@@ -40,7 +40,8 @@ def _clean_descriptions(node: Any) -> Any:
     """
     if isinstance(node, dict):
         return {
-            key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
             else _clean_descriptions(value)
             for key, value in node.items()
         }

@@ -73,6 +73,7 @@ __all__ = [
     "WORK_RUN_PREFIX",
     "WORK_SCHEDULE_PREFIX",
     "WORK_STREAM",
+    "WRONG_LAST_SEQUENCE",
     "agent_events_consumer",
     "agent_events_subject",
     "batch_job_ids",
@@ -184,6 +185,8 @@ ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = (10071, 10164)
+"""JetStream's ``err_code`` values for a write whose expected last (subject) sequence did not match."""
 TRACE_ID_HEADER = "Statek-Trace-Id"
 TRACEPARENT_HEADER = "traceparent"
 """W3C Trace Context header, carried on requests and work messages (:mod:`statek_bus.mesh.tracing`)."""
@@ -303,6 +306,8 @@ def event_job_id(role: str, event_id: str) -> str:
     if len(plain) <= MAX_NAME_LENGTH:
         return plain
     return f"event:{role}:sha256-{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+
 def inbox_subject(job_id: str) -> str:
     """Subject of ``job_id``'s inbox in :data:`INBOX_STREAM`."""
     return f"{INBOX_PREFIX}.{token(job_id)}"

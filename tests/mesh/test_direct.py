@@ -9,14 +9,16 @@ import json
 import urllib.request
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from statek_bus.mesh.direct import direct_get, last_message, request_one
+from statek_bus.mesh.direct import direct_get, last_message, publish_acked, request_one
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.errors import ServiceUnavailableError
+from statek_bus.wire.subjects import WRONG_LAST_SEQUENCE
 
 pytestmark = pytest.mark.asyncio
 
@@ -129,3 +131,22 @@ async def test_a_batch_that_keeps_arriving_waits_on_and_a_silent_request_times_o
     with pytest.raises(nats.errors.TimeoutError):
         await request_one(nc, f"silent.{uid}", b"", timeout=0.3)
     await silent.unsubscribe()
+
+
+async def test_an_acknowledged_publish_reports_its_sequence_duplicates_and_refusals(
+    nc: Client, uid: str
+) -> None:
+    stream = await _stream(nc, uid, subjects=1, per_subject=2)
+    ack = await publish_acked(nc, f"d.{uid}.0", b"third", headers={"Nats-Msg-Id": f"{uid}-3"}, timeout=5)
+    assert (ack.stream, ack.seq, ack.duplicate) == (stream, 3, False)
+    again = await publish_acked(nc, f"d.{uid}.0", b"third", headers={"Nats-Msg-Id": f"{uid}-3"}, timeout=5)
+    assert (again.seq, again.duplicate) == (3, True)
+    with pytest.raises(nats.js.errors.BadRequestError) as refused:  # what nats-py raises for it
+        await publish_acked(
+            nc, f"d.{uid}.0", b"x", headers={"Nats-Expected-Last-Subject-Sequence": "1"}, timeout=5
+        )
+    assert refused.value.err_code in WRONG_LAST_SEQUENCE
+    last = await last_message(nc, stream, f"d.{uid}.0", leader=True, timeout=5)
+    assert last is not None and (last.seq, last.data) == (3, b"third")  # the refused one stored nothing
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await publish_acked(nc, f"nostream.{uid}", b"x", timeout=5)

@@ -144,7 +144,9 @@ async def test_a_service_process_is_not_ready_while_nats_is_down_and_ready_when_
 
 def _sample(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
-        if line.startswith((f"{name}{{", f"{name} ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((f"{name}{{", f"{name} ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

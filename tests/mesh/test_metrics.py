@@ -35,9 +35,7 @@ async def test_metrics_count_jobs_by_status_refusals_timers_and_in_flight_steps_
 ) -> None:
     # a server of its own: the job counts are of this test's jobs only
     port = free_port()
-    settings = Settings.from_env(
-        {}, nats_url=fresh_server.url, drain_timeout=3.0, jobs_gauge_interval=0.1
-    )
+    settings = Settings.from_env({}, nats_url=fresh_server.url, drain_timeout=3.0, jobs_gauge_interval=0.1)
     scraped = settings.replace(health_port=port, health_host="127.0.0.1")
     nc = await connect(settings, name="metrics-test")
     js = nc.jetstream()

@@ -22,19 +22,27 @@ def test_the_doc_is_the_matrix() -> None:
 
 def test_nats_server_accepts_the_rendered_config(tmp_path: Path) -> None:
     users = {
-        name: nkeys.from_seed(bytearray(nkeys.encode_seed(bytes([i]) * 32, nkeys.PREFIX_BYTE_USER))).public_key.decode()
+        name: nkeys.from_seed(
+            bytearray(nkeys.encode_seed(bytes([i]) * 32, nkeys.PREFIX_BYTE_USER))
+        ).public_key.decode()
         for i, name in enumerate((ADMIN, *(r.name for r in ROLES)))
     }
     config = tmp_path / "nats.conf"
     config.write_text(f"jetstream {{ store_dir: {tmp_path / 'js'} }}\n" + server_config(users))
-    checked = subprocess.run([find_server_binary(), "-c", str(config), "-t"], capture_output=True, text=True, timeout=30)
+    checked = subprocess.run(
+        [find_server_binary(), "-c", str(config), "-t"], capture_output=True, text=True, timeout=30
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_no_role_but_the_administrator_may_change_streams() -> None:
     for r in ROLES:
         for subject in r.publish:
-            assert not subject.startswith(("$JS.API.STREAM.CREATE", "$JS.API.STREAM.UPDATE", "$JS.API.STREAM.DELETE"))
+            assert not subject.startswith(
+                ("$JS.API.STREAM.CREATE", "$JS.API.STREAM.UPDATE", "$JS.API.STREAM.DELETE")
+            )
             assert subject not in ("$JS.API.>", ">", "$JS.>")
     client = next(r for r in ROLES if r.name == "client")
-    assert not [p for p in client.publish if p.startswith(("$KV.", "statek.work.", "statek.llm.", "$JS.API.CONSUMER"))]
+    assert not [
+        p for p in client.publish if p.startswith(("$KV.", "statek.work.", "statek.llm.", "$JS.API.CONSUMER"))
+    ]

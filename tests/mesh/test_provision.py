@@ -80,7 +80,9 @@ async def test_verify_names_every_missing_stream_in_one_line(fresh_server: NatsS
     )
     await provision(js, settings)
     await verify(js, settings, ["KV_statek_states", "statek_work"])
-    with pytest.raises(ProvisionError, match=r"bucket statek_states differs: max_msgs_per_subject 5 wanted, 16 found"):
+    with pytest.raises(
+        ProvisionError, match=r"bucket statek_states differs: max_msgs_per_subject 5 wanted, 16 found"
+    ):
         await verify(js, settings.replace(state_history=5), ["KV_statek_states"])
     await nc.close()
 

@@ -36,7 +36,13 @@ def test_statek_harness_and_sandbox_variables_are_honoured_under_statek_names() 
 
 
 @pytest.mark.parametrize(
-    "name", [*sorted(REFUSED_STATEK_VARIABLES), "OPENAI_API_URL", "OPENAI_RESPONSE_FORMAT_FILE", "CLAUDE_USE_PROMPT_CACHING"]
+    "name",
+    [
+        *sorted(REFUSED_STATEK_VARIABLES),
+        "OPENAI_API_URL",
+        "OPENAI_RESPONSE_FORMAT_FILE",
+        "CLAUDE_USE_PROMPT_CACHING",
+    ],
 )
 def test_each_statek_variable_statek_bus_does_not_honour_is_refused_by_name(name: str) -> None:
     with pytest.raises(SettingsError, match=name) as refused:
@@ -58,9 +64,17 @@ def test_statek_trace_log_and_limit_variables_are_honoured() -> None:
             "STATEK_XML_BOX_CONSOLE": "console",
         }
     )
-    assert (s.logs_path, s.full_agent_trace, s.full_agent_trace_path) == ("/tmp/statek-logs", True, "/tmp/trace.jsonl")
+    assert (s.logs_path, s.full_agent_trace, s.full_agent_trace_path) == (
+        "/tmp/statek-logs",
+        True,
+        "/tmp/trace.jsonl",
+    )
     assert (s.full_agent_trace_max_bytes, s.full_agent_trace_backup_count) == (2048, 5)
-    assert (s.limit_extension_per_completion, s.default_difficulty, s.xml_box_console) == (0.25, "H", "console")
+    assert (s.limit_extension_per_completion, s.default_difficulty, s.xml_box_console) == (
+        0.25,
+        "H",
+        "console",
+    )
     with pytest.raises(SettingsError, match="STATEK_DEFAULT_DIFFICULTY"):
         Settings.from_env({"STATEK_DEFAULT_DIFFICULTY": "extreme"})
 

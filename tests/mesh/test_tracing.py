@@ -53,10 +53,16 @@ async def test_one_trace_runs_from_the_submit_through_each_step_to_the_provider(
     async with services(settings, "provider", "submission", "executor"):
         job_id = await _submit_traced(nc, {"agent": "t_basic", "shared_vars": {"event": "e"}})
         assert (await wait_done(js, job_id)).exit_status == "ok"
-    ours = [s for s in spans.get_finished_spans() if s.context is not None and f"{s.context.trace_id:032x}" == TRACE_ID]
+    ours = [
+        s
+        for s in spans.get_finished_spans()
+        if s.context is not None and f"{s.context.trace_id:032x}" == TRACE_ID
+    ]
     kinds = {(s.name, s.kind.name) for s in ours}
     assert ("statek.jobs.submit", "SERVER") in kinds  # the caller's traceparent was honoured
-    steps = [s for s in ours if s.name == "statek.step" and (s.attributes or {}).get("statek.job_id") == job_id]
+    steps = [
+        s for s in ours if s.name == "statek.step" and (s.attributes or {}).get("statek.job_id") == job_id
+    ]
     assert sorted(int((s.attributes or {})["statek.step"]) for s in steps) == [0, 1]  # type: ignore[arg-type]
     provider_side = [s for s in ours if (s.name, s.kind.name) == ("statek.llm.complete", "SERVER")]
     assert len(provider_side) == 2  # both LLM calls of the job reached the provider in its trace
@@ -76,7 +82,9 @@ async def test_every_log_line_of_a_traced_job_names_the_callers_trace(
         (blocked / "__init__.py").write_text('raise ImportError("the [otel] extra is not installed")\n')
         env["PYTHONPATH"] = str(blocked.parent)
     log_path = tmp_path / "executor.log"
-    proc = ServiceProcess("executor", settings.nats_url, args=["--agents", AGENTS_SPEC], env=env, log_path=log_path)
+    proc = ServiceProcess(
+        "executor", settings.nats_url, args=["--agents", AGENTS_SPEC], env=env, log_path=log_path
+    )
     js = nc.jetstream()
     async with services(settings, "provider", "submission"):
         await proc.start()

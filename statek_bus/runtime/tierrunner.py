@@ -27,6 +27,7 @@ and ``statek.executor.status`` → ``sandbox.data_tier`` says the tier is on, wi
 from __future__ import annotations
 
 import ast
+import functools
 import threading
 from typing import Any
 
@@ -249,6 +250,19 @@ def _hashes_keys(raw: Any, depth: int = 0) -> bool:
 
 def _binds_modules_only(source: str) -> bool:
     """Whether a stored definition is only ``import`` statements (replaying it changes no value)."""
+    # a job's stored imports come back every step: short sources are parsed once (long ones are
+    # not kept: a cache of big definitions would hold megabytes); a stored statement's text starts
+    # at its first token, so anything else is told apart without a parse
+    if not source.startswith(("import", "from")):
+        return False
+    return _imports_only(source) if len(source) <= _CACHED_SOURCE_MAX else _imports_only.__wrapped__(source)
+
+
+_CACHED_SOURCE_MAX = 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def _imports_only(source: str) -> bool:
     try:
         tree = ast.parse(source)
     except SyntaxError:

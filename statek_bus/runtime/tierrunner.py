@@ -26,8 +26,6 @@ and ``statek.executor.status`` → ``sandbox.data_tier`` says the tier is on, wi
 
 from __future__ import annotations
 
-import ast
-import functools
 import threading
 from typing import Any
 
@@ -54,7 +52,7 @@ from statek_bus.runtime.workspace import (
     encode_workspace,
 )
 from statek_bus.sandbox import datatier
-from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement
+from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement, imports_only
 from statek_bus.wire.messages import encode
 from statek_bus.wire.values import from_json, to_json
 
@@ -134,7 +132,7 @@ class TierSession(SandboxSession):
         if stored is not None:
             if any(_hashes_keys(v) for v in stored.values.values()):
                 raise datatier.TierAbort("a set or a dict with non-text keys in scope")
-            if not all(_binds_modules_only(d.source) for d in stored.definitions):
+            if not all(imports_only(d.source) for d in stored.definitions):
                 raise datatier.TierAbort("definitions in the workspace")
             self._kept_definitions = list(stored.definitions)
             encoded = dict(stored.values)
@@ -246,28 +244,6 @@ def _hashes_keys(raw: Any, depth: int = 0) -> bool:
     if isinstance(raw, list):
         return any(_hashes_keys(v, depth + 1) for v in raw)
     return False
-
-
-def _binds_modules_only(source: str) -> bool:
-    """Whether a stored definition is only ``import`` statements (replaying it changes no value)."""
-    # a job's stored imports come back every step: short sources are parsed once (long ones are
-    # not kept: a cache of big definitions would hold megabytes); a stored statement's text starts
-    # at its first token, so anything else is told apart without a parse
-    if not source.startswith(("import", "from")):
-        return False
-    return _imports_only(source) if len(source) <= _CACHED_SOURCE_MAX else _imports_only.__wrapped__(source)
-
-
-_CACHED_SOURCE_MAX = 1000
-
-
-@functools.lru_cache(maxsize=1024)
-def _imports_only(source: str) -> bool:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return False
-    return bool(tree.body) and all(isinstance(node, ast.Import | ast.ImportFrom) for node in tree.body)
 
 
 class DataTier:

@@ -107,6 +107,7 @@ __all__ = [
     "SandboxViolation",
     "StepTimeout",
     "compile_block",
+    "imports_only",
     "is_echo",
     "module_name",
     "read_value",
@@ -277,6 +278,26 @@ def compile_block(source: str, policy: SandboxPolicy, *, filename: str = "<model
 # --------------------------------------------------------------------------------------------------
 # Namespace
 # --------------------------------------------------------------------------------------------------
+
+
+def imports_only(source: str) -> bool:
+    """Whether a stored definition is only ``import`` statements (replaying it binds modules and
+    runs no code of the job's)."""
+    # a job's stored imports come back every step: they are parsed once, as compiled blocks are
+    # (up to the same size); a stored statement's text starts at its first token, so anything
+    # else is told apart without a parse
+    if not source.startswith(("import", "from")):
+        return False
+    return _imports_only(source) if len(source) <= _CACHED_SOURCE_MAX else _imports_only.__wrapped__(source)
+
+
+@functools.lru_cache(maxsize=256)
+def _imports_only(source: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return bool(tree.body) and all(isinstance(node, ast.Import | ast.ImportFrom) for node in tree.body)
 
 
 def sandbox_globals(policy: SandboxPolicy, *, deadline: Callable[[], float] | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -346,9 +347,38 @@ F_REPLAY = scripted(
     ],
     tools=[mark],
 )
+
+
+class Poison(BaseException):
+    """What a misbehaving application tool raises: not an ``Exception``, so no ``except`` of the
+    model's code or of the engine takes it."""
+
+
+@tool
+def poison() -> str:
+    """Raise a BaseException, as a library calling ``sys.exit`` or raising its own signal would."""
+    raise Poison("a tool's BaseException")
+
+
+TWIN_ENTERED = threading.Event()
+"""Set when ``twin_gate`` is entered: the step holding it has read its record."""
+TWIN_RELEASE = threading.Event()
+"""What ``twin_gate`` waits for (the in-process executor of a test shares this module)."""
+
+
+@tool
+def twin_gate() -> str:
+    """Hold the step until the test lets it go (at most 30 s)."""
+    TWIN_ENTERED.set()
+    TWIN_RELEASE.wait(30)
+    return "released"
+
+
+F_POISON_TOOL = scripted("t_f_poison_tool", ["poison()", 'exit("never")'], tools=[poison])
+F_TWIN = scripted("t_f_twin", ["twin_gate()", 'exit("twin done")'], tools=[twin_gate])
 F_HOLD = scripted("t_f_hold", ['sleep(1.0)\nmark("resumed after cancel")', 'exit("held")'], tools=[mark])
 F_WARM = scripted("t_f_warm", ['exit("never")'], warmup='mark("warmup ran")', tools=[mark])
-FAULT_AGENTS = [F_POISON, F_REPLAY, F_HOLD, F_WARM]
+FAULT_AGENTS = [F_POISON, F_REPLAY, F_HOLD, F_WARM, F_POISON_TOOL, F_TWIN]
 PP_FINAL = scripted(
     "t_pp_final",
     ["The answer is 4.", "The answer is 4, checked."],

@@ -237,6 +237,14 @@ async def _counter_event(ctx: HandlerContext, event: HandlerEvent) -> None:
     await ctx.send_message(f"count is {state.state['count'] + 1}")
 
 
+ECHO = HandlerAgent("t_echo", "Answers every message with its first word: a handler that lives long.")
+
+
+@ECHO.on_event
+async def _echo_event(ctx: HandlerContext, event: HandlerEvent) -> None:
+    await ctx.send_message(f"got {event.content.content.split(':')[0]}")
+
+
 SLOW_COUNTER = HandlerAgent("t_slow_counter", "Takes 50 ms per event: a crash lands in the middle of a step.")
 
 
@@ -440,6 +448,7 @@ AGENTS: list[Agent | HandlerAgent] = [
     PANIC,
     WARMUP_TOOL,
     COUNTER,
+    ECHO,
     SLOW_COUNTER,
     *WAIT_AGENTS,
     *FAULT_AGENTS,

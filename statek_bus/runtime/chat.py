@@ -40,6 +40,7 @@ __all__ = [
     "LoggedCall",
     "ParsedReply",
     "build_messages",
+    "drop_oldest",
     "parse_reply",
     "render_console",
 ]
@@ -295,3 +296,19 @@ def _turn(item: LogItem, style: ChatStyle, box: str | None, warmup_id: str | Non
     elif (item.source.strip() and style is not ChatStyle.DIRECT) or item.console:
         out.append(ChatMessage(role="user", content=render_console(item.console, style, box)))
     return out
+
+
+_LOG_ITEM_ENCODER = msgspec.json.Encoder()
+
+
+def drop_oldest(log: list[LogItem], *, before: int, max_bytes: int) -> int:
+    """Drop the oldest items of ``log`` until the rest encodes to at most ``max_bytes``, but none
+    from index ``before`` on (the current step's, which its events are derived from); how many
+    went."""
+    sizes = [len(_LOG_ITEM_ENCODER.encode(item)) for item in log]
+    total, dropped = sum(sizes), 0
+    while dropped < before and total > max_bytes:
+        total -= sizes[dropped]
+        dropped += 1
+    del log[:dropped]
+    return dropped

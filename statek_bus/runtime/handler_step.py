@@ -10,10 +10,11 @@ from statek_bus.authoring.agents import HandlerAgent
 from statek_bus.authoring.console import error_line
 from statek_bus.jobs.store import utcnow
 from statek_bus.mesh.settings import Settings
-from statek_bus.runtime.chat import LogItem
+from statek_bus.runtime.chat import LogItem, drop_oldest
 from statek_bus.runtime.engine_state import StepTrace, load_state, store_state
 from statek_bus.runtime.outcome import RetryStep, StepOutcome
 from statek_bus.wire.errors import ServiceUnavailableError
+from statek_bus.wire.limits import HANDLER_LOG_BYTES
 from statek_bus.wire.messages import JobRecord, JobStatus, cancelled_exit, error_exit
 
 __all__ = ["run_handler_step"]
@@ -25,7 +26,8 @@ async def run_handler_step(
     """One step of a handler job: ``on_create`` once, then ``on_event`` for each inbox item, in order.
 
     The job then rests DONE (exit status ``None``) until the next message restarts it, so one
-    job's handlers never run concurrently: the work queue holds at most one step per job.
+    job's handlers never run concurrently: the work queue holds at most one step per job. Its
+    chat log keeps the newest :data:`~statek_bus.wire.limits.HANDLER_LOG_BYTES` of turns.
     Handler side effects are at-least-once: a crash before the commit re-runs the step.
     """
     from statek_bus.authoring.agents import EventContent, HandlerContext, HandlerEvent
@@ -73,6 +75,9 @@ async def run_handler_step(
             error = error_line(exc)
             outcome_exit = error_exit(error)
             state.log.append(LogItem(kind="system", step=record.step, text=outcome_exit, executed=True))
+    # a handler lives as long as messages come: its record keeps the newest turns (each went out
+    # as an event, and stays in the job log)
+    trace.log_from -= drop_oldest(state.log, before=trace.log_from, max_bytes=HANDLER_LOG_BYTES)
     new.end(outcome_exit, error)
     trace.statuses.append(JobStatus.DONE)
     new.step = record.step + 1

@@ -20,6 +20,7 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 from __future__ import annotations
 
 __all__ = [
+    "HANDLER_LOG_BYTES",
     "INBOX_DRAIN_MAX",
     "MAX_CONTEXT_BYTES",
     "MAX_CONTEXT_SPECS",
@@ -81,5 +82,8 @@ MAX_KNOWLEDGE_BYTES = 64 * 1024 * 1024
 """Most bytes of all the files of one knowledge version (every executor holds them in memory)."""
 RECORD_HEADROOM = 4096
 """Bytes a job record keeps below the server's ``max_payload`` (headers, escaping): its size limit."""
+HANDLER_LOG_BYTES = 256 * 1024
+"""Most bytes of a handler job's chat log kept in its record: older turns leave it (each went out as
+an event, and stays in the job log stream), so a handler that lives long never outgrows a record."""
 INBOX_DRAIN_MAX = 1000
 """Most inbox items one step consumes; the rest wait for the job's next step."""

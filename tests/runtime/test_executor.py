@@ -27,7 +27,8 @@ from statek_bus.mesh.service import running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
-from statek_bus.wire.messages import ExecutorStatus, JobEvent, JobStatus, decode
+from statek_bus.wire.limits import HANDLER_LOG_BYTES
+from statek_bus.wire.messages import ExecutorStatus, JobEvent, JobStatus, decode, encode
 from statek_bus.wire.subjects import EVENTS_PREFIX, EXECUTOR_STATUS, WORK_STREAM
 from tests.agents_fixture import (
     AGENTS_SPEC,
@@ -213,6 +214,25 @@ async def test_handler_agent_counts_50_events(mesh: Settings, nc: Client) -> Non
     assert sorted(state.state["history"]) == sorted(f"event {i}" for i in range(50))
 
 
+async def test_a_long_lived_handler_keeps_its_record_small(mesh: Settings, nc: Client) -> None:
+    """150 messages of 8,000 characters: 1.2 MB of chat, more than a record can hold. The record
+    keeps the newest turns; every reply still goes out."""
+    client = AsyncStatekClient(settings=mesh, nc=nc)
+    job = await client.jobs.submit("t_echo")
+    await client.jobs.wait(job.id, timeout=150)
+    for i in range(0, 150, 30):
+        await asyncio.gather(
+            *(client.jobs.send_message(job.id, f"m{k}:" + "x" * 8000) for k in range(i, i + 30))
+        )
+    record = await wait_consumed(nc, job.id)
+    assert record.error is None, record.error
+    assert len(encode(record)) <= HANDLER_LOG_BYTES + nc.max_payload // 4
+    log = chat_log(record)
+    assert 0 < sum(1 for i in log if i.kind == "user") < 150  # the oldest turns left the record
+    replies = [i.text for i in log if i.kind == "llm"]
+    assert replies and all(r.startswith("got m") for r in replies)
+
+
 async def test_every_message_is_consumed_once_across_an_executor_crash(
     crash_mesh: tuple[Settings, Client], tmp_path: Path
 ) -> None:
@@ -261,7 +281,9 @@ async def test_cancel_ends_a_running_job_at_the_step_boundary(mesh: Settings, nc
     await client.jobs.cancel(job.id, reason="user asked")
     done = await client.jobs.wait(job.id, timeout=150)
     assert done.exit_status == "Cancelled: user asked"
-    assert done.usage.llm_calls == 2  # the running step (its call, then its code) finished and was committed first
+    assert (
+        done.usage.llm_calls == 2
+    )  # the running step (its call, then its code) finished and was committed first
 
 
 async def test_exit_waits_for_a_pending_notification(mesh: Settings, nc: Client) -> None:

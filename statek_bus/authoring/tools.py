@@ -229,6 +229,19 @@ class Tool:
         except Exception:  # unresolved forward references: fall back to no hints
             hints = {}
         self.hints: Mapping[str, Any] = MappingProxyType(hints)
+        params = self.signature.parameters.values()
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._positional: tuple[int, tuple[bool, ...]] | None = (
+            (
+                sum(1 for p in params if p.default is inspect.Parameter.empty),
+                tuple(_text_as_is(hints.get(p.name)) for p in params),
+            )
+            if all(p.kind in positional for p in params)
+            else None
+        )
+        """When every parameter is positional: how many are required, and for each whether a text
+        argument passes unconverted. A call within that span, whose texts all pass, binds to its
+        own arguments: no ``Signature.bind``."""
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
         self.__wrapped__ = fn
@@ -251,8 +264,11 @@ class Tool:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the tool with arguments bound by name; a coroutine is run on the executor's loop."""
         refuse_during_replay(f"{self.name}()")  # also when reached through an alias, not by its name
-        bound = self._bind(args, kwargs)
-        result = self.fn(*bound.args, **bound.kwargs)
+        if self._binds_as_given(args, kwargs):
+            result = self.fn(*args)  # what binding would pass: nothing to map, no text to convert
+        else:
+            bound = self._bind(args, kwargs)
+            result = self.fn(*bound.args, **bound.kwargs)
         if inspect.isawaitable(result):
             result = await_result(result)
         if self.error_handler is not None:
@@ -260,6 +276,13 @@ class Tool:
             if ctx is not None:
                 ctx.error_handlers.append((self.name, result))
         return result
+
+    def _binds_as_given(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        span = self._positional
+        if span is None or kwargs or not span[0] <= len(args) <= len(span[1]):
+            return False
+        as_is = span[1]
+        return all(as_is[i] or not isinstance(a, str) for i, a in enumerate(args))
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
         bound = self.signature.bind(*args, **kwargs)
@@ -339,6 +362,13 @@ class Tool:
         return (
             f"def {self.name}{sig}:\n{quote}\n{body}\n{quote}" if self.doc else f"def {self.name}{sig}: ..."
         )
+
+
+def _text_as_is(hint: Any) -> bool:
+    """Whether :meth:`Tool._bind_str` leaves a text argument for a parameter of ``hint`` as it is."""
+    if hint is None or hint is str or hint is Any:
+        return True
+    return str in {*typing.get_args(hint), typing.get_origin(hint) or hint}
 
 
 class ToolHandle:

@@ -75,6 +75,21 @@ def test_string_arguments_are_bound_by_name_or_parsed() -> None:
         unbind_job(token)
 
 
+def test_positional_calls_bind_as_keyword_calls_do() -> None:
+    token = bind_job(JobContext(job_id="j", agent="a", params={}, namespace={"xs": [1, 2, 3], "x": "y"}))
+    try:
+        assert days_until(date(2026, 1, 11)) == days_until(when=date(2026, 1, 11)) == 10  # passed as given
+        assert (
+            days_until("2026-01-31", "x") == days_until(when="2026-01-31", label="x") == 30
+        )  # a date parsed
+        assert total("xs") == total(values="xs") == 6  # a text naming a variable, for a list parameter
+        for wrong in ((), (date(2026, 1, 2), "a", "b")):
+            with pytest.raises(TypeError):
+                days_until(*wrong)
+    finally:
+        unbind_job(token)
+
+
 def test_agent_description_and_prompt_placeholders() -> None:
     agent = SupervisedAgent(
         "helper",

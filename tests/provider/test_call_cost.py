@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from statek_bus.services.provider import build
 
 from statek_bus.client.core import AsyncStatekClient
-from statek_bus.mesh.service import running_service
+from statek_bus.mesh.service import YOUNG_THRESHOLD, running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.provider import Provider, Redactor
 from statek_bus.wire.errors import BadRequestError
@@ -157,10 +157,11 @@ async def test_a_request_that_cannot_be_planned_is_refused_every_time() -> None:
     assert _errors("scripted/x") == before + 3  # a bad script is an error of its model's calls
 
 
-async def test_a_running_provider_keeps_its_heap_out_of_full_collections_until_it_stops(
+async def test_a_running_provider_keeps_its_heap_out_of_collections_until_it_stops(
     settings: Settings,
 ) -> None:
     assert gc.get_freeze_count() == 0  # no service runs in this process between tests
+    thresholds = gc.get_threshold()
     async with (
         running_service(build, settings.replace(request_timeout=60.0), name=SERVICE_PROVIDER),
         AsyncStatekClient(settings=settings.replace(request_timeout=60.0)) as client,
@@ -171,6 +172,7 @@ async def test_a_running_provider_keeps_its_heap_out_of_full_collections_until_i
         assert (await client.request(LLM_COMPLETE, mock, CompleteReply, timeout=120)).text == "m"
         # litellm is loaded: what it and the service built to start is frozen, the rest is little
         assert gc.get_freeze_count() > 5 * len(gc.get_objects())
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *thresholds[1:])  # young collections rarer
 
         class Node:
             other: object = None
@@ -182,3 +184,4 @@ async def test_a_running_provider_keeps_its_heap_out_of_full_collections_until_i
         gc.collect()
         assert ref() is None
     assert gc.get_freeze_count() == 0  # stopped: this process collects what the service left
+    assert gc.get_threshold() == thresholds  # ...as often as it did before

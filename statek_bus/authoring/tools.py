@@ -368,7 +368,8 @@ def _text_as_is(hint: Any) -> bool:
     """Whether :meth:`Tool._bind_str` leaves a text argument for a parameter of ``hint`` as it is."""
     if hint is None or hint is str or hint is Any:
         return True
-    return str in {*typing.get_args(hint), typing.get_origin(hint) or hint}
+    # compared one by one: the arguments of a hint need not be hashable (``Callable[[int], str]``)
+    return (typing.get_origin(hint) or hint) is str or any(a is str for a in typing.get_args(hint))
 
 
 class ToolHandle:

@@ -54,7 +54,7 @@ from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from statek_bus.jobs.store import JobStore
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
-from statek_bus.mesh.direct import READ_TIMEOUT, connection, direct_get, last_message
+from statek_bus.mesh.direct import READ_TIMEOUT, connection, direct_get, last_message, request_timeout
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError
 from statek_bus.wire.limits import INBOX_DRAIN_MAX, RECORD_HEADROOM
@@ -217,7 +217,7 @@ async def last_seq(js: JetStreamContext, job_id: str, *, direct: bool = False) -
     (the leader's answer only with one replica), else the JetStream API's, from the leader."""
     nc, subject = connection(js), inbox_subject(job_id)
     stored = await retry_transient(
-        lambda: last_message(nc, INBOX_STREAM, subject, leader=not direct, timeout=READ_TIMEOUT)
+        lambda: last_message(nc, INBOX_STREAM, subject, leader=not direct, timeout=request_timeout(js))
     )
     return stored.seq if stored is not None else 0
 

@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 
 from statek_bus.mesh import tracing
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
-from statek_bus.mesh.direct import READ_TIMEOUT, connection, last_message, publish_acked, request_timeout
+from statek_bus.mesh.direct import connection, last_message, publish_acked, request_timeout
 from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
 from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
 from statek_bus.wire.subjects import (
@@ -66,7 +66,7 @@ class JobStore:
         self.nc = connection(js)
         """The connection: a step's reads and writes go through its shared reply subscription."""
         self.timeout = request_timeout(js)
-        """Seconds a write waits for JetStream's acknowledgement."""
+        """Seconds a read or a write waits for JetStream's answer (the context's own timeout)."""
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> JobStore:
@@ -90,7 +90,7 @@ class JobStore:
     async def _read(self, job_id: str, *, leader: bool) -> tuple[JobRecord, int] | None:
         nc, subject = self.nc, f"$KV.{JOBS_BUCKET}.{job_key(job_id)}"
         stored = await retry_transient(
-            lambda: last_message(nc, f"KV_{JOBS_BUCKET}", subject, leader=leader, timeout=READ_TIMEOUT)
+            lambda: last_message(nc, f"KV_{JOBS_BUCKET}", subject, leader=leader, timeout=self.timeout)
         )
         if stored is None or not stored.data or stored.headers.get(KV_OPERATION_HEADER) in ("DEL", "PURGE"):
             return None  # never written, deleted, or an expired/purged marker

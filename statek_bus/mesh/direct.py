@@ -127,8 +127,15 @@ class _Replies:
     prefix: str
     waiting: dict[str, _Answer] = field(default_factory=dict)
     tokens: itertools.count[int] = field(default_factory=itertools.count)
-    sub: Subscription | None = None
+    sub: weakref.ref[Subscription] | None = None
+    """Held weakly: a subscription holds its connection, and this table's value must not keep its
+    key alive (the connection holds the subscription while it is open)."""
     ready: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def live(self) -> bool:
+        """The subscription is made and still the connection's (not closed with it)."""
+        sub = self.sub() if self.sub is not None else None
+        return sub is not None and not sub._closed
 
     async def on_reply(self, msg: Msg) -> None:
         answer = self.waiting.get(msg.subject[len(self.prefix) :])
@@ -141,10 +148,11 @@ class _Replies:
 
     async def subscribed(self, nc: Client) -> None:
         async with self.ready:
-            if self.sub is None:
-                self.sub = await nc.subscribe(
+            if not self.live():
+                sub = await nc.subscribe(
                     self.prefix + "*", cb=self.on_reply, pending_msgs_limit=0, pending_bytes_limit=0
                 )
+                self.sub = weakref.ref(sub)
 
 
 _replies: weakref.WeakKeyDictionary[Client, _Replies] = weakref.WeakKeyDictionary()
@@ -190,7 +198,7 @@ async def _waiting(nc: Client, *, single: bool, timeout: float) -> tuple[_Replie
     replies = _replies.get(nc)
     if replies is None:
         replies = _replies[nc] = _Replies(prefix=f"{nc.new_inbox()}.")
-    if replies.sub is None:
+    if not replies.live():
         await replies.subscribed(nc)
     token = str(next(replies.tokens))
     answer = _Answer([], asyncio.get_running_loop().create_future(), single, timeout)
@@ -233,7 +241,8 @@ async def last_message(
     may answer (with one replica that is the leader, and it costs the server less).
 
     Raises:
-        ServiceUnavailableError: an error status or API error other than "not found".
+        nats.js.errors.APIError: an error status or API error other than "not found" (the subclass
+            nats-py raises: a 503 is ``ServiceUnavailableError``, transient).
         nats.errors.NoRespondersError, nats.errors.TimeoutError: JetStream did not answer (transient).
     """
     if not leader:
@@ -242,8 +251,11 @@ async def last_message(
         status = hdrs.get("Status")
         if status == "404":
             return None
-        if status is not None:
-            raise ServiceUnavailableError(f"direct get on {stream}: {status} {hdrs.get('Description', '')}")
+        if status is not None:  # what JetStream's client raises for it (a 503 is transient)
+            code = int(status) if status.isdigit() else 500
+            raise _ApiError(
+                code=code, description=f"direct get on {stream}: {hdrs.get('Description', '')}"
+            ).raised()
         return StoredMessage(int(hdrs.get("Nats-Sequence") or 0), msg.data, hdrs)
     msg = await request_one(
         nc, f"$JS.API.STREAM.MSG.GET.{stream}", _enc.encode({"last_by_subj": subject}), timeout=timeout
@@ -252,9 +264,7 @@ async def last_message(
     if answer.error is not None:
         if answer.error.code == 404:
             return None
-        raise ServiceUnavailableError(
-            f"message get on {stream}: {answer.error.code} {answer.error.description}"
-        )
+        raise answer.error.raised()
     if answer.message is None:
         raise ServiceUnavailableError(f"message get on {stream}: an answer with neither message nor error")
     stored = answer.message
@@ -275,8 +285,16 @@ class _ApiError(msgspec.Struct):
     err_code: int = 0
     description: str = ""
 
-    def fields(self) -> dict[str, Any]:
-        return {"code": self.code, "err_code": self.err_code, "description": self.description}
+    def raised(self) -> nats.js.errors.APIError:
+        """The error nats-py's JetStream client raises for this answer (``from_error`` picks the
+        subclass by code: a 503 is ``ServiceUnavailableError``, which reads retry)."""
+        try:
+            nats.js.errors.APIError.from_error(
+                {"code": self.code, "err_code": self.err_code, "description": self.description}
+            )
+        except nats.js.errors.APIError as exc:  # from_error raises what it builds
+            return exc
+        return nats.js.errors.APIError(code=self.code, err_code=self.err_code, description=self.description)
 
 
 class PubAck(msgspec.Struct):
@@ -322,9 +340,8 @@ async def publish_acked(
     except nats.errors.NoRespondersError:
         raise nats.js.errors.NoStreamResponseError from None
     ack = _PUB_ACK.decode(msg.data)
-    if ack.error is not None:  # from_error raises the subclass nats-py raises for the code
-        err = ack.error.fields()
-        raise nats.js.errors.APIError.from_error(err) or nats.js.errors.APIError(**err)
+    if ack.error is not None:
+        raise ack.error.raised()
     return ack
 
 

@@ -371,7 +371,8 @@ def _serving_started() -> None:
     _serving += 1
     if _serving == 1:
         _thresholds = gc.get_threshold()
-        gc.set_threshold(YOUNG_THRESHOLD, *_thresholds[1:])
+        if _thresholds[0]:  # 0: the application turned automatic collection off; leave it off
+            gc.set_threshold(max(YOUNG_THRESHOLD, _thresholds[0]), *_thresholds[1:])
     freeze_startup_heap()
 
 
@@ -380,8 +381,8 @@ def _serving_stopped() -> None:
     _serving -= 1
     if not _serving:
         gc.unfreeze()
-        if _thresholds is not None:
-            gc.set_threshold(*_thresholds)
+        if _thresholds is not None and gc.get_threshold()[0] == max(YOUNG_THRESHOLD, _thresholds[0]):
+            gc.set_threshold(*_thresholds)  # unless something set its own meanwhile
 
 
 def _streams(name: str) -> tuple[str, ...]:

@@ -48,7 +48,6 @@ OUTSIDER = _agent("ctx_outsider", ["print(tone)", 'exit("never bound to acme")']
 OUTSIDER.update_warmup_def("x = 0\n")
 
 
-
 @tool
 def remember(note: str) -> str:
     """Keep a note in the job's persistent context; returns the name it got.
@@ -70,14 +69,17 @@ PERM = SupervisedAgent(
     "ctx_perm",
     "You write Python.",
     [remember, recall],
-    {"MODEL": "scripted/ctx_perm", "SCRIPT": ['n = 3\nprint(remember("first"))', 'print(remember("second"))\nrecall()', 'exit("ok")']},
+    {
+        "MODEL": "scripted/ctx_perm",
+        "SCRIPT": ['n = 3\nprint(remember("first"))', 'print(remember("second"))\nrecall()', 'exit("ok")'],
+    },
 )
 
 SAME_STEP = SupervisedAgent(
     "ctx_same_step",
     "You write Python.",
     [],
-    {"MODEL": "scripted/ctx_same_step", "SCRIPT": ['exit(tone)']},
+    {"MODEL": "scripted/ctx_same_step", "SCRIPT": ["exit(tone)"]},
     warmup='#STATEK: hidden = True\ninit_shared_context("acme")\nprint("same step:", tone)\n',
 )
 

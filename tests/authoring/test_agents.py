@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 import pytest
@@ -88,6 +89,19 @@ def test_positional_calls_bind_as_keyword_calls_do() -> None:
                 days_until(*wrong)
     finally:
         unbind_job(token)
+
+
+def test_a_tool_with_any_hint_is_built_and_called() -> None:
+    def apply(fn: Callable[[int], str], x: int = 1) -> str:
+        """Apply ``fn``.
+
+        Args:
+            fn: a function.
+            x: its argument.
+        """
+        return fn(x)
+
+    assert tool(apply)(str, 7) == "7"
 
 
 def test_agent_description_and_prompt_placeholders() -> None:

@@ -43,7 +43,9 @@ async def test_a_dialog_sends_prose_with_its_media_fires_its_reminder_and_answer
     js = nc.jetstream()
     record = await wait_done(js, await submit(js, "t_d_chat"))
     assert record.exit_status == "Success" and record.error is None
-    assert record.usage.llm_calls == 3  # the final-looking second reply did not end the job: the reminder did not let it
+    assert (
+        record.usage.llm_calls == 3
+    )  # the final-looking second reply did not end the job: the reminder did not let it
     assert await fx.sent(3) == [
         ("Let me work it out.", None),
         ("The answer is 42. See", "/media/img/chart.png"),
@@ -52,7 +54,12 @@ async def test_a_dialog_sends_prose_with_its_media_fires_its_reminder_and_answer
     log = chat_log(record)
     reminders = [i for i in log if i.kind == "system"]
     assert [i.text for i in reminders] == ["Remind the user that the chart can be sent again."]
-    assert [i.kind for i in log] == ["llm", "llm", "system", "llm"]  # after the second reply, before the third
+    assert [i.kind for i in log] == [
+        "llm",
+        "llm",
+        "system",
+        "llm",
+    ]  # after the second reply, before the third
     assert "log: answer(body='Here is the chart again.', media='/media/img/chart.png')" in console(record)
     assert "42" in console(record)
 
@@ -152,10 +159,16 @@ def test_reminders_have_a_type_and_a_threshold() -> None:
     [
         ("The answer is 42. See /media/img/chart.png", ("The answer is 42. See", "/media/img/chart.png")),
         ("Here:\n![chart](charts/q3.png)\nEnjoy.", ("Here: Enjoy.", "charts/q3.png")),
-        ("Watch https://cdn.example.org/v/intro.mp4 now", ("Watch now", "https://cdn.example.org/v/intro.mp4")),
+        (
+            "Watch https://cdn.example.org/v/intro.mp4 now",
+            ("Watch now", "https://cdn.example.org/v/intro.mp4"),
+        ),
         ("See [docs](https://x.org) and /media/a.png", ("See [docs](https://x.org) and /media/a.png", None)),
         ("No   media\nhere.", ("No media here.", None)),
-        ("version 1.2.png? no: a/b is a path but not media", ("version 1.2.png? no: a/b is a path but not media", None)),
+        (
+            "version 1.2.png? no: a/b is a path but not media",
+            ("version 1.2.png? no: a/b is a path but not media", None),
+        ),
     ],
 )
 def test_prose_splits_into_body_and_media(text: str, expected: tuple[str, str | None]) -> None:
@@ -201,7 +214,9 @@ def test_updates_say_whether_they_changed_something() -> None:
     agent = SupervisedAgent("u", "old prompt", metadata={"MODEL": "scripted/u"}, description="d")
     assert agent.update_system_prompt("new prompt") and not agent.update_system_prompt("new prompt")
     assert agent.system_prompt() == "new prompt"
-    assert agent.update_metadata({"MODEL": "scripted/v"}) and not agent.update_metadata({"MODEL": "scripted/v"})
+    assert agent.update_metadata({"MODEL": "scripted/v"}) and not agent.update_metadata(
+        {"MODEL": "scripted/v"}
+    )
     assert agent.model == "scripted/v"
     assert agent.update_description("e") and not agent.update_description("e")
     assert agent.description().description == "e"

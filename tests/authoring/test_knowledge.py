@@ -77,7 +77,8 @@ def test_a_placeholder_on_a_comment_line_becomes_a_block_comment() -> None:
 @hypothesis.settings(max_examples=300, deadline=None)
 @hypothesis.given(
     text=st.lists(
-        st.sampled_from(["a", "{x}", "{y}", "{tools}", "\n", "# ", "  #", "{", "}", "{{x}}", " b"]), max_size=14
+        st.sampled_from(["a", "{x}", "{y}", "{tools}", "\n", "# ", "  #", "{", "}", "{{x}}", " b"]),
+        max_size=14,
     ).map("".join),
     tools=st.sampled_from(["", "t1\nt2", "{x}"]),
     x=st.one_of(st.none(), st.sampled_from(["", "1\n2", "{y}"])),
@@ -86,7 +87,10 @@ def test_a_prompt_prepared_once_fills_as_the_whole_text_does(text: str, tools: s
     # An agent fills its tool texts once and the job's values on each step: the same text results
     # as filling everything at once, a value is never read again as placeholders.
     each = {"x": x} if x is not None else {}
-    assert Template(text).partial({"tools": tools}).fill(each) == fill_placeholders(text, {"tools": tools, **each})
+    assert Template(text).partial({"tools": tools}).fill(each) == fill_placeholders(
+        text, {"tools": tools, **each}
+    )
+
 
 def test_an_agents_prompt_style_and_comment_placeholders_reach_its_system_prompt() -> None:
     @tool

@@ -36,7 +36,9 @@ async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 def _executor(url: str, runner: str) -> ServiceProcess:
     env = {**ENV, "STATEK_CODE_RUNNER": runner}
-    return ServiceProcess("executor", url, env=env, args=["--agents", "tests.authoring.context_agents:AGENTS"])
+    return ServiceProcess(
+        "executor", url, env=env, args=["--agents", "tests.authoring.context_agents:AGENTS"]
+    )
 
 
 @pytest.mark.parametrize("runner", ["process", "in-process"])
@@ -53,7 +55,9 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
         await first.stop(grace=10)  # the reader's job runs on another executor process
         assert wrote.exit_status == "written", console(wrote)
         assert "formal 2" in console(wrote)
-        refusal = "refused: a shared variable holds data only: timer[0]: cannot encode a value of type TimerFuture"
+        refusal = (
+            "refused: a shared variable holds data only: timer[0]: cannot encode a value of type TimerFuture"
+        )
         assert refusal in console(wrote), console(wrote)
 
         second.spawn()
@@ -62,15 +66,20 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
         read = await wait_done(js, await submit(js, "ctx_reader"), timeout=60)
         lines = console(read)
         assert lines[0] == "formal ACME", lines
-        assert any(line.startswith("# ENTITY variables (1)") and 'customer = {"name":"ACME","tier":2}' in line
-                   for line in lines), lines
+        assert any(
+            line.startswith("# ENTITY variables (1)") and 'customer = {"name":"ACME","tier":2}' in line
+            for line in lines
+        ), lines
         assert "# PREFERENCE variables (0)" in lines  # "tone" is a str: filtered out by the type name
         refused = [line for line in lines if line.startswith("PermissionError")]
         assert refused and "Shared context variable is read-only: tone" in refused[0], lines
         assert read.exit_status == "casual"  # its own write, read back in the same step
 
         same = await wait_done(js, await submit(js, "ctx_same_step"), timeout=60)
-        assert (console(same), same.exit_status) == (["same step: formal"], "formal")  # bound, then read at once
+        assert (console(same), same.exit_status) == (
+            ["same step: formal"],
+            "formal",
+        )  # bound, then read at once
 
         perm = await wait_done(js, await submit(js, "ctx_perm"), timeout=60)
         assert console(perm) == ["note", "note_1", "first second none", "ctx_perm ctx_perm [('n', 3)]"]
@@ -80,7 +89,9 @@ async def test_a_variable_written_on_one_executor_is_read_by_a_job_on_another(
 
         kv = await js.key_value(CONTEXT_BUCKET)
         tenant = msgspec.json.decode((await kv.get(context_key(["acme"]))).value, type=SharedContextRecord)
-        user = msgspec.json.decode((await kv.get(context_key(["acme", "alice"]))).value, type=SharedContextRecord)
+        user = msgspec.json.decode(
+            (await kv.get(context_key(["acme", "alice"]))).value, type=SharedContextRecord
+        )
     finally:
         await second.stop(grace=10)
         await nc.close()

@@ -5,9 +5,12 @@ many reads it sends."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import urllib.request
+import weakref
 
+import nats
 import nats.errors
 import nats.js.errors
 import pytest
@@ -16,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StreamConfig
 
 from statek_bus.mesh.direct import direct_get, last_message, publish_acked, request_one
+from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.errors import ServiceUnavailableError
 from statek_bus.wire.subjects import WRONG_LAST_SEQUENCE
@@ -150,3 +154,30 @@ async def test_an_acknowledged_publish_reports_its_sequence_duplicates_and_refus
     assert last is not None and (last.seq, last.data) == (3, b"third")  # the refused one stored nothing
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await publish_acked(nc, f"nostream.{uid}", b"x", timeout=5)
+
+
+async def test_a_closed_connection_is_not_kept_alive_by_its_reply_subscription(
+    settings: Settings, uid: str
+) -> None:
+    conn = await nats.connect(settings.nats_url)
+    stream = await _stream(conn, uid, subjects=1, per_subject=1)
+    assert await last_message(conn, stream, f"d.{uid}.0", leader=False, timeout=5) is not None
+    await conn.close()
+    gone = weakref.ref(conn)
+    del conn
+    gc.collect()
+    assert gone() is None  # a process that opens and closes connections does not keep them all
+
+
+async def test_a_busy_stream_is_a_transient_error(nc: Client, uid: str) -> None:
+    async def busy(msg: Msg) -> None:  # a 503 status that is not "no responders": it has a body
+        await nc.publish(msg.reply, b"busy", headers={"Status": "503", "Description": "busy"})
+
+    sub = await nc.subscribe(f"$JS.API.DIRECT.GET.sick_{uid}.x", cb=busy)
+    try:
+        with pytest.raises(
+            nats.js.errors.ServiceUnavailableError
+        ):  # nats-py's 503: retry_transient retries it
+            await last_message(nc, f"sick_{uid}", "x", leader=False, timeout=5)
+    finally:
+        await sub.unsubscribe()

@@ -54,7 +54,7 @@ from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from statek_bus.jobs.store import JobStore
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
-from statek_bus.mesh.direct import READ_TIMEOUT, connection, direct_get, last_message, request_timeout
+from statek_bus.mesh.direct import connection, direct_get, last_message, request_timeout
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError
 from statek_bus.wire.limits import INBOX_DRAIN_MAX, RECORD_HEADROOM
@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded (discard new per subject)
 _ITEM_OVERHEAD = 512  # bytes a delivered item adds to the record beyond its text (chat log entry)
+_READ_TIMEOUT = 5.0  # seconds a batched read of an inbox waits before it is retried
 
 
 class _Full(Exception):
@@ -177,7 +178,7 @@ class JobInbox:
                     "batch": INBOX_DRAIN_MAX,
                     "max_bytes": max(max_bytes, 1),
                 },
-                timeout=READ_TIMEOUT,
+                timeout=_READ_TIMEOUT,
             )
         )
         return [

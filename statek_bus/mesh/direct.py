@@ -44,7 +44,6 @@ from nats.js import JetStreamContext
 from statek_bus.wire.errors import ServiceUnavailableError
 
 __all__ = [
-    "READ_TIMEOUT",
     "DirectBatch",
     "StoredMessage",
     "TooManyResults",
@@ -55,9 +54,6 @@ __all__ = [
 ]
 
 _enc = msgspec.json.Encoder()
-
-READ_TIMEOUT = 5.0
-"""Seconds one read of a job's record or inbox waits for JetStream's answer before it is retried."""
 
 
 class TooManyResults(ServiceUnavailableError):

@@ -50,7 +50,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from statek_bus.mesh.availability import retry_transient
-from statek_bus.mesh.direct import TooManyResults, direct_get
+from statek_bus.mesh.direct import TooManyResults, connection, direct_get
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import (
     BadRequestError,
@@ -169,7 +169,7 @@ class StateStore:
 
     def __init__(self, js: JetStreamContext, settings: Settings) -> None:
         self.js = js
-        self.nc = js._nc
+        self.nc = connection(js)
         self.settings = settings
         self._refs: OrderedDict[str, StateRef] = OrderedDict()  # immutable id -> pair, an LRU
 

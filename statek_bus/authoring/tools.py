@@ -245,6 +245,10 @@ class Tool:
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
         self.__wrapped__ = fn
+        self.handle = ToolHandle(self)
+        """What model code holds for this tool; one per tool, shared by every job like the tool
+        itself (it is read-only and reaches nothing the tool's call does not), so a step does not
+        build one per tool."""
         self._frozen = True
 
     # A tool object is shared by every job of the process and reachable from model code: it must

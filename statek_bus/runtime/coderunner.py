@@ -543,7 +543,7 @@ class SandboxSession:
     # --- lifecycle ---------------------------------------------------------------------------------
     def begin(self, deadline: float) -> None:
         """Build the namespace and restore the workspace (in the runner's thread)."""
-        from statek_bus.authoring.tools import Tool, ToolHandle, bind_job
+        from statek_bus.authoring.tools import Tool, bind_job
         from statek_bus.runtime import workspace
         from statek_bus.sandbox import restricted as sandbox
 
@@ -553,7 +553,7 @@ class SandboxSession:
         if self.context_bound and self.context_lookup is not None:
             ns["__builtins__"] = FallbackBuiltins(ns["__builtins__"], self._shared)
         self.job.extras["bind_context"] = self.enable_context
-        ns.update({n: ToolHandle(t) if isinstance(t, Tool) else t for n, t in self.tools.items()})
+        ns.update({n: t.handle if isinstance(t, Tool) else t for n, t in self.tools.items()})
         ns["print"] = _console_print
         ns["exit"] = self._exit
         self.job.extras["exit"] = self._exit

@@ -220,7 +220,7 @@ class Executor:
         self._recent: dict[str, tuple[JobRecord, int, float]] = {}
         self._recent_max = 4 * settings.max_concurrency
         self._inbox_pos: dict[str, int] = {}  # job -> an inbox position its record has reached
-        self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any]] = {}
+        self._setups: dict[str, tuple[Agent, tuple[int | None, ...], dict[str, Any], Any, Any]] = {}
         self.knowledge: KnowledgeWatcher | None = None
         """The knowledge version steps run with (prompt files, warmups, examples, documents)."""
 
@@ -758,9 +758,9 @@ class Executor:
         if setup is None or setup[0] is not agent or setup[1] != key:
             tools = {t.name: t for t in agent.all_tools()}
             hidden = frozenset(n for n, t in tools.items() if t.hidden)
-            setup = self._setups[agent.role] = (agent, key, tools, _policy(self.settings, hidden))
-        _, _, tools, policy = setup
-        trusted_policy = _policy(self.settings, frozenset())
+            policies = _policy(self.settings, hidden), _policy(self.settings, frozenset())
+            setup = self._setups[agent.role] = (agent, key, tools, *policies)
+        _, _, tools, policy, trusted_policy = setup
         data = None
         if ref is not None:
             data = await workspace.load_workspace(self.js, msgspec.convert(ref, workspace.WorkspaceRef))

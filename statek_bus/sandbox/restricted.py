@@ -312,9 +312,7 @@ def sandbox_globals(policy: SandboxPolicy, *, deadline: Callable[[], float] | No
     """
     clock = Clock(deadline)
     if policy.restricted:
-        real = vars(builtins)
-        safe: dict[str, Any] = {n: real[n] for n in SAFE_BUILTINS}
-        safe["__build_class__"] = real["__build_class__"]
+        safe = _safe_builtins().copy()  # a dict of the step's own: model code may rebind a name in it
         safe["__import__"] = Importer(policy, clock)
         safe["iter"] = clock.iter
     else:
@@ -330,6 +328,13 @@ def sandbox_globals(policy: SandboxPolicy, *, deadline: Callable[[], float] | No
         WRITE: write_guard,
         CLOCK: clock,
     }
+
+
+@functools.cache
+def _safe_builtins() -> dict[str, Any]:
+    """The whitelisted builtins, looked up once (every restricted step copies this dict)."""
+    real = vars(builtins)
+    return {**{n: real[n] for n in SAFE_BUILTINS}, "__build_class__": real["__build_class__"]}
 
 
 def set_deadline(namespace: dict[str, Any], deadline: Callable[[], float] | None) -> None:

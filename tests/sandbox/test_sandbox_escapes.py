@@ -179,3 +179,22 @@ def test_an_oversized_exit_status_is_the_steps_error() -> None:
     result = _run("exit('x' * 100_000)")
     assert not result.exited
     assert result.units[0].error == "ValueError: the exit status is 100002 bytes; the limit is 65536"
+
+
+def test_a_tool_handle_shared_by_every_job_cannot_be_changed_by_one() -> None:
+    """One handle per tool serves every job of the process: no job may rebind or drop its parts."""
+    attempts = [
+        "brief.x = 1",
+        "brief._tool = None",
+        "del brief._tool",
+        "setattr(brief, '_tool', None)",
+        "object.__setattr__(brief, '_tool', None)",
+        "brief.__class__.__call__ = lambda *a: 'hijacked'",
+        "vars(brief)['_tool'] = None",
+    ]
+    for code in attempts:
+        out = _console(_run(code))
+        refused = out[-1].split(":")[0] if out else ""
+        assert refused in ("AttributeError", "SandboxViolation", "TypeError"), (code, out)
+    out = _console(_run("print(brief, brief.name)\nbrief(panic)"))
+    assert out[0] == "<tool brief> brief" and "panic" in out[1], out

@@ -421,7 +421,29 @@ WAIT_AGENTS = [
     W_HOLD,
 ]
 
+TALLIED: list[tuple[str, int]] = []
+
+
+@tool
+def tally(turn: int) -> None:
+    """Note that the calling job's code ran for ``turn`` (each run of a step adds one).
+
+    Args:
+        turn: the job's turn.
+    """
+    TALLIED.append((current_job().job_id, turn))
+
+
+LONG_TALK = scripted(
+    "t_long_talk",
+    ["turn += 1\ntally(turn)\nprint(str(turn % 10) * 90_000)"] * 14 + ['exit("talked")'],
+    warmup="turn = 0",
+    tools=[tally],
+)
+"""Each turn prints 90 kB, which its chat log keeps: the record outgrows 1 MB by turn 12."""
+
 AGENTS: list[Agent | HandlerAgent] = [
+    LONG_TALK,
     BASIC,
     WORKSPACE,
     TYPES,

@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from statek_bus.wire.errors import ServiceUnavailableError
+from statek_bus.wire.errors import PayloadTooLargeError, ServiceUnavailableError
 
 __all__ = [
     "DirectBatch",
@@ -214,10 +214,18 @@ async def request_one(
     Raises:
         nats.errors.NoRespondersError: nobody serves ``subject`` (a ``503`` status; transient).
         nats.errors.TimeoutError: no reply in ``timeout`` seconds (transient).
+        PayloadTooLargeError: ``payload`` is over the server's ``max_payload``; nothing was sent,
+            and no retry can change that.
     """
     replies, token, answer = await _waiting(nc, single=True, timeout=timeout)
     try:
-        await nc.publish(subject, payload, reply=replies.prefix + token, headers=headers)
+        try:
+            await nc.publish(subject, payload, reply=replies.prefix + token, headers=headers)
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLargeError(
+                f"{len(payload):,} bytes for {subject} are over the server's max_payload of {nc.max_payload:,}",
+                details={"size": len(payload), "limit": nc.max_payload},
+            ) from None
         msg = await answer.end
     finally:
         answer.disarm()

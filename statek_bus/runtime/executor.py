@@ -78,7 +78,7 @@ from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.runtime.resume import StoreJobs
 from statek_bus.runtime.slots import PULL_EXPIRES, AgentQueue, Slots
 from statek_bus.runtime.trace import Tracer
-from statek_bus.wire.errors import StatekError
+from statek_bus.wire.errors import PayloadTooLargeError, StatekError
 from statek_bus.wire.messages import (
     CompleteReply,
     CompleteRequest,
@@ -486,6 +486,14 @@ class Executor:
                 job_context(work.job_id, work.step, trace_id=tracing.current_trace_id()),
             ):
                 await self._run(work, msg)
+        except PayloadTooLargeError as exc:  # the step's record outgrew a message: a re-run would too
+            log.warning("job %s step %d: %s", work.job_id, work.step, exc)
+            size, limit = exc.details.get("size"), exc.details.get("limit")
+            sizes = (
+                f"{size:,}/{limit:,} bytes" if isinstance(size, int) and isinstance(limit, int) else str(exc)
+            )
+            await self._fail_job(work, f"Maximum record size exceeded: {sizes} (the server's max_payload)")
+            await msg.ack()
         except RetryStep as exc:
             metrics.RETRIES.labels(what="step").inc()
             delivered = msg.metadata.num_delivered or 1

@@ -21,7 +21,7 @@ from nats.js.api import KeyValueConfig, StreamConfig
 from statek_bus.mesh.direct import direct_get, last_message, publish_acked, request_one
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
-from statek_bus.wire.errors import ServiceUnavailableError
+from statek_bus.wire.errors import PayloadTooLargeError, ServiceUnavailableError
 from statek_bus.wire.subjects import WRONG_LAST_SEQUENCE
 
 pytestmark = pytest.mark.asyncio
@@ -181,3 +181,22 @@ async def test_a_busy_stream_is_a_transient_error(nc: Client, uid: str) -> None:
             await last_message(nc, f"sick_{uid}", "x", leader=False, timeout=5)
     finally:
         await sub.unsubscribe()
+
+
+async def test_a_request_over_max_payload_is_a_413_and_sends_nothing(nc: Client, uid: str) -> None:
+    seen: list[Msg] = []
+
+    async def note(msg: Msg) -> None:
+        seen.append(msg)
+
+    sub = await nc.subscribe(f"big.{uid}", cb=note)
+    await nc.flush()
+    size = nc.max_payload + 1
+    with pytest.raises(PayloadTooLargeError) as caught:
+        await request_one(nc, f"big.{uid}", b"x" * size, timeout=1.0)
+    assert caught.value.details == {"size": size, "limit": nc.max_payload}
+    assert f"{size:,} bytes" in str(caught.value)
+    with pytest.raises(nats.errors.TimeoutError):  # a request that fits is sent (nobody answers it)
+        await request_one(nc, f"big.{uid}", b"x", timeout=0.5)
+    await sub.unsubscribe()
+    assert [len(m.data) for m in seen] == [1]

@@ -32,6 +32,7 @@ from statek_bus.wire.messages import ExecutorStatus, JobEvent, JobStatus, decode
 from statek_bus.wire.subjects import EVENTS_PREFIX, EXECUTOR_STATUS, WORK_STREAM
 from tests.agents_fixture import (
     AGENTS_SPEC,
+    TALLIED,
     Point,
     chat_log,
     console,
@@ -231,6 +232,27 @@ async def test_a_long_lived_handler_keeps_its_record_small(mesh: Settings, nc: C
     assert 0 < sum(1 for i in log if i.kind == "user") < 150  # the oldest turns left the record
     replies = [i.text for i in log if i.kind == "llm"]
     assert replies and all(r.startswith("got m") for r in replies)
+
+
+async def test_a_record_outgrowing_a_message_ends_the_job_once_with_the_limit_named(
+    settings: Settings, nc: Client
+) -> None:
+    """Each turn keeps 90 kB of console in the chat log; with the turn and token limits raised the
+    record outgrows the server's max_payload at turn 12. The job ends with an error naming that
+    limit, the step that outgrew it ran its code once (no retry can shrink it), and the executor
+    serves the next job."""
+    raised = settings.replace(max_turns=30, max_token_usage=10**9)
+    async with services(raised, "provider", "submission", "executor"):
+        js = nc.jetstream()
+        job = await submit(js, "t_long_talk")
+        record = await wait_done(js, job, timeout=60)
+        assert record.error is not None and record.error.startswith("Maximum record size exceeded: "), (
+            record.error
+        )
+        assert f"/{nc.max_payload:,} bytes (the server's max_payload)" in record.error
+        turns = [turn for j, turn in TALLIED if j == job]
+        assert len(turns) == len(set(turns)) and max(turns) >= 11, turns
+        assert (await wait_done(js, await submit(js, "t_basic", {"event": 1}))).exit_status == "ok"
 
 
 async def test_every_message_is_consumed_once_across_an_executor_crash(

@@ -426,9 +426,11 @@ class ToolHandle:
         return self._tool.arg_docs
 
     @property
-    def hints(self) -> Mapping[str, Any]:
-        """Argument types (read-only)."""
-        return self._tool.hints
+    def hints(self) -> Mapping[str, str]:
+        """Argument types by name, as text (read-only). The hint objects stay with the tool: a
+        ``typing`` alias such as ``Mapping[str, int]`` passes an attribute write on to the class
+        behind it, which every job of the process shares."""
+        return MappingProxyType({name: _type_name(hint) for name, hint in self._tool.hints.items()})
 
 
 def unwrap_tool(obj: Any) -> Any:

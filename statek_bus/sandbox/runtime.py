@@ -200,9 +200,12 @@ _PROTECTED = (
 
 
 def write_guard(obj: Any) -> Any:
-    """``obj`` itself, unless it is a class, module or function the model did not make."""
+    """``obj`` itself, unless it is a class, module or function the model did not make, or a
+    ``typing`` object (an alias passes an attribute write on to the class behind it)."""
     if isinstance(obj, _ShimModule):
         raise SandboxViolation(f"module '{vars(obj)[_REAL_NAME]}' is read-only")
+    if type(obj).__module__ == "typing":
+        raise SandboxViolation(f"cannot set or delete attributes of '{obj!r}'")
     if isinstance(obj, _PROTECTED) and getattr(obj, "__module__", None) != MODEL_MODULE:
         kind = "class" if isinstance(obj, type) else type(obj).__name__
         name = getattr(obj, "__qualname__", None) or repr(obj)

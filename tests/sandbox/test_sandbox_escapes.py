@@ -4,13 +4,18 @@ succeeded on the code before the fix."""
 
 from __future__ import annotations
 
+import collections.abc
 import fractions
+import typing
 from typing import Any
+
+import pytest
 
 from statek_bus.authoring.futures import REGISTRY, StepRuntime
 from statek_bus.authoring.tools import SYSTEM_TOOLS, JobContext, tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, execute
 from statek_bus.sandbox.restricted import SandboxPolicy
+from statek_bus.sandbox.runtime import SandboxViolation, write_guard
 
 
 @tool(hidden=True)
@@ -198,3 +203,41 @@ def test_a_tool_handle_shared_by_every_job_cannot_be_changed_by_one() -> None:
         assert refused in ("AttributeError", "SandboxViolation", "TypeError"), (code, out)
     out = _console(_run("print(brief, brief.name)\nbrief(panic)"))
     assert out[0] == "<tool brief> brief" and "panic" in out[1], out
+
+
+def lookup(table: typing.Mapping[str, int], key: str) -> int:
+    """Look ``key`` up in ``table``.
+
+    Args:
+        table: the table.
+        key: the key.
+    """
+    return table[key]
+
+
+def test_a_tools_type_hints_reach_model_code_as_text_only() -> None:
+    """A ``typing.Mapping`` hint passes attribute writes on to ``collections.abc.Mapping``: reached
+    through the handle, one job's model code rebound ``Mapping.get`` for the whole process."""
+    before = collections.abc.Mapping.get
+    env = StepRuntime("job1", None, None, None)
+    ctx = JobContext(job_id="job1", agent="a", params={}, namespace={}, extras={"env": env})
+    session = SandboxSession(
+        policy=SandboxPolicy(),
+        trusted_policy=SandboxPolicy(),
+        tools={"lookup": tool(lookup)},
+        job=ctx,
+        workspace=None,
+        shared_vars={},
+        registry=REGISTRY,
+    )
+    code = "print(dict(lookup.hints))\nlookup.hints['table'].get = lambda self, k, d=None: 'pwned'"
+    unit = ExecUnit(kind="code", code=code, site="0.0")
+    out = _console(execute(ExecRequest(session=session, units=[unit], deadline_seconds=5.0)))
+    assert out[0] == '{"table":"Mapping[str, int]","key":"str","return":"int"}', out
+    assert out[-1].startswith(("AttributeError", "SandboxViolation")), out
+    assert collections.abc.Mapping.get is before
+
+
+def test_no_typing_object_takes_an_attribute_write() -> None:
+    with pytest.raises(SandboxViolation, match="cannot set or delete attributes"):
+        write_guard(typing.Mapping[str, int])

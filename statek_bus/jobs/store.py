@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 from statek_bus.mesh import tracing
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
 from statek_bus.mesh.direct import connection, last_message, publish_acked, request_timeout
-from statek_bus.wire.errors import ConflictError, NotFoundError, ServiceUnavailableError
+from statek_bus.wire.errors import ConflictError, NotFoundError, PayloadTooLargeError, ServiceUnavailableError
 from statek_bus.wire.messages import JobEvent, JobRecord, WorkMessage, decode, encode
 from statek_bus.wire.subjects import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
@@ -116,17 +116,26 @@ class JobStore:
                 return record, int(rev), True
             return existing[0], existing[1], False
 
-    async def put(self, record: JobRecord, revision: int) -> int:
-        """Compare-and-set ``record`` over ``revision``; :class:`StaleRecordError` if it moved."""
+    async def put(self, record: JobRecord, revision: int, *, max_bytes: int | None = None) -> int:
+        """Compare-and-set ``record`` over ``revision``; :class:`StaleRecordError` if it moved.
+
+        Raises:
+            PayloadTooLargeError: the encoded record is over ``max_bytes``, or with its headers over
+                the server's ``max_payload`` (``details``: ``size`` and ``limit``); nothing written.
+        """
         subject, headers = (
             f"$KV.{JOBS_BUCKET}.{job_key(record.id)}",
             {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(revision)},
         )
+        data = encode(record)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise PayloadTooLargeError(
+                f"job {record.id!r}: a record of {len(data):,} bytes is over its {max_bytes:,}",
+                details={"size": len(data), "limit": max_bytes},
+            )
         try:
             with unavailable_as_503(f"updating job {record.id!r}"):
-                ack = await publish_acked(
-                    self.nc, subject, encode(record), headers=headers, timeout=self.timeout
-                )
+                ack = await publish_acked(self.nc, subject, data, headers=headers, timeout=self.timeout)
         except APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise StaleRecordError(f"job {record.id!r} changed concurrently") from None

@@ -49,6 +49,7 @@ __all__ = [
     "TooManyResults",
     "connection",
     "direct_get",
+    "header_bytes",
     "last_message",
     "request_one",
 ]
@@ -203,6 +204,14 @@ async def _waiting(nc: Client, *, single: bool, timeout: float) -> tuple[_Replie
     return replies, token, answer
 
 
+def header_bytes(headers: dict[str, str] | None) -> int:
+    """What ``headers`` add to a message (``NATS/1.0``, each ``Name: value`` line, the blank line):
+    the server holds headers and payload together to its ``max_payload``."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
 async def request_one(
     nc: Client, subject: str, payload: bytes = b"", *, timeout: float, headers: dict[str, str] | None = None
 ) -> Msg:
@@ -214,18 +223,18 @@ async def request_one(
     Raises:
         nats.errors.NoRespondersError: nobody serves ``subject`` (a ``503`` status; transient).
         nats.errors.TimeoutError: no reply in ``timeout`` seconds (transient).
-        PayloadTooLargeError: ``payload`` is over the server's ``max_payload``; nothing was sent,
-            and no retry can change that.
+        PayloadTooLargeError: ``payload`` and ``headers`` are over the server's ``max_payload``;
+            nothing was sent, and no retry can change that.
     """
+    size = len(payload) + header_bytes(headers)
+    if size > nc.max_payload:  # the server would close the connection (nats-py checks the payload only)
+        raise PayloadTooLargeError(
+            f"{size:,} bytes for {subject} are over the server's max_payload of {nc.max_payload:,}",
+            details={"size": size, "limit": nc.max_payload},
+        )
     replies, token, answer = await _waiting(nc, single=True, timeout=timeout)
     try:
-        try:
-            await nc.publish(subject, payload, reply=replies.prefix + token, headers=headers)
-        except nats.errors.MaxPayloadError:
-            raise PayloadTooLargeError(
-                f"{len(payload):,} bytes for {subject} are over the server's max_payload of {nc.max_payload:,}",
-                details={"size": len(payload), "limit": nc.max_payload},
-            ) from None
+        await nc.publish(subject, payload, reply=replies.prefix + token, headers=headers)
         msg = await answer.end
     finally:
         answer.disarm()

@@ -73,12 +73,13 @@ from statek_bus.runtime.handler_step import run_handler_step
 from statek_bus.runtime.knowledge import KnowledgeWatcher
 from statek_bus.runtime.loading import load_agents
 from statek_bus.runtime.merge import Rebase, keep_running
-from statek_bus.runtime.outcome import RetryStep, StepOutcome
+from statek_bus.runtime.outcome import RecordTooLarge, RetryStep, StepOutcome
 from statek_bus.runtime.procrunner import make_code_runner, runner_layers
 from statek_bus.runtime.resume import StoreJobs
 from statek_bus.runtime.slots import PULL_EXPIRES, AgentQueue, Slots
 from statek_bus.runtime.trace import Tracer
 from statek_bus.wire.errors import PayloadTooLargeError, StatekError
+from statek_bus.wire.limits import RECORD_HEADROOM
 from statek_bus.wire.messages import (
     CompleteReply,
     CompleteRequest,
@@ -91,7 +92,6 @@ from statek_bus.wire.messages import (
     WorkMessage,
     decode,
     encode,
-    error_exit,
 )
 from statek_bus.wire.subjects import (
     AGENTS_BUCKET,
@@ -486,13 +486,9 @@ class Executor:
                 job_context(work.job_id, work.step, trace_id=tracing.current_trace_id()),
             ):
                 await self._run(work, msg)
-        except PayloadTooLargeError as exc:  # the step's record outgrew a message: a re-run would too
-            log.warning("job %s step %d: %s", work.job_id, work.step, exc)
-            size, limit = exc.details.get("size"), exc.details.get("limit")
-            sizes = (
-                f"{size:,}/{limit:,} bytes" if isinstance(size, int) and isinstance(limit, int) else str(exc)
-            )
-            await self._fail_job(work, f"Maximum record size exceeded: {sizes} (the server's max_payload)")
+        except RecordTooLarge as exc:
+            log.warning("job %s step %d: %s", work.job_id, work.step, exc.error)
+            await self._fail_job(work, exc.error)
             await msg.ack()
         except RetryStep as exc:
             metrics.RETRIES.labels(what="step").inc()
@@ -649,7 +645,9 @@ class Executor:
         while True:
             new = rebase.record
             try:
-                revision = await self.store.put(new, rev)
+                revision = await self.store.put(new, rev, max_bytes=self.nc.max_payload - RECORD_HEADROOM)
+            except PayloadTooLargeError as exc:  # room is kept for what others add (a cancel, a note)
+                raise RecordTooLarge(waits.oversized(exc)) from None
             except StaleRecordError:
                 found = await self.store.find(base.id)
                 if found is None:
@@ -726,26 +724,7 @@ class Executor:
 
     async def _fail_job(self, work: WorkMessage, error: str) -> None:
         assert self.store is not None
-
-        def end(r: JobRecord) -> JobRecord | None:
-            if r.step != work.step or r.status is JobStatus.DONE:
-                return None
-            r.end(error_exit(error), error)
-            r.step += 1
-            return r
-
-        record, _, changed = await self.store.transition(work.job_id, end)
-        if changed:
-            await self.store.publish(
-                JobEvent(
-                    job_id=record.id,
-                    kind="status",
-                    at=utcnow(),
-                    status=JobStatus.DONE,
-                    step=work.step,
-                    exit_status=record.exit_status,
-                )
-            )
+        await waits.end_job(self.store, work.job_id, error, step=work.step)
 
     # --- workspace ---------------------------------------------------------------------------------
     async def _session(

@@ -1,4 +1,5 @@
-"""What a step ends with: a :class:`StepOutcome` to commit, or :class:`RetryStep` to run it later.
+"""What a step ends with: a :class:`StepOutcome` to commit, :class:`RetryStep` to run it later, or
+:class:`RecordTooLarge` to end the job.
 
 Both the code-first engine (:mod:`statek_bus.runtime.engine`) and the handler step
 (:mod:`statek_bus.runtime.handler_step`) produce them; the executor consumes them.
@@ -12,7 +13,7 @@ from typing import Any
 from statek_bus.runtime.engine_state import EngineState
 from statek_bus.wire.messages import JobRecord
 
-__all__ = ["RetryStep", "StepOutcome"]
+__all__ = ["RecordTooLarge", "RetryStep", "StepOutcome"]
 
 
 class RetryStep(Exception):
@@ -21,6 +22,15 @@ class RetryStep(Exception):
     def __init__(self, reason: str, delay: float = 2.0) -> None:
         super().__init__(reason)
         self.delay = delay
+
+
+class RecordTooLarge(Exception):
+    """The step's record is over what one message holds: no re-run can commit it (``error``: what
+    the job ends with)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 @dataclasses.dataclass

@@ -47,15 +47,56 @@ from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.runtime.engine_state import EngineState, load_state, store_state
 from statek_bus.runtime.merge import USAGE_FIELDS, add_usage, usage_vector
 from statek_bus.runtime.resume import SUBTASK_ROLE
-from statek_bus.wire.errors import NotFoundError
-from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus
+from statek_bus.wire.errors import NotFoundError, PayloadTooLargeError
+from statek_bus.wire.messages import JobEvent, JobRecord, JobStatus, error_exit
 
-__all__ = ["after_commit", "child_done", "deliver_subtask", "on_stale", "rearm"]
+__all__ = ["after_commit", "child_done", "deliver_subtask", "end_job", "on_stale", "oversized", "rearm"]
 
 log = logging.getLogger(__name__)
 
 _NOW_MARGIN = timedelta(milliseconds=2)
 """A timer due within this margin is queued at once instead of scheduled."""
+
+
+def oversized(exc: PayloadTooLargeError) -> str:
+    """The error a job ends with when its record outgrew what one message holds (``exc``: the
+    refused write, whose ``details`` give the record's size and its limit)."""
+    size, limit = exc.details.get("size"), exc.details.get("limit")
+    sizes = f"{size:,}/{limit:,} bytes" if isinstance(size, int) and isinstance(limit, int) else str(exc)
+    return f"Maximum record size exceeded: {sizes}"
+
+
+async def end_job(store: JobStore, job_id: str, error: str, *, step: int | None = None) -> None:
+    """End job ``job_id`` with ``error`` and publish its DONE status, unless it has ended already
+    (or moved past ``step``, when given). A record too large to take the error too ends without
+    its chat log: every entry of it went out as an event, which the job log keeps."""
+
+    def end(r: JobRecord, *, shrink: bool = False) -> JobRecord | None:
+        if (step is not None and r.step != step) or r.status is JobStatus.DONE:
+            return None
+        if shrink:
+            state = load_state(r)
+            state.log = []
+            store_state(r, state)
+        r.end(error_exit(error), error)
+        r.step += 1
+        return r
+
+    try:
+        record, _, changed = await store.transition(job_id, end)
+    except PayloadTooLargeError:
+        record, _, changed = await store.transition(job_id, lambda r: end(r, shrink=True))
+    if changed:
+        await store.publish(
+            JobEvent(
+                job_id=record.id,
+                kind="status",
+                at=utcnow(),
+                status=JobStatus.DONE,
+                step=record.step - 1,
+                exit_status=record.exit_status,
+            )
+        )
 
 
 async def after_commit(
@@ -150,6 +191,9 @@ async def _report(store: JobStore, child: JobRecord, *, note: bool) -> None:
         parent, _, changed = await store.transition(parent_id, change)
     except NotFoundError:
         return
+    except PayloadTooLargeError as exc:  # the parent's record cannot take the note: no retry can
+        await end_job(store, parent_id, oversized(exc))
+        return
     if not changed:
         return
     if wake:
@@ -194,6 +238,9 @@ async def deliver_subtask(store: JobStore, child: JobRecord) -> None:
     try:
         parent, _, changed = await store.transition(info.parent, change)
     except NotFoundError:
+        return
+    except PayloadTooLargeError as exc:  # the parent's record cannot take the result: no retry can
+        await end_job(store, info.parent, oversized(exc))
         return
     if changed and enqueue:
         await store.enqueue(parent.id, parent.step, agent=parent.agent)

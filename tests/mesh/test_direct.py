@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StreamConfig
 
-from statek_bus.mesh.direct import direct_get, last_message, publish_acked, request_one
+from statek_bus.mesh.direct import direct_get, header_bytes, last_message, publish_acked, request_one
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.wire.errors import PayloadTooLargeError, ServiceUnavailableError
@@ -184,6 +184,8 @@ async def test_a_busy_stream_is_a_transient_error(nc: Client, uid: str) -> None:
 
 
 async def test_a_request_over_max_payload_is_a_413_and_sends_nothing(nc: Client, uid: str) -> None:
+    """Headers count: a payload that fits with headers that do not made the server close the
+    connection (nats-py checks the payload alone)."""
     seen: list[Msg] = []
 
     async def note(msg: Msg) -> None:
@@ -191,12 +193,15 @@ async def test_a_request_over_max_payload_is_a_413_and_sends_nothing(nc: Client,
 
     sub = await nc.subscribe(f"big.{uid}", cb=note)
     await nc.flush()
-    size = nc.max_payload + 1
-    with pytest.raises(PayloadTooLargeError) as caught:
-        await request_one(nc, f"big.{uid}", b"x" * size, timeout=1.0)
-    assert caught.value.details == {"size": size, "limit": nc.max_payload}
-    assert f"{size:,} bytes" in str(caught.value)
-    with pytest.raises(nats.errors.TimeoutError):  # a request that fits is sent (nobody answers it)
-        await request_one(nc, f"big.{uid}", b"x", timeout=0.5)
+    headers = {"Nats-Expected-Last-Subject-Sequence": "12345"}
+    fits = nc.max_payload - header_bytes(headers)
+    for size, hdrs in ((nc.max_payload + 1, None), (fits + 1, headers)):
+        with pytest.raises(PayloadTooLargeError) as caught:
+            await request_one(nc, f"big.{uid}", b"x" * size, timeout=1.0, headers=hdrs)
+        total = size + header_bytes(hdrs)
+        assert caught.value.details == {"size": total, "limit": nc.max_payload}
+        assert f"{total:,} bytes" in str(caught.value)
+    with pytest.raises(nats.errors.TimeoutError):  # one that fits exactly is sent (nobody answers it)
+        await request_one(nc, f"big.{uid}", b"x" * fits, timeout=1.0, headers=headers)
     await sub.unsubscribe()
-    assert [len(m.data) for m in seen] == [1]
+    assert nc.is_connected and [len(m.data) for m in seen] == [fits]

@@ -27,7 +27,7 @@ from statek_bus.mesh.service import running_service
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.launcher import NatsServer
 from statek_bus.ops.mesh import ServiceProcess
-from statek_bus.wire.limits import HANDLER_LOG_BYTES
+from statek_bus.wire.limits import HANDLER_LOG_BYTES, RECORD_HEADROOM
 from statek_bus.wire.messages import ExecutorStatus, JobEvent, JobStatus, decode, encode
 from statek_bus.wire.subjects import EVENTS_PREFIX, EXECUTOR_STATUS, WORK_STREAM
 from tests.agents_fixture import (
@@ -238,9 +238,9 @@ async def test_a_record_outgrowing_a_message_ends_the_job_once_with_the_limit_na
     settings: Settings, nc: Client
 ) -> None:
     """Each turn keeps 90 kB of console in the chat log; with the turn and token limits raised the
-    record outgrows the server's max_payload at turn 12. The job ends with an error naming that
-    limit, the step that outgrew it ran its code once (no retry can shrink it), and the executor
-    serves the next job."""
+    record outgrows its limit (the server's max_payload less the headroom kept for others' notes)
+    at turn 12. The job ends with an error naming that limit, the step that outgrew it ran its code
+    once (no retry can shrink it), and the executor serves the next job."""
     raised = settings.replace(max_turns=30, max_token_usage=10**9)
     async with services(raised, "provider", "submission", "executor"):
         js = nc.jetstream()
@@ -249,7 +249,7 @@ async def test_a_record_outgrowing_a_message_ends_the_job_once_with_the_limit_na
         assert record.error is not None and record.error.startswith("Maximum record size exceeded: "), (
             record.error
         )
-        assert f"/{nc.max_payload:,} bytes (the server's max_payload)" in record.error
+        assert record.error.endswith(f"/{nc.max_payload - RECORD_HEADROOM:,} bytes"), record.error
         turns = [turn for j, turn in TALLIED if j == job]
         assert len(turns) == len(set(turns)) and max(turns) >= 11, turns
         assert (await wait_done(js, await submit(js, "t_basic", {"event": 1}))).exit_status == "ok"

@@ -24,6 +24,7 @@ from statek_bus.jobs.store import JobStore, utcnow
 from statek_bus.mesh.provision import provision
 from statek_bus.mesh.settings import Settings
 from statek_bus.runtime import wakeups as waits
+from statek_bus.runtime.chat import LogItem
 from statek_bus.runtime.coderunner import (
     ExecRequest,
     ExecUnit,
@@ -31,11 +32,11 @@ from statek_bus.runtime.coderunner import (
     ThreadCodeRunner,
     execute,
 )
-from statek_bus.runtime.engine_state import EngineState, Wait, store_state
+from statek_bus.runtime.engine_state import EngineState, Wait, load_state, store_state
 from statek_bus.runtime.executor import Executor
 from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.sandbox.restricted import SandboxPolicy
-from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
+from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode, encode
 from statek_bus.wire.subjects import WORK_RUN_PREFIX, WORK_STREAM, token
 from tests.agents_fixture import (
     AGENTS_SPEC,
@@ -421,3 +422,73 @@ async def test_a_tool_swapped_in_place_reaches_the_next_session(settings: Settin
         await ex.runner.aclose()
     assert "old_tool" in first.tools
     assert "new_tool" in second.tools and "old_tool" not in second.tools
+
+
+# --- records at the size limit ----------------------------------------------------------------------
+
+
+def _full(record: JobRecord, room: int, max_payload: int, state: EngineState) -> JobRecord:
+    """``record`` with one chat entry sized so that it encodes to ``max_payload - room`` bytes."""
+    state.log = [LogItem(kind="user", step=0, text="x")]
+    store_state(record, state)
+    pad = max_payload - room - len(encode(record))
+    state.log = [LogItem(kind="user", step=0, text="x" * (1 + pad))]
+    store_state(record, state)
+    assert len(encode(record)) == max_payload - room
+    return record
+
+
+async def test_a_parent_whose_record_cannot_take_its_childs_report_ends_with_the_limit_named(
+    settings: Settings, nc: Client, uid: str
+) -> None:
+    """Before, the child's report raised nats-py's MaxPayloadError on every delivery and the parent
+    waited for ever on a child that had finished."""
+    js = nc.jetstream()
+    await provision(js, settings)
+    store = await JobStore.open(js)
+    now = utcnow()
+    parent = JobRecord(
+        id=f"full-{uid}",
+        agent="t_w_parent",
+        status=JobStatus.SUSPENDED,
+        step=3,
+        created_at=now,
+        updated_at=now,
+    )
+    wait = Wait(item=0, jobs=[f"full-{uid}/0.0.0.0"], checked_at=now)
+    await store.create(_full(parent, 100, nc.max_payload, EngineState(wait=wait)))
+    child = JobRecord(
+        id=f"full-{uid}/0.0.0.0",
+        agent="t_w_child",
+        status=JobStatus.DONE,
+        parent_id=parent.id,
+        exit_status="done",
+        step=2,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create(child)
+    await waits.child_done(store, child)
+    ended, _ = await store.get(parent.id)
+    assert ended.status is JobStatus.DONE and ended.step == 4
+    assert ended.error is not None and ended.error.startswith("Maximum record size exceeded: "), ended.error
+    assert load_state(ended).log == []  # the error did not fit beside the log either
+
+
+async def test_a_job_ended_over_the_limit_keeps_its_chat_log_when_the_error_fits(
+    settings: Settings, nc: Client, uid: str
+) -> None:
+    js = nc.jetstream()
+    await provision(js, settings)
+    store = await JobStore.open(js)
+    now = utcnow()
+    job = JobRecord(
+        id=f"end-{uid}", agent="t_basic", status=JobStatus.STARTED, step=5, created_at=now, updated_at=now
+    )
+    await store.create(_full(job, 4096, nc.max_payload, EngineState()))
+    await waits.end_job(store, job.id, "Maximum record size exceeded: 1/1 bytes", step=4)  # moved on: kept
+    assert (await store.get(job.id))[0].status is JobStatus.STARTED
+    await waits.end_job(store, job.id, "Maximum record size exceeded: 1/1 bytes", step=5)
+    ended, _ = await store.get(job.id)
+    assert ended.status is JobStatus.DONE and ended.error == "Maximum record size exceeded: 1/1 bytes"
+    assert len(load_state(ended).log) == 1

@@ -604,3 +604,28 @@ def services(settings: Any, *kinds: str, agents: str = AGENTS_SPEC) -> Any:
             yield s
 
     return run()
+
+
+def family(
+    parent_id: str, status: Any, *, child: str = "0.0.0.0", exit_status: str = "done"
+) -> tuple[Any, Any]:
+    """A parent record at step 3 in ``status`` and its DONE child ``<parent_id>/<child>`` at step 2,
+    not stored yet: the two sides of a wake-up for the tests that drive one by hand."""
+    from statek_bus.jobs.store import utcnow
+    from statek_bus.wire.messages import JobRecord, JobStatus
+
+    now = utcnow()
+    parent = JobRecord(
+        id=parent_id, agent="t_w_parent", status=status, step=3, created_at=now, updated_at=now
+    )
+    kid = JobRecord(
+        id=f"{parent_id}/{child}",
+        agent="t_w_child",
+        status=JobStatus.DONE,
+        parent_id=parent_id,
+        exit_status=exit_status,
+        step=2,
+        created_at=now,
+        updated_at=now,
+    )
+    return parent, kid

@@ -44,6 +44,7 @@ from tests.agents_fixture import (
     TWIN_ENTERED,
     TWIN_RELEASE,
     console,
+    family,
     services,
     submit,
     wait_done,
@@ -204,26 +205,9 @@ async def test_a_child_finishing_before_its_woken_parent_commits_still_wakes_it(
     store = await JobStore.open(js)
     now = utcnow()
     # the parent is SUSPENDED at step 3 on child A; a wake-up is running its step 3 now
-    parent = JobRecord(
-        id=f"lost-{uid}",
-        agent="t_w_parent",
-        status=JobStatus.SUSPENDED,
-        step=3,
-        created_at=now,
-        updated_at=now,
-    )
+    parent, child_b = family(f"lost-{uid}", JobStatus.SUSPENDED, child="0.0.1.0", exit_status="B done")
     store_state(parent, EngineState(wait=Wait(item=0, jobs=[f"lost-{uid}/0.0.0.0"], checked_at=now)))
     await store.create(parent)
-    child_b = JobRecord(
-        id=f"lost-{uid}/0.0.1.0",
-        agent="t_w_child",
-        status=JobStatus.DONE,
-        parent_id=parent.id,
-        exit_status="B done",
-        step=2,
-        created_at=now,
-        updated_at=now,
-    )
     await store.create(child_b)
     base, rev = await store.get(parent.id)
     # ...that step created child B, which reaches DONE before the parent's commit
@@ -427,6 +411,14 @@ async def test_a_tool_swapped_in_place_reaches_the_next_session(settings: Settin
 # --- records at the size limit ----------------------------------------------------------------------
 
 
+@pytest.fixture
+async def store(settings: Settings, nc: Client) -> JobStore:
+    """The job store on the session server (buckets provisioned)."""
+    js = nc.jetstream()
+    await provision(js, settings)
+    return await JobStore.open(js)
+
+
 def _full(record: JobRecord, room: int, max_payload: int, state: EngineState) -> JobRecord:
     """``record`` with one chat entry sized so that it encodes to ``max_payload - room`` bytes."""
     state.log = [LogItem(kind="user", step=0, text="x")]
@@ -439,34 +431,14 @@ def _full(record: JobRecord, room: int, max_payload: int, state: EngineState) ->
 
 
 async def test_a_parent_whose_record_cannot_take_its_childs_report_ends_with_the_limit_named(
-    settings: Settings, nc: Client, uid: str
+    store: JobStore, nc: Client, uid: str
 ) -> None:
     """Before, the child's report raised nats-py's MaxPayloadError on every delivery and the parent
     waited for ever on a child that had finished."""
-    js = nc.jetstream()
-    await provision(js, settings)
-    store = await JobStore.open(js)
     now = utcnow()
-    parent = JobRecord(
-        id=f"full-{uid}",
-        agent="t_w_parent",
-        status=JobStatus.SUSPENDED,
-        step=3,
-        created_at=now,
-        updated_at=now,
-    )
-    wait = Wait(item=0, jobs=[f"full-{uid}/0.0.0.0"], checked_at=now)
+    parent, child = family(f"full-{uid}", JobStatus.SUSPENDED)
+    wait = Wait(item=0, jobs=[child.id], checked_at=now)
     await store.create(_full(parent, 100, nc.max_payload, EngineState(wait=wait)))
-    child = JobRecord(
-        id=f"full-{uid}/0.0.0.0",
-        agent="t_w_child",
-        status=JobStatus.DONE,
-        parent_id=parent.id,
-        exit_status="done",
-        step=2,
-        created_at=now,
-        updated_at=now,
-    )
     await store.create(child)
     await waits.child_done(store, child)
     ended, _ = await store.get(parent.id)
@@ -476,11 +448,8 @@ async def test_a_parent_whose_record_cannot_take_its_childs_report_ends_with_the
 
 
 async def test_a_job_ended_over_the_limit_keeps_its_chat_log_when_the_error_fits(
-    settings: Settings, nc: Client, uid: str
+    store: JobStore, nc: Client, uid: str
 ) -> None:
-    js = nc.jetstream()
-    await provision(js, settings)
-    store = await JobStore.open(js)
     now = utcnow()
     job = JobRecord(
         id=f"end-{uid}", agent="t_basic", status=JobStatus.STARTED, step=5, created_at=now, updated_at=now

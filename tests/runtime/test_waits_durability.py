@@ -21,7 +21,7 @@ from statek_bus.runtime.executor import Executor
 from statek_bus.runtime.outcome import StepOutcome
 from statek_bus.wire.messages import JobRecord, JobStatus, WorkMessage, decode
 from statek_bus.wire.subjects import WORK_RUN_PREFIX, WORK_STREAM, token
-from tests.agents_fixture import AGENTS_SPEC, console, submit, wait_done, wait_status
+from tests.agents_fixture import AGENTS_SPEC, console, family, submit, wait_done, wait_status
 
 
 async def test_a_timer_fires_after_the_executor_and_nats_server_restarted(
@@ -65,25 +65,7 @@ async def _last_work(nc: Client, job_id: str) -> WorkMessage:
 
 
 async def _pair(store: JobStore, uid: str, tag: str) -> tuple[JobRecord, JobRecord]:
-    now = utcnow()
-    parent = JobRecord(
-        id=f"race-{tag}-{uid}",
-        agent="t_w_parent",
-        status=JobStatus.STARTED,
-        step=3,
-        created_at=now,
-        updated_at=now,
-    )
-    child = JobRecord(
-        id=f"{parent.id}/0.0.0.0",
-        agent="t_w_child",
-        status=JobStatus.DONE,
-        parent_id=parent.id,
-        exit_status="child done",
-        step=2,
-        created_at=now,
-        updated_at=now,
-    )
+    parent, child = family(f"race-{tag}-{uid}", JobStatus.STARTED, exit_status="child done")
     child.usage.llm_calls = 1
     await store.create(parent)
     await store.create(child)

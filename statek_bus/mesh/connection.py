@@ -6,6 +6,9 @@ half a second when nothing listens) and then give up with one clear
 :class:`~statek_bus.wire.errors.ServiceUnavailableError` naming the URL, logging nothing on the way;
 once connected they ride out a restart with up to :data:`CLIENT_RECONNECTS` reconnects. Connection
 errors are logged once per event, not as a traceback per failed reconnect (nats-py's default).
+
+Every connection is a :class:`Connection`, nats-py's client with its PONG handling made safe
+against a cancelled flush (see there).
 """
 
 from __future__ import annotations
@@ -20,13 +23,33 @@ from statek_bus.mesh.auth import connect_options, redact_url
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError
 
-__all__ = ["CLIENT_RECONNECTS", "connect"]
+__all__ = ["CLIENT_RECONNECTS", "Connection", "connect"]
 
 log = logging.getLogger(__name__)
 
 CLIENT_RECONNECTS = 10
 """Reconnect attempts (per server) of an established client connection."""
 _FIRST_CONNECT_ATTEMPTS = 1  # nats-py: a server is tried this many times + 1 before it is dropped
+
+
+class Connection(Client):
+    """nats-py's client, whose read loop survives a PONG for a cancelled flush.
+
+    ``flush()`` queues a future per PING and each PONG completes the oldest. When the flush is
+    cancelled (a timeout around it, a signal while a mesh starts, a cancelled ``drain()``), its
+    future stays queued, cancelled, and nats-py 2.16 calls ``set_result`` on it when the PONG
+    comes: ``InvalidStateError`` ends the read loop, which logs a traceback and never reads again,
+    so every later request on the connection times out. Here that PONG still answers its own
+    PING (PONGs come back in order) and completes nothing.
+    """
+
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
 
 async def _reconnected_cb() -> None:
@@ -67,11 +90,13 @@ async def connect(
             log.warning("nats: disconnected from %s", redact_url(settings.nats_url))
 
     try:
-        nc = await nats.connect(
+        nc = Connection()
+        await nc.connect(
             servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()],
             name=name,
-            connect_timeout=settings.connect_timeout,
-            reconnect_time_wait=0.5,
+            # nats-py annotates these seconds as int; it only sleeps and waits on them
+            connect_timeout=settings.connect_timeout,  # type: ignore[arg-type]
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]
             max_reconnect_attempts=-1 if service else _FIRST_CONNECT_ATTEMPTS,
             allow_reconnect=True,
             error_cb=error_cb,

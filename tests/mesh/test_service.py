@@ -264,3 +264,18 @@ async def test_srv_replies_validate_against_the_schemas_the_nats_cli_uses(
     replies = {"PING": ping, "INFO": info, "STATS": stats}[verb]
     (reply,) = await replies(nc, NAME)
     jsonschema.validate(reply, schema, format_checker=jsonschema.FormatChecker())
+
+
+async def test_a_probe_cancelled_at_any_moment_leaves_its_connection_working(echo: object, nc: Client) -> None:
+    """A readiness probe cut short (the first Ctrl-C while a mesh starts cancels it) must not
+    break the connection it ran on: a PING whose waiter is cancelled still gets its PONG, and
+    nats-py then raises in its read loop, logs a traceback and stops reading for good."""
+    for moment in range(12):
+        probe = asyncio.ensure_future(ping(nc, NAME, wait=1.0))
+        for _ in range(moment):
+            await asyncio.sleep(0)
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        reply = await nc.request(f"$SRV.PING.{NAME}", b"", timeout=2.0)
+        assert json.loads(reply.data)["name"] == NAME, f"cancelled after {moment} loop turns"

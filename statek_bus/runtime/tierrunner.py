@@ -29,7 +29,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from statek_bus.authoring.console import format_value
 from statek_bus.authoring.tools import JobContext
 from statek_bus.mesh.metrics import DATA_TIER_STEPS
 from statek_bus.runtime.coderunner import (
@@ -194,6 +193,9 @@ class TierSession(SandboxSession):
         """The workspace as storable data (nothing, once the tier has given up)."""
         if self.aborted is not None:
             return None, []
+        if self._stored_weight() > datatier.MAX_SCOPE_WEIGHT:
+            self.aborted = "the variables to store are too large"
+            return None, []
         data, dropped = super().snapshot()
         if self._kept_values or self._kept_definitions:
             data = WorkspaceData(
@@ -201,6 +203,22 @@ class TierSession(SandboxSession):
                 definitions=[*self._kept_definitions, *data.definitions],
             )
         return data, dropped
+
+    def _stored_weight(self) -> int:
+        """The weight of what the snapshot will encode: each name's value in full. Binding a name
+        costs the tier nothing, but the workspace stores every name's value apart, so ``a0 = t``,
+        ``a1 = t``, ... would have it encode ``t`` once per name (a thousand names of a 99,100-weight
+        list took 30 s and 1.1 GiB)."""
+        total = 0
+        for name, value in self.ns.items():
+            if name not in self.base_names and not name.startswith("__"):
+                try:
+                    total += self.guard.weight(value)  # memoised: a name costs one lookup
+                except datatier.TierAbort:
+                    return datatier.MAX_SCOPE_WEIGHT + 1
+                if total > datatier.MAX_SCOPE_WEIGHT:
+                    break
+        return total
 
     def finish(self, result: ExecResult) -> ExecResult:
         """``result`` as the process runner reports it: the exit value through its tagged JSON (or its
@@ -210,8 +228,9 @@ class TierSession(SandboxSession):
                 result.exit_value = from_json(
                     to_json(result.exit_value, self.registry, "exit"), self.registry
                 )
-            except Exception:
-                result.exit_value = format_value(result.exit_value)
+            except Exception:  # an iterator: its text holds an address (see datatier._NO_TEXT)
+                self.aborted = "an exit value that is not data"
+                return result
         try:  # what the worker would have to send: text a frame cannot carry is the worker's to report
             encode(result.exit_value if result.exited else None)
             for unit in result.units:

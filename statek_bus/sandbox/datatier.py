@@ -317,9 +317,9 @@ AUG = "__tier_aug__"
 VALUE = "__tier_value__"
 """``__tier_value__(x)``: a value just made (a display, a subscript, an f-string): measured and charged."""
 CHARGE = "__tier_charge__"
-"""``__tier_charge__(x)``: an operand whose weight is charged (comparisons, subscript keys)."""
+"""``__tier_charge__(x)``: an operand whose weight is charged (comparisons, subscript and dict-display keys)."""
 STAR = "__tier_star__"
-"""``__tier_star__(x)``: a value unpacked by ``*x``."""
+"""``__tier_star__(x)``: a value unpacked by ``*x`` (or by ``**x`` in a dict display)."""
 TEXT = "__tier_text__"
 """``__tier_text__(x)``: a value formatted into an f-string."""
 
@@ -353,7 +353,17 @@ class _Rewrite(ast.NodeTransformer):
             return node
         return ast.copy_location(_helper(VALUE, node), node)
 
-    visit_List = visit_Tuple = visit_Set = visit_Dict = visit_JoinedStr = _made
+    visit_List = visit_Tuple = visit_Set = visit_JoinedStr = _made
+
+    def visit_Dict(self, node: ast.Dict) -> ast.AST:
+        """Each key is hashed and each ``**`` value copied, though the dict made may be small
+        (``{**d, **d, ...}``, ``{t: 1, t: 2, ...}`` with one big tuple ``t``): both are charged."""
+        self.generic_visit(node)
+        node.values = [
+            v if k is not None else _helper(STAR, v) for k, v in zip(node.keys, node.values, strict=True)
+        ]
+        node.keys = [k if k is None else _helper(CHARGE, k) for k in node.keys]
+        return ast.copy_location(_helper(VALUE, node), node)
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         self.generic_visit(node)
@@ -414,7 +424,8 @@ def _build(source: str, policy: SandboxPolicy) -> Plan:
             check_tree(tree, policy)
         subset = _Subset()
         subset.visit(tree)
-    except (SyntaxError, ValueError, SandboxViolation, RecursionError) as exc:
+    except (SyntaxError, ValueError, SandboxViolation, RecursionError, MemoryError) as exc:
+        # CPython's parser raises MemoryError for nesting past its stack (``1**1**...``, 6,000 terms)
         raise _Refused(type(exc).__name__) from None
     echoes = [is_echo(s) for s in tree.body]
     rewritten = _Rewrite().visit(tree)
@@ -470,6 +481,10 @@ _IN_PLACE: dict[str, Callable[[Any, Any], Any]] = {
 }
 _IMMUTABLE = (type(None), bool, int, float, str, tuple, frozenset)
 _LAZY = (range, enumerate, zip)
+_NO_TEXT = MAX_TEXT + 1
+"""The text bound of an iterator of the tier's (``<zip object at 0x...>``): over :data:`MAX_TEXT`,
+so formatting one, or a value holding one, gives the step up. Made in the tier, that text would
+tell model code an address in the executor's heap; a worker's is its own fork server's."""
 _NUMBERS = (bool, int, float)
 
 
@@ -557,8 +572,8 @@ class Guard:
         elif kind is range:  # its repr holds its three ints, which may be big
             bounds = [self.measure(x, depth + 1) for x in (value.start, value.stop, value.step)]
             weight, deepest, text = 1 + sum(b[0] for b in bounds), -1, 23 + sum(b[2] for b in bounds)
-        elif kind in _LAZY:
-            weight, deepest, text = 1, -1, 80
+        elif kind in _LAZY:  # its repr holds its heap address: any text of it is a worker's to make
+            weight, deepest, text = 1, -1, _NO_TEXT
         else:
             raise self.abort(f"value of type {kind.__name__}")
         deepest += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import re
 import resource
 from collections.abc import AsyncIterator
 from typing import Any
@@ -165,6 +166,11 @@ GIVE_UP = {
     "in-place on a list": ("a = [1]\nb = a\na += [2]\nprint(a, b)", {}),
     "large variables in scope": ("print(len(v0) + len(v5))", {f"v{i}": list(range(190_000)) for i in range(6)}),
     "a large value": ("s = 'x' * 100000\nt = [s] * 1000\nprint(len(t))", {}),
+    # each name is stored in full: 12 names of one 99,100-weight list are over MAX_SCOPE_WEIGHT
+    "many names of one large value": (
+        "u = [0] * 1000\nt = [u] * 99\n" + "".join(f"a{i} = t\n" for i in range(12)),
+        {},
+    ),
 }
 
 
@@ -179,6 +185,14 @@ async def test_what_the_tier_cannot_prove_it_gives_to_the_worker_from_the_start(
     assert tier.counts["tier"] == 0, tier.counts
     assert _observed(got) == _observed(expected)
     assert "HOST CODE RAN" not in str(got.units)
+
+
+async def test_an_iterator_given_as_the_exit_value_is_the_workers_to_format(runners: tuple[Any, Any]) -> None:
+    """Its text holds a heap address: the tier's would be the executor's."""
+    _, tier = runners
+    got = await tier.run(_request("exit(zip('ab', 'cd'))"))
+    assert tier.counts == {"tier": 0, "aborted": 1, "process": 0}, tier.counts
+    assert got.exited and re.fullmatch(r"<zip object at 0x[0-9a-f]+>", got.exit_value), got.exit_value
 
 
 @contextlib.asynccontextmanager

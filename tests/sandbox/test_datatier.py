@@ -61,6 +61,7 @@ REFUSED = {
     "syntax error": "x = (",
     "process check refuses it": "x = eval",
     "a long block": "x = 1\n" * 5000,
+    "nesting past the parser's stack": "x = " + "**".join(["1"] * 6000),  # CPython: MemoryError
 }
 
 
@@ -152,7 +153,36 @@ BOMBS = {
     "starred": "r = range(900000)\nx = [*r, *r]",
     "membership walks of a range": "r = range(900000)\n" + "b = 'a' in r\n" * 5,
     "enumerate with a huge start": "e = list(enumerate('ab' * 50000, 2**4000))",
+    "one big tuple as many dict keys": (
+        "t = tuple(range(40000))\nd = {" + ", ".join(f"t: {i}" for i in range(11)) + "}"
+    ),
 }
+
+LAZY_TEXT = {
+    "str": "s = str(zip('ab'))",
+    "repr in a list": "s = repr([enumerate('')])",
+    "print": "print(zip())",
+    "f-string": "s = f'{enumerate([1])}'",
+    "echo": "zip()",
+    "a missing key": "d = {'a': 1}\nd[zip()]",
+}
+
+
+@pytest.mark.parametrize("code", list(LAZY_TEXT.values()), ids=list(LAZY_TEXT))
+def test_the_text_of_an_iterator_is_the_workers_to_make(code: str) -> None:
+    """An iterator's repr holds its heap address (``<zip object at 0x...>``): made in the tier, it
+    would give model code an address of the executor's heap; a worker's is its own fork server's."""
+    with pytest.raises(datatier.TierAbort):
+        _run(code)
+
+
+def test_every_double_star_in_a_dict_display_is_charged() -> None:
+    """``{**d, **d, ...}`` makes one small dict, but copies ``d`` once per ``**``."""
+    d = {f"k{i}": i for i in range(30_000)}
+    code = "e = {" + ", ".join(["**d"] * 10) + "}"
+    with pytest.raises(datatier.TierAbort):
+        _run(code, d=d)
+    assert _run("e = {**d, 'x': 1}", d=d)["e"] == {**d, "x": 1}
 
 
 @pytest.mark.parametrize("code", list(BOMBS.values()), ids=list(BOMBS))

@@ -356,8 +356,7 @@ class _Rewrite(ast.NodeTransformer):
     visit_List = visit_Tuple = visit_Set = visit_JoinedStr = _made
 
     def visit_Dict(self, node: ast.Dict) -> ast.AST:
-        """Each key is hashed and each ``**`` value copied, though the dict made may be small
-        (``{**d, **d, ...}``, ``{t: 1, t: 2, ...}`` with one big tuple ``t``): both are charged."""
+        """Each key hashed and each ``**`` copied is charged (``{**d, **d, ...}`` makes a small dict)."""
         self.generic_visit(node)
         node.values = [
             v if k is not None else _helper(STAR, v) for k, v in zip(node.keys, node.values, strict=True)
@@ -481,10 +480,7 @@ _IN_PLACE: dict[str, Callable[[Any, Any], Any]] = {
 }
 _IMMUTABLE = (type(None), bool, int, float, str, tuple, frozenset)
 _LAZY = (range, enumerate, zip)
-_NO_TEXT = MAX_TEXT + 1
-"""The text bound of an iterator of the tier's (``<zip object at 0x...>``): over :data:`MAX_TEXT`,
-so formatting one, or a value holding one, gives the step up. Made in the tier, that text would
-tell model code an address in the executor's heap; a worker's is its own fork server's."""
+_NO_TEXT = MAX_TEXT + 1  # an iterator's text holds an executor heap address: formatting one gives up
 _NUMBERS = (bool, int, float)
 
 

@@ -221,8 +221,9 @@ class TierSession(SandboxSession):
         return total
 
     def finish(self, result: ExecResult) -> ExecResult:
-        """``result`` as the process runner reports it: the exit value through its tagged JSON (or its
-        formatted text), and a workspace over the worker's limit given to the worker instead."""
+        """``result`` as the process runner reports it: the exit value through its tagged JSON (one
+        that has none is the worker's to format), and a workspace over the worker's limit given to
+        the worker instead."""
         if result.exited:
             try:
                 result.exit_value = from_json(

@@ -11,9 +11,9 @@ and the argument for it. Here:
   :class:`~statek_bus.runtime.coderunner.ThreadCodeRunner` thread; anything else to the process
   runner.
 * :class:`TierSession` is a :class:`~statek_bus.runtime.coderunner.SandboxSession` whose namespace
-  holds no tool and no host object: only the job's variables (decoded from their stored form, as
-  a worker decodes them, and checked to be plain data), the guarded callables and the step's own
-  ``print``/``exit``. It runs the tier's rewrite of each block through the very same
+  holds no tool and no host object: only the job's variables the step names (weighed in their
+  stored form, then decoded as a worker decodes them and checked to be plain data; the others stay
+  as stored, never decoded), the guarded callables and the step's own ``print``/``exit``. It runs the tier's rewrite of each block through the very same
   ``run_code``/``Console``/``error_line``/echo/``Workspace.snapshot`` machinery a worker process
   uses, so a tier step's console, errors, exit value and workspace are those the worker gives.
 * When the guard trips, a name is missing, or anything is not as expected, the session records
@@ -53,7 +53,7 @@ from statek_bus.runtime.workspace import (
 from statek_bus.sandbox import datatier
 from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement, imports_only
 from statek_bus.wire.messages import encode
-from statek_bus.wire.values import from_json, to_json
+from statek_bus.wire.values import TAG, from_json, to_json
 
 __all__ = ["DataTier", "TierSession", "eligible_units"]
 
@@ -99,7 +99,9 @@ class TierSession(SandboxSession):
         """Why the tier gave the step up (None: it did not)."""
         self._plans: dict[str, datatier.Plan] = {}
         self._kept_values: dict[str, Any] = {}
-        """Variables that are not plain data, in their stored form: the code never names them."""
+        """Variables the code never names, in their stored form (never decoded, never walked)."""
+        self._stored_order: list[str] = []
+        """The names of the job's variables, in the order the workspace holds them."""
         self._kept_definitions: list[DefinitionSource] = []
         """The workspace's imports, as stored: the code never names what they bind."""
 
@@ -113,7 +115,8 @@ class TierSession(SandboxSession):
         self.ns = ns
         self.job.namespace = ns
         try:
-            values = self._values()
+            touched = self._plan_units()
+            values = self._values(touched)
             self._check(values)
         except datatier.TierAbort as exc:
             self.aborted = exc.reason
@@ -123,29 +126,46 @@ class TierSession(SandboxSession):
             return
         ns.update(values)
 
-    def _values(self) -> dict[str, Any]:
-        """The job's variables, decoded from their stored form as a worker decodes them."""
+    def _plan_units(self) -> set[str]:
+        """Plan every unit (or give up: one is outside the subset); the names the step's code touches."""
+        touched: set[str] = set()
+        for unit in self.units:
+            plan = self._plans.get(unit.code) or datatier.plan(unit.code, self.policy)
+            if plan is None:
+                raise datatier.TierAbort("outside the subset")
+            self._plans[unit.code] = plan
+            touched |= plan.needs | plan.assigned | plan.calls
+        return touched
+
+    def _values(self, touched: set[str]) -> dict[str, Any]:
+        """The job's variables the code touches, decoded from their stored form as a worker decodes
+        them; every other variable stays in its stored form (:attr:`_kept_values`), never walked.
+
+        A stored value is weighed in its stored form before it is decoded, and the walk stops at the
+        tier's limits: a workspace may hold a value far over them (30 MB of ``[0, 0, ...]``, made by
+        a worker step), and decoding and checking it whole on every step cost the executor 5 s."""
         inputs = self.inputs
         registry = inputs.registry
         stored = inputs.workspace_data
         if stored is not None:
-            if any(_hashes_keys(v) for v in stored.values.values()):
-                raise datatier.TierAbort("a set or a dict with non-text keys in scope")
             if not all(imports_only(d.source) for d in stored.definitions):
                 raise datatier.TierAbort("definitions in the workspace")
             self._kept_definitions = list(stored.definitions)
-            encoded = dict(stored.values)
+            encoded = stored.values
         else:  # the worker gets them as tagged JSON too
             encoded = {k: to_json(v, registry, k) for k, v in inputs.shared_vars.items()}
-        if stored is None and any(_hashes_keys(v) for v in encoded.values()):
-            raise datatier.TierAbort("a set or a dict with non-text keys in scope")
+        self._stored_order = list(encoded)
         values: dict[str, Any] = {}
+        budget = datatier.MAX_SCOPE_WEIGHT
         for name, raw in encoded.items():
-            value = from_json(raw, registry)
-            if datatier.plain_value(value):
-                values[name] = value
-            else:  # kept as stored; the step may not name it (see _check)
+            if name not in touched:
                 self._kept_values[name] = raw
+                continue
+            budget -= _weigh_stored(raw, min(budget, datatier.MAX_WEIGHT))
+            value = from_json(raw, registry)
+            if not datatier.plain_value(value):  # a tag the walk lets by that decodes to no plain value
+                raise datatier.TierAbort("a name bound to what is not plain data")
+            values[name] = value
         if sum(self.guard.weight(v) for v in values.values()) > datatier.MAX_SCOPE_WEIGHT:
             raise datatier.TierAbort("the variables in scope are too large")
         return values
@@ -156,17 +176,16 @@ class TierSession(SandboxSession):
         names = values.keys() | kept
         if reserved & names or any(k.startswith("__") for k in names):
             raise datatier.TierAbort("a variable shadows a tool or a dunder")
+        bound = set(values)
         for unit in self.units:
-            plan = self._plans.get(unit.code) or datatier.plan(unit.code, self.policy)
-            if plan is None:
-                raise datatier.TierAbort("outside the subset")
-            if not plan.needs <= values.keys() | {n for p in self._plans.values() for n in p.assigned}:
+            plan = self._plans[unit.code]
+            if not plan.needs <= bound:
                 raise datatier.TierAbort("a name is not in scope")
             if plan.assigned & reserved or plan.calls & self.inputs.tools.keys():
                 raise datatier.TierAbort("a tool's name")
             if (plan.needs | plan.assigned | plan.calls) & kept:
                 raise datatier.TierAbort("a name bound to what is not plain data")
-            self._plans[unit.code] = plan
+            bound |= plan.assigned
 
     def compile(self, unit: ExecUnit, policy: Any) -> CompiledBlock:
         """The tier's rewrite of ``unit``'s code (checked by :meth:`begin`)."""
@@ -198,10 +217,12 @@ class TierSession(SandboxSession):
             return None, []
         data, dropped = super().snapshot()
         if self._kept_values or self._kept_definitions:
-            data = WorkspaceData(
-                values={**self._kept_values, **data.values},
-                definitions=[*self._kept_definitions, *data.definitions],
-            )
+            made, kept = data.values, self._kept_values
+            values = {
+                n: kept[n] if n in kept else made[n] for n in self._stored_order if n in kept or n in made
+            }
+            values.update(made)  # the step's new names after the stored ones, as the worker orders them
+            data = WorkspaceData(values=values, definitions=[*self._kept_definitions, *data.definitions])
         return data, dropped
 
     def _stored_weight(self) -> int:
@@ -251,19 +272,45 @@ _HASHED_TAGS = frozenset({"set", "frozenset", "dict"})
 """Tagged JSON (:mod:`statek_bus.wire.values`) whose decoding hashes computed keys: a set, a frozenset,
 a dict with keys that are not text. Their keys may have been made to collide (in a worker, where
 that costs only the worker), and building them again would be quadratic in the executor."""
+_PLAIN_TAGS = frozenset({"tuple", "float"})
+"""Tagged JSON that decodes to plain data: a tuple, a non-finite float."""
+_MAX_STORED_DEPTH = 2 * datatier.MAX_DEPTH + 2
+"""A tuple is two levels of its stored form (the tagged object, its list)."""
 
 
-def _hashes_keys(raw: Any, depth: int = 0) -> bool:
-    """Whether decoding the stored value ``raw`` builds a set or a dict with non-text keys."""
-    if depth > datatier.MAX_DEPTH:
-        return True
-    if isinstance(raw, dict):
-        if raw.get("$t") in _HASHED_TAGS:
-            return True
-        return any(_hashes_keys(v, depth + 1) for v in raw.values())
-    if isinstance(raw, list):
-        return any(_hashes_keys(v, depth + 1) for v in raw)
-    return False
+def _weigh_stored(raw: Any, budget: int, depth: int = 0) -> int:
+    """The weight of the stored value ``raw``, walked in its stored form and never past ``budget``:
+    about what :meth:`datatier.Guard.weight` gives once it is decoded (an element, a text's
+    characters / 8, an int's bits / 64), so decoding a value this lets by costs the tier's limits
+    at most. Gives the step up (:class:`~statek_bus.sandbox.datatier.TierAbort`) past ``budget``, on
+    a tag that decodes to no plain data, or on one whose decoding hashes computed keys."""
+    kind = type(raw)
+    if kind is str:
+        weight = 1 + len(raw) // 8
+    elif kind is int:
+        weight = 1 + raw.bit_length() // 64
+    elif kind is list:
+        if depth > _MAX_STORED_DEPTH:
+            raise datatier.TierAbort("the variables in scope are too deep")
+        weight = 1
+        for item in raw:
+            weight += _weigh_stored(item, budget - weight, depth + 1)
+    elif kind is dict:
+        if depth > _MAX_STORED_DEPTH:
+            raise datatier.TierAbort("the variables in scope are too deep")
+        tag = raw.get(TAG)
+        if tag in _HASHED_TAGS:
+            raise datatier.TierAbort("a set or a dict with non-text keys in scope")
+        if tag is not None and tag not in _PLAIN_TAGS:
+            raise datatier.TierAbort("a name bound to what is not plain data")
+        weight = 1
+        for key, item in raw.items():
+            weight += 1 + len(key) // 8 + _weigh_stored(item, budget - weight, depth + 1)
+    else:  # None, a bool, a float
+        weight = 1
+    if weight > budget:
+        raise datatier.TierAbort("the variables in scope are too large")
+    return weight
 
 
 class DataTier:

@@ -141,6 +141,29 @@ async def test_a_step_naming_what_the_tier_cannot_hold_runs_in_a_worker(code: st
     assert _observed(got) == _observed(expected)
 
 
+@pytest.mark.parametrize(
+    ("code", "route"),
+    [
+        ("n = n + 1\nm = a * 2\nprint(m)", "tier"),  # never names the big values: they stay as stored
+        ("print(big[0])", "aborted"),  # names one: weighed in its stored form, given up at the limit
+        ("print(len(keys))", "aborted"),
+    ],
+)
+async def test_a_large_stored_value_costs_the_tier_only_when_the_step_names_it(
+    code: str, route: str, runners: tuple[Any, Any]
+) -> None:
+    """A worker step may leave values far over the tier's limits (the workspace takes 32 MiB): the
+    tier never decodes one the step does not name, and weighs one it names before decoding it."""
+    process, tier = runners
+    first = await process.run(_request("a = 1\nbig = [0] * 2_000_000\nkeys = set(range(200_000))\nn = 4"))
+    assert len(first.workspace.values["big"]) == 2_000_000
+    expected = await process.run(_request(code, workspace=first.workspace))
+    got = await tier.run(_request(code, workspace=first.workspace))
+    assert tier.counts[route] == 1, tier.counts
+    assert _observed(got) == _observed(expected)
+    assert list(got.workspace.values) == list(expected.workspace.values)  # the worker's order of names
+
+
 OUTSIDE = {
     "a tool": "print(add(1, 2))",
     "an import": "import math\nprint(math.pi)",

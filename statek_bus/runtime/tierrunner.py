@@ -50,7 +50,7 @@ from statek_bus.runtime.workspace import (
     WorkspaceData,
     encode_workspace,
 )
-from statek_bus.sandbox import datatier
+from statek_bus.sandbox import datatier, tierguard
 from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement, imports_only
 from statek_bus.wire.messages import encode
 from statek_bus.wire.values import TAG, from_json, to_json
@@ -94,7 +94,7 @@ class TierSession(SandboxSession):
         )
         self.inputs = inputs
         self.units = units
-        self.guard = datatier.Guard()
+        self.guard = tierguard.Guard()
         self.aborted: str | None = None
         """Why the tier gave the step up (None: it did not)."""
         self._plans: dict[str, datatier.Plan] = {}
@@ -110,7 +110,7 @@ class TierSession(SandboxSession):
         """Check the step's code and values, then build the tier's namespace (in the tier's thread)."""
         self.deadline = deadline
         self._workspace = Workspace()
-        ns = datatier.namespace(self.guard, print_fn=_console_print, exit_fn=self._exit)
+        ns = tierguard.namespace(self.guard, print_fn=_console_print, exit_fn=self._exit)
         self.base_names = set(ns)
         self.ns = ns
         self.job.namespace = ns
@@ -250,7 +250,7 @@ class TierSession(SandboxSession):
                 result.exit_value = from_json(
                     to_json(result.exit_value, self.registry, "exit"), self.registry
                 )
-            except Exception:  # an iterator: its text holds an address (see datatier._NO_TEXT)
+            except Exception:  # an iterator: its text holds an address (see tierguard._NO_TEXT)
                 self.aborted = "an exit value that is not data"
                 return result
         try:  # what the worker would have to send: text a frame cannot carry is the worker's to report
@@ -280,7 +280,7 @@ _MAX_STORED_DEPTH = 2 * datatier.MAX_DEPTH + 2
 
 def _weigh_stored(raw: Any, budget: int, depth: int = 0) -> int:
     """The weight of the stored value ``raw``, walked in its stored form and never past ``budget``:
-    about what :meth:`datatier.Guard.weight` gives once it is decoded (an element, a text's
+    about what :meth:`tierguard.Guard.weight` gives once it is decoded (an element, a text's
     characters / 8, an int's bits / 64), so decoding a value this lets by costs the tier's limits
     at most. Gives the step up (:class:`~statek_bus.sandbox.datatier.TierAbort`) past ``budget``, on
     a tag that decodes to no plain data, or on one whose decoding hashes computed keys."""

@@ -94,7 +94,7 @@ def test_an_f_strings_conversion_is_priced_before_it_is_built() -> None:
 
 STARRED_NON_ITERABLES = ["x = len(*5)", "x = range(*5)", "print(*5)", "exit(*5)", "x = zip(*None)"]
 """The tier's callables are closures: CPython names the function in this TypeError
-(``statek_bus.sandbox.datatier._call.<locals>.call() argument after * must be an iterable``)."""
+(``statek_bus.sandbox.tierguard._call.<locals>.call() argument after * must be an iterable``)."""
 
 
 async def test_a_starred_non_iterable_gets_the_workers_error_line(runners: tuple[Any, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from statek_bus.sandbox import datatier
+from statek_bus.sandbox import datatier, tierguard
 from statek_bus.sandbox.policy import SandboxPolicy
 
 POLICY = SandboxPolicy()
@@ -62,6 +62,8 @@ REFUSED = {
     "process check refuses it": "x = eval",
     "a long block": "x = 1\n" * 5000,
     "nesting past the parser's stack": "x = " + "**".join(["1"] * 6000),  # CPython: MemoryError
+    "a chained in": "x = 'a' in 'ab' in 'abc'",
+    "in within a chain": "x = 1 < 2 in [2]",
 }
 
 
@@ -121,7 +123,7 @@ def _run(code: str, **scope: Any) -> Any:
     plan = datatier.plan(code, POLICY)
     assert plan is not None, datatier.refusal(code, POLICY)
     out: list[Any] = []
-    ns = datatier.namespace(datatier.Guard(), print_fn=lambda *a, **k: out.append(a), exit_fn=lambda v=None: None)
+    ns = tierguard.namespace(tierguard.Guard(), print_fn=lambda *a, **k: out.append(a), exit_fn=lambda v=None: None)
     ns.update(scope)
     for stmt in plan.statements:
         if stmt.echo:
@@ -155,6 +157,13 @@ BOMBS = {
     "enumerate with a huge start": "e = list(enumerate('ab' * 50000, 2**4000))",
     "one big tuple as many dict keys": (
         "t = tuple(range(40000))\nd = {" + ", ".join(f"t: {i}" for i in range(11)) + "}"
+    ),
+    # CPython searches a text of a few thousand characters by brute force: 0.2 ms a search here
+    "substring searches": (
+        "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p in h"] * 1000) + "]"
+    ),
+    "negated substring searches": (
+        "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p not in h"] * 1000) + "]"
     ),
 }
 
@@ -200,6 +209,18 @@ def test_guarded_code_has_cpython_semantics() -> None:
     assert ns["y"] == [1, 2, 3, 0, 1] and ns["t"] == 3 and ns["s"] == "ababab"
     assert ns["d"] == {"a": 1, "b": 2} and ns["k"] == f"{3:03d}|{'ababab'!r:>10}|{1 / 3:.3f}" and ns["c"] is True
     assert ns["__out__"] == [[3, 1, 2]]
+
+
+def test_membership_has_cpython_semantics() -> None:
+    ns = _run(
+        "a = 'b' in 'abc'\nb = 'z' not in 'abc'\nc = 2 in [1, 2]\nd = (1,) not in [(1,)]\ne = 'k' in {'k': 1}\n"
+        "f = 3 in range(5)\ng = not 'a' in 'b'\nh = ('x' in 'xy') + 1\ni = '' in ''"
+    )
+    assert [ns[k] for k in "abcdefghi"] == [True, True, True, False, True, True, True, 2, True]
+    with pytest.raises(TypeError, match="argument of type 'int' is not iterable"):
+        _run("x = 1 in 2")
+    with pytest.raises(TypeError, match="'in <string>' requires string as left operand, not int"):
+        _run("x = 1 not in 'a'")
 
 
 def test_an_error_from_the_model_is_cpythons_own() -> None:

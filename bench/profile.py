@@ -6,9 +6,10 @@ single-turn jobs of the prompted agent (a system prompt with sections and a ``{t
 placeholder, two tools: what a real agent has) and prints where the executor's samples fall:
 self and inclusive shares of the functions from ``statek_bus`` and of everything else.
 
-``python -m bench.profile [--quick] [--idle] [--service NAME] [--keep PATH] [--waits]``: ``--idle``
-also samples idle threads (the code-runner pool waiting for work, the loop waiting in ``select``),
-so the shares are of wall time per thread rather than of busy CPU. ``--waits`` profiles a timer
+``python -m bench.profile [--quick] [--idle] [--gil] [--service NAME] [--keep PATH] [--waits]``:
+``--idle`` also samples idle threads (the code-runner pool waiting for work, the loop waiting in
+``select``), so the shares are of wall time per thread rather than of busy CPU; ``--gil`` samples
+only the thread holding the GIL (the interpreter's own CPU, whichever thread spends it). ``--waits`` profiles a timer
 drain instead (:mod:`bench.waits`): 2,000 timers (1,000 with ``--quick``) due at once on one
 executor, sampled from the due time until the last wake-up step has run, with the executor's CPU
 per wake-up (sandbox workers included) in the summary line; ``--gc`` adds the CPU the executor's
@@ -85,12 +86,13 @@ def summarise(raw: str, top: int = 18) -> tuple[int, list[dict[str, Any]]]:
     return total, rows
 
 
-def _spy(pid: int, out: Path, idle: bool) -> subprocess.Popen[bytes]:
+def _spy(pid: int, out: Path, idle: bool, gil: bool) -> subprocess.Popen[bytes]:
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     cmd = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
     cmd += ["--nonblocking", "--output", str(out)] + (["--idle"] if idle else [])
+    cmd += ["--gil"] if gil else []  # only the thread holding the GIL: the interpreter's own CPU
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -105,7 +107,13 @@ def _gc_seconds(path: Path) -> dict[str, list[float]]:
 
 
 async def waits(
-    quick: bool, *, idle: bool = False, keep: str | None = None, gc: bool = False, threshold: str | None = None
+    quick: bool,
+    *,
+    idle: bool = False,
+    gil: bool = False,
+    keep: str | None = None,
+    gc: bool = False,
+    threshold: str | None = None,
 ) -> list[dict[str, Any]]:
     """Profile one executor while it drains 2,000 timers due at once (1,000 with ``quick``).
 
@@ -153,7 +161,7 @@ async def waits(
             progress(f"profile: {n:,} timers due at {due:%H:%M:%S}")
             await _submit(client, ALARM.role, n, {"due": due})
             await asyncio.sleep(max(0.0, due.timestamp() - time.time()))
-            proc = _spy(ex.proc.pid, out, idle)
+            proc = _spy(ex.proc.pid, out, idle, gil)
             gc_before = _gc_seconds(gc_file) if gc else {}
             cpu, started = cpu_seconds(ex.proc.pid), time.perf_counter()
             await asyncio.wait_for(done.wait(), timeout=300)
@@ -188,7 +196,7 @@ async def waits(
 
 
 async def run(
-    quick: bool, *, idle: bool = False, keep: str | None = None, service: str = "executor"
+    quick: bool, *, idle: bool = False, gil: bool = False, keep: str | None = None, service: str = "executor"
 ) -> list[dict[str, Any]]:
     """Profile ``service`` (the executor, or a service of the mesh) during 6,000 single-turn jobs (1,000 with ``quick``)."""
     tmp = Path(tempfile.mkdtemp(prefix="statek-bench-profile-"))
@@ -213,7 +221,7 @@ async def run(
             pids = [p.proc.pid for p in [*mesh.services.values(), ex] if p.proc is not None]
             await settle(dict(enumerate(pids)))  # the provider's litellm import ends first
             target = ex.proc.pid if service == "executor" else mesh.services[service].proc.pid  # type: ignore[union-attr]
-            proc = _spy(target, out, idle)
+            proc = _spy(target, out, idle, gil)
             await asyncio.sleep(1.0)
             started = time.perf_counter()
             rate, _ = await _throughput(client, PROMPTED.role, 1000 if quick else 6000)
@@ -240,8 +248,8 @@ if __name__ == "__main__":
     if "--waits" in argv:
         threshold = argv[argv.index("--gc-threshold") + 1] if "--gc-threshold" in argv else None
         gc = "--gc" in argv or threshold is not None
-        rows = asyncio.run(waits("--quick" in argv, idle="--idle" in argv, keep=keep, gc=gc, threshold=threshold))
+        rows = asyncio.run(waits("--quick" in argv, idle="--idle" in argv, gil="--gil" in argv, keep=keep, gc=gc, threshold=threshold))
         service = "executor (timer drain)"
     else:
-        rows = asyncio.run(run("--quick" in argv, idle="--idle" in argv, keep=keep, service=service))
+        rows = asyncio.run(run("--quick" in argv, idle="--idle" in argv, gil="--gil" in argv, keep=keep, service=service))
     print_table(f"{service} profile{' (idle threads included)' if '--idle' in argv else ''}", rows, ratios=False)

@@ -24,7 +24,7 @@ from statek_bus.client.jobs import AsyncJobs
 from statek_bus.client.queues import AsyncQueues, BlockingQueues
 from statek_bus.client.states import AsyncStates
 from statek_bus.client.transport import request_reply
-from statek_bus.mesh.connection import connect
+from statek_bus.mesh.connection import connect, drain_and_close
 from statek_bus.mesh.settings import Settings
 
 __all__ = ["AsyncStatekClient", "StatekClient"]
@@ -73,10 +73,12 @@ class AsyncStatekClient:
         return (await self.connection()).jetstream(timeout=self.settings.request_timeout)
 
     async def aclose(self) -> None:
-        """Close the connection if this client opened it."""
-        if self._nc is not None and self._owns_nc and not self._nc.is_closed:
-            await self._nc.drain()
-        self._nc = None
+        """Close the connection if this client opened it (drained, and closed even when the drain
+        fails or is cancelled)."""
+        nc, self._nc = self._nc, None
+        if nc is None or not self._owns_nc or nc.is_closed:
+            return
+        await drain_and_close(nc)
 
     async def request(
         self, subject: str, payload: Any, reply_type: type[T], *, timeout: float | None = None

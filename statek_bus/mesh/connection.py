@@ -23,7 +23,7 @@ from statek_bus.mesh.auth import connect_options, redact_url
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError
 
-__all__ = ["CLIENT_RECONNECTS", "Connection", "connect"]
+__all__ = ["CLIENT_RECONNECTS", "Connection", "connect", "drain_and_close"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,17 @@ class Connection(Client):
                 future.set_result(True)
             self._pongs_received += 1
             self._pings_outstanding = 0
+
+
+async def drain_and_close(nc: Client) -> None:
+    """Drain ``nc`` (what was sent is flushed, subscriptions finish their messages), and close it
+    even when the drain fails or is cancelled: nats-py's ``drain`` then leaves the connection open,
+    its socket and read loop alive for good."""
+    try:
+        await nc.drain()
+    finally:
+        if not nc.is_closed:
+            await nc.close()
 
 
 async def _reconnected_cb() -> None:

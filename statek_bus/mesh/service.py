@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from statek_bus.mesh import metrics, tracing
-from statek_bus.mesh.connection import connect
+from statek_bus.mesh.connection import connect, drain_and_close
 from statek_bus.mesh.health import Check, HealthServer
 from statek_bus.mesh.micro import EndpointStats, MicroService, StatsData
 from statek_bus.mesh.permissions import SERVICE_ROLES, role
@@ -334,7 +334,7 @@ async def _running(
                     _serving_stopped()
     finally:
         with contextlib.suppress(Exception):
-            await nc.drain()
+            await drain_and_close(nc)
 
 
 _serving = 0  # services running in this process (their heap is frozen while any is)

@@ -11,9 +11,9 @@ and the argument for it. Here:
   :class:`~statek_bus.runtime.coderunner.ThreadCodeRunner` thread; anything else to the process
   runner.
 * :class:`TierSession` is a :class:`~statek_bus.runtime.coderunner.SandboxSession` whose namespace
-  holds no tool and no host object: only the job's variables the step names (weighed in their
-  stored form, then decoded as a worker decodes them and checked to be plain data; the others stay
-  as stored, never decoded), the guarded callables and the step's own ``print``/``exit``. It runs the tier's rewrite of each block through the very same
+  holds no tool and no host object: only the job's variables the step names (decoded as a worker
+  decodes them and checked to be plain data; the others stay as stored, never decoded; all are
+  weighed in their stored form first), the guarded callables and the step's own ``print``/``exit``. It runs the tier's rewrite of each block through the very same
   ``run_code``/``Console``/``error_line``/echo/``Workspace.snapshot`` machinery a worker process
   uses, so a tier step's console, errors, exit value and workspace are those the worker gives.
 * When the guard trips, a name is missing, or anything is not as expected, the session records
@@ -53,7 +53,7 @@ from statek_bus.runtime.workspace import (
 from statek_bus.sandbox import datatier, tierguard
 from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement, imports_only
 from statek_bus.wire.messages import encode
-from statek_bus.wire.values import TAG, from_json, to_json
+from statek_bus.wire.values import TAG, TypeRegistry, from_json, to_json
 
 __all__ = ["DataTier", "TierSession", "eligible_units"]
 
@@ -100,6 +100,8 @@ class TierSession(SandboxSession):
         self._plans: dict[str, datatier.Plan] = {}
         self._kept_values: dict[str, Any] = {}
         """Variables the code never names, in their stored form (never decoded, never walked)."""
+        self._decoded: dict[str, tuple[Any, Any]] = {}
+        """Variables the code names: name -> (the value decoded, its stored form)."""
         self._stored_order: list[str] = []
         """The names of the job's variables, in the order the workspace holds them."""
         self._kept_definitions: list[DefinitionSource] = []
@@ -139,13 +141,14 @@ class TierSession(SandboxSession):
 
     def _values(self, touched: set[str]) -> dict[str, Any]:
         """The job's variables the code touches, decoded from their stored form as a worker decodes
-        them; every other variable stays in its stored form (:attr:`_kept_values`), never walked.
+        them; every other variable stays in its stored form (:attr:`_kept_values`), never decoded.
 
-        A stored value is weighed in its stored form before it is decoded, and the walk stops at the
-        tier's limits: a workspace may hold a value far over them (30 MB of ``[0, 0, ...]``, made by
-        a worker step), and decoding and checking it whole on every step cost the executor 5 s."""
+        Every stored value is weighed in its stored form first, by a walk that stops at the tier's
+        limits: a workspace may hold values far over them, made by a worker step (30 MB of
+        ``[0, 0, ...]``, 99,000 small lists), and decoding and checking those whole on every step
+        cost the executor 5 s and 2.3 s."""
         inputs = self.inputs
-        registry = inputs.registry
+        registry = inputs.registry or TypeRegistry()
         stored = inputs.workspace_data
         if stored is not None:
             if not all(imports_only(d.source) for d in stored.definitions):
@@ -156,16 +159,18 @@ class TierSession(SandboxSession):
             encoded = {k: to_json(v, registry, k) for k, v in inputs.shared_vars.items()}
         self._stored_order = list(encoded)
         values: dict[str, Any] = {}
-        budget = datatier.MAX_SCOPE_WEIGHT
+        budget = datatier.MAX_SCOPE_WEIGHT  # for all of them, weighed in their stored form
         for name, raw in encoded.items():
             if name not in touched:
+                budget -= _weigh_stored(raw, budget, registry, plain=False)
                 self._kept_values[name] = raw
                 continue
-            budget -= _weigh_stored(raw, min(budget, datatier.MAX_WEIGHT))
+            budget -= _weigh_stored(raw, min(budget, datatier.MAX_WEIGHT), registry, plain=True)
             value = from_json(raw, registry)
             if not datatier.plain_value(value):  # a tag the walk lets by that decodes to no plain value
                 raise datatier.TierAbort("a name bound to what is not plain data")
             values[name] = value
+            self._decoded[name] = value, raw
         if sum(self.guard.weight(v) for v in values.values()) > datatier.MAX_SCOPE_WEIGHT:
             raise datatier.TierAbort("the variables in scope are too large")
         return values
@@ -215,9 +220,13 @@ class TierSession(SandboxSession):
         if self._stored_weight() > datatier.MAX_SCOPE_WEIGHT:
             self.aborted = "the variables to store are too large"
             return None, []
+        # a decoded value still bound to its name is unchanged (nothing in the tier changes a value):
+        # stored again as it was, not encoded anew
+        same = {n: raw for n, (value, raw) in self._decoded.items() if self.ns.get(n) is value}
+        self.base_names |= same.keys()
         data, dropped = super().snapshot()
-        if self._kept_values or self._kept_definitions:
-            made, kept = data.values, self._kept_values
+        if self._kept_values or self._kept_definitions or same:
+            made, kept = data.values, {**self._kept_values, **same}
             values = {
                 n: kept[n] if n in kept else made[n] for n in self._stored_order if n in kept or n in made
             }
@@ -274,43 +283,70 @@ a dict with keys that are not text. Their keys may have been made to collide (in
 that costs only the worker), and building them again would be quadratic in the executor."""
 _PLAIN_TAGS = frozenset({"tuple", "float"})
 """Tagged JSON that decodes to plain data: a tuple, a non-finite float."""
+_LEAF_TAGS = frozenset({"datetime", "date", "time", "timedelta", "decimal", "uuid", "bytes"})
+"""Tagged JSON a worker decodes with no class of the agent's (:mod:`statek_bus.wire.values`)."""
+_CLASS_TAGS = frozenset({"obj", "enum"})
+"""Tagged JSON a worker decodes into a registered class (by ``cls``)."""
 _MAX_STORED_DEPTH = 2 * datatier.MAX_DEPTH + 2
 """A tuple is two levels of its stored form (the tagged object, its list)."""
+_NODE_WEIGHT = 32
+"""What a list, a dict or a tagged value weighs in its stored form: decoding, checking, measuring
+and encoding one again takes the tier ~3.5 us, against ~0.3 us for a number (measured), so a
+workspace of ``[[], [], ...]`` is priced by the work it makes, not by its element count."""
 
 
-def _weigh_stored(raw: Any, budget: int, depth: int = 0) -> int:
+def _weigh_stored(raw: Any, budget: int, registry: TypeRegistry, *, plain: bool, depth: int = 0) -> int:
     """The weight of the stored value ``raw``, walked in its stored form and never past ``budget``:
-    about what :meth:`tierguard.Guard.weight` gives once it is decoded (an element, a text's
-    characters / 8, an int's bits / 64), so decoding a value this lets by costs the tier's limits
-    at most. Gives the step up (:class:`~statek_bus.sandbox.datatier.TierAbort`) past ``budget``, on
-    a tag that decodes to no plain data, or on one whose decoding hashes computed keys."""
+    about the tier's cost of decoding, checking and storing it again (an element, a text's
+    characters / 8, an int's bits / 64, :data:`_NODE_WEIGHT` a container), so a value this lets by
+    costs the tier's limits at most.
+
+    Gives the step up (:class:`~statek_bus.sandbox.datatier.TierAbort`) past ``budget``, and on a
+    tag a worker would not decode as the tier expects: with ``plain`` (a value the code names),
+    anything but a tuple or a non-finite float, in exactly the shape ``to_json`` makes them;
+    otherwise (a value kept as stored) an unknown tag, a model-defined class's instance, or a
+    class the registry no longer has, which a worker would drop with a warning.
+    """
     kind = type(raw)
     if kind is str:
         weight = 1 + len(raw) // 8
     elif kind is int:
         weight = 1 + raw.bit_length() // 64
-    elif kind is list:
+    elif kind is list or kind is dict:
         if depth > _MAX_STORED_DEPTH:
             raise datatier.TierAbort("the variables in scope are too deep")
-        weight = 1
-        for item in raw:
-            weight += _weigh_stored(item, budget - weight, depth + 1)
-    elif kind is dict:
-        if depth > _MAX_STORED_DEPTH:
-            raise datatier.TierAbort("the variables in scope are too deep")
-        tag = raw.get(TAG)
-        if tag in _HASHED_TAGS:
-            raise datatier.TierAbort("a set or a dict with non-text keys in scope")
-        if tag is not None and tag not in _PLAIN_TAGS:
-            raise datatier.TierAbort("a name bound to what is not plain data")
-        weight = 1
-        for key, item in raw.items():
-            weight += 1 + len(key) // 8 + _weigh_stored(item, budget - weight, depth + 1)
+        if kind is dict and TAG in raw:
+            _check_tag(raw, registry, plain)
+        weight = _NODE_WEIGHT
+        for item in raw if kind is list else raw.values():
+            weight += _weigh_stored(item, budget - weight, registry, plain=plain, depth=depth + 1)
+        if kind is dict:
+            weight += sum(len(k) for k in raw) // 8
     else:  # None, a bool, a float
         weight = 1
     if weight > budget:
         raise datatier.TierAbort("the variables in scope are too large")
     return weight
+
+
+def _check_tag(raw: dict[str, Any], registry: TypeRegistry, plain: bool) -> None:
+    tag, payload = raw[TAG], raw.get("v")
+    if plain:
+        if tag in _HASHED_TAGS:
+            raise datatier.TierAbort("a set or a dict with non-text keys in scope")
+        shaped = raw.keys() == {TAG, "v"} and (
+            type(payload) is list if tag == "tuple" else payload in ("nan", "inf", "-inf")
+        )
+        if tag not in _PLAIN_TAGS or not shaped:
+            raise datatier.TierAbort("a name bound to what is not plain data")
+    elif tag in _CLASS_TAGS:
+        cls = raw.get("cls")
+        try:
+            registry.lookup(cls if type(cls) is str else "")
+        except ValueError:
+            raise datatier.TierAbort("a value the worker cannot restore") from None
+    elif tag not in _LEAF_TAGS and tag not in _PLAIN_TAGS and tag not in _HASHED_TAGS:
+        raise datatier.TierAbort("a value the worker cannot restore")  # mobj: its class is not defined
 
 
 class DataTier:

@@ -97,9 +97,10 @@ quadratic cost of printing one stays small (an int weighs ``1 + limbs + limbs**2
 limbs, so a value full of big ints is as cheap to print as one full of small ones)."""
 MAX_TEXT = MAX_WEIGHT * 8
 """Longest text (``str``, ``repr``, an f-string, one ``print``) an operation may produce, as an upper bound."""
-MAX_SCOPE_WEIGHT = 1_000_000
-"""Largest weight of all the job's variables together: a bigger workspace is a worker's to restore
-and snapshot, not the executor's."""
+MAX_SCOPE_WEIGHT = 250_000
+"""Largest weight of all the job's variables together (as stored, and as the step leaves them): a
+bigger workspace is a worker's to restore and snapshot, not the executor's (decoding, checking and
+storing this much again takes the tier up to ~0.1 s)."""
 STEP_BUDGET = 500_000
 """Weight of all operands of all operations of one step (the work one step may do; measured at
 ~20-200 ns of CPU a unit, so a step that spends it all takes well under 0.1 s of a thread)."""

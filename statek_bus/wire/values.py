@@ -95,6 +95,7 @@ def _is_registrable(kind: type) -> bool:
 
 
 _EMPTY = TypeRegistry()
+_NON_FINITE = ("nan", "inf", "-inf")
 
 
 def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value") -> Any:
@@ -109,13 +110,13 @@ def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value
     if isinstance(value, list):
         return [to_json(v, reg, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value) and TAG not in value:
-            return {k: to_json(v, reg, f"{path}[{k!r}]") for k, v in value.items()}
+        # the dict's own entries: a subclass's items()/__contains__ could forge a tagged value
+        items = list(dict.items(value))
+        if all(isinstance(k, str) and not str.__eq__(k, TAG) for k, _ in items):
+            return {k: to_json(v, reg, f"{path}[{k!r}]") for k, v in items}
         return {
             TAG: "dict",
-            "v": [
-                [to_json(k, reg, f"{path}.key"), to_json(v, reg, f"{path}[{k!r}]")] for k, v in value.items()
-            ],
+            "v": [[to_json(k, reg, f"{path}.key"), to_json(v, reg, f"{path}[{k!r}]")] for k, v in items],
         }
     if isinstance(value, enum.Enum):
         if not reg.knows(type(value)):
@@ -181,16 +182,18 @@ def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
             return uuid.UUID(v)
         case "bytes":
             return base64.b64decode(v)
-        case "float":
+        case "float" if v in _NON_FINITE:
             return float(v)
-        case "tuple":
+        case "tuple" if type(v) is list:
             return tuple(from_json(x, reg) for x in v)
-        case "set":
+        case "set" if type(v) is list:
             return {from_json(x, reg) for x in v}
-        case "frozenset":
+        case "frozenset" if type(v) is list:
             return frozenset(from_json(x, reg) for x in v)
-        case "dict":
+        case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
             return {from_json(k, reg): from_json(x, reg) for k, x in v}
+        case "float" | "tuple" | "set" | "frozenset" | "dict":  # what to_json never makes
+            raise ValueError(f"malformed {tag!r} value")
         case "enum":
             return reg.lookup(data["cls"])(from_json(v, reg))
         case "obj":

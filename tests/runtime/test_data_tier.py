@@ -141,28 +141,74 @@ async def test_a_step_naming_what_the_tier_cannot_hold_runs_in_a_worker(code: st
     assert _observed(got) == _observed(expected)
 
 
-@pytest.mark.parametrize(
-    ("code", "route"),
-    [
-        ("n = n + 1\nm = a * 2\nprint(m)", "tier"),  # never names the big values: they stay as stored
-        ("print(big[0])", "aborted"),  # names one: weighed in its stored form, given up at the limit
-        ("print(len(keys))", "aborted"),
-    ],
-)
-async def test_a_large_stored_value_costs_the_tier_only_when_the_step_names_it(
-    code: str, route: str, runners: tuple[Any, Any]
-) -> None:
-    """A worker step may leave values far over the tier's limits (the workspace takes 32 MiB): the
-    tier never decodes one the step does not name, and weighs one it names before decoding it."""
+async def test_a_variable_the_step_never_names_is_stored_again_as_it_was(runners: tuple[Any, Any]) -> None:
+    """Never decoded: a set, a dict with other keys, a date stay in their stored form, in their place."""
     process, tier = runners
-    first = await process.run(_request("a = 1\nbig = [0] * 2_000_000\nkeys = set(range(200_000))\nn = 4"))
-    assert len(first.workspace.values["big"]) == 2_000_000
+    first = await process.run(
+        _request("import datetime\na = 1\nkeys = {3, 1, 2}\nodd = {(1, 2): 'x'}\nday = datetime.date(2026, 12, 3)\nn = 4")
+    )
+    code = "n = n + 1\nm = a * 2\nprint(m)"
     expected = await process.run(_request(code, workspace=first.workspace))
     got = await tier.run(_request(code, workspace=first.workspace))
-    assert tier.counts[route] == 1, tier.counts
+    assert tier.counts["tier"] == 1, tier.counts
     assert _observed(got) == _observed(expected)
     assert list(got.workspace.values) == list(expected.workspace.values)  # the worker's order of names
 
+
+# stored values a worker step made, each far over what the tier decodes and stores again cheaply
+LARGE = {
+    "numbers": "big = [0] * 2_000_000",
+    "a set": "big = set(range(300_000))",
+    # 99,000 lists once stored (one list 99,000 times in the worker): ~3.5 us each for the tier to
+    # decode, check, measure and store again, which took 2.3 s a step when priced as one element each
+    "many small lists": "big = [[]] * 99_000",
+    "many small dicts": "big = [{}] * 99_000",
+}
+
+
+@pytest.mark.parametrize("name", list(LARGE))
+@pytest.mark.parametrize("code", ["n = n + 1", "print(len(big))", "n = 1 if big else 0"])
+async def test_a_large_stored_workspace_is_the_workers_to_restore(
+    name: str, code: str, runners: tuple[Any, Any]
+) -> None:
+    """Weighed in its stored form by a walk that stops at the tier's limits, named or not."""
+    process, tier = runners
+    first = await process.run(_request(f"a = 1\n{LARGE[name]}\nn = 4"))
+    assert "big" in first.workspace.values, first.units
+    expected = await process.run(_request(code, workspace=first.workspace))
+    got = await tier.run(_request(code, workspace=first.workspace))
+    assert tier.counts["aborted"] == 1, tier.counts
+    assert _observed(got) == _observed(expected)
+
+
+async def test_a_stored_value_the_worker_cannot_restore_is_the_workers_to_report(
+    runners: tuple[Any, Any],
+) -> None:
+    """Its class gone from the agent (a new release): the worker drops it with a warning."""
+    from statek_bus.runtime.workspace import WorkspaceData
+
+    process, tier = runners
+    for gone in ({"$t": "obj", "cls": "nope:Gone", "v": {}}, {"$t": "enum", "cls": "nope:Gone", "v": 1}):
+        stored = WorkspaceData(values={"x": [gone], "n": 1})
+        expected = await process.run(_request("n = n + 1", workspace=stored))
+        got = await tier.run(_request("n = n + 1", workspace=stored))
+        assert "x" not in expected.workspace.values and expected.notes, expected.notes
+        assert _observed(got) == _observed(expected)
+    assert tier.counts["tier"] == 0, tier.counts
+
+
+async def test_a_dict_subclass_cannot_forge_what_the_next_step_decodes(runners: tuple[Any, Any]) -> None:
+    """Its own ``items()`` said it was a tuple of 790,000 characters (stored as one string, so the
+    tier's walk weighed it as a text): a dict's stored form is its real entries."""
+    process, tier = runners
+    forge = "class D(dict):\n    def items(self):\n        return [('$t', 'tuple'), ('v', 'ab')]\nt = D(k=1)\ndel D"
+    first = await process.run(_request(forge))
+    assert first.workspace.values["t"] == {"k": 1}, first.workspace.values
+    expected = await process.run(_request("print(t)", workspace=first.workspace))
+    got = await tier.run(_request("print(t)", workspace=first.workspace))
+    assert tier.counts["tier"] == 1, tier.counts
+    assert _observed(got) == _observed(expected)
+    assert got.units[0].console == ['{"k":1}'], got.units
 
 OUTSIDE = {
     "a tool": "print(add(1, 2))",

@@ -329,7 +329,8 @@ async def test_the_decimal_context_does_not_leak_between_steps_or_to_the_host() 
 
 
 async def test_a_value_that_raises_while_saved_is_dropped_not_a_hung_step() -> None:
-    code = "class D(dict):\n    def __iter__(self):\n        return next(iter([]))\nd = D(a=1)\nprint('ran')"
+    # a list's own __iter__ is what saving it calls (a dict's stored form is its real entries)
+    code = "class D(list):\n    def __iter__(self):\n        return next(iter([]))\nd = D([1])\nprint('ran')"
     runner = ThreadCodeRunner()
     session, _ = _session()
     try:

@@ -137,6 +137,38 @@ def test_every_supported_type_round_trips(name: str) -> None:
     assert type(restored.ns[name]) is type(VALUES[name])
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"$t": "tuple", "v": "ab"},  # was ('a', 'b'): a text's weight decoded into one element a character
+        {"$t": "set", "v": "ab"},
+        {"$t": "frozenset", "v": {"a": 1}},
+        {"$t": "dict", "v": [[1]]},
+        {"$t": "float", "v": "1.5"},
+    ],
+)
+def test_a_tagged_value_to_json_never_makes_is_refused(raw: Any) -> None:
+    from statek_bus.wire.values import from_json
+
+    with pytest.raises(ValueError, match="malformed"):
+        from_json(raw)
+
+
+def test_a_dict_subclass_is_stored_as_its_own_entries() -> None:
+    """Not as its ``items()`` or ``in`` say: those could forge a tagged value the next step decodes."""
+    from statek_bus.wire.values import from_json, to_json
+
+    class Forged(dict[str, Any]):
+        def items(self) -> Any:
+            return [("$t", "tuple"), ("v", "ab")]
+
+        def __contains__(self, key: object) -> bool:
+            return False
+
+    assert to_json(Forged(k=1)) == {"k": 1}
+    assert from_json(to_json(Forged({"$t": "tuple", "v": "ab"}))) == {"$t": "tuple", "v": "ab"}
+
+
 def test_function_and_class_defined_in_one_step_work_after_restart() -> None:
     job = Job()
     job.step(

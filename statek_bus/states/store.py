@@ -532,6 +532,8 @@ def _remaining(expires_at: datetime | None) -> int | None:
 
 def _check_ids(task_id: str | None, agent_id: str | None) -> None:
     for name, value in (("task_id", task_id), ("agent_id", agent_id)):
+        if value is not None and not value.strip():
+            raise BadRequestError(f"{name} must be a non-blank string", field=f"$.{name}")
         if value is not None and len(token(value)) > MAX_ID_TOKEN:
             raise BadRequestError(
                 f"{name} is too long ({len(value.encode())} bytes; escaped it must fit {MAX_ID_TOKEN})",

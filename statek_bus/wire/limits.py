@@ -15,6 +15,8 @@ the 400s that name the field, and every service enforces the same numbers. Why e
 - Error replies never echo unbounded input: the ``Nats-Service-Error`` header is cut to
   :data:`MAX_ERROR_TEXT` characters, the body's message to :data:`MAX_ERROR_MESSAGE` and its
   field path to :data:`MAX_ERROR_FIELD`.
+- An id or name is logged (``%s``) and shown in terminals: :data:`NAME_PATTERN` keeps control
+  characters out of every one, so none can forge a log line or reorder what a reader sees.
 """
 
 from __future__ import annotations
@@ -39,11 +41,21 @@ __all__ = [
     "MAX_OPTION_TEXT",
     "MAX_PERM_CONTEXT_BYTES",
     "MAX_WARMUP_CODE",
+    "NAME_FORBIDDEN",
+    "NAME_PATTERN",
     "RECORD_HEADROOM",
 ]
 
 MAX_NAME_LENGTH = 256
 """Most characters in any id or name of a request (job, batch, parent, state, task, agent, model)."""
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*(?![\s\S])"
+r"""What every id or name of a request matches (Python and ECMA-262 alike; ``(?![\s\S])`` is the end:
+Python's ``$`` would also pass a trailing newline): no character of :data:`NAME_FORBIDDEN`."""
+NAME_FORBIDDEN = (
+    "control characters (U+0000-U+001F, U+007F-U+009F), line or paragraph separators "
+    "(U+2028, U+2029) or bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)"
+)
+"""The characters :data:`NAME_PATTERN` refuses, as the 400 names them."""
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects in a request body, the body's own object counting as 1."""
 MAX_ERROR_TEXT = 512

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from statek_bus.wire.errors import BadRequestError
-from statek_bus.wire.limits import MAX_JSON_DEPTH, MAX_NAME_LENGTH
+from statek_bus.wire.limits import MAX_JSON_DEPTH, MAX_NAME_LENGTH, NAME_FORBIDDEN, NAME_PATTERN
 from statek_bus.wire.options import JobOptions
 from statek_bus.wire.subjects import batch_job_ids
 
@@ -72,8 +72,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
-"""An id or name in a request: at most :data:`~statek_bus.wire.limits.MAX_NAME_LENGTH` characters."""
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+"""An id or name in a request: at most :data:`~statek_bus.wire.limits.MAX_NAME_LENGTH` characters,
+none of them a control character (:data:`~statek_bus.wire.limits.NAME_PATTERN`)."""
 
 
 class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -761,6 +762,7 @@ _encoder = msgspec.json.Encoder()
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
 _PATH = re.compile(r" - at `([^`]+)`$")
+_LONE_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F])")
 
 
 def encode(obj: Any) -> bytes:
@@ -792,7 +794,7 @@ def decode(data: bytes, kind: type[T]) -> T:
     except msgspec.ValidationError as exc:
         raise _bad_request(str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}", field="$") from None
+        raise BadRequestError(f"request body is not valid JSON: {_why(data, exc)}", field="$") from None
     except RecursionError:  # not reachable below MAX_JSON_DEPTH; never a 500 if it is
         raise _too_deep("$") from None
 
@@ -861,6 +863,14 @@ def _key(raw: bytes) -> str:
     return key if len(key) <= 64 else key[:61] + "..."
 
 
+def _why(data: bytes, exc: msgspec.DecodeError) -> str:
+    """msgspec says "truncated" when a body ends less than 6 bytes after a lone ``\\ud800``: name it."""
+    lone = _LONE_SURROGATE.search(data) if str(exc) == "Input data was truncated" else None
+    if lone is None:
+        return str(exc)
+    return f"invalid string escape {lone.group(1).decode()} at byte {lone.start(1)}: a lone UTF-16 surrogate"
+
+
 def _too_deep(path: str) -> BadRequestError:
     return BadRequestError(
         f"{path} is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects",
@@ -875,4 +885,6 @@ def _bad_request(message: str) -> BadRequestError:
     field_m = _FIELD_IN_MESSAGE.search(message)
     if field_m:
         path = f"{path}.{field_m.group(1)}"
+    if message.startswith("Expected `str` matching regex"):  # only Name has a pattern
+        return BadRequestError(f"{path.removeprefix('$.')} must not contain {NAME_FORBIDDEN}", field=path)
     return BadRequestError(f"invalid request: {message}", field=path)

@@ -40,7 +40,9 @@ from statek_bus.wire.subjects import (
     STATES_BUCKET,
     STATES_CREATE,
     STATES_DELETE,
+    STATES_GET_OR_CREATE,
     STATES_HISTORY,
+    STATES_LIST,
     STATES_RETRIEVE,
     STATES_UPDATE,
     WORK_STREAM,
@@ -95,6 +97,19 @@ async def _error(nc: Client, subject: str, payload: Any) -> tuple[dict[str, str]
     return msg.headers, json.loads(msg.data)["error"]
 
 
+async def _refused(
+    nc: Client, mesh: Mesh, service: str, subject: str, payload: Any
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The error reply to ``payload``, once it is seen to have written nothing to any stream and
+    to have left ``service`` answering."""
+    js = nc.jetstream()
+    before = await _quiet_sequences(js)
+    headers, err = await _error(nc, subject, payload)
+    assert await _sequences(js) == before, err  # nothing written
+    await _still_answering(nc, mesh, service)
+    return headers, err
+
+
 _DOTS, _LONG, _WIDE = "." * 1340, "a" * 4000, "中" * 450
 _HUGE_STATE_ID = "x" * 530_000
 
@@ -127,14 +142,10 @@ _OVERSIZED = [
 async def test_an_oversized_id_is_a_400_naming_it_and_the_service_keeps_answering(
     mesh: Mesh, conn: Client, service: str, subject: str, payload: dict[str, Any], field: str
 ) -> None:
-    js = conn.jetstream()
-    before = await _quiet_sequences(js)
-    headers, err = await _error(conn, subject, payload)
+    headers, err = await _refused(conn, mesh, service, subject, payload)
     assert (err["code"], err["field"]) == (400, field), err
     assert len(err["message"]) <= MAX_ERROR_TEXT
     assert sum(len(k) + len(v) for k, v in headers.items()) < 2 * MAX_ERROR_TEXT  # never the input
-    assert await _sequences(js) == before  # nothing written
-    await _still_answering(conn, mesh, service)
     # and it still does its work
     _, err = await _error(conn, JOBS_GET, {"job_id": "no-such-job"})
     assert err["code"] == 404
@@ -160,15 +171,11 @@ _DEEP = [
 async def test_deep_nesting_is_a_400_naming_the_field(
     mesh: Mesh, conn: Client, service: str, subject: str, template: str, field: str
 ) -> None:
-    js = conn.jetstream()
-    before = await _quiet_sequences(js)
     body = (template % _nest(999)).encode()
     assert len(body) < 2100  # the 2 KB request that used to be a 500
-    _, err = await _error(conn, subject, body)
+    _, err = await _refused(conn, mesh, service, subject, body)
     assert err["code"] == 400 and err["field"].startswith(field + "[0]"), err
     assert err["details"] == {"limit": MAX_JSON_DEPTH}
-    assert await _sequences(js) == before
-    await _still_answering(conn, mesh, service)
 
 
 async def test_submit_refuses_what_the_executor_could_not_load_and_runs_what_it_accepts(
@@ -242,3 +249,125 @@ async def test_a_message_over_a_full_inbox_is_a_413_that_writes_nothing(
     _, err = await _error(conn, JOBS_SEND_MESSAGE, big)
     assert (err["code"], err["field"]) == (413, "$.message")
     assert await _quiet_sequences(js) == before
+
+
+# C0 and C1 controls, DEL, line/paragraph separators and the bidi controls: none may reach a log line.
+_CONTROLS = list("\x00\n\r\x1b\x7f\x85\x9f\u061c\u200e\u200f\u2028\u2029\u202a\u202e\u2066\u2069")
+
+
+def _with(c: str) -> str:
+    return f"job-1{c}INFO forged line"
+
+
+_CONTROLLED = [
+    *[
+        (SERVICE_SUBMISSION, JOBS_SUBMIT, {"agent": "t_basic", "job_id": _with(c)}, "$.job_id")
+        for c in _CONTROLS
+    ],
+    (SERVICE_SUBMISSION, JOBS_SUBMIT, {"agent": "t_basic\n"}, "$.agent"),
+    (SERVICE_SUBMISSION, JOBS_SUBMIT, {"agent": "t_basic", "parent_id": _with("\x00")}, "$.parent_id"),
+    (
+        SERVICE_SUBMISSION,
+        JOBS_SUBMIT_BATCH,
+        {"agent": "t_basic", "shared_vars_batch": [None], "batch_id": _with("\u202e")},
+        "$.batch_id",
+    ),
+    (SERVICE_SUBMISSION, JOBS_GET, {"job_id": _with("\r")}, "$.job_id"),
+    (SERVICE_SUBMISSION, JOBS_CANCEL, {"job_id": _with("\x85")}, "$.job_id"),
+    (
+        SERVICE_SUBMISSION,
+        JOBS_SEND_MESSAGE,
+        {"job_id": "j", "message": "hi", "message_id": _with("\n")},
+        "$.message_id",
+    ),
+    (SERVICE_SUBMISSION, JOBS_SEND_NOTIFICATION, {"job_id": _with("\u2066"), "text": "hi"}, "$.job_id"),
+    (SERVICE_SUBMISSION, JOBS_LIST, {"parent_id": _with("\x1b")}, "$.parent_id"),
+    (SERVICE_SUBMISSION, AGENTS_GET, {"agent": _with("\u200f")}, "$.agent"),
+    (SERVICE_STATE, STATES_CREATE, {"task_id": _with("\n"), "agent_id": "a", "state": {}}, "$.task_id"),
+    (SERVICE_STATE, STATES_CREATE, {"task_id": "t", "agent_id": _with("\u2028"), "state": {}}, "$.agent_id"),
+    (
+        SERVICE_STATE,
+        STATES_GET_OR_CREATE,
+        {"task_id": "t", "agent_id": _with("\x00"), "default": {}},
+        "$.agent_id",
+    ),
+    (SERVICE_STATE, STATES_RETRIEVE, {"task_id": _with("\x7f"), "agent_id": "a"}, "$.task_id"),
+    (SERVICE_STATE, STATES_RETRIEVE, {"state_id": _with("\n")}, "$.state_id"),
+    (SERVICE_STATE, STATES_UPDATE, {"state_id": _with("\u202e"), "state": {}}, "$.state_id"),
+    (SERVICE_PROVIDER, LLM_COMPLETE, {"model": "scripted/x\n", "messages": []}, "$.model"),
+]
+
+
+@pytest.mark.parametrize(("service", "subject", "payload", "field"), _CONTROLLED)
+async def test_a_control_character_in_an_id_is_a_400_naming_it_that_writes_nothing(
+    mesh: Mesh, conn: Client, service: str, subject: str, payload: dict[str, Any], field: str
+) -> None:
+    _, err = await _refused(conn, mesh, service, subject, payload)  # no job, no state, no marker
+    assert (err["code"], err["field"]) == (400, field), err
+    name = field.removeprefix("$.")
+    assert err["message"].startswith(f"{name} must not contain control characters (U+0000-U+001F"), err
+    assert "regex" not in err["message"] and "forged" not in err["message"]  # never the input
+
+
+async def test_ids_without_control_characters_still_pass(mesh: Mesh, conn: Client, uid: str) -> None:
+    job_id = f"Zoë 中文 tab-free {uid}"  # spaces and non-ASCII letters are no control characters
+    msg = await conn.request(
+        JOBS_SUBMIT, json.dumps({"agent": "t_basic", "job_id": job_id}).encode(), timeout=10
+    )
+    assert not (msg.headers and ERROR_CODE_HEADER in msg.headers), msg.data
+    assert json.loads(msg.data)["id"] == job_id
+    state = {
+        "task_id": f"tâche {uid}",
+        "agent_id": "agent ☃",
+        "state": {"k": "line\nbreaks are fine in values"},
+    }
+    msg = await conn.request(STATES_CREATE, json.dumps(state).encode(), timeout=10)
+    assert not (msg.headers and ERROR_CODE_HEADER in msg.headers), msg.data
+    assert json.loads(msg.data)["task_id"] == state["task_id"]
+
+
+_BLANK_OWNERS = [
+    (STATES_CREATE, {"task_id": "", "agent_id": "a", "state": {}}, "$.task_id"),
+    (STATES_CREATE, {"task_id": "t", "agent_id": "   ", "state": {}}, "$.agent_id"),
+    (STATES_GET_OR_CREATE, {"task_id": "\u3000", "agent_id": "a", "default": {}}, "$.task_id"),
+    (STATES_GET_OR_CREATE, {"task_id": "t", "agent_id": "", "default": {}}, "$.agent_id"),
+    (STATES_RETRIEVE, {"task_id": " ", "agent_id": "a"}, "$.task_id"),
+    (STATES_RETRIEVE, {"task_id": "t", "agent_id": ""}, "$.agent_id"),
+    (STATES_LIST, {"task_id": ""}, "$.task_id"),
+    (STATES_LIST, {"agent_id": "  "}, "$.agent_id"),
+]
+
+
+@pytest.mark.parametrize(("subject", "payload", "field"), _BLANK_OWNERS)
+async def test_a_blank_task_or_agent_id_is_a_400_naming_it_that_writes_nothing(
+    mesh: Mesh, conn: Client, subject: str, payload: dict[str, Any], field: str
+) -> None:
+    _, err = await _refused(conn, mesh, SERVICE_STATE, subject, payload)  # no state created
+    want = (400, field, f"{field[2:]} must be a non-blank string")
+    assert (err["code"], err["field"], err["message"]) == want
+
+
+_LONE_SURROGATES = [
+    (SERVICE_SUBMISSION, JOBS_GET, rb'{"job_id":"\ud800"}', "\\ud800 at byte 11"),
+    (SERVICE_SUBMISSION, JOBS_SUBMIT, rb'{"agent":"t_basic","job_id":"x\uDBFF"}', "\\uDBFF at byte 30"),
+    (
+        SERVICE_STATE,
+        STATES_CREATE,
+        rb'{"task_id":"t","agent_id":"a","state":{"k":"\ud83d"}}',
+        "\\ud83d at byte 44",
+    ),
+]
+
+
+@pytest.mark.parametrize(("service", "subject", "body", "where"), _LONE_SURROGATES)
+async def test_a_lone_surrogate_escape_is_named_as_such_not_as_truncated_input(
+    mesh: Mesh, conn: Client, service: str, subject: str, body: bytes, where: str
+) -> None:
+    _, err = await _refused(conn, mesh, service, subject, body)
+    assert (err["code"], err["field"]) == (400, "$"), err
+    assert (
+        err["message"]
+        == f"request body is not valid JSON: invalid string escape {where}: a lone UTF-16 surrogate"
+    )
+    _, err = await _error(conn, JOBS_GET, b'{"job_id":"cut')  # a body really cut short still says so
+    assert err["message"] == "request body is not valid JSON: Input data was truncated"

@@ -201,7 +201,7 @@ NASTY = [
     "with space",
     "=2E",
     "",
-    "a\n\tb",
+    "a\u00a0\u3000b",  # no-break and ideographic spaces: escaped, and not control characters
     "🚀" * 10,
 ]
 
@@ -223,6 +223,10 @@ async def test_any_utf8_ids_are_isolated(states, uid):
         assert {s.agent_id for s in listed} == {uid + a} and len(listed) == len(NASTY)
     await states.update(made["*", ">"].id, {"changed": True})
     assert (await states.retrieve(made["a.*", "a.>"].id)).state == {"t": "a.*", "a": "a.>"}
+    with pytest.raises(BadRequestError) as refused:  # control characters could forge log lines
+        await states.create(uid + "a\n\tb", uid, {})
+    assert refused.value.field == "$.task_id"
+    assert {s.task_id for s in await states.list(agent_id=uid, limit=1000)} == {uid + t for t in NASTY}
 
 
 async def test_kv_value_is_readable_json(nc: Client, states, uid):

@@ -21,6 +21,7 @@ from statek_bus.sandbox.datatier import (
     CALLABLES,
     CHARGE,
     CONTAINERS,
+    KEY,
     MAX_DEPTH,
     MAX_INT_BITS,
     MAX_RANGE,
@@ -40,6 +41,8 @@ from statek_bus.sandbox.policy import MODEL_MODULE
 
 __all__ = ["Guard", "namespace"]
 
+_MAX_COLLISIONS = 8
+"""Most distinct dict-display keys (not text) of one hash in a step."""
 _SEARCH_SPAN = 4096
 """``p in h`` on texts is O(len(p) * len(h)) in CPython up to about this many characters of ``h``
 (0.2 ns a pair: 240 us for 1,200 in 2,400), linear past it: charged ``len(p) * min(len(h), span) / 512``."""
@@ -82,6 +85,7 @@ class Guard:
         """Weight charged so far."""
         self._memo: dict[int, tuple[Any, int, int, int]] = {}  # id -> (object held, weight, depth, text)
         self._lazy: dict[int, tuple[Any, int, int]] = {}  # id -> (iterator held, length, materialised weight)
+        self._hashes: dict[int, list[Any]] = {}  # hash -> the distinct dict-display keys of it (not text)
 
     # --- measuring ---------------------------------------------------------------------------------
     def abort(self, reason: str) -> TierAbort:
@@ -191,6 +195,23 @@ class Guard:
     def value(self, value: Any) -> Any:
         """A value just made: measured (aborts past the caps) and charged."""
         self.charge(self.weight(value))
+        return value
+
+    @_internal
+    def key(self, value: Any) -> Any:
+        """A dict display's key: charged, and, unless it is text (whose hash is keyed per process),
+        counted by its hash: ints and tuples hash predictably (``hash(m * i) == 0`` for
+        ``m = 2**61 - 1``), and a dict whose keys share a hash makes every lookup, copy and ``==``
+        walk them all (2,000 such keys and 40 ``d == d`` took 0.6 s). Every dict the tier holds with
+        keys that are not text was made by a display of this step, so no hash ever has more than
+        :data:`_MAX_COLLISIONS` distinct keys."""
+        self.charged(value)
+        if type(value) is not str:
+            seen = self._hashes.setdefault(hash(value), [])
+            if not any(k == value for k in seen):
+                if len(seen) >= _MAX_COLLISIONS:
+                    raise self.abort("keys of one hash")
+                seen.append(value)
         return value
 
     @_internal
@@ -465,6 +486,7 @@ def namespace(guard: Guard, *, print_fn: Callable[..., Any], exit_fn: Callable[.
         AUG: guard.augmented,
         VALUE: guard.value,
         CHARGE: guard.charged,
+        KEY: guard.key,
         STAR: guard.star,
         TEXT: guard.formatted,
         "print": _call(guard, print_fn, checks.print),

@@ -63,6 +63,7 @@ REFUSED = {
     "a long block": "x = 1\n" * 5000,
     "nesting past the parser's stack": "x = " + "**".join(["1"] * 6000),  # CPython: MemoryError
     "a chained in": "x = 'a' in 'ab' in 'abc'",
+    "a block of too many nodes": "x = [" + ", ".join(["d[k]"] * 600) + "]",  # planning: 5-10 us a node
     "in within a chain": "x = 1 < 2 in [2]",
 }
 
@@ -158,12 +159,19 @@ BOMBS = {
     "one big tuple as many dict keys": (
         "t = tuple(range(40000))\nd = {" + ", ".join(f"t: {i}" for i in range(11)) + "}"
     ),
+    # ints of one hash (hash(m * i) == 0): every lookup, copy and == of the dict walks all its keys
+    "keys of one hash": (
+        "m = 2**61 - 1\nd = {" + ", ".join(f"m * {i}: 0" for i in range(1, 50)) + "}\nx = [d == d, d == d]"
+    ),
+    "tuple keys of one hash": (
+        "m = 2**61 - 1\nd = {" + ", ".join(f"(m * {i}, 1): 0" for i in range(1, 50)) + "}"
+    ),
     # CPython searches a text of a few thousand characters by brute force: 0.2 ms a search here
     "substring searches": (
-        "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p in h"] * 1000) + "]"
+        "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p in h"] * 300) + "]"
     ),
     "negated substring searches": (
-        "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p not in h"] * 1000) + "]"
+        "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p not in h"] * 300) + "]"
     ),
 }
 

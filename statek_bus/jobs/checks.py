@@ -127,5 +127,5 @@ def check_tags(value: Any, path: str) -> None:
         else:
             try:
                 from_json(value)
-            except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, binascii.Error) as exc:
                 raise BadRequestError(f"invalid tagged value ({tag!r}): {exc}", field=path) from None

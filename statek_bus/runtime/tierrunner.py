@@ -281,8 +281,8 @@ _HASHED_TAGS = frozenset({"set", "frozenset", "dict"})
 """Tagged JSON (:mod:`statek_bus.wire.values`) whose decoding hashes computed keys: a set, a frozenset,
 a dict with keys that are not text. Their keys may have been made to collide (in a worker, where
 that costs only the worker), and building them again would be quadratic in the executor."""
-_PLAIN_TAGS = frozenset({"tuple", "float"})
-"""Tagged JSON that decodes to plain data: a tuple, a non-finite float."""
+_PLAIN_TAGS = frozenset({"tuple", "float", "int"})
+"""Tagged JSON that decodes to plain data: a tuple, a non-finite float, an int over 64 bits."""
 _LEAF_TAGS = frozenset({"datetime", "date", "time", "timedelta", "decimal", "uuid", "bytes"})
 """Tagged JSON a worker decodes with no class of the agent's (:mod:`statek_bus.wire.values`)."""
 _CLASS_TAGS = frozenset({"obj", "enum"})
@@ -310,8 +310,9 @@ def _weigh_stored(raw: Any, budget: int, registry: TypeRegistry, *, plain: bool,
     kind = type(raw)
     if kind is str:
         weight = 1 + len(raw) // 8
-    elif kind is int:
-        weight = 1 + raw.bit_length() // 64
+    elif kind is int:  # as the guard weighs it: its decimal form costs time quadratic in its length
+        limbs = raw.bit_length() // 64
+        weight = 1 + limbs + limbs * limbs // 16
     elif kind is list or kind is dict:
         if depth > _MAX_STORED_DEPTH:
             raise datatier.TierAbort("the variables in scope are too deep")
@@ -320,8 +321,8 @@ def _weigh_stored(raw: Any, budget: int, registry: TypeRegistry, *, plain: bool,
         weight = _NODE_WEIGHT
         for item in raw if kind is list else raw.values():
             weight += _weigh_stored(item, budget - weight, registry, plain=plain, depth=depth + 1)
-        if kind is dict:
-            weight += sum(len(k) for k in raw) // 8
+        if kind is dict:  # a key as the guard weighs a text: 1 + characters / 8
+            weight += len(raw) + sum(len(k) for k in raw) // 8
     else:  # None, a bool, a float
         weight = 1
     if weight > budget:
@@ -335,7 +336,9 @@ def _check_tag(raw: dict[str, Any], registry: TypeRegistry, plain: bool) -> None
         if tag in _HASHED_TAGS:
             raise datatier.TierAbort("a set or a dict with non-text keys in scope")
         shaped = raw.keys() == {TAG, "v"} and (
-            type(payload) is list if tag == "tuple" else payload in ("nan", "inf", "-inf")
+            type(payload) is list
+            if tag == "tuple"
+            else type(payload) is str and (tag == "int" or payload in ("nan", "inf", "-inf"))
         )
         if tag not in _PLAIN_TAGS or not shaped:
             raise datatier.TierAbort("a name bound to what is not plain data")

@@ -321,8 +321,8 @@ class Workspace:
         for name, raw in data.values.items():
             try:
                 early[name] = from_json(raw, registry)
-            except (ValueError, TypeError, KeyError):
-                late[name] = raw  # holds ``mobj`` (or a class no longer registered): after definitions
+            except Exception:  # ``mobj``, a class no longer registered, or bad data: after definitions
+                late[name] = raw
         namespace.update(early)
         pending = list(zip(data.definitions, blocks, strict=True))
         while pending:

@@ -12,6 +12,7 @@ Other values become a one-key-plus-payload object tagged with ``"$t"``:
 ``bytes``               ``{"$t": "bytes", "v": "<base64>"}``
 ``tuple`` / ``set``     ``{"$t": "tuple", "v": [...]}`` / ``{"$t": "set"|"frozenset", ...}``
 non-finite float        ``{"$t": "float", "v": "nan"|"inf"|"-inf"}``
+int over 64 bits        ``{"$t": "int", "v": "0x1f..."}`` (hex: linear to convert, unlike decimal)
 odd ``dict``            ``{"$t": "dict", "v": [[k, v], ...]}`` (non-str keys, or a ``"$t"`` key)
 dataclass / Struct      ``{"$t": "obj", "cls": "module:Qualname", "v": {field: value}}``
 ``Enum`` member         ``{"$t": "enum", "cls": "module:Qualname", "v": value}``
@@ -96,11 +97,33 @@ def _is_registrable(kind: type) -> bool:
 
 _EMPTY = TypeRegistry()
 _NON_FINITE = ("nan", "inf", "-inf")
+_NATIVE_INT_BITS = 64
+"""Ints up to this many bits are JSON numbers; larger ones are tagged hex (``{"$t": "int"}``):
+JSON's decimal digits cost time quadratic in their length to convert (7,400 ints of 4,300 digits
+took 1.4 s to encode, every step of a job that kept them)."""
+_MAX_SHARED_HASH = 16
+"""Most keys of one hash a decoded set or dict may have: ints and tuples hash predictably, and
+a set whose keys all share one hash takes time quadratic in its size to build (40,000 ints of
+hash 0, sent by a worker, took the executor 6 s)."""
+
+
+def _spread(keys: list[Any]) -> list[Any]:
+    """``keys``, once no more than :data:`_MAX_SHARED_HASH` of them share a hash (in linear time:
+    a hash, an int, hashes to itself)."""
+    counts: dict[int, int] = {}
+    for h in map(hash, keys):
+        seen = counts.get(h, 0) + 1
+        if seen > _MAX_SHARED_HASH:
+            raise ValueError(f"more than {_MAX_SHARED_HASH} keys of one hash")
+        counts[h] = seen
+    return keys
 
 
 def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value") -> Any:
     """Encode ``value`` as a JSON-able structure; :class:`UnencodableValueError` names the path."""
     reg = registry or _EMPTY
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _NATIVE_INT_BITS:
+        return {TAG: "int", "v": hex(int.__index__(value))}  # linear both ways; decimal is quadratic
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -122,25 +145,27 @@ def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value
         if not reg.knows(type(value)):
             raise UnencodableValueError(path, value)
         return {TAG: "enum", "cls": _class_name(type(value)), "v": to_json(value.value, reg, path)}
+    # the base class's own methods: a subclass's could store what no decoder takes back
     if isinstance(value, datetime):
-        return {TAG: "datetime", "v": value.isoformat()}
+        return {TAG: "datetime", "v": datetime.isoformat(value)}
     if isinstance(value, date):
-        return {TAG: "date", "v": value.isoformat()}
+        return {TAG: "date", "v": date.isoformat(value)}
     if isinstance(value, time):
-        return {TAG: "time", "v": value.isoformat()}
+        return {TAG: "time", "v": time.isoformat(value)}
     if isinstance(value, timedelta):
-        return {TAG: "timedelta", "v": value.total_seconds()}
+        return {TAG: "timedelta", "v": timedelta.total_seconds(value)}
     if isinstance(value, Decimal):
-        return {TAG: "decimal", "v": str(value)}
+        return {TAG: "decimal", "v": Decimal.__str__(value)}
     if isinstance(value, uuid.UUID):
-        return {TAG: "uuid", "v": str(value)}
+        return {TAG: "uuid", "v": uuid.UUID.__str__(value)}
     if isinstance(value, bytes | bytearray):
-        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
+        return {TAG: "bytes", "v": base64.b64encode(memoryview(value)).decode("ascii")}
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return {TAG: "tuple", "v": [to_json(v, reg, f"{path}[{i}]") for i, v in enumerate(value)]}
     if isinstance(value, set | frozenset):
         kind = "set" if isinstance(value, set) else "frozenset"
-        return {TAG: kind, "v": [to_json(v, reg, f"{path}{{}}") for v in value]}
+        members = set.__iter__(value) if isinstance(value, set) else frozenset.__iter__(value)
+        return {TAG: kind, "v": [to_json(v, reg, f"{path}{{}}") for v in members]}
     kind_t = type(value)
     if reg.knows(kind_t) and (dataclasses.is_dataclass(value) or isinstance(value, msgspec.Struct)):
         names = (
@@ -182,17 +207,21 @@ def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
             return uuid.UUID(v)
         case "bytes":
             return base64.b64decode(v)
+        case "int" if type(v) is str:
+            return int(v, 16)
         case "float" if v in _NON_FINITE:
             return float(v)
         case "tuple" if type(v) is list:
             return tuple(from_json(x, reg) for x in v)
         case "set" if type(v) is list:
-            return {from_json(x, reg) for x in v}
+            return set(_spread([from_json(x, reg) for x in v]))
         case "frozenset" if type(v) is list:
-            return frozenset(from_json(x, reg) for x in v)
+            return frozenset(_spread([from_json(x, reg) for x in v]))
         case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
-            return {from_json(k, reg): from_json(x, reg) for k, x in v}
-        case "float" | "tuple" | "set" | "frozenset" | "dict":  # what to_json never makes
+            pairs = [(from_json(k, reg), from_json(x, reg)) for k, x in v]
+            _spread([k for k, _ in pairs])
+            return dict(pairs)
+        case "int" | "float" | "tuple" | "set" | "frozenset" | "dict":  # what to_json never makes
             raise ValueError(f"malformed {tag!r} value")
         case "enum":
             return reg.lookup(data["cls"])(from_json(v, reg))

@@ -185,6 +185,16 @@ async def test_malformed_json_and_wrong_types_are_400_naming_the_field(
     bad_tag = {"agent": agent, "shared_vars": {"when": {"$t": "datetime", "v": "yesterday"}}}
     body = await raw(nc, JOBS_SUBMIT, json.dumps(bad_tag).encode())
     assert body["error"]["field"] == "$.shared_vars.when"  # type: ignore[index]
+    m = 2**61 - 1  # hash(m * i) == 0
+    for tagged in (  # decimal.InvalidOperation and OverflowError were 500s
+        {"$t": "decimal", "v": "nope"},
+        {"$t": "timedelta", "v": 1e308},
+        {"$t": "set", "v": [m * i for i in range(1, 40)]},
+    ):
+        body = await raw(nc, JOBS_SUBMIT, json.dumps({"agent": agent, "shared_vars": {"x": tagged}}).encode())
+        error = body["error"]  # type: ignore[index]
+        assert (error["code"], error["field"]) == (400, "$.shared_vars.x"), error
+        assert error["message"].startswith(f"invalid tagged value ({tagged['$t']!r})"), error
 
 
 async def test_oversize_request_is_413(nc: Client, settings: Settings, uid: str) -> None:

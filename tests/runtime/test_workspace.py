@@ -169,6 +169,73 @@ def test_a_dict_subclass_is_stored_as_its_own_entries() -> None:
     assert from_json(to_json(Forged({"$t": "tuple", "v": "ab"}))) == {"$t": "tuple", "v": "ab"}
 
 
+_M = 2**61 - 1  # hash(_M * i) == 0 for every int i
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"$t": "set", "v": [_M * i for i in range(1, 18)]},
+        {"$t": "frozenset", "v": [{"$t": "tuple", "v": [_M * i, 1]} for i in range(1, 18)]},
+        {"$t": "dict", "v": [[_M * i, 0] for i in range(1, 18)]},
+    ],
+)
+def test_a_set_or_dict_of_keys_of_one_hash_is_refused_before_it_is_built(raw: Any) -> None:
+    """Building one is quadratic: 40,000 such ints a worker sent as a tool's argument took the
+    executor 6 s to decode."""
+    from statek_bus.wire.values import from_json
+
+    with pytest.raises(ValueError, match="more than 16 keys of one hash"):
+        from_json(raw)
+    few = {"$t": "set", "v": [_M * i for i in range(1, 17)]}
+    assert from_json(few) == {_M * i for i in range(1, 17)}
+
+
+def test_a_big_int_is_stored_as_hex_and_a_stored_decimal_one_still_decodes() -> None:
+    """Decimal digits cost time quadratic in their length to convert: 7,400 ints of 4,300 digits
+    took 1.4 s to encode on every step of the job that kept them."""
+    from statek_bus.wire.values import from_json, to_json
+
+    big = 10**4299 - 7
+    assert to_json(2**64 - 1) == 2**64 - 1 and to_json(-(2**63)) == -(2**63)  # JSON numbers still
+    assert to_json(big) == {"$t": "int", "v": hex(big)} and from_json(to_json(big)) == big
+    assert from_json(to_json(-big)) == -big and from_json([big]) == [big]
+
+
+def test_a_subclass_is_stored_by_its_base_class_methods() -> None:
+    """Its own ``__iter__``/``__str__``/``isoformat`` could store what no decoder takes back."""
+    from statek_bus.wire.values import from_json, to_json
+
+    class Lying(set[Any]):
+        def __iter__(self) -> Any:
+            return iter([[1], [2]])
+
+    class Odd(Decimal):
+        def __str__(self) -> str:
+            return "nope"
+
+    class When(datetime):
+        def isoformat(self, *args: Any, **kwargs: Any) -> str:
+            return "garbage"
+
+    values = [Lying({1, 2}), Odd("1.5"), When(2026, 12, 3, tzinfo=UTC)]
+    assert from_json(to_json(values)) == [{1, 2}, Decimal("1.5"), datetime(2026, 12, 3, tzinfo=UTC)]
+
+
+def test_a_value_that_fails_to_decode_is_dropped_with_a_warning_and_the_rest_restored() -> None:
+    """An ``InvalidOperation`` or ``OverflowError`` lost every value and definition of the job."""
+    data = WorkspaceData(
+        values={
+            "bad": {"$t": "decimal", "v": "nope"},
+            "huge": {"$t": "timedelta", "v": 1e308},
+            "n": 1,
+        }
+    )
+    job = Job(data)
+    assert job.ns["n"] == 1 and "bad" not in job.ns and "huge" not in job.ns
+    assert [e.split(":")[0] for e in job.ws.restore_errors] == ["bad", "huge"], job.ws.restore_errors
+
+
 def test_function_and_class_defined_in_one_step_work_after_restart() -> None:
     job = Job()
     job.step(

@@ -249,8 +249,9 @@ class KnowledgeStore:
                     continue  # the end of the initial value
                 if entry.value:
                     yield decode(entry.value, KnowledgeManifest), entry.revision or 0
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        finally:  # on a closed connection stop() raises: never in place of the error in flight
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def mark_served(self, served: KnowledgeServed) -> None:
         """Record which version an executor serves."""
@@ -272,6 +273,7 @@ class KnowledgeStore:
                 if entry.value:
                     s = decode(entry.value, KnowledgeServed)
                     out[s.instance] = s
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        finally:  # on a closed connection stop() raises: never in place of the error in flight
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
         return out

@@ -25,6 +25,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from statek_bus.jobs.store import scan
+from statek_bus.mesh.connection import pause_before_retry, raise_if_cancelled, stop_tasks
 from statek_bus.mesh.discovery import info
 from statek_bus.wire.errors import BadRequestError, NotFoundError
 from statek_bus.wire.messages import AgentDescription, decode
@@ -73,9 +74,7 @@ class AgentDirectory:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(*tasks)
 
     async def _gather_live(self) -> set[str]:
         assert self.nc is not None
@@ -91,6 +90,7 @@ class AgentDirectory:
     async def _follow_live(self) -> None:
         quick = list(_QUICK)
         while True:
+            raise_if_cancelled()  # a cancel as the wait below timed out came as TimeoutError
             try:
                 await self._gather_live()
             except asyncio.CancelledError:
@@ -142,7 +142,7 @@ class AgentDirectory:
                 raise
             except Exception:
                 log.warning("agent registry watch failed; restarting it", exc_info=True)
-                await asyncio.sleep(1.0)
+                await pause_before_retry(1.0)
 
     async def get(self, role: str) -> AgentDescription:
         """The agent ``role``; :class:`NotFoundError` naming it and listing the known roles."""

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -243,5 +244,6 @@ async def scan(kv: KeyValue, pattern: str, *, timeout: float = 10.0) -> list[tup
                 return out
             if entry.value:
                 out.append((entry.key, entry.value))
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    finally:  # on a closed connection stop() raises: never in place of the error in flight
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]

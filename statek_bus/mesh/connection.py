@@ -13,8 +13,10 @@ against a cancelled flush (see there).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -23,12 +25,21 @@ from statek_bus.mesh.auth import connect_options, redact_url
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError
 
-__all__ = ["CLIENT_RECONNECTS", "Connection", "connect", "drain_and_close"]
+__all__ = [
+    "CLIENT_RECONNECTS",
+    "Connection",
+    "connect",
+    "drain_and_close",
+    "pause_before_retry",
+    "raise_if_cancelled",
+    "stop_tasks",
+]
 
 log = logging.getLogger(__name__)
 
 CLIENT_RECONNECTS = 10
 """Reconnect attempts (per server) of an established client connection."""
+_CANCEL_AGAIN = 0.25  # seconds between two cancels of a task that did not end (stop_tasks)
 _FIRST_CONNECT_ATTEMPTS = 1  # nats-py: a server is tried this many times + 1 before it is dropped
 
 
@@ -50,6 +61,46 @@ class Connection(Client):
                 future.set_result(True)
             self._pongs_received += 1
             self._pings_outstanding = 0
+
+
+def raise_if_cancelled() -> None:
+    """:class:`asyncio.CancelledError` if the current task was asked to stop, even though what it
+    awaited raised something else or returned.
+
+    A loop around nats-py calls that catches an error and goes on checks this first, or it
+    outlives its cancel for good: nats-py's ``next_msg`` and ``unsubscribe`` on a closed connection
+    raise ``ConnectionClosedError`` in place of the CancelledError in flight, and Python 3.11's
+    ``asyncio.wait_for`` (inside ``fetch``) raises ``TimeoutError`` when the cancel comes as its
+    timeout fires. (An executor told to stop right after ``statek-bus up`` was killed retried a
+    watch every second, or fetched its queue again, and never exited.)
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again every
+    :data:`_CANCEL_AGAIN` seconds one is still running; what they raised is dropped.
+
+    A cancel nats-py swallowed (see :func:`raise_if_cancelled`) otherwise leaves a task running
+    until its own timeout, or for good: the queue pump of an executor told to stop kept fetching
+    for another 4 s.
+    """
+    pending = {t for t in tasks if t is not None}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN)
+    for task in tasks:
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved: never "exception was never retrieved" at exit
+
+
+async def pause_before_retry(seconds: float) -> None:
+    """The pause of a loop that caught an error and tries again (:func:`raise_if_cancelled` first)."""
+    raise_if_cancelled()
+    await asyncio.sleep(seconds)
 
 
 async def drain_and_close(nc: Client) -> None:

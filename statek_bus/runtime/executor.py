@@ -61,6 +61,7 @@ from statek_bus.jobs.inbox import InboxItem, JobInbox, fit, room_for
 from statek_bus.jobs.jobdefs import JobDefStore
 from statek_bus.jobs.store import JobStore, StaleRecordError, utcnow
 from statek_bus.mesh import metrics, tracing
+from statek_bus.mesh.connection import pause_before_retry, raise_if_cancelled, stop_tasks
 from statek_bus.mesh.logs import job_context
 from statek_bus.mesh.provision import configure_work_consumers
 from statek_bus.mesh.settings import Settings
@@ -257,10 +258,7 @@ class Executor:
         """
         self._stopping.set()
         self._wake.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop_task
+        await stop_tasks(self._loop_task)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout)
             unfinished = [f.msg for f in self.in_flight.values()]
@@ -271,10 +269,7 @@ class Executor:
                 for msg in unfinished:  # uncommitted: hand back now rather than after ack_wait
                     with contextlib.suppress(Exception):
                         await msg.nak()
-        if self._hb_task is not None:
-            self._hb_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._hb_task
+        await stop_tasks(self._hb_task)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -396,7 +391,7 @@ class Executor:
                 except Exception:
                     q.pulls.pop()
                     log.warning("pull request failed", exc_info=True)
-                    await asyncio.sleep(0.5)
+                    await pause_before_retry(0.5)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -452,6 +447,7 @@ class Executor:
     async def _heartbeats(self) -> None:
         period = max(0.2, self.settings.ack_wait / 3)
         while True:
+            raise_if_cancelled()  # a cancel while in_progress() published can be swallowed by nats-py
             await asyncio.sleep(period)
             now = time.monotonic()
             for f in list(self.in_flight.values()):

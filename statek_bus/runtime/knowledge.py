@@ -30,6 +30,7 @@ from statek_bus.authoring.knowledge import Knowledge, KnowledgeView, build_knowl
 from statek_bus.authoring.library import serve_library
 from statek_bus.jobs.knowledge import KnowledgeStore, RawFile, read_directory, version_of
 from statek_bus.jobs.store import utcnow
+from statek_bus.mesh.connection import pause_before_retry, stop_tasks
 from statek_bus.mesh.settings import Settings, SettingsError
 from statek_bus.wire.knowledge import KnowledgeFile, KnowledgeKind, KnowledgeManifest, KnowledgeServed
 
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS = 5
 """Reads of the newest version when publishers keep replacing it while it is read."""
+_UNMARK_WITHIN = 2.0
+"""Seconds a stopping executor waits to take back its mark (a request takes milliseconds; with
+the server gone it would wait the full request timeout, 10 s, for nothing)."""
 
 
 _SETTING_NAMES: dict[KnowledgeKind, str] = {
@@ -114,13 +118,11 @@ class KnowledgeWatcher:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_tasks(self._task)
         if self.store is not None:
             with contextlib.suppress(Exception):
-                await self.store.unmark_served(self.instance)
+                async with asyncio.timeout(_UNMARK_WITHIN):
+                    await self.store.unmark_served(self.instance)
 
     async def _publish_dirs(self, dirs: Mapping[KnowledgeKind, str]) -> None:
         """Check the mounted directories against the served agents, then publish them."""
@@ -185,7 +187,7 @@ class KnowledgeWatcher:
                 raise
             except Exception:  # a lost watch (server restart): watch again
                 log.warning("knowledge watch failed; watching again", exc_info=True)
-                await asyncio.sleep(1.0)
+                await pause_before_retry(1.0)
 
     async def _mark(self, version: str, error: str = "") -> None:
         assert self.store is not None

@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from statek_bus.authoring.agents import Agent, AnyAgent
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.jobs.queues import ensure_consumer, event_of
+from statek_bus.mesh.connection import pause_before_retry, raise_if_cancelled, stop_tasks
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import ServiceUnavailableError, StatekError
 from statek_bus.wire.subjects import AGENT_EVENTS_STREAM, agent_events_consumer
@@ -107,11 +108,7 @@ class AgentEventPump:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(*self._tasks)
 
     async def busy(self) -> bool:
         """Whether any served agent's queue holds events not yet turned into jobs (burst mode waits)."""
@@ -130,10 +127,11 @@ class AgentEventPump:
                 try:
                     msgs = await sub.fetch(_FETCH, timeout=_EXPIRES)
                 except TimeoutError:
+                    raise_if_cancelled()
                     continue
                 except Exception:  # a server outage: the connection reconnects, try again
                     log.warning("agent %s: pulling its queue failed", role, exc_info=True)
-                    await asyncio.sleep(_RETRY)
+                    await pause_before_retry(_RETRY)
                     continue
                 for msg in msgs:
                     await self._one(role, msg)

@@ -292,3 +292,26 @@ async def test_a_jobs_own_extra_resources_give_it_the_donors_tools(
         await executor.stop()
     assert (done.exit_status, console(done)) == ("job donors", ["donor says 40"])
     assert failed.error is not None and "extra_resources names role 'k_nobody'" in failed.error
+
+
+async def test_the_knowledge_watch_stops_when_asked_after_its_connection_closed(fresh_server: NatsServer) -> None:
+    """Its clean-up on a closed connection raised ``connection closed`` in place of the cancel and
+    the watch's retry loop caught that: it retried every second for good, and an executor told to
+    stop after its server went away never exited (a killed ``statek-bus up`` left it running)."""
+    from statek_bus.runtime.knowledge import KnowledgeWatcher
+    from tests.knowledge_agents import PLAIN
+
+    s = Settings.from_env({}, nats_url=fresh_server.url)
+    nc = await connect(s, name="statek-test")
+    await provision(nc.jetstream(), s)
+    watcher = await KnowledgeWatcher(nc.jetstream(), s, {PLAIN.role: PLAIN}, "gone").__aenter__()
+    assert watcher._task is not None
+    await asyncio.sleep(0.2)  # the watch is listening
+    await nc.close()
+    stopping = asyncio.create_task(watcher.__aexit__(None, None, None))
+    done, _ = await asyncio.wait([stopping], timeout=10)
+    for _ in range(3):  # a watch that outlived its cancel: ended here, not left to the next test
+        watcher._task.cancel()
+        await asyncio.sleep(0)
+    assert done, "the knowledge watch kept retrying after it was cancelled"
+    assert watcher._task.done()

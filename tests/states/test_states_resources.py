@@ -63,23 +63,29 @@ async def test_history_and_large_lists_leave_no_consumers(nc: Client, states: As
 async def test_deleted_bodies_do_not_stay_in_the_stream(
     nc: Client, states: AsyncStates, uid: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # markers live 3 s: the watch below reads 20 x 200 KB bodies first, which on a loaded machine
-    # took over a second, and a marker that expired before the watch read it was a lost change
+    # markers live 3 s, and the watch reads each change as it is made: a watch that fell further
+    # behind (reading 20 x 200 KB bodies only after the last delete took over 3 s on a loaded
+    # machine) would find a marker expired, a lost change
     monkeypatch.setattr(states_module, "DELETE_MARKER_TTL", 3)
     js = nc.jetstream()
     before = (await js.stream_info(STREAM)).state.bytes
     body = {"blob": "x" * 200_000}
     async with states.watch(task_id=f"t{uid}") as watch:
+        changes: list[StateChange] = []
+
+        async def read() -> None:
+            async for change in watch:
+                changes.append(change)
+                if len(changes) == 40:
+                    return
+
+        reading = asyncio.create_task(read())
         deleted: list[State] = []
         for i in range(20):  # 20 pairs: a pair's next marker would roll up its previous one
             st = await states.create(f"t{uid}", f"a{i}", body)
             deleted.append(await states.delete(st.id))
-        changes: list[StateChange] = []
         async with asyncio.timeout(10):
-            async for change in watch:
-                changes.append(change)
-                if len(changes) == 40:
-                    break
+            await reading
     # Watchers still see each delete with the state as it was.
     assert [c.state for c in changes if c.op == "delete"] == deleted
     assert all(c.state.state == body for c in changes)

@@ -437,8 +437,9 @@ class ProcessCodeRunner:
                 sock.settimeout(remaining)
                 msg = read_frame(sock)
                 if isinstance(msg, StepDone):
+                    result = step.result(msg, time.monotonic() - started)
                     self._server.forget(pid)
-                    return step.result(msg, time.monotonic() - started)
+                    return result
                 called = time.monotonic()
                 if isinstance(msg, ToolCall):
                     reply = step.call(msg)
@@ -756,10 +757,15 @@ class _Step:
         for u in units:
             u.console = [self._memory(line) or line for line in u.console]
         exited = done.exited or self.exited
-        exit_value = (
-            self.exit_value if self.exited and not done.exited else from_json(done.exit_value, self.registry)
-        )
-        workspace = msgspec.convert(done.workspace, WorkspaceData) if done.workspace is not None else None
+        try:  # a worker's report is what it says: one that decodes to nothing is its fault
+            exit_value = (
+                self.exit_value
+                if self.exited and not done.exited
+                else from_json(done.exit_value, self.registry)
+            )
+            workspace = msgspec.convert(done.workspace, WorkspaceData) if done.workspace is not None else None
+        except ValueError as exc:
+            raise FrameError(f"malformed step report: {exc}") from None
         last = units[-1] if units else None
         result = ExecResult(
             units=units,

@@ -341,6 +341,8 @@ def read_frame(sock: socket.socket) -> WorkerMessage:
         return _DECODER.decode(_read_exact(sock, size))
     except msgspec.DecodeError as exc:
         raise FrameError(f"malformed frame: {exc}") from None
+    except RecursionError:  # msgspec's own limit on nesting
+        raise FrameError("malformed frame: nested too deeply") from None
 
 
 def encode_control(message: Hello | Spawned | Exited) -> bytes:

@@ -119,33 +119,69 @@ def _spread(keys: list[Any]) -> list[Any]:
     return keys
 
 
+class _NoEncoding(Exception):
+    """Raised inside :func:`to_json` by the value with no encoding; each container it unwinds
+    through adds where the value sat in it (``child``: the value that failed one level down), so
+    a path is only written when one is reported, never a key's ``repr`` for every element."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.child = value
+        self.pieces: list[str] = []
+
+    def within(self, container: Any, piece: str) -> _NoEncoding:
+        self.pieces.append(piece)
+        self.child = container
+        return self
+
+
+def _key_text(key: Any) -> str:
+    try:
+        text = repr(key)
+    except Exception:  # an int over 4,300 digits has no decimal repr
+        text = f"<{type(key).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value") -> Any:
-    """Encode ``value`` as a JSON-able structure; :class:`UnencodableValueError` names the path."""
-    reg = registry or _EMPTY
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _NATIVE_INT_BITS:
-        return {TAG: "int", "v": hex(int.__index__(value))}  # linear both ways; decimal is quadratic
-    if value is None or isinstance(value, bool | int | str):
+    """Encode ``value`` as a JSON-able structure; :class:`UnencodableValueError` names the path.
+
+    Only the base classes' own methods are called (a subclass's could store what no decoder takes
+    back, or run code of the model's where values are encoded for the executor).
+    """
+    try:
+        return _encode(value, registry or _EMPTY)
+    except _NoEncoding as failed:
+        raise UnencodableValueError(path + "".join(reversed(failed.pieces)), failed.value) from None
+
+
+def _encode(value: Any, reg: TypeRegistry) -> Any:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
         return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return {TAG: "float", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, list):
-        return [to_json(v, reg, f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind is int:
+        return value if value.bit_length() <= _NATIVE_INT_BITS else {TAG: "int", "v": hex(value)}
+    if kind is float:
+        return value if math.isfinite(value) else _non_finite(value)
+    if kind is list:
+        return _each(value, value, reg)
     if isinstance(value, dict):
-        # the dict's own entries: a subclass's items()/__contains__ could forge a tagged value
-        items = list(dict.items(value))
-        if all(isinstance(k, str) and not str.__eq__(k, TAG) for k, _ in items):
-            return {k: to_json(v, reg, f"{path}[{k!r}]") for k, v in items}
-        return {
-            TAG: "dict",
-            "v": [[to_json(k, reg, f"{path}.key"), to_json(v, reg, f"{path}[{k!r}]")] for k, v in items],
-        }
+        return _dict(value, reg)
+    if isinstance(value, enum.Enum) and reg.knows(kind):  # before int and str: an IntEnum too
+        try:
+            return {TAG: "enum", "cls": _class_name(kind), "v": _encode(value.value, reg)}
+        except _NoEncoding as failed:
+            raise failed.within(value, "") from None
+    if isinstance(value, int):  # a subclass (an unregistered IntEnum): as the int it is
+        return _encode(int.__index__(value), reg)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, float):
+        return _encode(float.__float__(value), reg)
+    if isinstance(value, list):
+        return _each(value, list(list.__iter__(value)), reg)
     if isinstance(value, enum.Enum):
-        if not reg.knows(type(value)):
-            raise UnencodableValueError(path, value)
-        return {TAG: "enum", "cls": _class_name(type(value)), "v": to_json(value.value, reg, path)}
-    # the base class's own methods: a subclass's could store what no decoder takes back
+        raise _NoEncoding(value)
     if isinstance(value, datetime):
         return {TAG: "datetime", "v": datetime.isoformat(value)}
     if isinstance(value, date):
@@ -160,71 +196,130 @@ def to_json(value: Any, registry: TypeRegistry | None = None, path: str = "value
         return {TAG: "uuid", "v": uuid.UUID.__str__(value)}
     if isinstance(value, bytes | bytearray):
         return {TAG: "bytes", "v": base64.b64encode(memoryview(value)).decode("ascii")}
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return {TAG: "tuple", "v": [to_json(v, reg, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, tuple) and not hasattr(kind, "_fields"):
+        return {TAG: "tuple", "v": _each(value, list(tuple.__iter__(value)), reg)}
     if isinstance(value, set | frozenset):
-        kind = "set" if isinstance(value, set) else "frozenset"
+        tag = "set" if isinstance(value, set) else "frozenset"
         members = set.__iter__(value) if isinstance(value, set) else frozenset.__iter__(value)
-        return {TAG: kind, "v": [to_json(v, reg, f"{path}{{}}") for v in members]}
-    kind_t = type(value)
-    if reg.knows(kind_t) and (dataclasses.is_dataclass(value) or isinstance(value, msgspec.Struct)):
+        try:
+            return {TAG: tag, "v": [_encode(v, reg) for v in members]}
+        except _NoEncoding as failed:
+            raise failed.within(value, "{}") from None
+    if reg.knows(kind) and (dataclasses.is_dataclass(value) or isinstance(value, msgspec.Struct)):
         names = (
             [f.name for f in dataclasses.fields(value)]
             if dataclasses.is_dataclass(value)
-            else list(kind_t.__struct_fields__)
+            else list(kind.__struct_fields__)
         )
-        return {
-            TAG: "obj",
-            "cls": _class_name(kind_t),
-            "v": {n: to_json(getattr(value, n), reg, f"{path}.{n}") for n in names},
-        }
-    raise UnencodableValueError(path, value)
+        fields = {}
+        for n in names:
+            try:
+                fields[n] = _encode(getattr(value, n), reg)
+            except _NoEncoding as failed:
+                raise failed.within(value, f".{n}") from None
+        return {TAG: "obj", "cls": _class_name(kind), "v": fields}
+    raise _NoEncoding(value)
+
+
+def _non_finite(value: float) -> dict[str, str]:
+    return {TAG: "float", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+
+
+def _each(container: Any, members: list[Any], reg: TypeRegistry) -> list[Any]:
+    try:
+        return [_encode(v, reg) for v in members]
+    except _NoEncoding as failed:
+        index = next((i for i, m in enumerate(members) if m is failed.child), "?")
+        raise failed.within(container, f"[{index}]") from None
+
+
+def _dict(value: dict[Any, Any], reg: TypeRegistry) -> Any:
+    # the dict's own entries: a subclass's items()/__contains__ could forge a tagged value
+    items = list(dict.items(value))
+    if all(type(k) is str and k != TAG for k, _ in items):
+        try:
+            return {k: _encode(v, reg) for k, v in items}
+        except _NoEncoding as failed:
+            key = next((k for k, v in items if v is failed.child), "?")
+            raise failed.within(value, f"[{_key_text(key)}]") from None
+    pairs = []
+    for k, v in items:
+        try:
+            key = _encode(k, reg)
+        except _NoEncoding as failed:
+            raise failed.within(value, ".key") from None
+        try:
+            pairs.append([key, _encode(v, reg)])
+        except _NoEncoding as failed:
+            raise failed.within(value, f"[{_key_text(k)}]") from None
+    return {TAG: "dict", "v": pairs}
 
 
 def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
-    """Decode what :func:`to_json` produced (or any plain JSON value)."""
-    reg = registry or _EMPTY
+    """Decode what :func:`to_json` produced (or any plain JSON value); ``ValueError`` names what
+    is malformed, whatever the stored form (a worker's or a caller's) holds."""
+    try:
+        return _decode(data, registry or _EMPTY)
+    except ValueError:
+        raise
+    except RecursionError:
+        raise ValueError("value nested too deeply") from None
+    except Exception as exc:  # a tag's payload of the wrong type or range; a class refusing it
+        raise ValueError(f"malformed tagged value: {type(exc).__name__}: {exc}") from None
+
+
+_MAX_DECIMAL_EXPONENT = 10_000
+"""Largest decimal exponent a stored Decimal may have: ``Decimal('1e1000000')`` is 11 bytes, and
+``int()`` of it takes a trusted tool 25 s."""
+
+
+def _decode(data: Any, reg: TypeRegistry) -> Any:
     if isinstance(data, list):
-        return [from_json(v, reg) for v in data]
+        return [_decode(v, reg) for v in data]
     if not isinstance(data, dict):
         return data
     tag = data.get(TAG)
     if tag is None:
-        return {k: from_json(v, reg) for k, v in data.items()}
+        return {k: _decode(v, reg) for k, v in data.items()}
     v: Any = data.get("v")
     match tag:
-        case "datetime":
+        case "datetime" if type(v) is str:
             return datetime.fromisoformat(v)
-        case "date":
+        case "date" if type(v) is str:
             return date.fromisoformat(v)
-        case "time":
+        case "time" if type(v) is str:
             return time.fromisoformat(v)
-        case "timedelta":
+        case "timedelta" if type(v) in (int, float):
             return timedelta(seconds=v)
-        case "decimal":
-            return Decimal(v)
-        case "uuid":
+        case "decimal" if type(v) is str:
+            number = Decimal(v)
+            if number.is_finite() and abs(number.adjusted()) > _MAX_DECIMAL_EXPONENT:
+                raise ValueError(f"decimal exponent over {_MAX_DECIMAL_EXPONENT}")
+            return number
+        case "uuid" if type(v) is str:
             return uuid.UUID(v)
-        case "bytes":
+        case "bytes" if type(v) is str:
             return base64.b64decode(v)
         case "int" if type(v) is str:
             return int(v, 16)
         case "float" if v in _NON_FINITE:
             return float(v)
         case "tuple" if type(v) is list:
-            return tuple(from_json(x, reg) for x in v)
+            return tuple(_decode(x, reg) for x in v)
         case "set" if type(v) is list:
-            return set(_spread([from_json(x, reg) for x in v]))
+            return set(_spread([_decode(x, reg) for x in v]))
         case "frozenset" if type(v) is list:
-            return frozenset(_spread([from_json(x, reg) for x in v]))
+            return frozenset(_spread([_decode(x, reg) for x in v]))
         case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
-            pairs = [(from_json(k, reg), from_json(x, reg)) for k, x in v]
+            pairs = [(_decode(k, reg), _decode(x, reg)) for k, x in v]
             _spread([k for k, _ in pairs])
             return dict(pairs)
-        case "int" | "float" | "tuple" | "set" | "frozenset" | "dict":  # what to_json never makes
-            raise ValueError(f"malformed {tag!r} value")
         case "enum":
-            return reg.lookup(data["cls"])(from_json(v, reg))
-        case "obj":
-            return reg.lookup(data["cls"])(**{k: from_json(x, reg) for k, x in v.items()})
+            return reg.lookup(data["cls"])(_decode(v, reg))
+        case "obj" if type(v) is dict:
+            return reg.lookup(data["cls"])(**{k: _decode(x, reg) for k, x in v.items()})
+        case "datetime" | "date" | "time" | "timedelta" | "decimal" | "uuid" | "bytes":
+            raise ValueError(f"malformed {tag!r} value")
+        case "int" | "float" | "tuple" | "set" | "frozenset" | "dict" | "obj":  # what to_json never makes
+            raise ValueError(f"malformed {tag!r} value")
     raise ValueError(f"unknown value tag {tag!r}")

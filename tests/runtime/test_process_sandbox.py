@@ -139,7 +139,9 @@ async def test_a_job_bringing_its_own_warmup_code_runs_every_warmup_in_a_worker(
     assert os.getpid() not in {int(line.split()[1]) for line in lines}, lines  # the job's code came first
 
 
-async def test_with_app_code_in_process_off_the_warmup_runs_in_a_worker_too(settings: Settings, nc: Client) -> None:
+async def test_with_app_code_in_process_off_the_warmup_runs_in_a_worker_too(
+    settings: Settings, nc: Client
+) -> None:
     s = settings.replace(restricted_mode=False, app_code_in_process=False)
     async with _mesh(s, "tests.sandbox_agents:UNRESTRICTED"):
         js = nc.jetstream()
@@ -379,3 +381,46 @@ async def test_a_runner_closed_while_it_boots_leaves_no_fork_server_and_no_open_
         warnings.simplefilter("error", ResourceWarning)
         gc.collect()
     assert _fork_servers_of_this_process() == []
+
+
+FORGED = {
+    # a tool's argument whose payload is of the wrong type: AttributeError escaped the runner
+    "tool argument": (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox.protocol import ToolCall\n"
+        "try:\n    worker._channel().request(ToolCall(tool='add', args=[{'$t': 'uuid', 'v': 1}, 1]))\n"
+        "except Exception as e:\n    print(type(e).__name__)"
+    ),
+    # a step report whose exit value decodes to nothing: ValueError escaped the runner
+    "step report": (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox.protocol import StepDone, write_frame\n"
+        "write_frame(worker._channel().sock, StepDone(units=[], exited=True, exit_value={'$t': 'zz'}))\n"
+        "import time\ntime.sleep(5)"
+    ),
+    # a frame nested 5,000 deep: msgspec's RecursionError escaped the runner
+    "deep frame": (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
+        "body = b'{\"k\":\"done\",\"units\":[],\"exit_value\":' + b'[' * 5000 + b']' * 5000 + b'}'\n"
+        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
+        "import time\ntime.sleep(5)"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FORGED))
+async def test_a_compromised_workers_forged_frame_is_its_own_steps_error(name: str) -> None:
+    """Never an exception out of the runner, which the executor took for its own fault (the step
+    retried three times, then the job failed as an internal error)."""
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+    from tests.sandbox_agents import add
+
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request(FORGED[name], 10.0, add))
+        if name == "tool argument":
+            assert result.units[0].console == ["TypeError"], result.units
+        else:
+            assert (result.units[0].error or "").startswith("WorkerCrash: "), result.units
+        again = await runner.run(_request("print(1 + 1)"))
+        assert again.units[0].console == ["2"]
+    finally:
+        await runner.aclose()

@@ -54,7 +54,19 @@ class Colour(enum.Enum):
     RED = "red"
 
 
-REGISTRY = TypeRegistry([Point, Item, Colour])
+class Level(enum.IntEnum):
+    """An int enum the agent module declares."""
+
+    LOW = 1
+
+
+class Mode(enum.StrEnum):
+    """A str enum the agent module declares."""
+
+    FAST = "fast"
+
+
+REGISTRY = TypeRegistry([Point, Item, Colour, Level, Mode])
 POLICY = SandboxPolicy()
 
 
@@ -122,6 +134,8 @@ VALUES: dict[str, Any] = {
     "dataclass": Point(1, 2),
     "struct": Item(name="bolt", qty=3),
     "enum": Colour.RED,
+    "int_enum": Level.LOW,  # was stored as the int 1: a registered IntEnum came back an int
+    "str_enum": Mode.FAST,
     "registered_nested": [Point(0, 0), {"item": Item(name="nut", qty=1)}],
 }
 
@@ -218,8 +232,76 @@ def test_a_subclass_is_stored_by_its_base_class_methods() -> None:
         def isoformat(self, *args: Any, **kwargs: Any) -> str:
             return "garbage"
 
+    class Empty(list[Any]):
+        def __iter__(self) -> Any:
+            return next(iter([]))  # StopIteration
+
+    class Small(int):
+        def bit_length(self) -> int:
+            return 0  # a 4,000-digit JSON number then, the quadratic form
+
+    class Text(str):
+        def __str__(self) -> str:
+            return "other"
+
     values = [Lying({1, 2}), Odd("1.5"), When(2026, 12, 3, tzinfo=UTC)]
     assert from_json(to_json(values)) == [{1, 2}, Decimal("1.5"), datetime(2026, 12, 3, tzinfo=UTC)]
+    big = 10**4000
+    assert to_json([Empty([1]), Small(big), Text("t")]) == [[1], {"$t": "int", "v": hex(big)}, "t"]
+    assert type(to_json(Text("t"))) is str
+
+
+def test_an_unregistered_int_enum_is_stored_as_its_int() -> None:
+    import http
+
+    from statek_bus.wire.values import to_json
+
+    assert to_json(http.HTTPStatus.OK) == 200 and type(to_json(http.HTTPStatus.OK)) is int
+
+
+def _deep(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"$t": "uuid", "v": 1},  # AttributeError
+        {"$t": "timedelta", "v": 1e20},  # OverflowError
+        {"$t": "timedelta", "v": "1"},  # TypeError
+        {"$t": "decimal", "v": "x"},  # InvalidOperation
+        {"$t": "decimal", "v": "1e1000000"},  # 11 bytes; int() of it takes 25 s
+        {"$t": "enum", "v": 1},  # KeyError: no class
+        {"$t": "obj", "cls": "m:C", "v": 1},
+        {"$t": "date", "v": 20261204},
+        _deep(5_000),
+    ],
+    ids=["uuid", "timedelta", "timedelta text", "decimal", "decimal exponent", "enum", "obj", "date", "deep"],
+)
+def test_any_malformed_stored_value_is_a_value_error(raw: Any) -> None:
+    """Whatever a worker or a caller sends: a ValueError the caller handles, never another
+    exception that became a 500 or an internal error of the step."""
+    from statek_bus.wire.values import from_json
+
+    with pytest.raises(ValueError):
+        from_json(raw)
+
+
+def test_an_unencodable_value_under_a_huge_int_key_is_named() -> None:
+    """The path is written only when reported: a key's repr of over 4,300 digits raised ValueError."""
+    from statek_bus.wire.values import UnencodableValueError, to_json
+
+    with pytest.raises(
+        UnencodableValueError, match=r"^shared\[<int>\]\[0\]: cannot encode a value of type object"
+    ):
+        to_json({10**5000: [object()]}, path="shared")
+    with pytest.raises(UnencodableValueError, match=r"^v\['a'\]\.key: cannot encode"):
+        to_json({"a": {object(): 1}}, path="v")
+    with pytest.raises(UnencodableValueError, match=r"^v\[1\]\{\}: cannot encode"):
+        to_json([0, {frozenset({1}), object}], path="v")
 
 
 def test_a_value_that_fails_to_decode_is_dropped_with_a_warning_and_the_rest_restored() -> None:

@@ -309,7 +309,7 @@ def _weigh_stored(raw: Any, budget: int, registry: TypeRegistry, *, plain: bool,
     """
     kind = type(raw)
     if kind is str:
-        weight = 1 + len(raw) // 8
+        weight = tierguard.text_weight(raw)
     elif kind is int:  # as the guard weighs it: its decimal form costs time quadratic in its length
         limbs = raw.bit_length() // 64
         weight = 1 + limbs + limbs * limbs // 16

@@ -191,6 +191,7 @@ _PLUMBING = (
     ast.Load, ast.Store, ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.keyword, ast.Module,
 )  # fmt: skip
 _CONSTANTS = (type(None), bool, int, float, str)
+_SINGLETONS = (None, True, False)
 
 
 class _Refused(Exception):
@@ -374,6 +375,16 @@ class _Rewrite(ast.NodeTransformer):
         return ast.copy_location(_helper(VALUE, node), node)
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        sides = [node.left, *node.comparators]
+        for i, op in enumerate(node.ops):  # identity of anything but a singleton is CPython's
+            if (
+                isinstance(op, ast.Is | ast.IsNot)
+                and not any(  # folding, and the tier folds nothing
+                    isinstance(e, ast.Constant) and any(e.value is c for c in _SINGLETONS)
+                    for e in sides[i : i + 2]
+                )
+            ):
+                raise _Refused("is between values")
         self.generic_visit(node)
         node.left = _helper(CHARGE, node.left)
         node.comparators = [_helper(CHARGE, c) for c in node.comparators]

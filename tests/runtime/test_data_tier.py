@@ -78,6 +78,7 @@ PARITY = {
     "value error": ("x = int('nope')", {}),
     "exit with data": ("exit({'total': sum([1, 2, 3]), 'pair': (1, 2), 7: [True]})", {}),
     "bare exit": ("exit()\nprint('still here')", {}),
+    "identity with None": ("x = None\ny = [1]\nprint(x is None, y is not None, x is not False)", {}),
     "exit too big": ("exit('x' * 70000)", {}),
     "f-strings": ("v = 3.14159\ns = f'{v:.2f}|{v!r}|{42:>6}|{255:x}|{1234567:,}'\nprint(s)", {}),
     "tuple targets": ("a, b = divmod(17, 5)\n[c, d] = [b, a]\nif c > d:\n    w = 'c'\nelse:\n    w = 'd'\nw", {}),

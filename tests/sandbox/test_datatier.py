@@ -65,6 +65,9 @@ REFUSED = {
     "a chained in": "x = 'a' in 'ab' in 'abc'",
     "a block of too many nodes": "x = [" + ", ".join(["d[k]"] * 600) + "]",  # planning: 5-10 us a node
     "in within a chain": "x = 1 < 2 in [2]",
+    # True in a worker, whose compiler folds 'ab' * 2 into the constant; False in the tier
+    "is between values": "a = 'ab' * 2\nprint(a is 'abab')",
+    "is not between values": "b = [1]\nx = b is not b",
 }
 
 
@@ -173,6 +176,13 @@ BOMBS = {
     "negated substring searches": (
         "p = 'a' * 600 + 'b' + 'a' * 599\nh = 'a' * 2400\nx = [" + ", ".join(["p not in h"] * 300) + "]"
     ),
+    # a pattern under 100 characters: brute force up to 30,000 characters (60 ms for these 100)
+    "short-pattern searches": (
+        "p = 'a' * 49 + 'b' + 'a' * 49\nh = 'a' * 29999\nx = [" + ", ".join(["p in h"] * 100) + "]"
+    ),
+    # 4 bytes a character: 3.2 MB (22 MB at its peak) weighed as the 800 KB of an ASCII text
+    "an emoji text": "a = chr(128512) * 799990\nb = a[1:]",
+    "a list of emoji texts": "a = [chr(128512) * 10000] * 19\nb = a + a",  # weighed at C speed (_flat)
 }
 
 LAZY_TEXT = {
@@ -204,8 +214,16 @@ def test_every_double_star_in_a_dict_display_is_charged() -> None:
 
 @pytest.mark.parametrize("code", list(BOMBS.values()), ids=list(BOMBS))
 def test_the_guard_stops_a_bomb_before_cpython_runs_it(code: str) -> None:
-    with pytest.raises(datatier.TierAbort):
-        _run(code)
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(datatier.TierAbort):
+            _run(code)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MiB allocated before the guard stopped it"
 
 
 def test_guarded_code_has_cpython_semantics() -> None:

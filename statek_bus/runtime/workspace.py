@@ -43,7 +43,7 @@ from statek_bus.sandbox.restricted import (
     module_name,
 )
 from statek_bus.wire.subjects import OBJECT_STORE_BUCKET, token
-from statek_bus.wire.values import TAG, TypeRegistry, from_json, to_json
+from statek_bus.wire.values import TAG, TypeRegistry, checked_keys, from_json, to_json
 
 if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS client
     from nats.js import JetStreamContext
@@ -170,25 +170,27 @@ class _Codec:
             return [self.decode(v) for v in data]
         if not isinstance(data, dict):
             return data
-        tag = data.get(TAG)
-        match tag:
+        tag, v = data.get(TAG), data.get("v")
+        match tag:  # the shapes from_json takes, and its limit on keys of one hash
             case None:
-                return {k: self.decode(v) for k, v in data.items()}
-            case "mobj":
+                return {k: self.decode(x) for k, x in data.items()}
+            case "mobj" if type(v) is dict:
                 cls = self.classes.get(data["cls"])
                 if cls is None:
                     raise ValueError(f"class {data['cls']!r} is no longer defined")
                 obj: Any = object.__new__(cls)
-                vars(obj).update({k: self.decode(v) for k, v in data["v"].items()})
+                vars(obj).update({k: self.decode(x) for k, x in v.items()})
                 return obj
-            case "tuple":
-                return tuple(self.decode(v) for v in data["v"])
-            case "set":
-                return {self.decode(v) for v in data["v"]}
-            case "frozenset":
-                return frozenset(self.decode(v) for v in data["v"])
-            case "dict":
-                return {self.decode(k): self.decode(v) for k, v in data["v"]}
+            case "tuple" if type(v) is list:
+                return tuple(self.decode(x) for x in v)
+            case "set" if type(v) is list:
+                return set(checked_keys([self.decode(x) for x in v]))
+            case "frozenset" if type(v) is list:
+                return frozenset(checked_keys([self.decode(x) for x in v]))
+            case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
+                pairs = [(self.decode(k), self.decode(x)) for k, x in v]
+                checked_keys([k for k, _ in pairs])
+                return dict(pairs)
         return from_json(data, self.registry)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["TAG", "TypeRegistry", "UnencodableValueError", "from_json", "to_json"]
+__all__ = ["TAG", "TypeRegistry", "UnencodableValueError", "checked_keys", "from_json", "to_json"]
 
 TAG = "$t"
 
@@ -107,7 +107,7 @@ a set whose keys all share one hash takes time quadratic in its size to build (4
 hash 0, sent by a worker, took the executor 6 s)."""
 
 
-def _spread(keys: list[Any]) -> list[Any]:
+def checked_keys(keys: list[Any]) -> list[Any]:
     """``keys``, once no more than :data:`_MAX_SHARED_HASH` of them share a hash (in linear time:
     a hash, an int, hashes to itself)."""
     counts: dict[int, int] = {}
@@ -307,12 +307,12 @@ def _decode(data: Any, reg: TypeRegistry) -> Any:
         case "tuple" if type(v) is list:
             return tuple(_decode(x, reg) for x in v)
         case "set" if type(v) is list:
-            return set(_spread([_decode(x, reg) for x in v]))
+            return set(checked_keys([_decode(x, reg) for x in v]))
         case "frozenset" if type(v) is list:
-            return frozenset(_spread([_decode(x, reg) for x in v]))
+            return frozenset(checked_keys([_decode(x, reg) for x in v]))
         case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
             pairs = [(_decode(k, reg), _decode(x, reg)) for k, x in v]
-            _spread([k for k, _ in pairs])
+            checked_keys([k for k, _ in pairs])
             return dict(pairs)
         case "enum":
             return reg.lookup(data["cls"])(_decode(v, reg))

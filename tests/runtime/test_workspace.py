@@ -304,6 +304,21 @@ def test_an_unencodable_value_under_a_huge_int_key_is_named() -> None:
         to_json([0, {frozenset({1}), object}], path="v")
 
 
+def test_a_value_restored_after_the_definitions_takes_only_what_from_json_takes() -> None:
+    """Where from_json refused a value, the second try (for model-class instances) took a text as
+    a tuple of its characters and built a set of 17 keys of one hash."""
+    data = WorkspaceData(
+        values={
+            "forged": {"$t": "tuple", "v": "ab"},
+            "collide": {"$t": "set", "v": [_M * i for i in range(1, 18)]},
+            "n": 1,
+        }
+    )
+    job = Job(data)
+    assert job.ns["n"] == 1 and "forged" not in job.ns and "collide" not in job.ns, job.ns
+    assert [e.split(":")[0] for e in job.ws.restore_errors] == ["forged", "collide"], job.ws.restore_errors
+
+
 def test_a_value_that_fails_to_decode_is_dropped_with_a_warning_and_the_rest_restored() -> None:
     """An ``InvalidOperation`` or ``OverflowError`` lost every value and definition of the job."""
     data = WorkspaceData(

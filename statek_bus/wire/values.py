@@ -6,7 +6,8 @@ Other values become a one-key-plus-payload object tagged with ``"$t"``:
 ======================  =============================================================
 ``datetime``            ``{"$t": "datetime", "v": "2026-11-21T10:00:00+00:00"}``
 ``date`` / ``time``     ``{"$t": "date", "v": "2026-11-21"}`` / ``{"$t": "time", ...}``
-``timedelta``           ``{"$t": "timedelta", "v": 1.5}`` (seconds)
+``timedelta``           ``{"$t": "timedelta", "v": 1.5}`` (seconds; ``"us": <int>`` in their place
+                        when a float of seconds would lose a microsecond, past ~140 years)
 ``Decimal``             ``{"$t": "decimal", "v": "1.10"}``
 ``UUID``                ``{"$t": "uuid", "v": "..."}``
 ``bytes``               ``{"$t": "bytes", "v": "<base64>"}``
@@ -189,7 +190,7 @@ def _encode(value: Any, reg: TypeRegistry) -> Any:
     if isinstance(value, time):
         return {TAG: "time", "v": time.isoformat(value)}
     if isinstance(value, timedelta):
-        return {TAG: "timedelta", "v": timedelta.total_seconds(value)}
+        return _timedelta(value)
     if isinstance(value, Decimal):
         return {TAG: "decimal", "v": Decimal.__str__(value)}
     if isinstance(value, uuid.UUID):
@@ -219,6 +220,17 @@ def _encode(value: Any, reg: TypeRegistry) -> Any:
                 raise failed.within(value, f".{n}") from None
         return {TAG: "obj", "cls": _class_name(kind), "v": fields}
     raise _NoEncoding(value)
+
+
+def _timedelta(value: timedelta) -> dict[str, Any]:
+    seconds = timedelta.total_seconds(value)
+    try:
+        if timedelta(seconds=seconds) == value:
+            return {TAG: "timedelta", "v": seconds}
+    except OverflowError:  # timedelta.max's seconds round up past it
+        pass
+    # past ~140 years a float of seconds loses the microseconds: the exact count of them
+    return {TAG: "timedelta", "us": (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds}
 
 
 def _non_finite(value: float) -> dict[str, str]:
@@ -289,6 +301,8 @@ def _decode(data: Any, reg: TypeRegistry) -> Any:
             return date.fromisoformat(v)
         case "time" if type(v) is str:
             return time.fromisoformat(v)
+        case "timedelta" if type(data.get("us")) is int:
+            return timedelta(microseconds=data["us"])
         case "timedelta" if type(v) in (int, float):
             return timedelta(seconds=v)
         case "decimal" if type(v) is str:

@@ -124,6 +124,8 @@ VALUES: dict[str, Any] = {
     "date": date(2026, 1, 2),
     "time": time(10, 30, 15),
     "timedelta": timedelta(days=1, seconds=3.5),
+    "timedelta max": timedelta.max,  # its seconds as a float rounded past it: OverflowError
+    "timedelta far": timedelta(days=10**6, microseconds=1),  # came back without its microsecond
     "decimal": Decimal("1.10"),
     "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
     "tuple": (1, (2, "x")),

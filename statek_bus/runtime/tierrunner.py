@@ -298,7 +298,7 @@ workspace of ``[[], [], ...]`` is priced by the work it makes, not by its elemen
 def _weigh_stored(raw: Any, budget: int, registry: TypeRegistry, *, plain: bool, depth: int = 0) -> int:
     """The weight of the stored value ``raw``, walked in its stored form and never past ``budget``:
     about the tier's cost of decoding, checking and storing it again (an element, a text's
-    characters / 8, an int's bits / 64, :data:`_NODE_WEIGHT` a container), so a value this lets by
+    bytes / 8, an int's bits / 64, :data:`_NODE_WEIGHT` a container), so a value this lets by
     costs the tier's limits at most.
 
     Gives the step up (:class:`~statek_bus.sandbox.datatier.TierAbort`) past ``budget``, and on a

@@ -37,7 +37,7 @@ with CPython's builtins.
 **Why no step can stall or blow up the executor.** There are no loops, so a block runs each
 statement once. Every value the code makes goes through the guard
 (:class:`~statek_bus.sandbox.tierguard.Guard`), which knows its expanded
-*weight* (one per element, plus string characters / 8 and int bits / 64; a reference that occurs
+*weight* (one per element, plus a string's bytes / 8 and int bits / 64; a reference that occurs
 twice is counted twice, so a shared DAG weighs what its repr would). An operation whose result
 would exceed :data:`MAX_WEIGHT` (or an int :data:`MAX_INT_BITS`) is stopped *before* it runs
 (``"a" * 10**9``, ``10**10**10``, ``[[0]*1000]*1000``), and the weight of every operand is charged
@@ -90,7 +90,7 @@ __all__ = [
 ]
 
 MAX_WEIGHT = 100_000
-"""Largest weight of one value (elements + string characters / 8 + int bits / 64)."""
+"""Largest weight of one value (elements + string bytes / 8 + int bits / 64)."""
 MAX_INT_BITS = 4096
 """Largest int, in bits: far below CPython's int/str conversion limit (4,300 digits), so no
 conversion in the tier depends on the interpreter's ``int_max_str_digits`` setting, and the

@@ -278,6 +278,8 @@ class Guard:
             bl, br = abs(left).bit_length(), abs(right).bit_length()
             if name == "pow" and right > 0 and bl > 1 and right * math.log2(abs(left)) > MAX_INT_BITS:
                 raise self.abort("int size")
+            if name == "pow":  # a step a bit of the exponent, whatever the result: (-1) ** (2**4095)
+                self.charge(br)
             if name == "lshift" and right > 0 and bl + right > MAX_INT_BITS:
                 raise self.abort("int size")
             if name == "mul" and bl + br > MAX_INT_BITS:

@@ -181,6 +181,7 @@ BOMBS = {
         "p = 'a' * 49 + 'b' + 'a' * 49\nh = 'a' * 29999\nx = [" + ", ".join(["p in h"] * 100) + "]"
     ),
     # 4 bytes a character: 3.2 MB (22 MB at its peak) weighed as the 800 KB of an ASCII text
+    "powers of a huge exponent": "x = [" + ", ".join(["(-1) ** (2**4095)"] * 200) + "]",  # 1,500: 48 ms
     "an emoji text": "a = chr(128512) * 799990\nb = a[1:]",
     "a list of emoji texts": "a = [chr(128512) * 10000] * 19\nb = a + a",  # weighed at C speed (_flat)
 }

@@ -26,12 +26,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from bench.common import CHEAPER, SLOWER, cpu_seconds, minor_faults, own_cpu_seconds, print_tables, ratio
 from statek_bus.authoring.tools import tool
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, ThreadCodeRunner
 from statek_bus.runtime.procrunner import ProcessCodeRunner
 from statek_bus.runtime.tierrunner import DataTier
-from statek_bus.runtime.workspace import Workspace, decode_workspace, encode_workspace
+from statek_bus.runtime.workspace import (
+    Workspace,
+    WorkspaceData,
+    decode_stored_workspace,
+    decode_workspace,
+    encode_workspace,
+)
 from statek_bus.sandbox.fallback import FallbackBuiltins
 from statek_bus.sandbox.restricted import SandboxPolicy, compile_block, sandbox_globals
 from statek_bus.wire.values import TypeRegistry
@@ -79,7 +87,9 @@ def _loop_rows(n: int, repeat: int) -> list[dict[str, Any]]:
                 exec(s.code, ns)
 
         a, b = _best(run_plain, repeat) / n * 1e9, _best(run_sandboxed, repeat) / n * 1e9
-        rows.append({"case": case, "plain ns/iter": a, "sandboxed ns/iter": b, "overhead ns": b - a, _VS_PLAIN: b / a})
+        rows.append(
+            {"case": case, "plain ns/iter": a, "sandboxed ns/iter": b, "overhead ns": b - a, _VS_PLAIN: b / a}
+        )
     tick = sandbox_globals(POLICY, deadline=lambda: far)["__statek_tick__"]
 
     def ticks() -> None:
@@ -123,6 +133,32 @@ def _workspace_rows(repeat: int) -> list[dict[str, Any]]:
     }
     rows = [{"case": case, "µs/op": _best(fn, repeat * 10) * 1e6} for case, fn in timings.items()]
     rows.append({"case": "encoded workspace size", "bytes": len(raw)})
+    return rows
+
+
+def _stored_rows(quick: bool) -> list[dict[str, Any]]:
+    """A worker's large workspace as the executor takes it in and stores it again: every value
+    decoded (what it did) against each kept in its stored bytes (``decode_stored_workspace``)."""
+    scale = 10 if quick else 1
+    cases = {
+        f"{30 // scale} MB of [[], ...]": b",".join([b"[]"] * (10_000_000 // scale)),
+        f"{32 // scale} MB of 4,299-digit ints": b",".join([b"9" * 4299] * (7400 // scale)),
+    }
+    rows = []
+    for case, values in cases.items():
+        body = b'{"values":{"x":[' + values + b']},"definitions":[]}'
+        decoded = _best(
+            lambda b=body: encode_workspace(msgspec.convert(msgspec.json.decode(b), WorkspaceData)), 1
+        )
+        kept = _best(lambda b=body: encode_workspace(decode_stored_workspace(b)), 3)
+        rows.append(
+            {
+                "case": case,
+                "decoded ms": decoded * 1e3,
+                "kept in bytes ms": kept * 1e3,
+                ratio("decoded"): decoded / kept,
+            }
+        )
     return rows
 
 
@@ -195,7 +231,9 @@ async def _process_rows(steps: int) -> tuple[list[dict[str, Any]], list[dict[str
         await process.aclose()
         await thread.aclose()
     rows.append({"case": "lock-down of one worker (in a fork)", "process µs": _lockdown_cost(steps) * 1e6})
-    rows.append({"case": "fork + exit of a bare interpreter (floor)", "process µs": _bare_fork_cost(steps) * 1e6})
+    rows.append(
+        {"case": "fork + exit of a bare interpreter (floor)", "process µs": _bare_fork_cost(steps) * 1e6}
+    )
     return rows, costs
 
 
@@ -339,7 +377,12 @@ async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
     rows += await asyncio.to_thread(
         lambda: _loop_rows(n, repeat) + _fallback_rows(n, repeat) + _workspace_rows(repeat)
     )
-    return {"sandbox: time per step and piece": rows, "sandbox: CPU per trivial step by process": costs}
+    stored = await asyncio.to_thread(_stored_rows, quick)
+    return {
+        "sandbox: time per step and piece": rows,
+        "sandbox: CPU per trivial step by process": costs,
+        "sandbox: a worker's large workspace taken in and stored again by the executor": stored,
+    }
 
 
 if __name__ == "__main__":

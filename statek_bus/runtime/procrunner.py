@@ -55,7 +55,7 @@ from statek_bus.runtime.coderunner import (
     install_stdout_capture,
 )
 from statek_bus.runtime.tierrunner import DataTier
-from statek_bus.runtime.workspace import WorkspaceData
+from statek_bus.runtime.workspace import decode_stored_workspace
 from statek_bus.sandbox.isolation import LAYERS, Limits, protect_executor
 from statek_bus.sandbox.protocol import (
     TOOL_REF,
@@ -612,7 +612,7 @@ class _Step:
     def start(self) -> StepStart:
         s = self.session
         policy = s.policy
-        ws = msgspec.to_builtins(s.workspace_data) if s.workspace_data is not None else None
+        ws = s.workspace_data  # encoded as it is: stored bytes stay bytes
         shared = {k: to_json(v, self.registry, k) for k, v in s.shared_vars.items()}
         tools = [
             ToolSpec(
@@ -763,7 +763,8 @@ class _Step:
                 if self.exited and not done.exited
                 else from_json(done.exit_value, self.registry)
             )
-            workspace = msgspec.convert(done.workspace, WorkspaceData) if done.workspace is not None else None
+            ws = done.workspace
+            workspace = None if len(ws) == 4 and bytes(ws) == b"null" else decode_stored_workspace(ws)
         except ValueError as exc:
             raise FrameError(f"malformed step report: {exc}") from None
         last = units[-1] if units else None

@@ -29,6 +29,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import msgspec
+
 from statek_bus.authoring.tools import JobContext
 from statek_bus.mesh.metrics import DATA_TIER_STEPS
 from statek_bus.runtime.coderunner import (
@@ -49,6 +51,7 @@ from statek_bus.runtime.workspace import (
     Workspace,
     WorkspaceData,
     encode_workspace,
+    stored_value,
 )
 from statek_bus.sandbox import datatier, tierguard
 from statek_bus.sandbox.restricted import CompiledBlock, CompiledStatement, imports_only
@@ -158,19 +161,25 @@ class TierSession(SandboxSession):
         else:  # the worker gets them as tagged JSON too
             encoded = {k: to_json(v, registry, k) for k, v in inputs.shared_vars.items()}
         self._stored_order = list(encoded)
+        if sum(len(v) for v in encoded.values() if isinstance(v, msgspec.Raw)) > _MAX_STORED_BYTES:
+            raise datatier.TierAbort("the variables in scope are too large")  # before decoding them
         values: dict[str, Any] = {}
         budget = datatier.MAX_SCOPE_WEIGHT  # for all of them, weighed in their stored form
-        for name, raw in encoded.items():
+        for name, stored in encoded.items():
+            try:
+                raw = stored_value(stored)
+            except ValueError:
+                raise datatier.TierAbort("a value the worker cannot restore") from None
             if name not in touched:
                 budget -= _weigh_stored(raw, budget, registry, plain=False)
-                self._kept_values[name] = raw
+                self._kept_values[name] = stored  # stored again as it is
                 continue
             budget -= _weigh_stored(raw, min(budget, datatier.MAX_WEIGHT), registry, plain=True)
             value = from_json(raw, registry)
             if not datatier.plain_value(value):  # a tag the walk lets by that decodes to no plain value
                 raise datatier.TierAbort("a name bound to what is not plain data")
             values[name] = value
-            self._decoded[name] = value, raw
+            self._decoded[name] = value, stored
         if sum(self.guard.weight(v) for v in values.values()) > datatier.MAX_SCOPE_WEIGHT:
             raise datatier.TierAbort("the variables in scope are too large")
         return values
@@ -289,6 +298,10 @@ _CLASS_TAGS = frozenset({"obj", "enum"})
 """Tagged JSON a worker decodes into a registered class (by ``cls``)."""
 _MAX_STORED_DEPTH = 2 * datatier.MAX_DEPTH + 2
 """A tuple is two levels of its stored form (the tagged object, its list)."""
+_MAX_STORED_BYTES = 256 * 1024
+"""Most bytes of stored values (a workspace loaded from the object store, or a worker's) the tier
+decodes for one step; past them the step is a worker's, decoded by nobody in the executor. 256 KB
+of ``[[], ...]`` take ~15 ms to decode; the walk then weighs what it holds."""
 _NODE_WEIGHT = 32
 """What a list, a dict or a tagged value weighs in its stored form: decoding, checking, measuring
 and encoding one again takes the tier ~3.5 us, against ~0.3 us for a number (measured), so a

@@ -86,6 +86,7 @@ __all__ = ["ToolStub", "main"]
 
 
 _ENCODER = msgspec.json.Encoder()
+_NO_WORKSPACE = msgspec.Raw(b"null")  # a step that saves no workspace
 _CTL_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
@@ -372,10 +373,10 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
             exit_value = to_json(result.exit_value, ch.registry, "exit")
         except Exception:
             exit_value = format_value(result.exit_value)
-    ws = msgspec.to_builtins(result.workspace) if result.workspace is not None else None
+    ws = msgspec.Raw(_ENCODER.encode(result.workspace)) if result.workspace is not None else _NO_WORKSPACE
     notes = list(result.notes)
-    if ws is not None and (size := len(_ENCODER.encode(ws))) > MAX_WORKSPACE_BYTES:
-        ws = None  # the job keeps the workspace it had before this step
+    if (size := len(ws)) > MAX_WORKSPACE_BYTES:
+        ws = _NO_WORKSPACE  # the job keeps the workspace it had before this step
         notes.append(
             f"Warning: the workspace is {size} bytes; the limit is {MAX_WORKSPACE_BYTES}: "
             "this step's variables were not saved"

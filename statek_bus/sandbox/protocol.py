@@ -247,8 +247,9 @@ class StepDone(msgspec.Struct, kw_only=True, frozen=True, tag="done", tag_field=
     """``exit(value)`` ran."""
     exit_value: Any = None
     """Tagged-JSON exit value."""
-    workspace: Any = None
-    """The new workspace (JSON of ``WorkspaceData``)."""
+    workspace: msgspec.Raw = msgspec.Raw(b"null")
+    """The new workspace (JSON of ``WorkspaceData``, or ``null``: none), kept in its bytes where
+    it is read: the executor decodes only what a step in it names."""
     dropped: list[str] = []
     """Names that could not be persisted."""
     notes: list[str] = []

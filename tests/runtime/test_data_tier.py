@@ -48,8 +48,11 @@ def _request(code: str, *, shared: dict[str, Any] | None = None, workspace: Any 
 
 
 def _observed(result: Any) -> Any:
+    from statek_bus.runtime.workspace import decode_workspace, encode_workspace
+
     units = [(u.console, u.error, u.sandbox, u.timeout, u.suspended) for u in result.units]
-    return units, result.exited, result.exit_value, result.workspace, result.dropped, result.notes
+    stored = None if result.workspace is None else decode_workspace(encode_workspace(result.workspace))
+    return units, result.exited, result.exit_value, stored, result.dropped, result.notes
 
 
 @pytest.fixture
@@ -204,7 +207,9 @@ async def test_a_dict_subclass_cannot_forge_what_the_next_step_decodes(runners: 
     process, tier = runners
     forge = "class D(dict):\n    def items(self):\n        return [('$t', 'tuple'), ('v', 'ab')]\nt = D(k=1)\ndel D"
     first = await process.run(_request(forge))
-    assert first.workspace.values["t"] == {"k": 1}, first.workspace.values
+    from statek_bus.runtime.workspace import stored_value
+
+    assert stored_value(first.workspace.values["t"]) == {"k": 1}, first.workspace.values
     expected = await process.run(_request("print(t)", workspace=first.workspace))
     got = await tier.run(_request("print(t)", workspace=first.workspace))
     assert tier.counts["tier"] == 1, tier.counts

@@ -424,3 +424,26 @@ async def test_a_compromised_workers_forged_frame_is_its_own_steps_error(name: s
         assert again.units[0].console == ["2"]
     finally:
         await runner.aclose()
+
+
+async def test_a_workers_workspace_reaches_the_executor_in_its_bytes() -> None:
+    """Never decoded there: 32 MB of 4,299-digit JSON ints (or of ``[[], ...]``) a compromised worker
+    sent cost the executor 1.9-2.3 s a step to decode and encode again, on its event loop."""
+    import msgspec
+
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    code = (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
+        "ints = b','.join([b'9' * 4299] * 200)\n"
+        'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":[\' + ints + b\']}}}\'\n'
+        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
+        "import time\ntime.sleep(5)"
+    )
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request(code, 10.0))
+        stored = result.workspace.values["x"]
+        assert isinstance(stored, msgspec.Raw) and bytes(stored).startswith(b"[" + b"9" * 4299 + b","), result
+    finally:
+        await runner.aclose()

@@ -764,7 +764,7 @@ class Executor:
         from statek_bus.runtime import workspace
 
         ref = await workspace.save_workspace(self.js, job_id, step, data, self.settings.workspace_inline_max)
-        return msgspec.to_builtins(ref, enc_hook=workspace.stored_builtins)  # type: ignore[no-any-return]
+        return msgspec.to_builtins(ref)  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=4096)

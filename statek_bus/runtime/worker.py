@@ -45,7 +45,7 @@ from statek_bus.authoring.console import error_line, format_value
 from statek_bus.authoring.futures import CallSites, Suspend
 from statek_bus.authoring.tools import JobContext, describe
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, execute
-from statek_bus.runtime.workspace import MAX_WORKSPACE_BYTES, WorkspaceData
+from statek_bus.runtime.workspace import MAX_WORKSPACE_BYTES, WorkspaceData, decode_stored_workspace
 from statek_bus.sandbox import restricted
 from statek_bus.sandbox.isolation import (
     Limits,
@@ -57,6 +57,7 @@ from statek_bus.sandbox.isolation import (
     seal_server,
 )
 from statek_bus.sandbox.protocol import (
+    NO_WORKSPACE,
     TOOL_REF,
     CallReply,
     CtxGet,
@@ -75,6 +76,7 @@ from statek_bus.sandbox.protocol import (
     TypeSpec,
     UnitOut,
     encode_control,
+    is_null,
     read_frame,
     write_frame,
 )
@@ -86,7 +88,6 @@ __all__ = ["ToolStub", "main"]
 
 
 _ENCODER = msgspec.json.Encoder()
-_NO_WORKSPACE = msgspec.Raw(b"null")  # a step that saves no workspace
 _CTL_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
@@ -340,8 +341,8 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
     env = ch.env = _WorkerEnv()
     job = JobContext(job_id=start.job_id, agent="", params={}, namespace={}, extras={"env": env})
     workspace: WorkspaceData | None = None
-    if start.workspace is not None:
-        workspace = msgspec.convert(start.workspace, WorkspaceData)
+    if not is_null(start.workspace):
+        workspace = decode_stored_workspace(start.workspace)  # each value restored apart
     session = ch.session = SandboxSession(
         policy=policy,
         trusted_policy=trusted,
@@ -373,10 +374,10 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
             exit_value = to_json(result.exit_value, ch.registry, "exit")
         except Exception:
             exit_value = format_value(result.exit_value)
-    ws = msgspec.Raw(_ENCODER.encode(result.workspace)) if result.workspace is not None else _NO_WORKSPACE
+    ws = msgspec.Raw(_ENCODER.encode(result.workspace)) if result.workspace is not None else NO_WORKSPACE
     notes = list(result.notes)
     if (size := len(ws)) > MAX_WORKSPACE_BYTES:
-        ws = _NO_WORKSPACE  # the job keeps the workspace it had before this step
+        ws = NO_WORKSPACE  # the job keeps the workspace it had before this step
         notes.append(
             f"Warning: the workspace is {size} bytes; the limit is {MAX_WORKSPACE_BYTES}: "
             "this step's variables were not saved"

@@ -61,7 +61,6 @@ __all__ = [
     "encode_workspace",
     "load_workspace",
     "save_workspace",
-    "stored_builtins",
     "stored_value",
     "workspace_blob_name",
 ]
@@ -410,13 +409,6 @@ def stored_value(value: Any) -> Any:
     return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
 
 
-def stored_builtins(value: Any) -> Any:
-    """``enc_hook`` of :func:`msgspec.to_builtins` for a workspace that holds stored bytes."""
-    if isinstance(value, msgspec.Raw):
-        return msgspec.json.decode(value)
-    raise NotImplementedError(type(value).__name__)
-
-
 def workspace_blob_name(job_id: str, step: int) -> str:
     """Object name of step ``step``'s workspace of ``job_id`` in ``OBJECT_STORE_BUCKET``."""
     return f"ws/{token(job_id)}/{step}"
@@ -430,8 +422,8 @@ async def save_workspace(
     Saving the same step again (a redelivered step) overwrites the same blob.
     """
     raw = encode_workspace(data)
-    if len(raw) <= inline_max:
-        return WorkspaceRef(inline=data, size=len(raw))
+    if len(raw) <= inline_max and not any(isinstance(v, msgspec.Raw) for v in data.values.values()):
+        return WorkspaceRef(inline=data, size=len(raw))  # values kept in their bytes: a blob
     name = workspace_blob_name(job_id, step)
     store = await js.object_store(OBJECT_STORE_BUCKET)
     await store.put(name, raw)

@@ -28,6 +28,7 @@ import msgspec
 
 __all__ = [
     "MAX_FRAME",
+    "NO_WORKSPACE",
     "TOOL_REF",
     "CallReply",
     "CtxGet",
@@ -49,6 +50,7 @@ __all__ = [
     "WorkerMessage",
     "decode_control",
     "encode_control",
+    "is_null",
     "read_frame",
     "write_frame",
 ]
@@ -59,6 +61,15 @@ MAX_FRAME = 64 * 1024 * 1024
 
 TOOL_REF = "statek_bus.runtime.procrunner:ToolRef"
 """Tagged-JSON class name of a tool passed as an argument (``docstr(add)``)."""
+
+
+NO_WORKSPACE = msgspec.Raw(b"null")
+"""A frame's workspace when there is none."""
+
+
+def is_null(raw: msgspec.Raw) -> bool:
+    """Whether ``raw`` is JSON's ``null`` (msgspec keeps no whitespace around a raw value)."""
+    return len(raw) == 4 and bytes(raw) == b"null"
 
 
 class FrameError(Exception):
@@ -140,8 +151,10 @@ class StepStart(msgspec.Struct, kw_only=True, frozen=True, tag="start", tag_fiel
     """Tools in scope (stubs in the worker)."""
     types: list[TypeSpec] = []
     """Classes values may hold."""
-    workspace: Any = None
-    """The stored workspace (:class:`~statek_bus.runtime.workspace.WorkspaceData` as JSON), or None."""
+    workspace: msgspec.Raw = NO_WORKSPACE
+    """The stored workspace (:class:`~statek_bus.runtime.workspace.WorkspaceData` as JSON, or
+    ``null``: none), each value restored apart (one that does not decode is that value's warning,
+    not the frame's end)."""
     shared_vars: dict[str, Any] = {}
     """Tagged-JSON initial variables (used when there is no workspace)."""
     job_id: str = ""
@@ -247,7 +260,7 @@ class StepDone(msgspec.Struct, kw_only=True, frozen=True, tag="done", tag_field=
     """``exit(value)`` ran."""
     exit_value: Any = None
     """Tagged-JSON exit value."""
-    workspace: msgspec.Raw = msgspec.Raw(b"null")
+    workspace: msgspec.Raw = NO_WORKSPACE
     """The new workspace (JSON of ``WorkspaceData``, or ``null``: none), kept in its bytes where
     it is read: the executor decodes only what a step in it names."""
     dropped: list[str] = []

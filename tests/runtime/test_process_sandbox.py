@@ -396,6 +396,13 @@ FORGED = {
         "write_frame(worker._channel().sock, StepDone(units=[], exited=True, exit_value={'$t': 'zz'}))\n"
         "import time\ntime.sleep(5)"
     ),
+    # a value msgspec keeps in bytes but cannot decode: the executor would fail as it saved it
+    "undecodable value": (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
+        'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":1e400}}}\'\n'
+        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
+        "import time\ntime.sleep(5)"
+    ),
     # a frame nested 5,000 deep: msgspec's RecursionError escaped the runner
     "deep frame": (
         "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
@@ -435,7 +442,7 @@ async def test_a_workers_workspace_reaches_the_executor_in_its_bytes() -> None:
 
     code = (
         "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
-        "ints = b','.join([b'9' * 4299] * 200)\n"
+        "ints = b','.join([b'9' * 4299] * 400)\n"
         'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":[\' + ints + b\']}}}\'\n'
         "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
         "import time\ntime.sleep(5)"
@@ -445,5 +452,31 @@ async def test_a_workers_workspace_reaches_the_executor_in_its_bytes() -> None:
         result = await runner.run(_request(code, 10.0))
         stored = result.workspace.values["x"]
         assert isinstance(stored, msgspec.Raw) and bytes(stored).startswith(b"[" + b"9" * 4299 + b","), result
+    finally:
+        await runner.aclose()
+
+
+async def test_a_large_workspaces_undecodable_value_is_that_values_warning_in_the_next_step() -> None:
+    """Kept in its bytes by the executor, it reaches the next worker, which drops that value with a
+    warning and restores the rest (the whole frame failed to decode there: a WorkerCrash a step)."""
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    code = (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
+        "big = b'\"' + b'x' * 1_200_000 + b'\"'\n"
+        'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":1e400,"big":\' + big'
+        " + b',\"n\":1}}}'\n"
+        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
+        "import time\ntime.sleep(5)"
+    )
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        first = await runner.run(_request(code, 10.0))
+        assert first.workspace is not None and list(first.workspace.values) == ["x", "big", "n"], first
+        request = _request("print(n, len(big))")
+        request.session.workspace_data = first.workspace
+        after = await runner.run(request)
+        assert after.units[0].console == ["1 1200000"], after.units
+        assert any(n.startswith("Warning: could not restore x") for n in after.notes), after.notes
     finally:
         await runner.aclose()

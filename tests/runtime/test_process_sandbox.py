@@ -383,6 +383,17 @@ async def test_a_runner_closed_while_it_boots_leaves_no_fork_server_and_no_open_
     assert _fork_servers_of_this_process() == []
 
 
+def _sends(body: str) -> str:
+    """Model code that, restricted mode off (a full escape), sends the frame ``body`` (a Python bytes
+    expression) to the executor itself, then waits."""
+    return (
+        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
+        f"body = {body}\n"
+        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
+        "import time\ntime.sleep(5)"
+    )
+
+
 FORGED = {
     # a tool's argument whose payload is of the wrong type: AttributeError escaped the runner
     "tool argument": (
@@ -397,18 +408,10 @@ FORGED = {
         "import time\ntime.sleep(5)"
     ),
     # a value msgspec keeps in bytes but cannot decode: the executor would fail as it saved it
-    "undecodable value": (
-        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
-        'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":1e400}}}\'\n'
-        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
-        "import time\ntime.sleep(5)"
-    ),
+    "undecodable value": _sends('b\'{"k":"done","units":[],"workspace":{"values":{"x":1e400}}}\''),
     # a frame nested 5,000 deep: msgspec's RecursionError escaped the runner
-    "deep frame": (
-        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
-        "body = b'{\"k\":\"done\",\"units\":[],\"exit_value\":' + b'[' * 5000 + b']' * 5000 + b'}'\n"
-        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
-        "import time\ntime.sleep(5)"
+    "deep frame": _sends(
+        "b'{\"k\":\"done\",\"units\":[],\"exit_value\":' + b'[' * 5000 + b']' * 5000 + b'}'"
     ),
 }
 
@@ -440,13 +443,8 @@ async def test_a_workers_workspace_reaches_the_executor_in_its_bytes() -> None:
 
     from statek_bus.runtime.procrunner import ProcessCodeRunner
 
-    code = (
-        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
-        "ints = b','.join([b'9' * 4299] * 400)\n"
-        'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":[\' + ints + b\']}}}\'\n'
-        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
-        "import time\ntime.sleep(5)"
-    )
+    ints = "b','.join([b'9' * 4299] * 400)"
+    code = _sends(f'b\'{{"k":"done","units":[],"workspace":{{"values":{{"x":[\' + {ints} + b\']}}}}}}\'')
     runner = ProcessCodeRunner(workers=1)
     try:
         result = await runner.run(_request(code, 10.0))
@@ -461,13 +459,9 @@ async def test_a_large_workspaces_undecodable_value_is_that_values_warning_in_th
     warning and restores the rest (the whole frame failed to decode there: a WorkerCrash a step)."""
     from statek_bus.runtime.procrunner import ProcessCodeRunner
 
-    code = (
-        "from statek_bus.runtime import worker\nfrom statek_bus.sandbox import protocol\n"
-        "big = b'\"' + b'x' * 1_200_000 + b'\"'\n"
-        'body = b\'{"k":"done","units":[],"workspace":{"values":{"x":1e400,"big":\' + big'
-        " + b',\"n\":1}}}'\n"
-        "worker._channel().sock.sendall(protocol._HEADER.pack(len(body)) + body)\n"
-        "import time\ntime.sleep(5)"
+    big = "b'\"' + b'x' * 1_200_000 + b'\"'"
+    code = _sends(
+        f'b\'{{"k":"done","units":[],"workspace":{{"values":{{"x":1e400,"big":\' + {big} + b\',"n":1}}}}}}\''
     )
     runner = ProcessCodeRunner(workers=1)
     try:

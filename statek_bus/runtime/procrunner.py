@@ -55,7 +55,7 @@ from statek_bus.runtime.coderunner import (
     install_stdout_capture,
 )
 from statek_bus.runtime.tierrunner import DataTier
-from statek_bus.runtime.workspace import decode_stored_workspace, decode_workspace
+from statek_bus.runtime.workspace import decode_reported_workspace
 from statek_bus.sandbox.isolation import LAYERS, Limits, protect_executor
 from statek_bus.sandbox.protocol import (
     TOOL_REF,
@@ -76,7 +76,6 @@ from statek_bus.sandbox.protocol import (
     TypeSpec,
     UnitSpec,
     decode_control,
-    is_null,
     read_frame,
     write_frame,
 )
@@ -94,12 +93,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_CHECKED_WORKSPACE = 256 * 1024
-"""A worker's workspace of at most this many bytes (the default ``workspace_inline_max``) is
-decoded whole when it comes: a value msgspec keeps in bytes but cannot decode (an int of 5,000
-digits, ``1e400``) is then the worker's fault, and a workspace the record may hold inline is all
-decoded JSON (60 ints of 4,299 digits fit: ~25 ms). A larger one stays in its bytes
-(:func:`~statek_bus.runtime.workspace.decode_stored_workspace`) and goes to the object store."""
 _GRACE = 1.0
 """Seconds past the step deadline before a worker is killed (the in-worker clock stops loops first)."""
 _READY_ATTEMPTS = 3
@@ -770,15 +763,7 @@ class _Step:
                 if self.exited and not done.exited
                 else from_json(done.exit_value, self.registry)
             )
-            ws = done.workspace  # a small one decoded whole: what it holds is checked, and it may be
-            # stored inline in the record; a large one is the object store's, in its bytes
-            workspace = (
-                None
-                if is_null(ws)
-                else decode_workspace(ws)
-                if len(ws) <= _CHECKED_WORKSPACE
-                else decode_stored_workspace(ws)
-            )
+            workspace = decode_reported_workspace(done.workspace)
         except ValueError as exc:
             raise FrameError(f"malformed step report: {exc}") from None
         last = units[-1] if units else None

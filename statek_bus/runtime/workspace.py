@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from statek_bus.sandbox.protocol import is_null
 from statek_bus.sandbox.restricted import (
     MODEL_MODULE,
     CompiledStatement,
@@ -49,12 +50,14 @@ if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS cl
     from nats.js import JetStreamContext
 
 __all__ = [
+    "CHECKED_WORKSPACE_BYTES",
     "MAX_WORKSPACE_BYTES",
     "Definition",
     "DefinitionSource",
     "Workspace",
     "WorkspaceData",
     "WorkspaceRef",
+    "decode_reported_workspace",
     "decode_stored_workspace",
     "decode_workspace",
     "delete_workspace",
@@ -401,6 +404,23 @@ def decode_stored_workspace(raw: bytes) -> WorkspaceData:
     4,299 digits cost the executor 1.9-2.3 s a step to decode and encode again, on its event loop."""
     stored = _STORED_DECODER.decode(raw)
     return WorkspaceData(values=dict(stored.values), definitions=stored.definitions)
+
+
+CHECKED_WORKSPACE_BYTES = 256 * 1024
+"""A worker's new workspace of at most this many bytes (the default ``workspace_inline_max``) is
+decoded whole when it comes: a value msgspec keeps in bytes but cannot decode (an int of 5,000
+digits, ``1e400``) is then the worker's fault, and a workspace the record may hold inline is all
+decoded JSON (60 ints of 4,299 digits fit: ~25 ms). A larger one stays in its bytes and goes to
+the object store."""
+
+
+def decode_reported_workspace(raw: msgspec.Raw) -> WorkspaceData | None:
+    """The workspace a worker's step report holds (None for ``null``): decoded whole up to
+    :data:`CHECKED_WORKSPACE_BYTES`, else :func:`decode_stored_workspace`; ``ValueError`` on what
+    does not decode."""
+    if is_null(raw):
+        return None
+    return decode_workspace(raw) if len(raw) <= CHECKED_WORKSPACE_BYTES else decode_stored_workspace(raw)
 
 
 def stored_value(value: Any) -> Any:

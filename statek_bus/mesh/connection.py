@@ -79,22 +79,29 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+async def stop_tasks(*tasks: asyncio.Task[Any] | None, within: float = 10.0) -> None:
     """Cancel ``tasks`` and wait until each has ended, cancelling again every
-    :data:`_CANCEL_AGAIN` seconds one is still running; what they raised is dropped.
+    :data:`_CANCEL_AGAIN` seconds one is still running; what they raised is dropped. A task still
+    running after ``within`` seconds (one that refuses every cancel) is named in a warning and
+    left: a stop never hangs on it.
 
     A cancel nats-py swallowed (see :func:`raise_if_cancelled`) otherwise leaves a task running
     until its own timeout, or for good: the queue pump of an executor told to stop kept fetching
     for another 4 s.
     """
     pending = {t for t in tasks if t is not None}
-    while pending:
+    deadline = asyncio.get_running_loop().time() + within
+    try:
+        while pending and asyncio.get_running_loop().time() < deadline:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN)
         for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN)
-    for task in tasks:
-        if task is not None and not task.cancelled():
-            task.exception()  # retrieved: never "exception was never retrieved" at exit
+            log.warning("task %s did not stop within %g s of being cancelled", t.get_name(), within)
+    finally:  # also when the stop itself is cancelled: what the ended ones raised is retrieved
+        for task in tasks:
+            if task is not None and task.done() and not task.cancelled():
+                task.exception()  # never "exception was never retrieved" at exit
 
 
 async def pause_before_retry(seconds: float) -> None:

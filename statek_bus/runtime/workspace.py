@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,7 +44,7 @@ from statek_bus.sandbox.restricted import (
     module_name,
 )
 from statek_bus.wire.subjects import OBJECT_STORE_BUCKET, token
-from statek_bus.wire.values import TAG, TypeRegistry, checked_keys, from_json, to_json
+from statek_bus.wire.values import TAG, TypeRegistry, from_json, to_json
 
 if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS client
     from nats.js import JetStreamContext
@@ -171,32 +171,20 @@ class _Codec:
         return to_json(value, self.registry, path)
 
     def decode(self, data: Any) -> Any:
-        if isinstance(data, list):
-            return [self.decode(v) for v in data]
-        if not isinstance(data, dict):
-            return data
-        tag, v = data.get(TAG), data.get("v")
-        match tag:  # the shapes from_json takes, and its limit on keys of one hash
-            case None:
-                return {k: self.decode(x) for k, x in data.items()}
-            case "mobj" if type(v) is dict:
-                cls = self.classes.get(data["cls"])
-                if cls is None:
-                    raise ValueError(f"class {data['cls']!r} is no longer defined")
-                obj: Any = object.__new__(cls)
-                vars(obj).update({k: self.decode(x) for k, x in v.items()})
-                return obj
-            case "tuple" if type(v) is list:
-                return tuple(self.decode(x) for x in v)
-            case "set" if type(v) is list:
-                return set(checked_keys([self.decode(x) for x in v]))
-            case "frozenset" if type(v) is list:
-                return frozenset(checked_keys([self.decode(x) for x in v]))
-            case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
-                pairs = [(self.decode(k), self.decode(x)) for k, x in v]
-                checked_keys([k for k, _ in pairs])
-                return dict(pairs)
-        return from_json(data, self.registry)
+        """:func:`from_json`, with ``mobj`` instances of the namespace's classes at any depth."""
+        return from_json(data, self.registry, revive=self._revive)
+
+    def _revive(self, data: dict[str, Any], decode: Callable[[Any], Any]) -> Any:
+        v = data.get("v")
+        if data.get(TAG) != MOBJ or type(v) is not dict:
+            raise ValueError(f"unknown value tag {data.get(TAG)!r}")
+        name = data.get("cls")
+        cls = self.classes.get(name) if type(name) is str else None
+        if cls is None:
+            raise ValueError(f"class {name!r} is no longer defined")
+        obj: Any = object.__new__(cls)
+        vars(obj).update({k: decode(x) for k, x in v.items()})
+        return obj
 
 
 class _Restore(Protocol):

@@ -31,13 +31,14 @@ import enum
 import math
 import types
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-__all__ = ["TAG", "TypeRegistry", "UnencodableValueError", "checked_keys", "from_json", "to_json"]
+__all__ = ["TAG", "Revive", "TypeRegistry", "UnencodableValueError", "checked_keys", "from_json", "to_json"]
 
 TAG = "$t"
 
@@ -267,11 +268,13 @@ def _dict(value: dict[Any, Any], reg: TypeRegistry) -> Any:
     return {TAG: "dict", "v": pairs}
 
 
-def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
+def from_json(data: Any, registry: TypeRegistry | None = None, *, revive: Revive | None = None) -> Any:
     """Decode what :func:`to_json` produced (or any plain JSON value); ``ValueError`` names what
-    is malformed, whatever the stored form (a worker's or a caller's) holds."""
+    is malformed, whatever the stored form (a worker's or a caller's) holds. ``revive`` decodes a
+    tag this codec does not know (given the tagged object and the decoder for its parts), at any
+    depth; without it such a tag is a ``ValueError``."""
     try:
-        return _decode(data, registry or _EMPTY)
+        return _decode(data, registry or _EMPTY, revive)
     except ValueError:
         raise
     except RecursionError:
@@ -280,19 +283,23 @@ def from_json(data: Any, registry: TypeRegistry | None = None) -> Any:
         raise ValueError(f"malformed tagged value: {type(exc).__name__}: {exc}") from None
 
 
+Revive = Callable[[dict[str, Any], Callable[[Any], Any]], Any]
+"""``revive(tagged, decode)`` of :func:`from_json`: a value of a tag the codec does not know."""
+
+
 _MAX_DECIMAL_EXPONENT = 10_000
 """Largest decimal exponent a stored Decimal may have: ``Decimal('1e1000000')`` is 11 bytes, and
 ``int()`` of it takes a trusted tool 25 s."""
 
 
-def _decode(data: Any, reg: TypeRegistry) -> Any:
+def _decode(data: Any, reg: TypeRegistry, revive: Revive | None = None) -> Any:
     if isinstance(data, list):
-        return [_decode(v, reg) for v in data]
+        return [_decode(v, reg, revive) for v in data]
     if not isinstance(data, dict):
         return data
     tag = data.get(TAG)
     if tag is None:
-        return {k: _decode(v, reg) for k, v in data.items()}
+        return {k: _decode(v, reg, revive) for k, v in data.items()}
     v: Any = data.get("v")
     match tag:
         case "datetime" if type(v) is str:
@@ -319,21 +326,23 @@ def _decode(data: Any, reg: TypeRegistry) -> Any:
         case "float" if v in _NON_FINITE:
             return float(v)
         case "tuple" if type(v) is list:
-            return tuple(_decode(x, reg) for x in v)
+            return tuple(_decode(x, reg, revive) for x in v)
         case "set" if type(v) is list:
-            return set(checked_keys([_decode(x, reg) for x in v]))
+            return set(checked_keys([_decode(x, reg, revive) for x in v]))
         case "frozenset" if type(v) is list:
-            return frozenset(checked_keys([_decode(x, reg) for x in v]))
+            return frozenset(checked_keys([_decode(x, reg, revive) for x in v]))
         case "dict" if type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
-            pairs = [(_decode(k, reg), _decode(x, reg)) for k, x in v]
+            pairs = [(_decode(k, reg, revive), _decode(x, reg, revive)) for k, x in v]
             checked_keys([k for k, _ in pairs])
             return dict(pairs)
         case "enum":
-            return reg.lookup(data["cls"])(_decode(v, reg))
+            return reg.lookup(data["cls"])(_decode(v, reg, revive))
         case "obj" if type(v) is dict:
-            return reg.lookup(data["cls"])(**{k: _decode(x, reg) for k, x in v.items()})
+            return reg.lookup(data["cls"])(**{k: _decode(x, reg, revive) for k, x in v.items()})
         case "datetime" | "date" | "time" | "timedelta" | "decimal" | "uuid" | "bytes":
             raise ValueError(f"malformed {tag!r} value")
         case "int" | "float" | "tuple" | "set" | "frozenset" | "dict" | "obj":  # what to_json never makes
             raise ValueError(f"malformed {tag!r} value")
+    if revive is not None:
+        return revive(data, lambda x: _decode(x, reg, revive))
     raise ValueError(f"unknown value tag {tag!r}")

@@ -55,6 +55,7 @@ from nats.js.errors import APIError, KeyWrongLastSequenceError
 from statek_bus.jobs.store import JobStore
 from statek_bus.mesh.availability import retry_transient, unavailable_as_503
 from statek_bus.mesh.direct import connection, direct_get, last_message, request_timeout
+from statek_bus.mesh.lastreads import LastReads
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import PayloadTooLargeError
 from statek_bus.wire.limits import INBOX_DRAIN_MAX, RECORD_HEADROOM
@@ -133,6 +134,7 @@ class JobInbox:
         # answered by a replica that lags; with one replica it is the leader, and cheaper than the
         # JetStream API's message get.
         self.direct_is_leader = settings.replicas == 1
+        self._last = LastReads(nc, INBOX_STREAM, timeout=_READ_TIMEOUT)
 
     async def append(self, event: JobEvent, *, message_id: str | None, field: str) -> int:
         """Store ``event`` in its job's inbox; its stream sequence (the first one for a repeated id).
@@ -191,9 +193,25 @@ class JobInbox:
         items = await self.fetch(job_id, after, max_bytes=up_to)
         return sum(len(encode(i.event)) for i in items if i.seq > after)
 
-    async def last_seq(self, job_id: str) -> int:
-        """Sequence of the newest item in the job's inbox (0: none stored), read from the leader."""
-        return await last_seq(self.js, job_id, direct=self.direct_is_leader)
+    async def last_seq(self, job_id: str, *, leader: bool = True) -> int:
+        """Sequence of the newest item in the job's inbox (0: none stored).
+
+        ``leader``: the answer sees every item acknowledged before the call (the hand-off's read);
+        otherwise any replica may answer. Reads that any replica may answer, and with one replica
+        every read, are batched with the other jobs' (:class:`~statek_bus.mesh.lastreads.LastReads`).
+        """
+        if leader and not self.direct_is_leader:
+            return await last_seq(self.js, job_id)
+        subject = inbox_subject(job_id)
+        stored = await retry_transient(lambda: self._last.last(subject))
+        return stored.seq if stored is not None else 0
+
+    async def unread(self, job_id: str, after: int, *, max_bytes: int) -> list[InboxItem]:
+        """:meth:`fetch`, asked only of an inbox that holds an item past ``after`` (most hold none:
+        the check is one batched read shared with other jobs, the fetch a request of its own)."""
+        if await self.last_seq(job_id, leader=False) <= after:
+            return []
+        return await self.fetch(job_id, after, max_bytes=max_bytes)
 
     async def purge(self, job_id: str, through: int) -> None:
         """Drop the job's items up to and including ``through`` (consumed ones)."""

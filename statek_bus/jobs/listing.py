@@ -36,13 +36,13 @@ from statek_bus.mesh.availability import retry_transient
 from statek_bus.mesh.direct import direct_get
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
+from statek_bus.wire.limits import MULTI_LAST_MAX
 from statek_bus.wire.messages import IndexEntry, Job, JobListRequest, JobRecord
 from statek_bus.wire.subjects import INDEX_PREFIX, JOBS_BUCKET, KV_OPERATION_HEADER, job_key, token
 
 __all__ = [
     "JOBS_STREAM",
     "MAX_EXAMINED",
-    "MULTI_LAST_MAX",
     "KeyValues",
     "list_jobs",
     "read_in_order",
@@ -54,8 +54,6 @@ JOBS_STREAM = f"KV_{JOBS_BUCKET}"
 """The stream behind the ``statek_jobs`` bucket."""
 MAX_EXAMINED = 10_000
 """Most job records one status-filtered ``jobs.list`` reads (413 beyond, asking to narrow)."""
-MULTI_LAST_MAX = 256
-"""Keys per ``multi_last`` direct get (the server refuses more than 1,024 results)."""
 _IN_ORDER_BATCH = 512
 _TIMEOUT = 10.0
 

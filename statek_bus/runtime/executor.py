@@ -516,7 +516,7 @@ class Executor:
         found: tuple[JobRecord, int] | None = None
         # the inbox is read beside the record, from a position it has reached (positions only grow)
         after = self._inbox_pos.get(work.job_id, 0)
-        fetch = self.inbox.fetch(work.job_id, after, max_bytes=self.nc.max_payload)
+        fetch = self.inbox.unread(work.job_id, after, max_bytes=self.nc.max_payload)
         if cached is not None and cached[0].step == work.step and time.monotonic() - cached[2] <= _RECENT_AGE:
             found = cached[0], cached[1]  # the successor this replica queued a moment ago
             fetched = await fetch

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_OPTION_TEXT",
     "MAX_PERM_CONTEXT_BYTES",
     "MAX_WARMUP_CODE",
+    "MULTI_LAST_MAX",
     "NAME_FORBIDDEN",
     "NAME_PATTERN",
     "RECORD_HEADROOM",
@@ -99,3 +100,5 @@ HANDLER_LOG_BYTES = 256 * 1024
 an event, and stays in the job log stream), so a handler that lives long never outgrows a record."""
 INBOX_DRAIN_MAX = 1000
 """Most inbox items one step consumes; the rest wait for the job's next step."""
+MULTI_LAST_MAX = 256
+"""Subjects per ``multi_last`` direct get (the server refuses more than 1,024 results)."""

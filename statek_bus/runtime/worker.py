@@ -45,7 +45,13 @@ from statek_bus.authoring.console import error_line, format_value
 from statek_bus.authoring.futures import CallSites, Suspend
 from statek_bus.authoring.tools import JobContext, describe
 from statek_bus.runtime.coderunner import ExecRequest, ExecUnit, SandboxSession, execute
-from statek_bus.runtime.workspace import MAX_WORKSPACE_BYTES, WorkspaceData, decode_stored_workspace
+from statek_bus.runtime.workspace import (
+    MAX_DEFINITIONS_BYTES,
+    MAX_WORKSPACE_BYTES,
+    WorkspaceData,
+    decode_stored_workspace,
+    definitions_too_large,
+)
 from statek_bus.sandbox import restricted
 from statek_bus.sandbox.isolation import (
     Limits,
@@ -381,6 +387,12 @@ def _run_step(sock: socket.socket, start: StepStart) -> StepDone:
         notes.append(
             f"Warning: the workspace is {size} bytes; the limit is {MAX_WORKSPACE_BYTES}: "
             "this step's variables were not saved"
+        )
+    elif result.workspace is not None and (defs := definitions_too_large(result.workspace, size)):
+        ws = NO_WORKSPACE
+        notes.append(
+            f"Warning: the workspace's definitions (def, class, import) are {defs} bytes; the limit is "
+            f"{MAX_DEFINITIONS_BYTES}: this step's variables were not saved"
         )
     return StepDone(
         units=[

@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the sandbox worker imports this module: it needs no NATS cl
 
 __all__ = [
     "CHECKED_WORKSPACE_BYTES",
+    "MAX_DEFINITIONS_BYTES",
     "MAX_WORKSPACE_BYTES",
     "Definition",
     "DefinitionSource",
@@ -60,6 +61,7 @@ __all__ = [
     "decode_reported_workspace",
     "decode_stored_workspace",
     "decode_workspace",
+    "definitions_too_large",
     "delete_workspace",
     "encode_workspace",
     "load_workspace",
@@ -70,6 +72,11 @@ __all__ = [
 
 MAX_WORKSPACE_BYTES = 32 * 1024 * 1024
 """Largest workspace a step may save (encoded); past it the step's variables are not saved."""
+MAX_DEFINITIONS_BYTES = 1024 * 1024
+"""Largest encoded list of definitions a workspace may hold (the source of every ``def``, ``class``
+and ``import`` it replays; about 25,000 lines of code); past it the step's variables are not saved.
+Definitions decode into one object each: 30 MB of empty ones, under the workspace limit, cost the
+executor 0.9 s a step to decode, so a stored workspace's are measured in their bytes first."""
 MOBJ = "mobj"
 """Tag of an instance of a model-defined class."""
 
@@ -379,19 +386,37 @@ def decode_workspace(raw: bytes) -> WorkspaceData:
 
 class _StoredWorkspace(msgspec.Struct, kw_only=True):
     values: dict[str, msgspec.Raw] = {}
-    definitions: list[DefinitionSource] = []
+    definitions: msgspec.Raw = msgspec.Raw(b"[]")
 
 
 _STORED_DECODER = msgspec.json.Decoder(_StoredWorkspace)
+_DEFINITIONS_DECODER = msgspec.json.Decoder(list[DefinitionSource])
 
 
 def decode_stored_workspace(raw: bytes) -> WorkspaceData:
     """:func:`decode_workspace`, each value left in its stored bytes (:class:`msgspec.Raw`, which
     encodes again as it is): the executor decodes only what a step in it names
     (:func:`stored_value`). A worker's workspace or a blob of 32 MB of ``[[], ...]`` or of ints of
-    4,299 digits cost the executor 1.9-2.3 s a step to decode and encode again, on its event loop."""
+    4,299 digits cost the executor 1.9-2.3 s a step to decode and encode again, on its event loop.
+    Definitions over :data:`MAX_DEFINITIONS_BYTES` are refused (``ValueError``) before they are
+    decoded: no step saves them (:func:`definitions_too_large`)."""
     stored = _STORED_DECODER.decode(raw)
-    return WorkspaceData(values=dict(stored.values), definitions=stored.definitions)
+    if (size := len(stored.definitions)) > MAX_DEFINITIONS_BYTES:
+        raise ValueError(
+            f"the workspace's definitions are {size:,} bytes; the limit is {MAX_DEFINITIONS_BYTES:,}"
+        )
+    return WorkspaceData(
+        values=dict(stored.values), definitions=_DEFINITIONS_DECODER.decode(stored.definitions)
+    )
+
+
+def definitions_too_large(data: WorkspaceData, size: int) -> int | None:
+    """The encoded size of ``data``'s definitions when over :data:`MAX_DEFINITIONS_BYTES` (``size``:
+    the whole workspace's, encoded; a smaller one is not measured again), else ``None``."""
+    if size <= MAX_DEFINITIONS_BYTES:
+        return None
+    defs = len(_ENCODER.encode(data.definitions))
+    return defs if defs > MAX_DEFINITIONS_BYTES else None
 
 
 CHECKED_WORKSPACE_BYTES = 256 * 1024

@@ -409,6 +409,12 @@ FORGED = {
     ),
     # a value msgspec keeps in bytes but cannot decode: the executor would fail as it saved it
     "undecodable value": _sends('b\'{"k":"done","units":[],"workspace":{"values":{"x":1e400}}}\''),
+    # 1.6 MB of empty definitions beside a value that sends the workspace to the object store: each
+    # decoded into an object on the executor's event loop (30 MB cost it 0.9 s a step)
+    "definitions past the limit": _sends(
+        "b'{\"k\":\"done\",\"units\":[],\"workspace\":{\"values\":{\"big\":\"' + b'x' * 300_000"
+        " + b'\"},\"definitions\":[' + b','.join([b'{\"names\":[],\"source\":\"\"}'] * 60_000) + b']}}'"
+    ),
     # a frame nested 5,000 deep: msgspec's RecursionError escaped the runner
     "deep frame": _sends(
         "b'{\"k\":\"done\",\"units\":[],\"exit_value\":' + b'[' * 5000 + b']' * 5000 + b'}'"
@@ -450,6 +456,31 @@ async def test_a_workers_workspace_reaches_the_executor_in_its_bytes() -> None:
         result = await runner.run(_request(code, 10.0))
         stored = result.workspace.values["x"]
         assert isinstance(stored, msgspec.Raw) and bytes(stored).startswith(b"[" + b"9" * 4299 + b","), result
+    finally:
+        await runner.aclose()
+
+
+async def test_definitions_past_their_limit_are_not_saved_and_the_step_says_so() -> None:
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+    from statek_bus.runtime.workspace import MAX_DEFINITIONS_BYTES
+
+    doc = "x" * 100_000
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        saved = None
+        for i in range(11):  # a function of 100 kB a step: the eleventh passes 1 MiB
+            request = _request(f'def f{i}():\n    "{doc}"\nn = {i}', 20.0)
+            request.session.workspace_data = saved
+            result = await runner.run(request)
+            assert result.units[0].error is None, result.units
+            saved = result.workspace or saved
+            if i < 10:
+                assert result.workspace is not None and not result.notes, (i, result.notes)
+        assert result.workspace is None, "the job keeps the workspace it had"
+        assert any(
+            n.startswith("Warning: the workspace's definitions") and str(MAX_DEFINITIONS_BYTES) in n
+            for n in result.notes
+        ), result.notes
     finally:
         await runner.aclose()
 

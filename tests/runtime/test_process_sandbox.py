@@ -460,6 +460,22 @@ async def test_a_workers_workspace_reaches_the_executor_in_its_bytes() -> None:
         await runner.aclose()
 
 
+async def test_a_block_of_four_thousand_statements_runs_within_its_budget() -> None:
+    """Each statement's source was cut by ``ast.get_source_segment``, which splits the whole block
+    again on every call, character by character: 4,000 lines of ``x = n`` (48 kB, under the AST
+    node limit) took over the step's 11 CPU seconds to compile (a ResourceError)."""
+    from statek_bus.runtime.procrunner import ProcessCodeRunner
+
+    code = "".join(f"x{i} = {i}\n" for i in range(4000)) + "print(x0 + x3999)"
+    runner = ProcessCodeRunner(workers=1)
+    try:
+        result = await runner.run(_request(code, 60.0))
+        assert [u.error for u in result.units] == [None], result.units
+        assert result.units[0].console == ["3999"], result.units
+    finally:
+        await runner.aclose()
+
+
 async def test_definitions_past_their_limit_are_not_saved_and_the_step_says_so() -> None:
     from statek_bus.runtime.procrunner import ProcessCodeRunner
     from statek_bus.runtime.workspace import MAX_DEFINITIONS_BYTES

@@ -551,3 +551,23 @@ def test_match_class_patterns_work_and_cannot_reach_str_format() -> None:
     assert ns["out"] == [("int", 3), "str", "other"]
     with pytest.raises(SandboxViolation, match="format"):
         compile_block("match 'x':\n    case str(format=f):\n        pass\n", policy)
+
+
+def test_each_statements_source_is_cut_as_the_ast_places_it() -> None:
+    """The cut works on the block's lines once (``ast.get_source_segment`` split the whole block
+    again for every statement); it gives what that gives, whatever the line ends and characters."""
+    import ast
+
+    source = (
+        "a = 'é€😀'; b = 2\r\n"
+        "def f(x='ü'):\r    return x  # ✓\n"
+        "c = [1,\n     2]\n"
+        "if True: d = '\\x0c'\n"
+        "@(lambda g: g)\n@(lambda g: g)\ndef h():\n    return 'ß'\n"
+        "e = '𝒳'   ;   k = 3"
+    )
+    tree = ast.parse(source)
+    cut = [s.source for s in compile_block(source, SandboxPolicy(restricted=False)).statements]
+    expected = [ast.get_source_segment(source, s) for s in tree.body]
+    expected[5] = "@(lambda g: g)\n@(lambda g: g)\n" + (expected[5] or "")  # decorators included
+    assert cut == expected, cut

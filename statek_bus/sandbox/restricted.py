@@ -181,7 +181,9 @@ def _segment(lines: list[str], stmt: ast.stmt) -> str:
     loop in Python over each character: a block of many statements cost the square of its size
     (2,000 one-line statements of a 60 kB block: seconds of the step's CPU budget).
     """
-    decorators = getattr(stmt, "decorator_list", None)
+    decorators: list[ast.expr] | None = getattr(stmt, "decorator_list", None)
+    start: int
+    col: int
     if decorators:  # a decorated top-level definition starts at column 0 of its first decorator's line
         start, col = min(d.lineno for d in decorators), 0
     else:

@@ -564,7 +564,7 @@ def test_each_statements_source_is_cut_as_the_ast_places_it() -> None:
         "c = [1,\n     2]\n"
         "if True: d = '\\x0c'\n"
         "@(lambda g: g)\n@(lambda g: g)\ndef h():\n    return 'ß'\n"
-        "e = '𝒳'   ;   k = 3"
+        "e = '\U0001d4b3'   ;   k = 3"
     )
     tree = ast.parse(source)
     cut = [s.source for s in compile_block(source, SandboxPolicy(restricted=False)).statements]

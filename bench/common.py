@@ -19,6 +19,7 @@ __all__ = [
     "SLOWER",
     "Result",
     "closed_loop",
+    "connection_messages",
     "cpu_seconds",
     "minor_faults",
     "own_cpu_seconds",
@@ -173,6 +174,17 @@ def own_cpu_seconds(pid: int) -> float:
 def minor_faults(pid: int) -> int:
     """Minor page faults of the children ``pid`` has reaped (a fork server's finished workers)."""
     return int(_stat(pid)[8])
+
+
+def connection_messages(monitor_url: str, name: str) -> int:
+    """Messages the server has exchanged with the connections named ``name`` so far, both ways
+    (``/connz``: what they published and what it delivered to them)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{monitor_url}/connz?limit=100000", timeout=10) as r:
+        conns = json.load(r)["connections"]
+    return sum(int(c["in_msgs"]) + int(c["out_msgs"]) for c in conns if c.get("name") == name)
 
 
 def cpu_seconds(pid: int) -> float:

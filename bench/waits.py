@@ -21,7 +21,9 @@ Every service is its own process (embedded nats-server, submission, provider, ex
    due time until its jobs are DONE: every wake-up is one step). Then the same
    1,000 timers fire while no executor runs: the fired messages' stored times give the mechanism
    alone (the wake-up published after due), and an executor started on that full queue gives the
-   drain without the timers' own spread.
+   drain without the timers' own spread. Each drain row also gives the messages the executors'
+   connections sent and received per step (the server's ``/connz``), which show a step that costs
+   more round trips even where the machine's noise hides its rate.
 
 ``python -m bench.waits [--quick]`` (or ``python -m bench waits``).
 """
@@ -39,13 +41,22 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from bench.common import CHEAPER, SLOWER, cpu_seconds, percentile, print_tables, progress, ratio
+from bench.common import (
+    CHEAPER,
+    SLOWER,
+    connection_messages,
+    cpu_seconds,
+    percentile,
+    print_tables,
+    progress,
+    ratio,
+)
 from statek_bus.authoring.agents import SupervisedAgent
 from statek_bus.client.core import AsyncStatekClient
 from statek_bus.mesh.settings import Settings
 from statek_bus.ops.mesh import Mesh, ServiceProcess
 from statek_bus.wire.messages import JobEvent, JobStatus, decode
-from statek_bus.wire.subjects import EVENTS_PREFIX, WORK_RUN_PREFIX, WORK_STREAM
+from statek_bus.wire.subjects import EVENTS_PREFIX, SERVICE_EXECUTOR, WORK_RUN_PREFIX, WORK_STREAM
 
 __all__ = ["AGENTS", "run"]
 
@@ -157,16 +168,26 @@ async def run(quick: bool) -> dict[str, list[dict[str, Any]]]:
                     }
                 )
                 progress("waits: plain steps (the floor), then 1,000 timers due at once, 1 executor")
-                plain = await _plain_steps(client, [loaded], 1000)
-                timers.append({"measurement": "1,000 one-turn jobs at once, first steps (the floor), 1 executor", **plain})
-                timers.append(await _burst(client, [loaded], 1000, "1,000 timers due at once, 1 executor"))
+                monitor = mesh.server.monitor_url if mesh.server is not None else ""
+                plain = await _plain_steps(client, [loaded], 1000, monitor)
+                timers.append(
+                    {
+                        "measurement": "1,000 one-turn jobs at once, first steps (the floor), 1 executor",
+                        **plain,
+                    }
+                )
+                timers.append(
+                    await _burst(client, [loaded], 1000, "1,000 timers due at once, 1 executor", monitor)
+                )
                 second = ServiceProcess(
                     "executor", mesh.nats_url, args=["--agents", _SPEC], env=env, log_path=tmp / "ex2.log"
                 )
                 await second.start()  # wake-ups scale with executor processes (until the cores are full)
                 try:
                     progress("waits: 1,000 timers due at once, 2 executors")
-                    timers.append(await _burst(client, [loaded, second], 1000, "the same, 2 executors"))
+                    timers.append(
+                        await _burst(client, [loaded, second], 1000, "the same, 2 executors", monitor)
+                    )
                 finally:
                     await second.stop()
                 progress("waits: 1,000 timers with no executor running, then drained from a full queue")
@@ -222,7 +243,9 @@ def _cpu(executors: list[ServiceProcess]) -> float:
     return sum(cpu_seconds(_pid(e)) for e in executors)
 
 
-async def _plain_steps(client: AsyncStatekClient, executors: list[ServiceProcess], n: int) -> dict[str, Any]:
+async def _plain_steps(
+    client: AsyncStatekClient, executors: list[ServiceProcess], n: int, monitor: str
+) -> dict[str, Any]:
     """The floor of the drain: ``n`` one-turn jobs submitted at once. Their first steps (record read,
     model call, commit: a wake-up step without the gate and the warmup) drain at the rate of their
     STARTED events, first to last; the CPU is per step until they are DONE (each job is one step:
@@ -245,14 +268,14 @@ async def _plain_steps(client: AsyncStatekClient, executors: list[ServiceProcess
     await _settled(client, await _messages(client), 60)
     sub = await nc.subscribe(f"{EVENTS_PREFIX}.>", cb=on_event, pending_msgs_limit=1_000_000)
     try:
-        cpu = _cpu(executors)
+        cpu, sent = _cpu(executors), _messages_of(monitor)
         await _submit(client, QUICK.role, n)
         await asyncio.wait_for(finished.wait(), timeout=120)
-        used = _cpu(executors) - cpu
+        used, sent = _cpu(executors) - cpu, _messages_of(monitor) - sent
     finally:
         await sub.unsubscribe()
     late = [t - min(started) for t in started]
-    return {**_drain(late), "executor CPU ms/step": used * 1000 / n}
+    return {**_drain(late), "executor CPU ms/step": used * 1000 / n, _MSGS: sent / n}
 
 
 async def _messages(client: AsyncStatekClient) -> int:
@@ -260,7 +283,9 @@ async def _messages(client: AsyncStatekClient) -> int:
     return int((await js.stream_info(WORK_STREAM)).state.messages)
 
 
-async def _burst(client: AsyncStatekClient, executors: list[ServiceProcess], n: int, name: str) -> dict[str, Any]:
+async def _burst(
+    client: AsyncStatekClient, executors: list[ServiceProcess], n: int, name: str, monitor: str
+) -> dict[str, Any]:
     """``n`` timers due at once: lateness of each wake-up step's code, the drain rate, CPU per wake-up.
 
     The CPU is the executors' (sandbox workers included) from the due time until the jobs are
@@ -285,14 +310,29 @@ async def _burst(client: AsyncStatekClient, executors: list[ServiceProcess], n: 
     await _submit(client, ALARM.role, n, {"due": due})
     try:
         await asyncio.sleep(max(0.0, due.timestamp() - time.time()))
-        cpu = _cpu(executors)
+        cpu, sent = _cpu(executors), _messages_of(monitor)
         await asyncio.wait_for(done.wait(), timeout=120)
         await _settled(client, base, 120)  # every step has ended
-        used = _cpu(executors) - cpu
+        used, sent = _cpu(executors) - cpu, _messages_of(monitor) - sent
     finally:
         await sub.unsubscribe()
     late = [w - due.timestamp() for w in woke]
-    return {"measurement": name, **_lateness(late), **_drain(late), "executor CPU ms/step": used * 1000 / n}
+    return {
+        "measurement": name,
+        **_lateness(late),
+        **_drain(late),
+        "executor CPU ms/step": used * 1000 / n,
+        _MSGS: sent / n,
+    }
+
+
+_MSGS = "executor msgs/step"
+"""Messages the executors' connections sent and received per step (``/connz``, both ways): a step
+that costs more round trips shows here before its rate moves."""
+
+
+def _messages_of(monitor: str) -> int:
+    return connection_messages(monitor, SERVICE_EXECUTOR)
 
 
 def _drain(late: list[float]) -> dict[str, float]:

@@ -292,7 +292,7 @@ a dict with keys that are not text. Their keys may have been made to collide (in
 that costs only the worker), and building them again would be quadratic in the executor."""
 _PLAIN_TAGS = frozenset({"tuple", "float", "int"})
 """Tagged JSON that decodes to plain data: a tuple, a non-finite float, an int over 64 bits."""
-_LEAF_TAGS = frozenset({"datetime", "date", "time", "timedelta", "decimal", "uuid", "bytes"})
+_LEAF_TAGS = frozenset({"datetime", "date", "time", "timedelta", "decimal", "uuid", "bytes", "bytearray"})
 """Tagged JSON a worker decodes with no class of the agent's (:mod:`statek_bus.wire.values`)."""
 _CLASS_TAGS = frozenset({"obj", "enum"})
 """Tagged JSON a worker decodes into a registered class (by ``cls``)."""

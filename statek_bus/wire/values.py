@@ -11,6 +11,7 @@ Other values become a one-key-plus-payload object tagged with ``"$t"``:
 ``Decimal``             ``{"$t": "decimal", "v": "1.10"}``
 ``UUID``                ``{"$t": "uuid", "v": "..."}``
 ``bytes``               ``{"$t": "bytes", "v": "<base64>"}``
+``bytearray``           ``{"$t": "bytearray", "v": "<base64>"}`` (it came back ``bytes``)
 ``tuple`` / ``set``     ``{"$t": "tuple", "v": [...]}`` / ``{"$t": "set"|"frozenset", ...}``
 non-finite float        ``{"$t": "float", "v": "nan"|"inf"|"-inf"}``
 int over 64 bits        ``{"$t": "int", "v": "0x1f..."}`` (hex: linear to convert, unlike decimal)
@@ -197,7 +198,8 @@ def _encode(value: Any, reg: TypeRegistry) -> Any:
     if isinstance(value, uuid.UUID):
         return {TAG: "uuid", "v": uuid.UUID.__str__(value)}
     if isinstance(value, bytes | bytearray):
-        return {TAG: "bytes", "v": base64.b64encode(memoryview(value)).decode("ascii")}
+        tag = "bytearray" if isinstance(value, bytearray) else "bytes"
+        return {TAG: tag, "v": base64.b64encode(memoryview(value)).decode("ascii")}
     if isinstance(value, tuple) and not hasattr(kind, "_fields"):
         return {TAG: "tuple", "v": _each(value, list(tuple.__iter__(value)), reg)}
     if isinstance(value, set | frozenset):
@@ -321,6 +323,8 @@ def _decode(data: Any, reg: TypeRegistry, revive: Revive | None = None) -> Any:
             return uuid.UUID(v)
         case "bytes" if type(v) is str:
             return base64.b64decode(v)
+        case "bytearray" if type(v) is str:
+            return bytearray(base64.b64decode(v))
         case "int" if type(v) is str:
             return int(v, 16)
         case "float" if v in _NON_FINITE:
@@ -339,7 +343,7 @@ def _decode(data: Any, reg: TypeRegistry, revive: Revive | None = None) -> Any:
             return reg.lookup(data["cls"])(_decode(v, reg, revive))
         case "obj" if type(v) is dict:
             return reg.lookup(data["cls"])(**{k: _decode(x, reg, revive) for k, x in v.items()})
-        case "datetime" | "date" | "time" | "timedelta" | "decimal" | "uuid" | "bytes":
+        case "datetime" | "date" | "time" | "timedelta" | "decimal" | "uuid" | "bytes" | "bytearray":
             raise ValueError(f"malformed {tag!r} value")
         case "int" | "float" | "tuple" | "set" | "frozenset" | "dict" | "obj":  # what to_json never makes
             raise ValueError(f"malformed {tag!r} value")

@@ -132,6 +132,7 @@ VALUES: dict[str, Any] = {
     "set": {1, 2, 3},
     "frozenset": frozenset({"a", "b"}),
     "bytes": b"\x00\xffdata",
+    "bytearray": bytearray(b"\x00\xffdata"),  # came back bytes
     "nested": {"when": [date(2026, 1, 1), {Decimal("2.5"): (b"x", frozenset({1}))}]},
     "dataclass": Point(1, 2),
     "struct": Item(name="bolt", qty=3),

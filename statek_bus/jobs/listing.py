@@ -7,7 +7,8 @@ on the server after a request:
   subject filter in stream order, a batch per round trip, so a caller can stop early. Used for
   write-once keys (list index entries, pending markers), whose stream order is creation order.
 - :func:`read_last` — ``{"multi_last": [subjects]}``: the latest message of up to
-  :data:`MULTI_LAST_MAX` explicit keys per round trip (job records by id).
+  :data:`MULTI_LAST_MAX` explicit keys per round trip (job records by id), each answer at most
+  ``max_payload`` bytes (:func:`~statek_bus.mesh.lastreads.read_newest`).
 
 (Candidates to move to :mod:`statek_bus.jobs.store`, beside ``scan``.)
 
@@ -34,6 +35,7 @@ from nats.aio.client import Client
 
 from statek_bus.mesh.availability import retry_transient
 from statek_bus.mesh.direct import direct_get
+from statek_bus.mesh.lastreads import read_newest
 from statek_bus.mesh.settings import Settings
 from statek_bus.wire.errors import BadRequestError, PayloadTooLargeError
 from statek_bus.wire.limits import MULTI_LAST_MAX
@@ -97,19 +99,13 @@ async def read_last(
 ) -> dict[str, tuple[bytes, int]]:
     """The current value and revision of each existing key (missing or deleted keys are absent)."""
     prefix = f"$KV.{stream.removeprefix('KV_')}."
-    found: dict[str, tuple[bytes, int]] = {}
-    for i in range(0, len(keys), MULTI_LAST_MAX):
-        subjects = [prefix + k for k in keys[i : i + MULTI_LAST_MAX]]
-        req = {"multi_last": subjects}
-        got = await retry_transient(lambda req=req: direct_get(nc, stream, req, timeout=_TIMEOUT))  # type: ignore[misc]
-        for m in got.messages:
-            hdrs = m.headers or {}
-            if m.data and KV_OPERATION_HEADER not in hdrs:
-                found[hdrs["Nats-Subject"].removeprefix(prefix)] = (
-                    m.data,
-                    int(hdrs.get("Nats-Sequence", "0")),
-                )
-    return found
+    subjects = [prefix + k for k in keys]
+    got = await retry_transient(lambda: read_newest(nc, stream, subjects, timeout=_TIMEOUT))
+    return {
+        subject.removeprefix(prefix): (m.data, m.seq)
+        for subject, m in got.items()
+        if m.data and KV_OPERATION_HEADER not in m.headers
+    }
 
 
 async def read_records(

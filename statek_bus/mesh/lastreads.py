@@ -26,13 +26,14 @@ than in one unbounded burst.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from nats.aio.client import Client
 
 from statek_bus.mesh.direct import StoredMessage, direct_get
 from statek_bus.wire.limits import MULTI_LAST_MAX
 
-__all__ = ["LastReads"]
+__all__ = ["LastReads", "read_newest"]
 
 
 class LastReads:
@@ -80,30 +81,46 @@ class LastReads:
             task.add_done_callback(self._tasks.discard)
 
     async def _read(self, asked: dict[str, list[asyncio.Future[StoredMessage | None]]]) -> None:
-        left = dict(asked)
         try:
-            while left:
-                request = {"multi_last": list(left), "max_bytes": self.nc.max_payload}
-                batch = await direct_get(self.nc, self.stream, request, timeout=self.timeout)
-                for msg in batch.messages:
-                    hdrs = msg.headers or {}
-                    waiters = left.pop(hdrs.get("Nats-Subject", ""), None)
-                    stored = StoredMessage(int(hdrs.get("Nats-Sequence") or 0), msg.data, hdrs)
-                    _settle(waiters or [], stored)
-                if batch.pending <= 0 or not batch.messages:  # the rest hold nothing
-                    break
-            for waiters in left.values():
-                _settle(waiters, None)
+            found = await read_newest(self.nc, self.stream, list(asked), timeout=self.timeout)
         except BaseException as exc:  # every reader still waiting gets what the batch raised
-            for waiters in left.values():
+            for waiters in asked.values():
                 for fut in waiters:
                     if not fut.done():
                         fut.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
             if not isinstance(exc, Exception):
                 raise
+            return
+        for subject, waiters in asked.items():
+            for fut in waiters:
+                if not fut.done():  # a reader that gave up (cancelled) is skipped
+                    fut.set_result(found.get(subject))
 
 
-def _settle(waiters: list[asyncio.Future[StoredMessage | None]], stored: StoredMessage | None) -> None:
-    for fut in waiters:
-        if not fut.done():  # a reader that gave up (cancelled) is skipped
-            fut.set_result(stored)
+async def read_newest(
+    nc: Client, stream: str, subjects: Sequence[str], *, timeout: float
+) -> dict[str, StoredMessage]:
+    """The newest message of each of ``subjects`` that holds one, by subject.
+
+    ``multi_last`` direct gets of :data:`~statek_bus.wire.limits.MULTI_LAST_MAX` subjects, each
+    answer at most ``max_payload`` bytes: while the server says more are left, the subjects not
+    answered yet are asked again.
+
+    Raises:
+        nats.errors.TimeoutError: a request got no answer in time (transient).
+        ServiceUnavailableError: the server answered with an error status.
+    """
+    found: dict[str, StoredMessage] = {}
+    for i in range(0, len(subjects), MULTI_LAST_MAX):
+        left = set(subjects[i : i + MULTI_LAST_MAX])
+        while left:
+            request = {"multi_last": sorted(left), "max_bytes": nc.max_payload}
+            batch = await direct_get(nc, stream, request, timeout=timeout)
+            for msg in batch.messages:
+                hdrs = msg.headers or {}
+                subject = hdrs.get("Nats-Subject", "")
+                left.discard(subject)
+                found[subject] = StoredMessage(int(hdrs.get("Nats-Sequence") or 0), msg.data, hdrs)
+            if batch.pending <= 0 or not batch.messages:  # the rest hold nothing
+                break
+    return found
